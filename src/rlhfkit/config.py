@@ -1,0 +1,184 @@
+"""Stage configs: one dataclass per stage, loaded from YAML and overridden by CLI flags.
+
+Resolution order: dataclass defaults < ``--config FILE.yaml`` < CLI flags (and ``--set key=value``).
+An unknown key or a value of the wrong type is a :class:`ConfigError` that names the key. The resolved
+config is written into the run folder as ``config.yaml`` so a run can be reproduced and resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config problem that names the file and key."""
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check (and gently convert) ``value`` against the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: {key}: cannot be null")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key}: expected a list, got {type(value).__name__}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: {key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: {key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+    """Build ``cls`` from a mapping, rejecting unknown keys and wrong types (naming them)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{where}: {key}: unknown key for {cls.__name__} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], k, where) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | None = None) -> T:
+    """Defaults < YAML file < overrides (``None`` values in overrides are ignored)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+        data.update(loaded)
+        from_dict(cls, data, str(path))
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            data[k] = v
+    return from_dict(cls, data, str(path) if path and not overrides else "config")
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``["lr=1e-5", "lora=true"]`` → ``{"lr": "1e-5", "lora": "true"}`` (types are checked later)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+    return out
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, out_dir: str | Path) -> Path:
+    """Write the resolved config to ``out_dir/config.yaml``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    return path
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning with loss on response tokens only."""
+
+    model: str = "default"  # model spec: default | tiny | local path | hub id
+    data: str = ""  # SFT JSONL ({"prompt","completion"} or {"messages"})
+    output: str = "runs/sft"  # run folder
+    eval_data: str | None = None  # held-out SFT JSONL; default: eval_fraction of data
+    eval_fraction: float = 0.05  # share of data held out when eval_data is not given
+    max_steps: int = 200  # optimiser steps
+    batch_size: int = 8  # examples per optimiser step (before accumulation split)
+    grad_accum: int = 1  # micro-batches per optimiser step (batch_size is split into them)
+    lr: float = 5e-5  # peak learning rate (LoRA commonly uses ~1e-4 to 2e-4)
+    weight_decay: float = 0.0
+    warmup_steps: int = 10  # linear warm-up steps
+    schedule: typing.Literal["cosine", "linear", "constant"] = "cosine"  # decay after warm-up
+    max_len: int = 256  # tokens per example (prompt truncated from the left, response from the right)
+    max_prompt_len: int = 192  # prompt tokens kept at most
+    lora: bool = False  # train LoRA adapters instead of all weights
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+    merge_lora: bool = False  # also write a merged full model to output/merged
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = False
+    eval_every: int = 50  # steps between held-out evaluations (0: only at the end)
+    save_every: int = 50  # steps between checkpoints (0: only at the end)
+    log_every: int = 1
+    report_to: typing.Literal["tensorboard", "wandb", "mlflow", "none"] = "tensorboard"
+    seed: int = 0
+    resume: bool = False  # continue from output/checkpoint if it exists
+    threads: int = 0  # torch threads (0: leave torch's default)

