@@ -1,0 +1,94 @@
+"""PPO losses and per-token quantities from logits, shared by the language-model and Gymnasium trainers.
+
+Pure functions on tensors; ``mask`` (same shape as the per-token tensors, 1 = counts) keeps padding out of
+every mean, so masked positions carry neither loss nor gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlhfkit.ppo.advantages import masked_mean, masked_var
+
+
+def policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor | None = None, clip_eps: float = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate objective (Schulman et al. 2017), as a loss to minimise.
+
+    Returns ``(loss, stats)``; stats (detached 0-d tensors): clipfrac, approx_kl ((r−1) − log r, Schulman's
+    unbiased low-variance estimator), approx_kl_sq (½·(Δ log p)²), ratio_mean, ratio_max.
+    """
+    logratio = logprobs - old_logprobs
+    ratio = torch.exp(logratio)  # importance ratio π_θ / π_old
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)  # ratio clipping
+    loss = masked_mean(torch.max(pg_loss1, pg_loss2), mask)  # pessimistic bound of the two
+    with torch.no_grad():
+        valid = ratio if mask is None else ratio[mask.bool()]
+        stats = {
+            "clipfrac": masked_mean((pg_loss2 > pg_loss1).to(ratio.dtype), mask),  # share where the clip bites
+            "approx_kl": masked_mean((ratio - 1.0) - logratio, mask),
+            "approx_kl_sq": masked_mean(0.5 * logratio**2, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": valid.max() if valid.numel() else ratio.new_tensor(1.0),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor | None = None, clip_eps: float | None = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped value loss ½·max((v − R)², (clip(v) − R)²), clip(v) within ±clip_eps of the rollout value.
+
+    ``clip_eps=None`` turns value clipping off (plain ½·(v − R)²). Stats: vf_clipfrac.
+    """
+    vf_loss1 = (values - returns) ** 2
+    if clip_eps is None:
+        return 0.5 * masked_mean(vf_loss1, mask), {"vf_clipfrac": values.new_tensor(0.0)}
+    values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)  # value clipping
+    vf_loss2 = (values_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(vf_loss1, vf_loss2), mask)
+    with torch.no_grad():
+        stats = {"vf_clipfrac": masked_mean((vf_loss2 > vf_loss1).to(values.dtype), mask)}
+    return loss, stats
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of the softmax over the last dimension, per position: logsumexp(l) − Σ softmax(l)·l."""
+    logits = logits.float()
+    logits = logits - logits.max(dim=-1, keepdim=True).values  # shift: no precision loss for large logits
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+
+
+def logprobs_from_logits(
+    logits: Tensor, labels: Tensor, temperature: float = 1.0, chunk_size: int = 1024
+) -> Tensor:
+    """log softmax(logits / temperature)[label] per position, shape ``labels.shape``.
+
+    logits: (..., vocab); labels: (...). Rows are processed ``chunk_size`` at a time with logsumexp, so a
+    float log-softmax of the full (batch, T, vocab) tensor is never built (vocab is ~49k).
+    The sampling temperature divides the logits here as it did in the rollout (DESIGN §4.6).
+    """
+    vocab = logits.shape[-1]
+    flat_logits = logits.reshape(-1, vocab)
+    flat_labels = labels.reshape(-1, 1)
+    out = []
+    for start in range(0, flat_logits.shape[0], chunk_size):
+        chunk = flat_logits[start : start + chunk_size].float()
+        if temperature != 1.0:
+            chunk = chunk / temperature
+        picked = chunk.gather(-1, flat_labels[start : start + chunk_size]).squeeze(-1)
+        out.append(picked - torch.logsumexp(chunk, dim=-1))
+    if not out:
+        return logits.new_zeros(labels.shape, dtype=torch.float32)
+    return torch.cat(out).reshape(labels.shape)
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor | None = None) -> Tensor:
+    """1 − Var(R − v) / Var(R): 1 is a perfect value function, ≤ 0 no better than a constant (NaN if Var(R) = 0)."""
+    var_returns = masked_var(returns, mask, unbiased=False)
+    var_residual = masked_var(returns - values, mask, unbiased=False)
+    return torch.where(var_returns > 0, 1.0 - var_residual / var_returns, torch.full_like(var_returns, float("nan")))
