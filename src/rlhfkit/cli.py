@@ -97,6 +97,178 @@ def generate(
         typer.echo(f"wrote {len(records)} responses to {output}", err=True)
 
 
+DbOpt = typer.Option(None, "--db", help="Database: a SQLite file (default feedback.db) or postgresql://user:pw@host/db.")
+ProjectOpt = typer.Option(None, "--project", help="Project name.")
+
+
+def _feedback_cfg(config: Optional[Path], set_: Optional[List[str]], **flags: Any):
+    from rlhfkit.config import FeedbackConfig
+
+    return resolve(FeedbackConfig, config, set_, **flags)
+
+
+def _need_project(cfg) -> None:
+    if not cfg.project:
+        fail("--project is required")
+
+
+@feedback_app.command("serve")
+def feedback_serve(
+    db: Optional[str] = DbOpt,
+    host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port to listen on (default 8000)."),
+    admin_token_file: Optional[str] = typer.Option(None, help="Admin token file (default: beside the SQLite file)."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Run the annotation app (the page at /, the API at /api). Admin token: $RLHFKIT_ADMIN_TOKEN or a file."""
+    import uvicorn
+
+    from rlhfkit.feedback.app import create_app
+    from rlhfkit.feedback.auth import load_admin_token
+
+    cfg = _feedback_cfg(config, set_, db=db, host=host, port=port, admin_token_file=admin_token_file, seed=seed)
+    token, where = load_admin_token(cfg.db, Path(cfg.admin_token_file) if cfg.admin_token_file else None)
+    typer.echo(f"feedback app on http://{cfg.host}:{cfg.port}/  database {cfg.db}  admin token in {where}", err=True)
+    uvicorn.run(create_app(cfg.db, token), host=cfg.host, port=cfg.port, log_level="warning")
+
+
+@feedback_app.command("import")
+def feedback_import(
+    db: Optional[str] = DbOpt, project: Optional[str] = ProjectOpt,
+    candidates: Optional[Path] = typer.Option(None, help="Candidates JSONL from `rlhf sample`."),
+    kinds: Optional[str] = typer.Option(None, help="Task kinds to make: rate,rank,compare,edit (default all)."),
+    gold: Optional[str] = typer.Option(None, help="Candidates with known answers (\"gold\": {...}) to mix in."),
+    guidelines: Optional[str] = typer.Option(None, help="Text/Markdown file with the project's guidelines."),
+    annotators_per_task: Optional[int] = typer.Option(None, help="N: annotators per task (new project: 1)."),
+    max_held: Optional[int] = typer.Option(None, help="Cap on tasks an annotator holds at once (new project: 5)."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Load candidates into a project as tasks (creates the project; prompts already there are skipped)."""
+    from rlhfkit.feedback.db import Database
+    from rlhfkit.feedback.importer import import_candidates
+
+    cfg = _feedback_cfg(config, set_, db=db, project=project, kinds=kinds, gold=gold, guidelines=guidelines,
+                        annotators_per_task=annotators_per_task, max_held=max_held, seed=seed)
+    _need_project(cfg)
+    if candidates is None:
+        fail("--candidates is required (a JSONL file from `rlhf sample`)")
+    text = None
+    if cfg.guidelines:
+        if not Path(cfg.guidelines).exists():
+            fail(f"--guidelines: {cfg.guidelines}: no such file")
+        text = Path(cfg.guidelines).read_text(encoding="utf-8")
+    database = Database(cfg.db)
+    try:
+        counts = import_candidates(database, cfg.project, candidates, cfg.kinds, gold=cfg.gold, guidelines=text,
+                                   annotators_per_task=cfg.annotators_per_task, max_held=cfg.max_held, seed=cfg.seed)
+    except ValueError as e:
+        if type(e) is not ValueError:
+            raise
+        fail(str(e))
+    finally:
+        database.dispose()
+    typer.echo(f"project {cfg.project}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
+
+
+@feedback_app.command("add-annotator")
+def feedback_add_annotator(
+    db: Optional[str] = DbOpt, name: str = typer.Option(..., "--name", help="The annotator's name."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Create an annotator and print their token (shown once; only its hash is stored)."""
+    from sqlalchemy import select
+
+    from rlhfkit.feedback.auth import create_annotator
+    from rlhfkit.feedback.db import Annotator, Database
+
+    cfg = _feedback_cfg(config, set_, db=db, seed=seed)
+    database = Database(cfg.db)
+    with database.tx() as s:
+        if s.scalar(select(Annotator).where(Annotator.name == name)) is not None:
+            fail(f"--name: an annotator named {name!r} exists")
+        _, token = create_annotator(s, name)
+    database.dispose()
+    typer.echo(token)
+
+
+@feedback_app.command("export")
+def feedback_export(
+    db: Optional[str] = DbOpt, project: Optional[str] = ProjectOpt,
+    output: Optional[Path] = typer.Option(None, help="JSONL file to write."),
+    format: Optional[str] = typer.Option(None, "--format", help="all | pairs | rankings | ratings | edits (default all)."),
+    merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="Merge a task's rankings into one (default) or one per annotator."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Write the answers as DESIGN §3 records (pairs, rankings, ratings, edits) with annotator names."""
+    from rlhfkit.data.formats import write_records
+    from rlhfkit.feedback.db import Database
+    from rlhfkit.feedback.export import export_records
+
+    cfg = _feedback_cfg(config, set_, db=db, project=project, format=format, merge=merge, seed=seed)
+    _need_project(cfg)
+    if output is None:
+        fail("--output is required")
+    database = Database(cfg.db)
+    try:
+        n = write_records(output, export_records(database, cfg.project, cfg.format, merge=cfg.merge))
+    except ValueError as e:
+        fail(str(e))
+    finally:
+        database.dispose()
+    typer.echo(f"wrote {n} {cfg.format} records to {output}", err=True)
+
+
+@feedback_app.command("stats")
+def feedback_stats(
+    db: Optional[str] = DbOpt, project: Optional[str] = ProjectOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Progress per annotator (with gold accuracy) and agreement per task kind."""
+    import json
+
+    from rlhfkit.feedback.db import Database
+    from rlhfkit.feedback.export import stats
+
+    cfg = _feedback_cfg(config, set_, db=db, project=project, seed=seed)
+    _need_project(cfg)
+    database = Database(cfg.db)
+    try:
+        st = stats(database, cfg.project)
+    except ValueError as e:
+        fail(str(e))
+    finally:
+        database.dispose()
+    if as_json:
+        typer.echo(json.dumps(st, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(x):
+        return "–" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    console = Console()
+    t = Table(title=f"project {cfg.project}: tasks")
+    for col in ("kind", "tasks", "gold", "answered", "answers"):
+        t.add_column(col)
+    for kind, row in st["kinds"].items():
+        t.add_row(kind, *(fmt(row[c]) for c in ("tasks", "gold", "answered", "answers")))
+    console.print(t)
+    t = Table(title="annotators")
+    for col in ("annotator", "done", "skipped", "held", "gold answered", "gold accuracy"):
+        t.add_column(col)
+    for row in st["annotators"]:
+        t.add_row(row["annotator"], *(fmt(row[c]) for c in ("done", "skipped", "held", "gold_answered", "gold_accuracy")))
+    console.print(t)
+    t = Table(title="agreement (tasks with 2+ answers)")
+    for col in ("kind", "tasks", "pairwise agreement", "Krippendorff's α", "metric"):
+        t.add_column(col)
+    for kind, row in st["agreement"].items():
+        t.add_row(kind, fmt(row["tasks_with_2plus"]), fmt(row["pairwise"]), fmt(row["alpha"]), row["metric"])
+    console.print(t)
+
+
 def main() -> None:
     """Console entry point: clear one-line errors for the mistakes people make."""
     from rlhfkit.config import ConfigError

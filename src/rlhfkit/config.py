@@ -182,3 +182,76 @@ class SFTConfig:
     seed: int = 0
     resume: bool = False  # continue from output/checkpoint if it exists
     threads: int = 0  # torch threads (0: leave torch's default)
+
+
+@dataclass
+class GenerateConfig:
+    """Answering prompts with a checkpoint (``rlhf generate``); also the sampling settings elsewhere."""
+
+    model: str = "default"  # model spec
+    max_new_tokens: int = 128  # tokens generated at most per answer
+    temperature: float = 0.0  # 0: greedy; otherwise logits are divided by it before sampling
+    top_p: float = 1.0  # nucleus sampling threshold
+    top_k: int = 0  # top-k sampling (0: off)
+    batch_size: int = 8  # prompts per generation batch
+    chat: bool = True  # apply the tokenizer's chat template
+    seed: int = 0
+    threads: int = 0  # torch threads (0: leave torch's default)
+
+
+@dataclass
+class FeedbackConfig:
+    """The feedback app and its import/export/stats (``rlhf feedback serve|import|export|stats``)."""
+
+    db: str = "feedback.db"  # database: a SQLite file path or URL, or postgresql://user:password@host/dbname
+    host: str = "127.0.0.1"  # serve: address to listen on
+    port: int = 8000  # serve: port to listen on
+    admin_token_file: str | None = None  # serve: admin token file (default: beside the SQLite file); env RLHFKIT_ADMIN_TOKEN wins
+    project: str = ""  # project name
+    kinds: list[str] = field(default_factory=lambda: ["rate", "rank", "compare", "edit"])  # import: task kinds to make
+    annotators_per_task: int | None = None  # import: N, how many annotators answer each task (new project: 1)
+    max_held: int | None = None  # import: cap on tasks one annotator holds unanswered at once (new project: 5)
+    guidelines: str | None = None  # import: a text/Markdown file with the project's guidelines
+    gold: str | None = None  # import: candidates with known answers ("gold": {...}) mixed in as gold tasks
+    format: typing.Literal["all", "pairs", "rankings", "ratings", "edits"] = "all"  # export: which records
+    merge: bool = True  # export: merge several annotators' rankings of a task (Bradley–Terry) into one
+    seed: int = 0  # import: seed of the order tasks are handed out in
+
+
+@dataclass
+class GymConfig:
+    """PPO on a Gymnasium environment (``rlhf gym``). Defaults: CleanRL's ppo.py for CartPole-v1."""
+
+    env_id: str = "CartPole-v1"  # any registered Gymnasium id with a Box observation space
+    output: str = "runs/gym"  # run folder
+    total_steps: int = 100_000  # environment steps (all envs together)
+    num_envs: int = 4  # parallel environments (gymnasium SyncVectorEnv)
+    num_steps: int = 128  # steps per environment per rollout (rollout batch = num_envs × num_steps)
+    update_epochs: int = 4  # PPO epochs over each rollout
+    num_minibatches: int = 4  # minibatches per epoch
+    lr: float = 2.5e-4  # Adam learning rate (eps 1e-5)
+    anneal_lr: bool = True  # decay the learning rate linearly to 0 over the run
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 0.95  # GAE λ
+    norm_adv: bool = True  # whiten advantages per minibatch
+    clip_eps: float = 0.2  # policy ratio clip ε (also the value clip when clip_vloss)
+    anneal_clip: bool = False  # decay clip_eps linearly to 0 with the learning rate (as rl-zoo's lin_0.2)
+    clip_vloss: bool = True  # clipped value loss
+    ent_coef: float = 0.01  # entropy bonus coefficient
+    vf_coef: float = 0.5  # value loss coefficient
+    max_grad_norm: float = 0.5  # global gradient-norm clip
+    target_kl: float | None = None  # stop an update's epochs early when approx-KL exceeds this
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])  # tanh MLP widths (actor and critic)
+    normalize_obs: bool = False  # running mean/std observation normalisation (use for MuJoCo-like envs)
+    normalize_reward: bool = False  # scale rewards by the running std of the discounted return
+    clip_obs: float = 10.0  # clip normalised observations to ±clip_obs
+    clip_reward: float = 10.0  # clip scaled rewards to ±clip_reward
+    bootstrap_truncated: bool = True  # time-limit truncation: bootstrap from the final observation's value
+    eval_episodes: int = 0  # deterministic episodes at the end (eval.json); 0: no evaluation
+    eval_every: int = 0  # env steps between deterministic evaluations logged as eval_return (0: off)
+    log_every: int = 1  # updates between metrics.jsonl lines
+    save_every: int = 10  # updates between checkpoints (and always at the end)
+    report_to: typing.Literal["tensorboard", "wandb", "mlflow", "none"] = "tensorboard"
+    seed: int = 0
+    resume: bool = False  # continue from output/checkpoint.pt if it exists
+    threads: int = 1  # torch threads: 1 is fastest for these small MLPs

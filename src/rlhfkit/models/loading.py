@@ -181,7 +181,9 @@ def load_causal_lm(spec: str, dtype: torch.dtype = torch.float32, trainable: boo
             except OSError as e:
                 raise ModelSpecError(f"{spec}: cannot load a causal LM offline ({e})") from None
     if spec in ("default", "tiny", "minilm"):
-        model.config._name_or_path = spec  # adapters saved on it then record a portable base spec
+        # Adapters saved on this model then record a portable base spec (peft reads name_or_path).
+        model.config._name_or_path = spec
+        model.name_or_path = spec
     model.config.use_cache = True
     # Dropout off everywhere (DESIGN §4.6): RLHF log-probs must be deterministic.
     model.eval()
@@ -204,6 +206,7 @@ def load_sequence_classifier(spec: str, num_labels: int = 1, dtype: torch.dtype 
             raise ModelSpecError(f"{spec}: cannot load a sequence classifier offline ({e})") from None
     if spec in ("default", "tiny", "tiny-minilm", "minilm"):
         model.config._name_or_path = spec
+        model.name_or_path = spec
     if model.config.pad_token_id is None:
         tok = load_tokenizer(spec)
         model.config.pad_token_id = tok.pad_token_id

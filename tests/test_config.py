@@ -1,0 +1,34 @@
+import pytest
+import yaml
+
+from rlhfkit.config import ConfigError, SFTConfig, load_config, parse_set, save_config
+
+
+def test_yaml_then_flags_override_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: 7\nlr: 1.0e-4\nlora: true\n")
+    cfg = load_config(SFTConfig, path, {"max_steps": 3, "batch_size": None})
+    assert (cfg.max_steps, cfg.lr, cfg.lora, cfg.batch_size) == (3, 1e-4, True, SFTConfig().batch_size)
+
+
+def test_unknown_key_is_an_error_naming_the_key_and_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_stpes: 7\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: max_stpes: unknown key for SFTConfig"):
+        load_config(SFTConfig, path)
+
+
+def test_wrong_type_is_an_error_naming_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: many\n")
+    with pytest.raises(ConfigError, match="max_steps: expected an integer, got 'many'"):
+        load_config(SFTConfig, path)
+    with pytest.raises(ConfigError, match="schedule: expected one of"):
+        load_config(SFTConfig, None, {"schedule": "exponential"})
+
+
+def test_set_strings_are_typed_and_resolved_config_is_saved(tmp_path):
+    cfg = load_config(SFTConfig, None, parse_set(["lr=2e-5", "lora=true", "lora_targets=q_proj,v_proj"]))
+    assert cfg.lr == 2e-5 and cfg.lora is True and cfg.lora_targets == ["q_proj", "v_proj"]
+    saved = yaml.safe_load(save_config(cfg, tmp_path).read_text())
+    assert saved["lr"] == 2e-5 and saved["lora_targets"] == ["q_proj", "v_proj"]
