@@ -269,6 +269,30 @@ def feedback_stats(
     console.print(t)
 
 
+@app.command()
+def gym(
+    env_id: Optional[str] = typer.Argument(None, help="Gymnasium environment id, e.g. CartPole-v1 or Pendulum-v1."),
+    output: Optional[str] = typer.Option(None, help="Run folder."),
+    total_steps: Optional[int] = typer.Option(None, help="Environment steps (all environments together)."),
+    eval_episodes: Optional[int] = typer.Option(None, help="Deterministic episodes at the end, written to eval.json."),
+    num_envs: Optional[int] = typer.Option(None, help="Parallel environments."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
+    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue from the run folder's checkpoint."),
+    report_to: Optional[str] = typer.Option(None, help="tensorboard | wandb | mlflow | none."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Classic PPO on a Gymnasium environment (discrete or continuous actions) with the shared PPO maths."""
+    import json
+
+    from rlhfkit.config import GymConfig
+    from rlhfkit.rl.trainer import train_gym
+
+    cfg = resolve(GymConfig, config, set_, env_id=env_id, output=output, total_steps=total_steps,
+                  eval_episodes=eval_episodes, num_envs=num_envs, lr=lr, resume=resume, report_to=report_to, seed=seed)
+    summary = train_gym(cfg)
+    typer.echo(json.dumps(summary.get("eval", summary)))
+
+
 def main() -> None:
     """Console entry point: clear one-line errors for the mistakes people make."""
     from rlhfkit.config import ConfigError
