@@ -162,8 +162,6 @@ def feedback_import(
         counts = import_candidates(database, cfg.project, candidates, cfg.kinds, gold=cfg.gold, guidelines=text,
                                    annotators_per_task=cfg.annotators_per_task, max_held=cfg.max_held, seed=cfg.seed)
     except ValueError as e:
-        if type(e) is not ValueError:
-            raise
         fail(str(e))
     finally:
         database.dispose()

@@ -1,0 +1,352 @@
+// The annotation page: one task at a time. Plain JavaScript, no libraries, talks to /api.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, attrs = {}, ...children) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+};
+
+const state = {
+  token: localStorage.getItem("rlhfkit.token") || "",
+  project: null,        // {name, guidelines, rating_labels, strengths}
+  task: null,           // the task view from the API
+  answer: {},           // the answer being built
+  back: false,          // changing the last answer instead of a new task
+  pending: null,        // {assignment_id, body}: kept until acknowledged, so a retry reuses its submission_id
+};
+
+// A client-made id makes a retried submission idempotent on the server.
+function newSubmissionId() {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+async function api(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: { "Authorization": "Bearer " + state.token, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = null; }
+  if (!res.ok) {
+    const err = new Error((data && data.detail) || res.statusText);
+    err.status = res.status;
+    throw err;
+  }
+  return data;
+}
+
+function show(view) {
+  for (const v of ["view-login", "view-projects", "view-task", "view-done"]) $(v).hidden = v !== view;
+  const inProject = view === "view-task" || view === "view-done";
+  $("btn-guidelines").hidden = !inProject;
+  $("btn-back").hidden = !inProject;
+  $("btn-skip").hidden = view !== "view-task" || state.back;
+  $("btn-logout").hidden = view === "view-login";
+}
+
+function setStatus(text, bad = false) {
+  $("status").textContent = text;
+  $("status").className = bad ? "error" : "";
+}
+
+// --- login and projects ------------------------------------------------------------------------
+
+async function start() {
+  // A token in the URL fragment (never sent to the server, so never in its logs) logs in directly.
+  const frag = new URLSearchParams(location.hash.slice(1));
+  if (frag.get("token")) {
+    state.token = frag.get("token");
+    localStorage.setItem("rlhfkit.token", state.token);
+  }
+  const wanted = frag.get("project");
+  if (frag.get("token")) history.replaceState(null, "", location.pathname + (wanted ? "#project=" + encodeURIComponent(wanted) : ""));
+  if (!state.token) return show("view-login");
+  try {
+    const me = await api("GET", "/api/me");
+    $("who").textContent = me.name;
+    const projects = await api("GET", "/api/projects");
+    const pick = projects.find((p) => p.name === wanted) || (projects.length === 1 ? projects[0] : null);
+    if (pick) return openProject(pick.name);
+    $("project-list").replaceChildren(...projects.map((p) =>
+      el("li", {}, el("button", { type: "button", onclick: () => openProject(p.name) }, p.name), ` ${p.tasks} tasks`)));
+    show("view-projects");
+  } catch (e) {
+    if (e.status === 401 || e.status === 403) {
+      localStorage.removeItem("rlhfkit.token");
+      state.token = "";
+      $("login-error").textContent = e.message;
+      return show("view-login");
+    }
+    throw e;
+  }
+}
+
+async function openProject(name) {
+  state.project = await api("GET", "/api/projects/" + encodeURIComponent(name));
+  $("project-name").textContent = "· " + state.project.name;
+  $("guidelines-text").textContent = state.project.guidelines || "(no guidelines for this project)";
+  $("guidelines").hidden = !state.project.guidelines;
+  await nextTask();
+}
+
+function showProgress(p) {
+  $("progress").textContent = `${p.done} done · ${p.held + p.available} to go` + (p.skipped ? ` · ${p.skipped} skipped` : "");
+}
+
+async function nextTask() {
+  state.back = false;
+  const r = await api("GET", `/api/projects/${encodeURIComponent(state.project.name)}/next`);
+  showProgress(r.progress);
+  if (!r.task) { state.task = null; return show("view-done"); }
+  render(r.task);
+}
+
+async function goBack() {
+  const r = await api("GET", `/api/projects/${encodeURIComponent(state.project.name)}/last`);
+  if (!r.task) return setStatus("Nothing answered yet.");
+  state.back = true;
+  render(r.task);
+}
+
+// --- rendering each kind -----------------------------------------------------------------------
+
+function renderPrompt(task) {
+  const box = $("prompt");
+  if (task.messages) {
+    box.replaceChildren(...task.messages.map((m) => el("div", {}, el("span", { class: "role" }, m.role + ":"), m.content)));
+  } else {
+    box.replaceChildren(el("span", { class: "role" }, "Prompt:"), task.prompt);
+  }
+}
+
+function render(task) {
+  state.task = task;
+  state.pending = null;
+  const prev = task.answer;
+  state.answer = {};
+  $("comment").value = prev ? prev.comment || "" : "";
+  $("banner").hidden = !state.back;
+  $("banner").textContent = state.back ? `Changing your last answer (saved as revision ${task.revision + 1}). Submit to save it, or press Esc to go on.` : "";
+  $("task-kind").textContent = { rate: "Rate the response", compare: "Which response is better?", rank: "Rank the responses", edit: "Improve the response" }[task.kind];
+  renderPrompt(task);
+  ({ rate: renderRate, compare: renderCompare, rank: renderRank, edit: renderEdit })[task.kind](task, prev);
+  setStatus("");
+  show("view-task");
+}
+
+function renderRate(task, prev) {
+  const labels = state.project.rating_labels;
+  const buttons = [];
+  for (let s = 1; s <= 7; s++) {
+    buttons.push(el("button", { type: "button", "data-score": String(s), onclick: () => pickScore(s) }, `${s} · ${labels[s]}`));
+  }
+  $("task-body").replaceChildren(
+    el("div", { class: "responses" }, el("div", { class: "response" }, el("h3", {}, "Response"), task.responses[0].text)),
+    el("div", { class: "row scale" }, el("span", { class: "label" }, "Score"), ...buttons));
+  $("keys").innerHTML = "<kbd>1</kbd>–<kbd>7</kbd> score · <kbd>Enter</kbd> submit · <kbd>s</kbd> skip · <kbd>u</kbd> back · <kbd>g</kbd> guidelines";
+  if (prev) pickScore(prev.score);
+}
+
+function pickScore(s) {
+  state.answer.score = s;
+  document.querySelectorAll("[data-score]").forEach((b) => b.classList.toggle("picked", Number(b.dataset.score) === s));
+}
+
+function renderCompare(task, prev) {
+  const [a, b] = task.responses;
+  const choice = (c, text) => el("button", { type: "button", "data-choice": c, onclick: () => pickChoice(c) }, text);
+  const strength = (s, i) => el("button", { type: "button", "data-strength": s, onclick: () => pickStrength(s) }, `${i} · ${s} better`);
+  $("task-body").replaceChildren(
+    el("div", { class: "responses" },
+      el("div", { class: "response", id: "resp-a" }, el("h3", {}, "A"), a.text),
+      el("div", { class: "response", id: "resp-b" }, el("h3", {}, "B"), b.text)),
+    el("div", { class: "row" }, el("span", { class: "label" }, "Better"), choice("a", "A (a)"), choice("tie", "Tie (t)"), choice("b", "B (b)")),
+    el("div", { class: "row", id: "strength-row" }, el("span", { class: "label" }, "How much"),
+      ...state.project.strengths.map((s, i) => strength(s, i + 1))));
+  $("keys").innerHTML = "<kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> choose · <kbd>1</kbd>–<kbd>3</kbd> slightly/clearly/much · <kbd>Enter</kbd> submit · <kbd>s</kbd> skip · <kbd>u</kbd> back";
+  if (prev) {
+    pickChoice(prev.choice);
+    if (prev.strength) pickStrength(prev.strength);
+  }
+}
+
+function pickChoice(c) {
+  state.answer.choice = c;
+  document.querySelectorAll("[data-choice]").forEach((b) => b.classList.toggle("picked", b.dataset.choice === c));
+  $("resp-a").classList.toggle("picked", c === "a");
+  $("resp-b").classList.toggle("picked", c === "b");
+  $("strength-row").hidden = c === "tie";
+}
+
+function pickStrength(s) {
+  state.answer.strength = s;
+  document.querySelectorAll("[data-strength]").forEach((b) => b.classList.toggle("picked", b.dataset.strength === s));
+}
+
+function renderRank(task, prev) {
+  const k = task.responses.length;
+  state.answer.places = {};  // response id → place (1 = best); equal places are a tie; none = unranked
+  state.answer.none_acceptable = false;
+  const cards = task.responses.map((r, i) => {
+    const select = el("select", { "data-rank-id": String(r.id), "aria-label": `place of response ${i + 1}` },
+      el("option", { value: "" }, "–"));
+    for (let p = 1; p <= k; p++) select.append(el("option", { value: String(p) }, `#${p}`));
+    select.addEventListener("change", () => setPlace(r.id, select.value ? Number(select.value) : null));
+    return el("div", { class: "response", id: `rank-card-${r.id}` }, el("h3", {}, `Response ${i + 1}`, select), r.text);
+  });
+  const none = el("input", { type: "checkbox", id: "none-acceptable" });
+  none.addEventListener("change", () => { state.answer.none_acceptable = none.checked; });
+  $("task-body").replaceChildren(
+    el("div", { class: "responses" }, ...cards),
+    el("div", { class: "row" }, el("button", { type: "button", onclick: clearPlaces }, "Clear (0)"),
+      el("label", {}, none, " None is acceptable (n)")));
+  $("keys").innerHTML = `<kbd>1</kbd>–<kbd>${k}</kbd> give that response the next place · <kbd>Shift</kbd>+digit tie it with the last place · <kbd>0</kbd> clear · <kbd>n</kbd> none acceptable · unranked responses are left out (partial ranking) · <kbd>Enter</kbd> submit`;
+  if (prev) {
+    prev.ranking.forEach((group, p) => group.forEach((id) => setPlace(id, p + 1)));
+    none.checked = state.answer.none_acceptable = prev.none_acceptable;
+  }
+}
+
+function setPlace(id, place) {
+  if (place === null) delete state.answer.places[id]; else state.answer.places[id] = place;
+  for (const s of document.querySelectorAll("[data-rank-id]")) {
+    const p = state.answer.places[s.dataset.rankId];
+    s.value = p ? String(p) : "";
+    $(`rank-card-${s.dataset.rankId}`).classList.toggle("picked", Boolean(p));
+  }
+}
+
+function clearPlaces() {
+  for (const id of Object.keys(state.answer.places)) setPlace(Number(id), null);
+}
+
+function rankByKey(index, tie) {
+  const r = state.task.responses[index];
+  if (!r) return;
+  const used = Object.values(state.answer.places);
+  const last = used.length ? Math.max(...used) : 0;
+  setPlace(r.id, tie && last ? last : last + 1);
+}
+
+function rankingFromPlaces() {
+  const byPlace = {};
+  for (const [id, p] of Object.entries(state.answer.places)) (byPlace[p] = byPlace[p] || []).push(Number(id));
+  return Object.keys(byPlace).map(Number).sort((x, y) => x - y).map((p) => byPlace[p]);
+}
+
+function renderEdit(task, prev) {
+  const area = el("textarea", { id: "edit-text", spellcheck: "true" });
+  area.value = prev ? prev.edited : task.responses[0].text;
+  $("task-body").replaceChildren(area,
+    el("div", { class: "row" }, el("button", { type: "button", onclick: () => { area.value = task.responses[0].text; } }, "Reset to the model's response")));
+  $("keys").innerHTML = "<kbd>Ctrl</kbd>+<kbd>Enter</kbd> submit · <kbd>Esc</kbd> leave the text box · then <kbd>s</kbd> skip · <kbd>u</kbd> back";
+  area.focus();
+}
+
+// --- submitting --------------------------------------------------------------------------------
+
+function buildBody() {
+  const t = state.task, a = state.answer, comment = $("comment").value;
+  if (t.kind === "rate") {
+    if (!a.score) throw new Error("Pick a score from 1 to 7.");
+    return { score: a.score, comment };
+  }
+  if (t.kind === "compare") {
+    if (!a.choice) throw new Error("Pick A, B or tie.");
+    if (a.choice !== "tie" && !a.strength) throw new Error("Say how much better: slightly, clearly or much.");
+    return { choice: a.choice, strength: a.choice === "tie" ? null : a.strength, comment };
+  }
+  if (t.kind === "rank") {
+    const ranking = rankingFromPlaces();
+    if (ranking.flat().length < 2 && !a.none_acceptable) throw new Error("Rank at least two responses, or tick 'none is acceptable'.");
+    return { ranking, none_acceptable: a.none_acceptable, comment };
+  }
+  return { edited: $("edit-text").value, comment };
+}
+
+async function submit() {
+  if (!state.task) return;
+  let body;
+  try { body = buildBody(); } catch (e) { return setStatus(e.message, true); }
+  // The same submission id is reused for retries of this answer, so the server stores it once.
+  if (!state.pending || JSON.stringify(state.pending.body) !== JSON.stringify(body)) {
+    state.pending = { body, submission_id: newSubmissionId() };
+  }
+  const payload = { ...body, submission_id: state.pending.submission_id };
+  setStatus("Saving…");
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await api("POST", `/api/assignments/${state.task.assignment_id}/answer`, payload);
+      break;
+    } catch (e) {
+      if (e.status && e.status < 500) return setStatus(e.message, true);
+      if (attempt >= 4) return setStatus("Could not save (network). Press Enter to retry.", true);
+      setStatus(`Saving… (retry ${attempt + 1})`);
+      await new Promise((r) => setTimeout(r, 500 * 2 ** attempt));
+    }
+  }
+  state.pending = null;
+  await nextTask();
+  setStatus("Saved.");
+}
+
+async function skip() {
+  if (!state.task || state.back) return;
+  await api("POST", `/api/assignments/${state.task.assignment_id}/skip`);
+  await nextTask();
+  setStatus("Skipped.");
+}
+
+// --- keys --------------------------------------------------------------------------------------
+
+document.addEventListener("keydown", (ev) => {
+  if ($("view-task").hidden && $("view-done").hidden) return;
+  const typing = ["TEXTAREA", "INPUT", "SELECT"].includes(document.activeElement.tagName);
+  if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); return submit(); }
+  if (typing) {
+    if (ev.key === "Escape") document.activeElement.blur();
+    return;
+  }
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const kind = state.task && !$("view-task").hidden ? state.task.kind : null;
+  const digit = /^Digit([0-9])$/.exec(ev.code);
+  const n = digit ? Number(digit[1]) : null;
+  let handled = true;
+  if (ev.key === "Enter" && kind) submit();
+  else if (ev.key === "Escape" && state.back) nextTask();
+  else if (ev.key === "s" && kind) skip();
+  else if (ev.key === "u") goBack();
+  else if (ev.key === "g") $("guidelines").hidden = !$("guidelines").hidden;
+  else if (kind === "rate" && n >= 1 && n <= 7) pickScore(n);
+  else if (kind === "compare" && ["a", "b", "t"].includes(ev.key)) pickChoice(ev.key === "t" ? "tie" : ev.key);
+  else if (kind === "compare" && n >= 1 && n <= 3) pickStrength(state.project.strengths[n - 1]);
+  else if (kind === "rank" && n === 0) clearPlaces();
+  else if (kind === "rank" && n >= 1) rankByKey(n - 1, ev.shiftKey);
+  else if (kind === "rank" && ev.key === "n") { const c = $("none-acceptable"); c.checked = !c.checked; state.answer.none_acceptable = c.checked; }
+  else handled = false;
+  if (handled) ev.preventDefault();
+});
+
+$("btn-submit").addEventListener("click", submit);
+$("btn-skip").addEventListener("click", skip);
+$("btn-back").addEventListener("click", goBack);
+$("btn-guidelines").addEventListener("click", () => { $("guidelines").hidden = !$("guidelines").hidden; });
+$("btn-logout").addEventListener("click", () => { localStorage.removeItem("rlhfkit.token"); location.hash = ""; location.reload(); });
+$("login-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  state.token = $("token").value.trim();
+  localStorage.setItem("rlhfkit.token", state.token);
+  start();
+});
+
+start().catch((e) => setStatus(e.message, true));

@@ -1,0 +1,216 @@
+"""The annotation API on a real database (SQLite file; PostgreSQL too when RLHFKIT_TEST_PG_URL is set)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from sqlalchemy import func, select
+
+from rlhfkit.feedback.db import MIGRATIONS, Answer, Assignment, Database, Task, schema_version
+from rlhfkit.feedback.export import export_records
+
+from .conftest import ADMIN, auth, good_answer
+
+
+def test_import_makes_tasks_of_each_kind_with_gold_mixed_in(fb):
+    with fb.db.tx() as s:
+        kinds = Counter((t.kind, t.is_gold) for t in s.scalars(select(Task)))
+    # Two prompts with 3 responses: 3 rate, 1 rank, 3 compare, 1 edit each. The gold prompt (2 responses,
+    # known ranking and ratings): 2 rate, 1 rank, 1 compare, and no edit (an edit has no known answer).
+    assert kinds == {("rate", False): 6, ("rank", False): 2, ("compare", False): 6, ("edit", False): 2,
+                     ("rate", True): 2, ("rank", True): 1, ("compare", True): 1}
+
+
+def test_each_task_goes_to_n_annotators_and_gold_to_everyone(fb):
+    tokens = [fb.annotator(n) for n in ("ann", "bob", "cid")]
+    for t in tokens:
+        fb.answer_all(t)
+    with fb.db.tx() as s:
+        per_task = dict(s.execute(select(Assignment.task_id, func.count()).group_by(Assignment.task_id)).all())
+        gold = {t.id: t.is_gold for t in s.scalars(select(Task))}
+    assert all(per_task[t] == (3 if g else 2) for t, g in gold.items())
+
+
+def test_an_annotator_holds_at_most_the_cap(fb):
+    token = fb.annotator("ann")
+    r = fb.client.post("/api/projects/demo/claim", json={"n": 10}, headers=auth(token))
+    assert r.status_code == 200 and len(r.json()["tasks"]) == 3 == r.json()["max_held"]
+    again = fb.client.post("/api/projects/demo/claim", json={"n": 10}, headers=auth(token)).json()["tasks"]
+    assert [t["assignment_id"] for t in again] == [t["assignment_id"] for t in r.json()["tasks"]]
+    assert fb.next(token)["assignment_id"] == again[0]["assignment_id"]  # "next" serves the held one first
+
+
+def test_a_task_shows_no_gold_no_model_and_no_one_elses_answer(fb):
+    ann, bob = fb.annotator("ann"), fb.annotator("bob")
+    seen = {}
+    for task in fb.answer_all(ann):
+        seen[task["assignment_id"]] = task
+    for task in fb.answer_all(bob):
+        assert task["answer"] is None and task["revision"] == 0
+        text = str(task)
+        assert "gold" not in text and "tiny" not in text and "checkpoint" not in text
+    r = fb.client.get("/api/projects/demo/last", headers=auth(bob)).json()["task"]
+    assert r["answer"] is not None  # bob sees his own answer, and only his
+
+
+def test_compare_is_shown_in_random_order_and_the_choice_maps_to_the_shown_response(fb):
+    token = fb.annotator("ann")
+    orders = set()
+    while (task := fb.next(token)) is not None:
+        if task["kind"] == "compare":
+            orders.add(tuple(r["id"] for r in task["responses"]))
+            fb.answer(token, task, good_answer(task, choice="b", strength="much"))
+            with fb.db.tx() as s:
+                a = s.get(Assignment, task["assignment_id"])
+                payload = s.scalar(select(Answer.payload).where(Answer.assignment_id == a.id))
+            assert payload["shown"] == a.display_order == [r["id"] for r in task["responses"]]
+            assert payload["better"] == task["responses"][1]["id"] and payload["margin"] == 3.0
+        else:
+            fb.answer(token, task)
+    assert orders == {(0, 1), (1, 0)}  # with 7 compare tasks both orders show up (probability 1 − 2/128)
+    pairs = list(export_records(fb.db, "demo", "pairs"))
+    assert len(pairs) == 6 and all(p["margin"] == 3.0 and p["annotator"] == "ann" for p in pairs)
+
+
+def _first(fb, token, kind):
+    while (task := fb.next(token)) is not None:
+        if task["kind"] == kind:
+            return task
+        fb.answer(token, task)
+    raise AssertionError(f"no {kind} task")
+
+
+def test_rank_accepts_ties_a_partial_ranking_and_none_acceptable(fb):
+    token = fb.annotator("ann")
+    task = _first(fb, token, "rank")
+    ids = [r["id"] for r in task["responses"]]
+    assert fb.answer(token, task, good_answer(task, ranking=[[ids[0], ids[1]], ids[2]])).status_code == 201
+    task = _first(fb, token, "rank")
+    body = good_answer(task, ranking=[task["responses"][2]["id"], task["responses"][0]["id"]], none_acceptable=True)
+    assert fb.answer(token, task, body).status_code == 201
+    with fb.db.tx() as s:
+        payloads = [p for p in s.scalars(select(Answer.payload)) if "ranking" in p]
+    assert payloads[0]["ranking"] == [sorted([ids[0], ids[1]]), [ids[2]]] and not payloads[0]["partial"]
+    assert payloads[1]["partial"] and payloads[1]["none_acceptable"]
+    task = _first(fb, token, "rank")
+    assert fb.answer(token, task, good_answer(task, ranking=[], none_acceptable=True)).status_code == 201
+
+
+def test_edit_keeps_every_revision_and_exports_the_latest(fb):
+    token = fb.annotator("ann")
+    task = _first(fb, token, "edit")
+    for text in ("first try", "second try"):
+        r = fb.answer(token, task, good_answer(task, edited=text))
+        assert r.status_code == 201
+    assert r.json()["revision"] == 2
+    with fb.db.tx() as s:
+        kept = list(s.scalars(select(Answer.payload).where(Answer.assignment_id == task["assignment_id"])
+                              .order_by(Answer.revision)))
+    assert [p["edited"] for p in kept] == ["first try", "second try"]
+    edits = list(export_records(fb.db, "demo", "edits"))
+    assert [(e["edited"], e["revisions"]) for e in edits] == [("second try", 2)]
+
+
+def test_going_back_changes_the_last_answer(fb):
+    token = fb.annotator("ann")
+    task = _first(fb, token, "rate")
+    fb.answer(token, task, good_answer(task, score=2))
+    last = fb.client.get("/api/projects/demo/last", headers=auth(token)).json()["task"]
+    assert last["assignment_id"] == task["assignment_id"] and last["answer"]["score"] == 2
+    assert fb.answer(token, last, good_answer(last, score=6)).json()["revision"] == 2
+    ratings = [r for r in export_records(fb.db, "demo", "ratings")]
+    assert [r["score"] for r in ratings] == [6]
+
+
+def test_a_skipped_task_goes_to_someone_else_and_not_back(fb):
+    ann, bob, cid = fb.annotator("ann"), fb.annotator("bob"), fb.annotator("cid")
+    task = fb.next(ann)
+    r = fb.client.post(f"/api/assignments/{task['assignment_id']}/skip", headers=auth(ann))
+    assert r.status_code == 200 and r.json()["status"] == "skipped"
+    assert fb.answer(ann, task).status_code == 409
+    answered_by_others = set()
+    for t in (bob, cid):
+        with fb.db.tx() as s:
+            answered_by_others |= {s.get(Assignment, x["assignment_id"]).task_id for x in fb.answer_all(t)}
+    with fb.db.tx() as s:
+        skipped_task = s.get(Assignment, task["assignment_id"]).task_id
+    assert skipped_task in answered_by_others
+    mine = fb.answer_all(ann)
+    with fb.db.tx() as s:
+        assert skipped_task not in {s.get(Assignment, x["assignment_id"]).task_id for x in mine}
+    progress = fb.client.get("/api/projects/demo", headers=auth(ann)).json()["progress"]
+    assert progress["skipped"] == 1 and progress["available"] == 0
+
+
+@pytest.mark.parametrize("kind, body, status, field", [
+    ("rate", {"score": 9}, 422, "score"),
+    ("rate", {"score": "5"}, 422, "score"),
+    ("rate", {}, 422, "score"),
+    ("rate", {"score": 5, "comment": 3}, 422, "comment"),
+    ("compare", {"choice": "c"}, 422, "choice"),
+    ("compare", {"choice": "a"}, 422, "strength"),
+    ("rank", {"ranking": [0, 0]}, 422, "ranking[1]"),
+    ("rank", {"ranking": [0, 7]}, 422, "ranking[1]"),
+    ("rank", {"ranking": [0]}, 422, "ranking"),
+    ("edit", {"edited": "   "}, 422, "edited"),
+    ("edit", {"edited": None}, 422, "edited"),
+])
+def test_a_bad_answer_is_a_4xx_naming_the_field(fb, kind, body, status, field):
+    token = fb.annotator("ann")
+    task = _first(fb, token, kind)
+    r = fb.answer(token, task, {**body, "submission_id": "sub-0123456789"})
+    assert r.status_code == status and r.json()["field"] == field and r.json()["detail"].startswith(field + ":")
+
+
+def test_malformed_requests_name_what_is_wrong(fb):
+    token = fb.annotator("ann")
+    task = fb.next(token)
+    r = fb.client.post(f"/api/assignments/{task['assignment_id']}/answer", json=good_answer(task, submission_id="x"),
+                       headers=auth(token))
+    assert r.status_code == 422 and r.json()["field"] == "submission_id"
+    r = fb.client.post(f"/api/assignments/{task['assignment_id']}/answer", content=b"{not json",
+                       headers={**auth(token), "Content-Type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["detail"]
+    r = fb.client.post(f"/api/assignments/{task['assignment_id']}/answer", json=[1, 2], headers=auth(token))
+    assert r.status_code == 422 and r.json()["field"] == "body"
+    assert fb.client.get("/api/projects/nope/next", headers=auth(token)).json()["field"] == "project"
+    assert fb.client.get("/api/assignments/99999", headers=auth(token)).status_code == 404
+    r = fb.client.post("/api/projects/demo/claim", json={"n": 0}, headers=auth(token))
+    assert r.status_code == 422 and r.json()["field"] == "n"
+
+
+def test_a_retried_submission_is_stored_once(fb):
+    token = fb.annotator("ann")
+    task = fb.next(token)
+    body = good_answer(task)
+    first, retry = fb.answer(token, task, body), fb.answer(token, task, body)
+    assert first.status_code == 201 and retry.status_code == 200
+    assert retry.json() == {**first.json(), "duplicate": True}
+    with fb.db.tx() as s:
+        assert s.scalar(select(func.count()).select_from(Answer)) == 1
+    other = fb.next(token)
+    r = fb.answer(token, other, good_answer(other, submission_id=body["submission_id"]))
+    assert r.status_code == 409 and r.json()["field"] == "submission_id"
+
+
+def test_the_schema_is_created_once_and_reopening_keeps_the_data(fb, db_url):
+    token = fb.annotator("ann")
+    fb.answer(token, fb.next(token))
+    again = Database(db_url)
+    assert schema_version(again.engine) == len(MIGRATIONS) == again.version
+    with again.tx() as s:
+        assert s.scalar(select(func.count()).select_from(Answer)) == 1
+    again.dispose()
+
+
+def test_admin_sets_up_a_project_over_the_api(fb):
+    r = fb.client.put("/api/admin/projects/fresh", json={"guidelines": "Short answers win.", "max_held": 2},
+                      headers=auth(ADMIN))
+    assert r.status_code == 200 and r.json()["max_held"] == 2
+    r = fb.client.put("/api/admin/projects/fresh", json={"max_held": 0}, headers=auth(ADMIN))
+    assert r.status_code == 422 and r.json()["field"] == "max_held"
+    token = fb.annotator("ann")
+    names = [p["name"] for p in fb.client.get("/api/projects", headers=auth(token)).json()]
+    assert names == ["demo", "fresh"]
+    assert fb.client.post("/api/admin/annotators", json={"name": "ann"}, headers=auth(ADMIN)).status_code == 409
