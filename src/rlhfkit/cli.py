@@ -291,6 +291,65 @@ def gym(
     typer.echo(json.dumps(summary.get("eval", summary)))
 
 
+@app.command("eval")
+def eval_(
+    model: Optional[List[str]] = typer.Option(None, "--model", help="Model spec to evaluate, or label=spec (repeatable)."),
+    prompts: Optional[str] = typer.Option(None, help="Prompt JSONL (records may carry \"reference\" answers)."),
+    output: Optional[str] = typer.Option(None, help="Folder for eval.json and samples.jsonl."),
+    judge: Optional[str] = typer.Option(None, help="Gold judge name: gold score and gold win rate."),
+    reward: Optional[str] = typer.Option(None, help="Reward-model folder: RM score and RM win rate."),
+    reference: Optional[str] = typer.Option(None, help="Reference policy for KL and win rates (default: the first --model)."),
+    best_of: Optional[int] = typer.Option(None, help="Add the reference's best-of-N answers by RM score as a baseline."),
+    sft_data: Optional[str] = typer.Option(None, help="Held-out SFT JSONL: perplexity of each model."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Tokens generated at most per answer."),
+    max_prompts: Optional[int] = typer.Option(None, help="Evaluate only the first N prompts."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Checkpoints against a reference: RM and gold scores, KL, win rates with CIs, BLEU/ROUGE, perplexity."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlhfkit.config import EvalConfig
+    from rlhfkit.eval.evaluate import evaluate_models
+
+    cfg = resolve(EvalConfig, config, set_, models=model or None, prompts=prompts, output=output, judge=judge,
+                  reward=reward, reference=reference, best_of=best_of, sft_data=sft_data,
+                  max_new_tokens=max_new_tokens, max_prompts=max_prompts, seed=seed)
+    if not cfg.models:
+        fail("--model is required (repeat it to compare several checkpoints)")
+    if not cfg.prompts:
+        fail("--prompts is required (a prompt JSONL file)")
+    result = evaluate_models(cfg)
+
+    def fmt(x, spec=".3f"):
+        return "–" if x is None else format(x, spec)
+
+    def win(w):
+        return "–" if w is None else f"{w['win_rate']:.2f} [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}]"
+
+    t = Table(title=f"eval on {result['n_prompts']} prompts (reference {result['reference']})")
+    for col in ("model", "RM score", "gold score", "KL", "win vs ref (RM)", "win vs ref (gold)", "length", "no EOS"):
+        t.add_column(col)
+    for r in result["models"]:
+        t.add_row(r["name"], fmt(r["rm_score"]), fmt(r["gold_score"]), fmt(r["kl"]), win(r["win_rate_rm"]),
+                  win(r["win_rate_gold"]), fmt(r["response_len"], ".1f"), fmt(r["no_eos_frac"], ".2f"))
+    Console().print(t)
+    typer.echo(f"wrote {Path(cfg.output) / 'eval.json'}", err=True)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="Pipeline run folder holding sft/, rm/, ppo/, eval/ (each optional)."),
+    output: Optional[Path] = typer.Option(None, help="HTML file to write (default RUN_DIR/report.html)."),
+):
+    """Build the self-contained HTML report (training curves, KL frontier, over-optimisation, samples)."""
+    from rlhfkit.eval.report import build_report
+
+    if not run_dir.is_dir():
+        fail(f"{run_dir}: no such run folder")
+    typer.echo(str(build_report(run_dir, output)))
+
+
 def main() -> None:
     """Console entry point: clear one-line errors for the mistakes people make."""
     from rlhfkit.config import ConfigError

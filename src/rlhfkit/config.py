@@ -255,3 +255,29 @@ class GymConfig:
     seed: int = 0
     resume: bool = False  # continue from output/checkpoint.pt if it exists
     threads: int = 1  # torch threads: 1 is fastest for these small MLPs
+
+
+@dataclass
+class EvalConfig:
+    """Checkpoints against a reference policy on a prompt set (``rlhf eval``)."""
+
+    models: list[str] = field(default_factory=list)  # model specs to evaluate; "label=spec" names one
+    prompts: str = ""  # prompt JSONL; records may carry "reference" answers and judge fields ("keywords", ...)
+    output: str = "runs/eval"  # folder for eval.json and samples.jsonl
+    reference: str | None = None  # reference policy spec for KL and win rates (default: the first model)
+    judge: str | None = None  # gold judge name (rlhfkit.judges) for gold score and gold win rate
+    reward: str | None = None  # reward-model folder for RM score and RM win rate
+    best_of: int = 0  # N > 0 adds the reference's best-of-N answers by reward-model score (needs reward)
+    sft_data: str | None = None  # held-out SFT JSONL: perplexity of each model on it
+    max_prompts: int = 0  # evaluate only the first N prompts (0: all)
+    max_new_tokens: int = 128  # tokens generated at most per answer
+    temperature: float = 0.7  # answers are sampled at this temperature (the KL estimate needs samples; 0: greedy)
+    batch_size: int = 8  # prompts per generation / scoring batch
+    chat: bool = True  # apply the tokenizer's chat template
+    max_len: int = 256  # perplexity: tokens per SFT example
+    max_prompt_len: int = 192  # perplexity: prompt tokens kept at most
+    tie_tol: float = 0.0  # score difference up to which two answers tie (a tie counts as half a win)
+    bootstrap: int = 1000  # bootstrap resamples for the win-rate confidence interval
+    confidence: float = 0.95  # level of the win-rate confidence interval
+    seed: int = 0  # every model samples with this seed, so identical models give identical answers
+    threads: int = 0  # torch threads (0: leave torch's default)

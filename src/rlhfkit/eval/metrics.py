@@ -1,0 +1,111 @@
+"""Evaluation metrics as pure functions on plain lists (no models): easy to test on hand-made inputs.
+
+Conventions: scores and lengths are lists of floats, one per prompt; texts are lists of strings.
+Win rates count a tie as half a win, so two identical policies score exactly 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+
+_WORD = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (letters, digits and inner apostrophes)."""
+    return _WORD.findall(text.lower())
+
+
+def mean(xs: Sequence[float]) -> float | None:
+    """Arithmetic mean, or None for an empty list (so a missing metric is visible, not 0)."""
+    return float(np.mean(xs)) if len(xs) else None
+
+
+def win_outcomes(a: Sequence[float], b: Sequence[float], tie_tol: float = 0.0) -> np.ndarray:
+    """Per prompt: 1 when a beats b, 0.5 on a tie (|a − b| ≤ tie_tol), 0 when b wins."""
+    if len(a) != len(b):
+        raise ValueError(f"win rate: {len(a)} scores against {len(b)}")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    return np.where(np.abs(d) <= tie_tol, 0.5, (d > 0).astype(float))
+
+
+def bootstrap_ci(values: Sequence[float], stat: Callable[[np.ndarray], float] = np.mean, n_boot: int = 1000,
+                 confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` over ``values`` (resampling prompts with replacement)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    stats = np.array([stat(x[i]) for i in idx])
+    alpha = (1.0 - confidence) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha))
+
+
+def win_rate(a: Sequence[float], b: Sequence[float], tie_tol: float = 0.0, n_boot: int = 1000,
+             confidence: float = 0.95, seed: int = 0) -> dict:
+    """Win rate of a over b (ties count ½) with its bootstrap interval and the win/tie/loss counts."""
+    out = win_outcomes(a, b, tie_tol)
+    lo, hi = bootstrap_ci(out, np.mean, n_boot, confidence, seed)
+    return {"win_rate": mean(out), "ci": [lo, hi], "wins": int((out == 1).sum()), "ties": int((out == 0.5).sum()),
+            "losses": int((out == 0).sum()), "n": len(out)}
+
+
+def sequence_kl(logp: Sequence[Sequence[float]], ref_logp: Sequence[Sequence[float]]) -> list[float]:
+    """Per answer: Σ over its tokens of log π − log π_ref (the k1 estimate of KL for a sampled answer)."""
+    out = []
+    for i, (lp, rp) in enumerate(zip(logp, ref_logp, strict=True)):
+        if len(lp) != len(rp):
+            raise ValueError(f"answer {i}: {len(lp)} policy log-probs but {len(rp)} reference log-probs")
+        out.append(float(np.sum(np.asarray(lp, dtype=float) - np.asarray(rp, dtype=float))))
+    return out
+
+
+def sampled_kl(logp: Sequence[Sequence[float]], ref_logp: Sequence[Sequence[float]]) -> float | None:
+    """KL(π‖π_ref) per answer, estimated on answers sampled from π: mean over answers of the summed k1."""
+    return mean(sequence_kl(logp, ref_logp))
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL of best-of-n sampling to its base policy: log n − (n − 1)/n (Stiennon et al. 2020, App. G)."""
+    return math.log(n) - (n - 1) / n
+
+
+def bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Corpus BLEU (sacrebleu, 0–100) of hypotheses against one reference each."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score)
+
+
+def rouge(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measures (rouge-score, 0–1, with stemming) against one reference each."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    per = [scorer.score(ref, hyp) for hyp, ref in zip(hyps, refs, strict=True)]
+    return {k: float(np.mean([p[k].fmeasure for p in per])) if per else math.nan for k in ("rouge1", "rouge2", "rougeL")}
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct-n (Li et al. 2016): unique n-grams / all n-grams over every text (0 when there are none)."""
+    grams = [g for t in texts for g in ngrams(words(t), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def no_eos_fraction(ended: Sequence[bool]) -> float:
+    """Share of answers that hit the length limit without an end-of-sequence token."""
+    return float(np.mean([not e for e in ended])) if len(ended) else 0.0
+
+
+def perplexity(total_nll: float, n_tokens: int) -> float:
+    """exp(mean per-token negative log-likelihood); capped at exp(50) so a bad model stays finite."""
+    return math.exp(min(total_nll / max(n_tokens, 1), 50.0))

@@ -1,0 +1,383 @@
+"""The run report: one self-contained ``report.html`` with matplotlib plots embedded as base64 PNGs.
+
+It reads a pipeline run folder ``runs/<name>/{sft,rm,ppo,eval}/`` (each part optional) and shows
+- training curves from each stage's ``metrics.jsonl`` (SFT loss, reward-model accuracy, PPO score, KL,
+  entropy, clip fraction, value loss, response length);
+- reward against √KL (the frontier: how much reward each nat of KL bought);
+- gold against proxy score across evaluated checkpoints by √KL (Gao et al. 2022). A proxy score that keeps
+  rising while the gold score falls is reward hacking, and the report says so in words;
+- the eval metrics table and answers before and after for the same prompts.
+A part that is missing is named in the report instead of failing the build.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: the Agg canvas, no global state, no display needed
+
+from rlhfkit.tracking import read_metrics
+
+PPO_PANELS = [("score", "score (reward model / judge)"), ("kl", "KL to reference"), ("entropy", "entropy"),
+              ("clipfrac", "clip fraction"), ("value_loss", "value loss"), ("response_len", "response length")]
+
+
+def png(fig: Figure) -> str:
+    """An <img> tag holding the figure as a base64 PNG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="">'
+
+
+def numeric(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the records that logged ``key`` as a finite number."""
+    pts = [(r.get("step", i), r[key]) for i, r in enumerate(records)
+           if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) and math.isfinite(r[key])]
+    return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+
+def smooth(y: np.ndarray) -> np.ndarray:
+    """Trailing moving average over ~5% of the curve (PPO metrics are noisy step to step)."""
+    w = max(1, len(y) // 20)
+    if w == 1:
+        return y
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    head = c[1:w] / np.arange(1, w)
+    return np.concatenate([head, (c[w:] - c[:-w]) / w])
+
+
+def curve(ax, x: np.ndarray, y: np.ndarray, label: str, color: str = "C0") -> None:
+    if len(y) and np.ptp(y) <= 1e-6 * max(1.0, abs(float(y.mean()))):
+        # A flat curve: centre it, or matplotlib labels the ticks with float noise.
+        pad = max(0.1 * abs(float(y.mean())), 0.05)
+        ax.set_ylim(float(y.mean()) - pad, float(y.mean()) + pad)
+    if len(x) > 20:
+        ax.plot(x, y, color=color, alpha=0.25, lw=1)
+        ax.plot(x, smooth(y), color=color, lw=2, label=f"{label} (smoothed)")
+    else:
+        ax.plot(x, y, color=color, lw=2, marker="o", ms=3, label=label)
+
+
+def plot_sft(records: list[dict]) -> str | None:
+    x, y = numeric(records, "loss")
+    if not len(x):
+        return None
+    fig = Figure(figsize=(6, 3.4))
+    ax = fig.subplots()
+    curve(ax, x, y, "train loss")
+    ex, ey = numeric(records, "eval_loss")
+    if len(ex):
+        ax.plot(ex, ey, "s-", color="C3", label="held-out loss")
+    ax.set(title="SFT: loss on response tokens", xlabel="step", ylabel="cross-entropy (nats/token)")
+    ax.legend(), ax.grid(alpha=0.3)
+    return png(fig)
+
+
+def plot_rm(records: list[dict]) -> str | None:
+    x, y = numeric(records, "accuracy")
+    if not len(x):
+        return None
+    fig = Figure(figsize=(6, 3.4))
+    ax = fig.subplots()
+    curve(ax, x, y, "train accuracy")
+    ex, ey = numeric(records, "eval_accuracy")
+    if len(ex):
+        ax.plot(ex, ey, "s-", color="C3", label="held-out accuracy")
+    ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
+    ax.set(title="Reward model: preference accuracy", xlabel="step", ylabel="accuracy", ylim=(0, 1.02))
+    ax.legend(), ax.grid(alpha=0.3)
+    return png(fig)
+
+
+def plot_ppo(records: list[dict]) -> str | None:
+    panels = [(k, title) for k, title in PPO_PANELS if len(numeric(records, k)[0])]
+    if not panels:
+        return None
+    cols = 3
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(12, 3.2 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, (key, title) in zip(axes, panels):
+        x, y = numeric(records, key)
+        curve(ax, x, y, key, "C0")
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("PPO training", fontsize=13)
+    fig.tight_layout()
+    return png(fig)
+
+
+def eval_points(ev: dict | None) -> list[dict]:
+    """Evaluated policies with a KL, RM and gold score (best-of-N kept apart: its KL is analytic)."""
+    if not ev:
+        return []
+    return [m for m in ev.get("models", []) if m.get("kl") is not None]
+
+
+def plot_frontier(ppo: list[dict], ev: dict | None) -> str | None:
+    """Reward against √KL: PPO steps coloured by step, evaluated checkpoints as labelled points."""
+    steps, kl = numeric(ppo, "kl")
+    _, score = numeric(ppo, "score")
+    have_ppo = len(kl) > 0 and len(kl) == len(score)
+    pts = [m for m in eval_points(ev) if m.get("rm_score") is not None]
+    if not have_ppo and not pts:
+        return None
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    if have_ppo:
+        sc = ax.scatter(np.sqrt(np.clip(kl, 0, None)), score, c=steps, cmap="viridis", s=14, label="PPO steps (training batch)")
+        fig.colorbar(sc, ax=ax, label="step")
+    for m in pts:
+        marker = "*" if m.get("best_of") else "D"
+        ax.scatter([math.sqrt(max(m["kl"], 0.0))], [m["rm_score"]], marker=marker, s=80, color="C3", edgecolor="k", zorder=3)
+        ax.annotate(m["name"], (math.sqrt(max(m["kl"], 0.0)), m["rm_score"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.margins(x=0.12, y=0.1)
+    ax.set(title="Reward against √KL (the frontier)", xlabel="√KL(π ‖ π_ref)  (√nats)", ylabel="reward-model score")
+    ax.grid(alpha=0.3)
+    if have_ppo:
+        ax.legend(loc="lower right", fontsize=8)
+    return png(fig)
+
+
+def overoptimisation_points(ppo: list[dict], ev: dict | None) -> tuple[list[tuple[float, float, float]], str]:
+    """(KL, proxy, gold) points sorted by KL, and where they come from.
+
+    Prefer evaluated checkpoints (same prompts, held-out); fall back to PPO logs that carry ``gold_score``.
+    """
+    pts = [(m["kl"], m["rm_score"], m["gold_score"]) for m in eval_points(ev)
+           if not m.get("best_of") and m.get("rm_score") is not None and m.get("gold_score") is not None]
+    if len(pts) >= 2:
+        return sorted(pts), "evaluated checkpoints"
+    rows = [r for r in ppo if all(isinstance(r.get(k), (int, float)) for k in ("kl", "score", "gold_score"))]
+    if len(rows) >= 2:
+        kl = smooth(np.array([r["kl"] for r in rows], dtype=float))
+        proxy = smooth(np.array([r["score"] for r in rows], dtype=float))
+        gold = smooth(np.array([r["gold_score"] for r in rows], dtype=float))
+        return sorted(zip(kl.tolist(), proxy.tolist(), gold.tolist())), "PPO training log (smoothed)"
+    return [], ""
+
+
+def detect_reward_hacking(points: list[tuple[float, float, float]], min_drop: float = 0.1) -> dict | None:
+    """Proxy rising while gold falls, along increasing KL.
+
+    points: (KL, proxy, gold) sorted by KL. Hacking when, after the gold peak, the gold score falls by at
+    least ``min_drop`` of its range over the curve while the proxy score ends higher than at the peak.
+    """
+    if len(points) < 2:
+        return None
+    gold = [p[2] for p in points]
+    peak = int(np.argmax(gold))
+    last = len(points) - 1
+    if peak == last:
+        return None
+    drop = gold[peak] - gold[last]
+    rise = points[last][1] - points[peak][1]
+    span = max(gold) - min(gold)
+    if rise > 0 and drop > 0 and drop >= min_drop * span:
+        return {"peak_kl": points[peak][0], "last_kl": points[last][0], "gold_peak": gold[peak], "gold_last": gold[last],
+                "proxy_peak": points[peak][1], "proxy_last": points[last][1]}
+    return None
+
+
+def plot_overoptimisation(points: list[tuple[float, float, float]], source: str, hack: dict | None) -> str:
+    x = np.sqrt(np.clip([p[0] for p in points], 0, None))
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    ax.plot(x, [p[1] for p in points], "o-", color="C0", label="proxy (reward model)")
+    ax.set(xlabel="√KL(π ‖ π_ref)  (√nats)", ylabel="proxy score", title=f"Gold vs proxy ({source})")
+    ax.tick_params(axis="y", labelcolor="C0")
+    ax2 = ax.twinx()  # the two scores live on different scales
+    ax2.plot(x, [p[2] for p in points], "s-", color="C1", label="gold (judge)")
+    ax2.set_ylabel("gold score")
+    ax2.tick_params(axis="y", labelcolor="C1")
+    if hack:
+        ax.axvline(math.sqrt(max(hack["peak_kl"], 0.0)), color="C3", ls="--", lw=1)
+        ax2.annotate("gold peak", (math.sqrt(max(hack["peak_kl"], 0.0)), hack["gold_peak"]), color="C3",
+                     textcoords="offset points", xytext=(5, -12), fontsize=8)
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return png(fig)
+
+
+def fmt(x, spec: str = ".3f") -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return format(x, spec) if math.isfinite(x) else str(x)
+    return html.escape(str(x))
+
+
+def win_cell(w: dict | None) -> str:
+    if not w:
+        return "–"
+    lo, hi = w["ci"]
+    return (f"<b>{w['win_rate']:.2f}</b> <small>[{lo:.2f}, {hi:.2f}]</small><br><small>{w['wins']}W {w['ties']}T "
+            f"{w['losses']}L</small><br><small>len {fmt(w.get('len_model'), '.0f')} vs {fmt(w.get('len_reference'), '.0f')}</small>")
+
+
+EVAL_COLUMNS = [("rm_score", "RM score"), ("gold_score", "gold score"), ("kl", "KL"), ("win_rate_rm", "win vs ref (RM)"),
+                ("win_rate_gold", "win vs ref (gold)"), ("bleu", "BLEU"), ("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"),
+                ("rougeL", "ROUGE-L"), ("ppl", "perplexity"), ("response_len", "length (tokens)"),
+                ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("no_eos_frac", "no EOS")]
+
+
+def eval_table(ev: dict) -> str:
+    rows = ev.get("models", [])
+    cols = [(k, t) for k, t in EVAL_COLUMNS if any(r.get(k) is not None for r in rows)]
+    head = "".join(f"<th>{t}</th>" for _, t in cols)
+    body = []
+    for r in rows:
+        name = html.escape(r["name"]) + (" <small>(reference)</small>" if r.get("is_reference") else "")
+        cells = [f"<td class=win>{win_cell(r.get(k))}</td>" if k.startswith("win_rate")
+                 else f"<td>{fmt(r.get(k), '.1f' if k in ('bleu', 'response_len', 'ppl') else '.3f')}</td>" for k, _ in cols]
+        body.append(f"<tr><td>{name}</td>{''.join(cells)}</tr>")
+    note = (f"<p class=note>{ev.get('n_prompts', '?')} prompts from <code>{html.escape(str(ev.get('prompts', '')))}</code>; "
+            f"answers sampled at temperature {fmt(ev.get('temperature'), 'g')}; reference policy "
+            f"<code>{html.escape(str(ev.get('reference', '')))}</code>; gold judge {fmt(ev.get('judge'))}. "
+            "Win rates count ties as ½; brackets are bootstrap 95% intervals; the lengths of both sides stand beside "
+            "each win rate so that a win bought by length shows. KL is the sampled estimate Σ log π − log π_ref per "
+            "answer (best-of-N: analytic).</p>")
+    skipped = ev.get("skipped") or {}
+    if skipped:
+        note += "<p class=note>Not measured: " + "; ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in skipped.items()) + ".</p>"
+    return f"<table><tr><th>model</th>{head}</tr>{''.join(body)}</table>{note}"
+
+
+def samples_table(samples: list[dict], ev: dict | None, n: int = 8) -> str | None:
+    """Answers before (the reference) and after (the last evaluated policy, and best-of-N) for the same prompts."""
+    by_model: dict[str, dict[int, dict]] = {}
+    for s in samples:
+        by_model.setdefault(s["model"], {})[s["index"]] = s
+    names = list(by_model)
+    if not names:
+        return None
+    rows = ev.get("models", []) if ev else []
+    before = next((r["name"] for r in rows if r.get("is_reference")), names[0])
+    policies = [r["name"] for r in rows if not r.get("is_reference") and not r.get("best_of")] or [x for x in names if x != before]
+    cols = [before] + policies[-1:] + [r["name"] for r in rows if r.get("best_of")]
+    cols = [c for c in dict.fromkeys(cols) if c in by_model]
+    tags = {before: " (before)", **({cols[1]: " (after)"} if len(cols) > 1 and cols[1] in policies else {})}
+    head = "<th>prompt</th>" + "".join(f"<th>{html.escape(c)}{tags.get(c, '')}</th>" for c in cols)
+    body = []
+    for i in sorted(by_model[before])[:n]:
+        cells = [f"<td class=prompt>{html.escape(by_model[before][i]['prompt'])}</td>"]
+        for c in cols:
+            s = by_model[c].get(i)
+            if s is None:
+                cells.append("<td>–</td>")
+                continue
+            scores = " · ".join(f"{k.replace('_score', '')} {fmt(s.get(k))}" for k in ("gold_score", "rm_score") if s.get(k) is not None)
+            cut = "" if s.get("ended", True) else " · <b>no EOS</b>"
+            cells.append(f"<td><div class=answer>{html.escape(s['response']) or '<i>(empty)</i>'}</div>"
+                         f"<small>{scores}{cut}</small></td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table class=samples><tr>{head}</tr>{''.join(body)}</table>"
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+img{max-width:100%;display:block;margin:.6em 0}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}
+table{border-collapse:collapse;width:100%;font-size:.88em;margin:.6em 0}
+th,td{border:1px solid #ddd;padding:.35em .5em;vertical-align:top;text-align:left}
+th{background:#f4f4f6} td small{color:#666}
+td.win{white-space:nowrap} .samples td{width:30%} .samples td.prompt{width:16%;background:#fafafa}
+.answer{white-space:pre-wrap;margin-bottom:.3em}
+.note{color:#555;font-size:.9em}
+.warning{background:#fff1f0;border-left:4px solid #d4380d;padding:.6em .8em}
+.ok{background:#f0f8f0;border-left:4px solid #389e0d;padding:.6em .8em}
+.missing{color:#888;font-style:italic}
+.summary{background:#f6f8fa;border:1px solid #e1e4e8;padding:.7em 1em .7em 2em;font-size:.95em}
+"""
+
+
+def summary_lines(ev: dict) -> list[str]:
+    """Up to five plain-text lines: gold and RM score before → after, win rates with intervals, KL, best-of-N."""
+    rows = ev.get("models", [])
+    ref = next((r for r in rows if r.get("is_reference")), rows[0] if rows else None)
+    after = [r for r in rows if r is not ref and not r.get("best_of")]
+    if ref is None or not after:
+        return []
+    new = after[-1]
+    lines = []
+    for key, what in (("gold_score", f"gold score ({ev.get('judge')})"), ("rm_score", "reward-model score")):
+        if new.get(key) is not None:
+            lines.append(f"{what}: {ref[key]:.3f} ({ref['name']}) → {new[key]:.3f} ({new['name']})")
+    for key, what in (("win_rate_gold", "gold judge"), ("win_rate_rm", "reward model")):
+        w = new.get(key)
+        if w:
+            lines.append(f"win rate of {new['name']} over {ref['name']} by {what}: {w['win_rate']:.2f} "
+                         f"[{w['ci'][0]:.2f}, {w['ci'][1]:.2f}], length {fmt(w['len_model'], '.0f')} vs "
+                         f"{fmt(w['len_reference'], '.0f')} tokens")
+    if new.get("kl") is not None:
+        lines.append(f"KL({new['name']} ‖ {ref['name']}): {new['kl']:.3f} nats per answer")
+    for r in rows:
+        if r.get("best_of") and r.get("gold_score") is not None:
+            lines.append(f"{r['name']} baseline: gold score {r['gold_score']:.3f}, KL {r['kl']:.3f}")
+    return lines[:5]
+
+
+def reward_hacking_verdict(hack: dict | None) -> str:
+    if hack is None:
+        return ("<p class=ok>No over-optimisation seen: the gold score does not fall while the proxy score "
+                "rises along the KL axis.</p>")
+    return (f'<p class=warning id="reward-hacking"><b>Reward hacking.</b> Past √KL ≈ '
+            f'{math.sqrt(max(hack["peak_kl"], 0)):.2f} the proxy (reward-model) score still rises '
+            f'({hack["proxy_peak"]:.3f} → {hack["proxy_last"]:.3f}) while the gold score falls '
+            f'({hack["gold_peak"]:.3f} → {hack["gold_last"]:.3f}): the policy exploits the reward model. '
+            "Keep the checkpoint at the gold peak, or raise the KL coefficient (β / target KL), stop earlier, "
+            "or train the reward model on more feedback from the current policy.</p>")
+
+
+def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
+    """Write ``run_dir/report.html`` (or ``out_path``) from whatever stages the run folder holds; returns its path."""
+    run = Path(run_dir)
+    out = Path(out_path) if out_path else run / "report.html"
+    name = html.escape(run.resolve().name)
+    sft, rm, ppo = (read_metrics(run / part / "metrics.jsonl") for part in ("sft", "rm", "ppo"))
+    ev_path = run / "eval" / "eval.json"
+    ev = json.loads(ev_path.read_text(encoding="utf-8")) if ev_path.exists() else None
+    samples = read_metrics(run / "eval" / "samples.jsonl")  # a plain JSONL reader; no file → []
+    missing: list[str] = []
+
+    def shown(body: str | None, what: str, why: str) -> str:
+        if body is None:
+            missing.append(f"{what}: {why}")
+            return f"<p class=missing>{html.escape(what)} not shown: {html.escape(why)}.</p>"
+        return body
+
+    parts = [f"<h1>rlhfkit report: {name}</h1>"]
+    lines = summary_lines(ev) if ev else []
+    if lines:
+        parts.append("<ul class=summary>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
+    parts.append("<h2>Evaluation</h2>" + shown(eval_table(ev) if ev else None, "evaluation table", "no eval/eval.json"))
+    parts.append("<h2>Supervised fine-tuning and reward model</h2><div class=grid>"
+                 + shown(plot_sft(sft), "SFT curve", "no loss in sft/metrics.jsonl")
+                 + shown(plot_rm(rm), "reward-model curve", "no accuracy in rm/metrics.jsonl") + "</div>")
+    parts.append("<h2>PPO training</h2>" + shown(plot_ppo(ppo), "PPO curves", "no ppo/metrics.jsonl"))
+    points, source = overoptimisation_points(ppo, ev)
+    hack = detect_reward_hacking(points) if points else None
+    parts.append("<h2>KL: the frontier and over-optimisation</h2><div class=grid>"
+                 + shown(plot_frontier(ppo, ev), "reward against √KL",
+                         "needs PPO metrics with score and kl, or evaluated checkpoints with RM scores")
+                 + shown(plot_overoptimisation(points, source, hack) if points else None, "gold vs proxy",
+                         "needs two or more evaluated checkpoints with RM and gold scores (or gold_score in the PPO log)")
+                 + "</div>" + (reward_hacking_verdict(hack) if points else ""))
+    parts.append("<h2>Answers before and after</h2>" + shown(samples_table(samples, ev), "sample answers", "no eval/samples.jsonl"))
+    if missing:
+        parts.append("<h2>Missing parts</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in missing) + "</ul>")
+    doc = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>rlhfkit report: {name}</title>"
+           f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc, encoding="utf-8")
+    return out

@@ -1,0 +1,84 @@
+import json
+import math
+
+from typer.testing import CliRunner
+
+from rlhfkit.cli import app
+from rlhfkit.eval.report import build_report, detect_reward_hacking
+from tests.conftest import write_jsonl
+
+IMG = '<img src="data:image/png;base64,'
+
+
+def win(rate: float) -> dict:
+    return {"win_rate": rate, "ci": [rate - 0.1, rate + 0.1], "wins": 3, "ties": 1, "losses": 2, "n": 6,
+            "len_model": 30.0, "len_reference": 20.0}
+
+
+def fake_run(root, gold_after: list[float]):
+    """A run folder as the pipeline lays it out, with recorded metrics; PPO checkpoints at rising KL and proxy."""
+    write_jsonl(root / "sft" / "metrics.jsonl", [
+        {"step": s, "loss": 3.0 / s, "lr": 1e-4, "time_step_s": 0.1, **({"eval_loss": 3.2 / s} if s % 10 == 0 else {})}
+        for s in range(1, 41)])
+    write_jsonl(root / "rm" / "metrics.jsonl", [
+        {"step": s, "loss": 0.7 - s / 100, "accuracy": min(0.5 + s / 60, 1.0), "time_step_s": 0.1,
+         **({"eval_accuracy": 0.5 + s / 80} if s % 10 == 0 else {})} for s in range(1, 31)])
+    write_jsonl(root / "ppo" / "metrics.jsonl", [
+        {"step": s, "score": s / 50, "kl": s / 10, "beta": 0.05, "non_score_reward": -s / 200, "entropy": 2 - s / 100,
+         "approx_kl": 0.01, "clipfrac": 0.1, "policy_loss": 0.0, "value_loss": 1 / s, "explained_variance": 0.5,
+         "ratio_mean": 1.0, "response_len": 30, "no_eos_frac": 0.0, "time_rollout_s": 1, "time_train_s": 1,
+         "time_step_s": 2} for s in range(1, 51)])
+    models = [{"name": "sft", "spec": "runs/x/sft", "is_reference": True, "n": 6, "rm_score": 0.0, "gold_score": 0.30,
+               "kl": 0.0, "kl_method": "sampled", "win_rate_rm": win(0.5), "win_rate_gold": win(0.5), "bleu": 10.0,
+               "rouge1": 0.3, "rouge2": 0.1, "rougeL": 0.25, "ppl": 12.0, "eval_loss": 2.5, "response_len": 20.0,
+               "response_words": 15.0, "distinct_1": 0.5, "distinct_2": 0.7, "no_eos_frac": 0.0}]
+    for i, gold in enumerate(gold_after, 1):
+        models.append({**models[0], "name": f"ppo-{i}", "is_reference": False, "rm_score": 0.5 * i, "gold_score": gold,
+                       "kl": 2.0 * i, "win_rate_rm": win(0.8), "win_rate_gold": win(0.6)})
+    (root / "eval").mkdir(parents=True)
+    (root / "eval" / "eval.json").write_text(json.dumps({
+        "prompts": "eval.jsonl", "n_prompts": 6, "reference": "runs/x/sft", "judge": "tutor", "temperature": 0.7,
+        "skipped": {}, "models": models}))
+    write_jsonl(root / "eval" / "samples.jsonl", [
+        {"index": j, "prompt": f"Explain <thing> {j}", "model": m["name"], "response": f"answer of {m['name']} to {j}",
+         "tokens": 5, "ended": True, "rm_score": 0.1, "gold_score": 0.2} for m in models for j in range(3)])
+    return root
+
+
+def test_report_embeds_every_plot_and_says_reward_hacking_when_proxy_rises_while_gold_falls(tmp_path):
+    run = fake_run(tmp_path / "run", gold_after=[0.6, 0.5, 0.2])
+    html = build_report(run).read_text()
+    assert (run / "report.html").exists()
+    # SFT, reward model, PPO grid, frontier, over-optimisation.
+    assert html.count(IMG) == 5
+    assert 'id="reward-hacking"' in html and "Reward hacking" in html
+    assert "answer of sft to 0" in html and "answer of ppo-3 to 0" in html  # before / after, same prompt
+    assert "Explain &lt;thing&gt; 0" in html  # text is escaped
+    assert "win vs ref (gold)" in html and "BLEU" in html
+
+
+def test_report_has_no_reward_hacking_sentence_when_gold_keeps_rising(tmp_path):
+    html = build_report(fake_run(tmp_path / "run", gold_after=[0.4, 0.5, 0.6])).read_text()
+    assert html.count(IMG) == 5
+    assert 'id="reward-hacking"' not in html and "No over-optimisation seen" in html
+
+
+def test_report_of_a_run_with_only_sft_names_what_is_missing(tmp_path):
+    run = fake_run(tmp_path / "full", [0.5])
+    part = tmp_path / "part"
+    (part / "sft").mkdir(parents=True)
+    (part / "sft" / "metrics.jsonl").write_text((run / "sft" / "metrics.jsonl").read_text())
+    out = CliRunner().invoke(app, ["report", str(part), "--output", str(tmp_path / "r.html")])
+    assert out.exit_code == 0, out.output
+    html = (tmp_path / "r.html").read_text()
+    assert html.count(IMG) == 1
+    assert "Missing parts" in html and "no ppo/metrics.jsonl" in html and "no eval/eval.json" in html
+
+
+def test_reward_hacking_needs_a_gold_drop_after_its_peak_with_the_proxy_still_rising():
+    assert detect_reward_hacking([(0, 0.0, 0.3), (1, 0.5, 0.6), (2, 1.0, 0.2)])["gold_peak"] == 0.6
+    assert detect_reward_hacking([(0, 0.0, 0.3), (1, 0.5, 0.6), (2, 0.4, 0.2)]) is None  # proxy fell too
+    assert detect_reward_hacking([(0, 0.0, 0.3), (1, 0.5, 0.6), (2, 1.0, 0.7)]) is None  # gold still rising
+    # A drop that is small against the curve's range is noise, not hacking.
+    assert detect_reward_hacking([(0, 0.0, 0.0), (1, 0.5, 1.0), (2, 1.0, 0.99)]) is None
+    assert math.isclose(detect_reward_hacking([(0, 0, 1.0), (4, 1, 0.5)])["last_kl"], 4)
