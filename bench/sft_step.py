@@ -1,0 +1,60 @@
+"""SFT step time on the shipped model: batch 8 × 256 tokens, full fine-tuning and LoRA.
+
+    .venv/bin/python bench/sft_step.py [--steps 5] [--lora]
+
+Prints the median seconds per optimiser step (after one warm-up step) and the peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+
+from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right
+from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
+from rlhfkit.sft import response_loss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--lora", action="store_true")
+    args = ap.parse_args()
+    tok = load_tokenizer("default")
+    model = load_causal_lm("default")
+    if args.lora:
+        model = add_lora(model, targets=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    # 64 prompt tokens (masked) + 192 response tokens per example: the loss covers the response.
+    examples = []
+    for _ in range(args.batch):
+        ids = torch.randint(100, 40000, (args.tokens,), generator=g).tolist()
+        examples.append(Encoded(ids, [IGNORE_INDEX] * 64 + ids[64:], False))
+    batch = collate_right(examples, tok.pad_token_id)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    times = []
+    for _ in range(args.steps + 1):
+        t0 = time.perf_counter()
+        loss, n = response_loss(model, batch)
+        (loss / n).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({"mode": "lora" if args.lora else "full", "batch": args.batch, "tokens": args.tokens,
+                      "median_step_s": round(statistics.median(times[1:]), 3), "steps": args.steps,
+                      "threads": torch.get_num_threads(), "peak_rss_gib": round(peak_gib, 2)}))
+
+
+if __name__ == "__main__":
+    main()
