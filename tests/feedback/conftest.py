@@ -25,7 +25,7 @@ CANDIDATES = [
                                                                    "It is a process.", "Leaves use light, water and air to make sugar."],
      "model": "tiny", "checkpoint": "runs/t/sft", "sampling": {"temperature": 0.7}, "gold_scores": [0.8, 0.1, 0.9]},
     {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 7 x 8?"}],
-     "responses": ["56", "54", "7 x 8 = 56"], "model": "tiny", "checkpoint": "runs/t/sft"},
+     "responses": ["56", "Maybe 54", "7 x 8 = 56"], "model": "tiny", "checkpoint": "runs/t/sft"},
 ]
 GOLD = [{"prompt": "Is the sky green on a clear day?", "responses": ["No, it is blue.", "Yes."],
          "gold": {"ranking": [0, 1], "ratings": [7, 1]}}]

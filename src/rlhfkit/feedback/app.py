@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.feedback import annotate as ops
 from rlhfkit.feedback.annotate import ApiError
-from rlhfkit.feedback.auth import create_annotator, find_annotator, is_admin
+from rlhfkit.feedback.auth import create_annotator, find_annotator, hash_token, is_admin
 from rlhfkit.feedback.db import Annotator, Database, Project, Task, get_project
 
 STATIC = Path(__file__).with_name("static")
@@ -43,6 +43,7 @@ def create_app(db_url: str, admin_token: str) -> FastAPI:
     db = Database(db_url)
     app = FastAPI(title="rlhfkit feedback", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
     app.state.db = db
+    known: dict[str, Caller] = {}  # token hash → annotator, so a request does not look the token up again
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError):
@@ -62,11 +63,14 @@ def create_app(db_url: str, admin_token: str) -> FastAPI:
         token = token.strip()
         if is_admin(token, admin_token):
             return Caller(admin=True)
-        with db.tx() as s:
-            ann = find_annotator(s, token)
-            if ann is None:
-                raise ApiError(401, "Authorization", "unknown token")
-            return Caller(admin=False, annotator_id=ann.id, name=ann.name)
+        key = hash_token(token)
+        if key not in known:  # annotators are never removed, so a token once found stays valid
+            with db.tx() as s:
+                ann = find_annotator(s, token)
+                if ann is None:
+                    raise ApiError(401, "Authorization", "unknown token")
+                known[key] = Caller(admin=False, annotator_id=ann.id, name=ann.name)
+        return known[key]
 
     def admin(c: Caller = Depends(caller)) -> Caller:
         if not c.admin:

@@ -57,10 +57,12 @@ def _check_gold(gold: Any, k: int, where: str) -> dict:
     if unknown:
         raise RecordError(where, f"gold.{sorted(unknown)[0]}", "unknown field; expected ranking or ratings")
     if "ranking" in gold:
-        validate({"prompt": "x", "responses": ["x"] * max(k, 2), "ranking": gold["ranking"]}, "ranking", where)
-        flat = [j for g in gold["ranking"] for j in (g if isinstance(g, list) else [g])]
-        if any(j >= k for j in flat):
-            raise RecordError(where, "gold.ranking", f"indices must be below the number of responses ({k})")
+        if k < 2:
+            raise RecordError(where, "gold.ranking", "a ranking needs at least 2 responses")
+        try:
+            validate({"prompt": "x", "responses": ["x"] * k, "ranking": gold["ranking"]}, "ranking", where)
+        except RecordError as e:
+            raise RecordError(where, f"gold.{e.field}", e.problem) from None
     if "ratings" in gold:
         r = gold["ratings"]
         if not isinstance(r, list) or len(r) != k:

@@ -1,0 +1,73 @@
+"""Reading candidates files: both shapes, clear errors, and tasks made per kind."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from rlhfkit.data.formats import RecordError
+from rlhfkit.feedback.db import Database, Response, Task
+from rlhfkit.feedback.importer import import_candidates, read_candidates, task_specs
+
+from .conftest import write_jsonl
+
+
+def test_one_line_per_candidate_is_grouped_on_the_prompt(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "p1", "response": "a", "model": "m"},
+                                              {"prompt": "p2", "response": "x"},
+                                              {"prompt": "p1", "response": "b", "model": "m", "score": 0.3}])
+    groups = read_candidates(path)
+    assert [(g.record, g.responses) for g in groups] == [({"prompt": "p1"}, ["a", "b"]), ({"prompt": "p2"}, ["x"])]
+    assert groups[0].metas[1] == {"score": 0.3}  # extra fields are kept with the response
+
+
+@pytest.mark.parametrize("line, field", [
+    ('{"responses": ["a"]}', "prompt"),
+    ('{"prompt": "p"}', "responses"),
+    ('{"prompt": "p", "responses": []}', "responses"),
+    ('{"prompt": "p", "responses": ["a", 3]}', "responses[1]"),
+    ('{"prompt": "p", "response": null}', "response"),
+    ('{"prompt": "p", "responses": ["a"], "model": 1}', "model"),
+    ('{"messages": [{"role": "robot", "content": "x"}], "responses": ["a"]}', "messages[0].role"),
+    ('{"prompt": "p", "responses": ["a", "b"], "gold": {"ranking": [0, 5]}}', "gold.ranking[1]"),
+    ('{"prompt": "p", "responses": ["a", "b"], "gold": {"ratings": [1]}}', "gold.ratings"),
+    ('{"prompt": "p", "responses": ["a", "b"], "gold": {"ratings": [1, 9]}}', "gold.ratings[1]"),
+    ('{"prompt": "p", "responses": ["a", "b"], "gold": {"best": 0}}', "gold.best"),
+    ('[1, 2]', "(line)"),
+    ('{"prompt": ', "(line)"),
+])
+def test_a_bad_line_is_reported_as_file_line_field(tmp_path, line, field):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"prompt": "fine", "responses": ["ok"]}\n' + line + "\n")
+    with pytest.raises(RecordError) as e:
+        read_candidates(path)
+    assert str(e.value).startswith(f"{path}:2: {field}: ")
+
+
+def test_tasks_per_prompt_for_each_kind():
+    assert task_specs(["rate", "rank", "compare", "edit"], 3) == [
+        ("rate", [0]), ("rate", [1]), ("rate", [2]), ("rank", [0, 1, 2]),
+        ("compare", [0, 1]), ("compare", [0, 2]), ("compare", [1, 2]), ("edit", [0])]
+    assert task_specs(["rank", "compare"], 1) == []  # nothing to order with one response
+
+
+def test_reimporting_skips_prompts_already_in_the_project(tmp_path, candidates):
+    db = Database(str(tmp_path / "f.db"))
+    first = import_candidates(db, "p", candidates, "rate,compare")
+    again = import_candidates(db, "p", candidates, "rate,compare")
+    assert first["tasks"] == 12 and again == {"prompts": 0, "responses": 0, "tasks": 0, "gold_tasks": 0,
+                                             "skipped_prompts": 2}
+    with db.tx() as s:
+        assert s.scalar(select(func.count()).select_from(Task)) == 12
+        model, checkpoint, meta = s.execute(select(Response.model, Response.checkpoint, Response.meta).limit(1)).one()
+    assert (model, checkpoint, meta["sampling"]) == ("tiny", "runs/t/sft", {"temperature": 0.7})
+    db.dispose()
+
+
+def test_unknown_kinds_and_a_gold_file_without_answers_are_refused(tmp_path, candidates):
+    db = Database(str(tmp_path / "f.db"))
+    with pytest.raises(ValueError, match="--kinds"):
+        import_candidates(db, "p", candidates, "rate,vote")
+    with pytest.raises(RecordError, match="gold: missing"):
+        import_candidates(db, "p", candidates, "rate", gold=candidates)
+    db.dispose()
