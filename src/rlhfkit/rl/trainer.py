@@ -11,6 +11,7 @@ import json
 import time
 from collections import deque
 from pathlib import Path
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -24,6 +25,7 @@ from rlhfkit.rl.normalize import RunningMeanStd
 from rlhfkit.tracking import MetricsLogger, truncate_metrics
 
 CHECKPOINT = "checkpoint.pt"
+EVAL_SEED = 10_000  # evaluation episodes use seeds apart from training's
 
 
 def make_envs(env_id: str, n: int) -> gym.vector.SyncVectorEnv:
@@ -50,20 +52,29 @@ class ObsNormalizer:
         return torch.as_tensor(obs, dtype=torch.float32)
 
 
-def evaluate(agent: ActorCritic, env_id: str, episodes: int, normalize: ObsNormalizer, seed: int) -> list[float]:
-    """Returns of ``episodes`` deterministic episodes (greedy / mean action), one per environment copy."""
+def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> list[float]:
+    """Returns of ``episodes`` episodes of ``policy`` (observations → actions), one per environment copy."""
     envs = make_envs(env_id, episodes)
     obs, _ = envs.reset(seed=seed)
     returns = np.zeros(episodes)
     running = np.ones(episodes, dtype=bool)
     while running.any():
-        with torch.inference_mode():
-            action, _ = agent.act(normalize(obs), deterministic=True)
-        obs, reward, terminated, truncated, _ = envs.step(_to_env(action, envs.single_action_space))
+        obs, reward, terminated, truncated, _ = envs.step(policy(obs))
         returns += reward * running
         running &= ~(terminated | truncated)
     envs.close()
     return returns.tolist()
+
+
+def greedy_policy(agent: ActorCritic, normalize: ObsNormalizer, space: gym.Space) -> Callable[[np.ndarray], np.ndarray]:
+    """The deterministic policy used for evaluation: most likely action (discrete) or the mean (continuous)."""
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            action, _ = agent.act(normalize(obs), deterministic=True)
+        return _to_env(action, space)
+
+    return policy
 
 
 def _to_env(action: torch.Tensor, space: gym.Space) -> np.ndarray:
@@ -86,6 +97,7 @@ def train_gym(cfg: GymConfig) -> dict:
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5, fused=True)  # Adam ε 1e-5 (baselines)
     normalize_obs = ObsNormalizer(envs.single_observation_space.shape, cfg.normalize_obs, cfg.clip_obs)
     reward_rms, discounted = RunningMeanStd(), np.zeros(cfg.num_envs)
+    greedy = greedy_policy(agent, normalize_obs, act_space)
 
     batch_size = cfg.num_envs * cfg.num_steps
     minibatch_size = batch_size // cfg.num_minibatches
@@ -216,7 +228,7 @@ def train_gym(cfg: GymConfig) -> dict:
             if cfg.eval_every and cfg.eval_episodes and (global_step // cfg.eval_every
                                                          > (global_step - batch_size) // cfg.eval_every
                                                          or update == num_updates):
-                eval_returns = evaluate(agent, cfg.env_id, cfg.eval_episodes, normalize_obs, cfg.seed + 10_000)
+                eval_returns = evaluate(greedy, cfg.env_id, cfg.eval_episodes, EVAL_SEED + cfg.seed)
                 row["eval_return"], row["eval_return_std"] = float(np.mean(eval_returns)), float(np.std(eval_returns))
                 time_eval += time.perf_counter() - now
             if update % cfg.log_every == 0 or update == num_updates:
@@ -232,7 +244,7 @@ def train_gym(cfg: GymConfig) -> dict:
     summary = {"env_id": cfg.env_id, "step": global_step,
                "episodic_return": float(np.mean(recent_returns)) if recent_returns else None}
     if cfg.eval_episodes:
-        eval_returns = evaluate(agent, cfg.env_id, cfg.eval_episodes, normalize_obs, cfg.seed + 10_000)
+        eval_returns = evaluate(greedy, cfg.env_id, cfg.eval_episodes, EVAL_SEED + cfg.seed)
         summary["eval"] = {"episodes": cfg.eval_episodes, "mean_return": float(np.mean(eval_returns)),
                            "std_return": float(np.std(eval_returns)), "returns": eval_returns, "step": global_step}
         (out / "eval.json").write_text(json.dumps(summary["eval"], indent=2) + "\n")
