@@ -1,0 +1,169 @@
+"""Gold judges of the ``writer`` and ``support`` recipes (registered in :mod:`rlhfkit.judges`).
+
+Each judge is a transparent sum of a few measurable qualities, so a reader can see why an answer
+scored what it did and what a policy could exploit. Both return scores in [−1, 1]: the positive part
+(weights summing to 1) lies in [0, 1]; penalties for copying, repetition or rudeness pull it down,
+and an empty answer scores −1. A good answer scores about 0.7 or more, a poor one below 0.3.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rlhfkit.data.formats import prompt_text
+from rlhfkit.judges import keyword_coverage, reading_grade, register
+
+
+def tokens(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower().replace("\u2019", "'"))
+
+
+def phrase_count(text: str, phrases: list[str]) -> int:
+    """How many of ``phrases`` occur in ``text`` as whole words (case-insensitive); each counted once."""
+    low = " " + " ".join(tokens(text)) + " "
+    return sum(f" {' '.join(tokens(p))} " in low for p in phrases)
+
+
+def band(x: float, zero_lo: float, lo: float, hi: float, zero_hi: float) -> float:
+    """1 inside [lo, hi], falling linearly to 0 at zero_lo and zero_hi."""
+    if x < lo:
+        return max(0.0, (x - zero_lo) / (lo - zero_lo))
+    if x > hi:
+        return max(0.0, (zero_hi - x) / (zero_hi - hi))
+    return 1.0
+
+
+def repetition(text: str, n: int = 3) -> float:
+    """Share of the answer's word n-grams that repeat an earlier one (0: none; rambling loops approach 1)."""
+    w = tokens(text)
+    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def copied(text: str, source: str, n: int = 5) -> float:
+    """Share of the answer's word n-grams found verbatim in ``source``."""
+    w, s = tokens(text), tokens(source)
+    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    src = {tuple(s[i:i + n]) for i in range(len(s) - n + 1)}
+    return sum(g in src for g in grams) / len(grams) if grams else 0.0
+
+
+def facts_of(record: dict, source: str) -> list[str]:
+    """The record's ``keywords``; without them, the numbers and capitalised names of ``source``."""
+    if record.get("keywords"):
+        return list(record["keywords"])
+    found = []
+    for sentence in re.split(r"(?<=[.!?])\s+", source):
+        for i, word in enumerate(re.findall(r"[A-Za-z0-9][\w:]*", sentence)):
+            if word[0].isdigit() or (i > 0 and word[0].isupper()):  # a sentence's first word is capitalised anyway
+                found.append(word)
+    return list(dict.fromkeys(found))
+
+
+# ---- writer: concise, friendly rewrites that keep the draft's facts -----------------------------------
+
+FORMAL = ["in order to", "prior to", "facilitate", "pursuant", "hereby", "in accordance with", "are advised",
+          "are requested", "commence", "utilise", "utilize", "aforementioned", "endeavour", "with respect to",
+          "at this point in time", "sufficient quantity", "it gives us great pleasure", "we wish to inform",
+          "be advised", "notwithstanding", "henceforth", "formally", "in recognition of", "the undersigned"]
+FRIENDLY = ["you", "your", "we", "our", "thanks", "thank you", "please", "great", "happy", "glad", "welcome", "hope",
+            "let us know", "feel free", "congratulations", "everyone", "enjoy", "see you", "don't", "we're", "you'll",
+            "it's", "we'll", "can't", "huge", "good news"]
+
+
+def draft_of(record: dict) -> str:
+    """The text to rewrite: the record's ``draft``, or the prompt after its instruction line(s)."""
+    if isinstance(record.get("draft"), str):
+        return record["draft"]
+    text = prompt_text(record)
+    _, sep, rest = text.partition("\n\n")
+    return rest.strip() if sep and rest.strip() else text
+
+
+def writer_score(record: dict, response: str) -> float:
+    """score = 0.35·facts + 0.25·concision + 0.2·plain words + 0.2·friendliness − copying − rambling, in [−1, 1].
+
+    facts: share of ``keywords`` kept (stem match); concision: 1 for 30–80% of the draft's length, 0 at
+    ≥120% or empty; plain words: 1 at reading grade ≤ 6, 0 at ≥ 14, −0.25 per stiff formal phrase;
+    friendliness: 3 distinct friendly markers (you/we, thanks, please, "!", contractions …) for full credit;
+    copying: up to −0.5 when more than 40% of the answer's 5-grams are the draft's; rambling: −(repeated 3-gram share).
+    """
+    n = len(tokens(response))
+    if n == 0:
+        return -1.0
+    draft = draft_of(record)
+    keep = facts_of(record, draft)
+    facts = keyword_coverage(response, keep) if keep else 1.0
+    concision = band(n / max(len(tokens(draft)), 1), 0.0, 0.3, 0.8, 1.2)
+    plain = max(0.0, min(1.0, 1.0 - (reading_grade(response) - 6.0) / 8.0) - 0.25 * phrase_count(response, FORMAL))
+    friendly = min(1.0, (phrase_count(response, FRIENDLY) + ("!" in response)) / 3.0)
+    copy_penalty = 0.5 * max(0.0, (copied(response, draft) - 0.4) / 0.6)
+    score = 0.35 * facts + 0.25 * concision + 0.2 * plain + 0.2 * friendly - copy_penalty - repetition(response)
+    return max(-1.0, min(1.0, score))
+
+
+@register("writer")
+def writer(prompts: list[dict], responses: list[str]) -> list[float]:
+    """Concise, friendly rewrites of a draft that keep its facts (see :func:`writer_score`)."""
+    return [writer_score(p, r) for p, r in zip(prompts, responses)]
+
+
+# ---- support: acknowledge, answer, give next steps, close politely ------------------------------------
+
+EMPATHY = ["sorry", "apologise", "apologize", "apologies", "i understand", "i can see", "that sounds", "frustrating",
+           "thanks for reaching out", "thank you for reaching out", "thanks for letting us know",
+           "thank you for letting us know", "thanks for getting in touch", "thank you for contacting", "i hear you",
+           "understandably", "i know how", "inconvenience"]
+CLOSERS = ["let me know", "let us know", "happy to help", "anything else", "hope this helps", "feel free",
+           "reach out", "have a great day", "have a good day", "have a nice day", "best regards", "kind regards",
+           "we're here", "here to help", "get back to us", "glad to help"]
+ORDINALS = ["first", "firstly", "then", "next", "after that", "finally", "once", "second", "third", "lastly"]
+ACTIONS = ["go to", "click", "open", "check", "restart", "reset", "reply", "contact", "send", "try", "visit",
+           "select", "enter", "call", "update", "sign in", "log in", "tap", "choose", "email"]
+RUDE = ["stupid", "your fault", "not my problem", "calm down", "obviously", "whatever", "deal with it",
+        "read the manual", "we can't help", "nothing we can do", "idiot", "ridiculous", "as i already said"]
+STEP_LINE = re.compile(r"(?m)(?:^\s*(?:\d+[.)]|[-*•])\s+\S|(?:^|\s)\d[.)]\s+\S)")
+
+
+def steps_score(text: str) -> float:
+    """Concrete next steps: 1 for two or more numbered/bulleted steps, 0.7 for ordered prose, 0.4 for one action."""
+    if len(STEP_LINE.findall(text)) >= 2:
+        return 1.0
+    if phrase_count(text, ORDINALS) >= 2 and phrase_count(text, ACTIONS) >= 1:
+        return 0.7
+    return 0.4 if phrase_count(text, ACTIONS) >= 1 else 0.0
+
+
+def topic_words(record: dict) -> list[str]:
+    """The record's ``keywords``; without them, the customer message's longer words (a rough topic)."""
+    if record.get("keywords"):
+        return list(record["keywords"])
+    return list(dict.fromkeys(w for w in tokens(prompt_text(record)) if len(w) >= 6))[:6]
+
+
+def support_score(record: dict, response: str) -> float:
+    """score = 0.2·acknowledgement + 0.3·topic + 0.25·next steps + 0.1·polite close + 0.15·length − rudeness − rambling.
+
+    acknowledgement: an empathy phrase in the first 30 words (1) or later (0.5); topic: share of ``keywords``
+    mentioned; next steps: see :func:`steps_score`; close: a polite closing phrase in the last 30 words;
+    length: 1 for 30–140 words, 0 at 0 and at 280; rudeness: −0.5 per rude phrase; rambling: −(repeated 3-gram share).
+    Range [−1, 1].
+    """
+    w = tokens(response)
+    if not w:
+        return -1.0
+    head, tail = " ".join(w[:30]), " ".join(w[-30:])
+    ack = 1.0 if phrase_count(head, EMPATHY) else 0.5 if phrase_count(response, EMPATHY) else 0.0
+    words = topic_words(record)
+    topic = keyword_coverage(response, words) if words else 1.0
+    close = 1.0 if phrase_count(tail, CLOSERS) else 0.0
+    length = band(len(w), 0, 30, 140, 280)
+    score = (0.2 * ack + 0.3 * topic + 0.25 * steps_score(response) + 0.1 * close + 0.15 * length
+             - 0.5 * phrase_count(response, RUDE) - repetition(response))
+    return max(-1.0, min(1.0, score))
+
+
+@register("support")
+def support(prompts: list[dict], responses: list[str]) -> list[float]:
+    """A support agent's reply: acknowledges, answers the topic, gives next steps, closes politely (see :func:`support_score`)."""
+    return [support_score(p, r) for p, r in zip(prompts, responses)]
