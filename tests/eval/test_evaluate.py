@@ -3,7 +3,7 @@ import json
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
-from rlhfkit.eval.evaluate import parse_model_arg, response_logprobs, unique_labels
+from rlhfkit.eval.evaluate import best_of_indices, parse_model_arg, response_logprobs, unique_labels
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from tests.conftest import write_jsonl
 
@@ -13,23 +13,28 @@ ROW_KEYS = {"name", "spec", "is_reference", "n", "rm_score", "gold_score", "kl",
 
 
 def test_rlhf_eval_on_two_identical_tiny_checkpoints_writes_eval_json_with_every_metric(tmp_path):
+    # The second checkpoint is the tiny model saved to a folder: loaded, sampled and scored like any other.
+    copy = tmp_path / "tiny-copy"
+    load_causal_lm("tiny").save_pretrained(copy)
+    load_tokenizer("tiny").save_pretrained(copy)
     prompts = write_jsonl(tmp_path / "eval.jsonl", [
         {"prompt": f"Tell me about topic number {i}.", "reference": f"Topic {i} is a fine topic."} for i in range(4)
     ])
     sft = write_jsonl(tmp_path / "held.jsonl", [{"prompt": "Say hi.", "completion": "Hi there."}] * 2)
     out = tmp_path / "eval"
-    res = CliRunner().invoke(app, ["eval", "--model", "before=tiny", "--model", "tiny", "--prompts", str(prompts),
+    res = CliRunner().invoke(app, ["eval", "--model", "before=tiny", "--model", str(copy), "--prompts", str(prompts),
                                    "--output", str(out), "--judge", "length", "--sft-data", str(sft),
                                    "--max-new-tokens", "6", "--set", "bootstrap=200"])
     assert res.exit_code == 0, res.output
     ev = json.loads((out / "eval.json").read_text())
     assert {"prompts", "n_prompts", "reference", "judge", "models", "skipped"} <= set(ev)
     assert ev["n_prompts"] == 4 and ev["judge"] == "length" and ev["reference"] == "tiny"
-    assert [m["name"] for m in ev["models"]] == ["before", "tiny"]
+    assert [m["name"] for m in ev["models"]] == ["before", str(copy)]
+    assert [m["is_reference"] for m in ev["models"]] == [True, False]
     for row in ev["models"]:
         assert ROW_KEYS <= set(row)
         # The same weights sampled with the same seed give the same answers: no KL, every comparison a tie.
-        assert row["kl"] == 0.0
+        assert abs(row["kl"]) < 1e-4 and row["kl_method"] == "sampled"
         assert row["win_rate_gold"]["win_rate"] == 0.5 and row["win_rate_gold"]["ties"] == 4
         assert row["win_rate_gold"]["len_model"] == row["win_rate_gold"]["len_reference"] == row["response_len"]
         assert row["gold_score"] is not None and row["bleu"] is not None and row["ppl"] > 1
@@ -56,3 +61,28 @@ def test_model_arguments_take_an_optional_label_and_duplicate_labels_are_numbere
     assert parse_model_arg("ppo=runs/x/ppo") == ("ppo", "runs/x/ppo")
     assert parse_model_arg("runs/x/ppo") == ("runs/x/ppo", "runs/x/ppo")
     assert unique_labels(["tiny", "tiny", "sft"]) == ["tiny", "tiny#2", "sft"]
+
+
+def test_best_of_n_picks_the_highest_score_in_each_prompts_group():
+    assert best_of_indices([0.1, 0.9, 0.5, 2.0, -1.0, 2.0], 3) == [1, 3]
+    assert best_of_indices([3.0, 1.0], 1) == [0, 1]
+
+
+def test_best_of_n_baseline_is_evaluated_beside_the_reference_with_its_analytic_kl(tmp_path):
+    from rlhfkit.config import EvalConfig
+    from rlhfkit.eval.evaluate import evaluate_models
+    from rlhfkit.reward import RewardScorer
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Question {i}?"} for i in range(3)])
+    cfg = EvalConfig(models=["tiny"], prompts=str(prompts), output=str(tmp_path / "eval"), reward="tiny",
+                     judge="length", best_of=3, max_new_tokens=5, bootstrap=100)
+    ev = evaluate_models(cfg)
+    ref, best = ev["models"]
+    assert best["name"] == "best-of-3" and best["best_of"] == 3 and best["kl_method"].startswith("analytic")
+    # Picking the best of 3 by the reward model can only match or beat a single sample on that reward model.
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    kept = [s["response"] for s in samples if s["model"] == "best-of-3"]
+    scorer = RewardScorer.load("tiny")
+    rm = scorer.score([{"prompt": f"Question {i}?"} for i in range(3)], kept).tolist()
+    assert [round(x, 4) for x in rm] == [round(s["rm_score"], 4) for s in samples if s["model"] == "best-of-3"]
+    assert ref["win_rate_rm"]["win_rate"] == 0.5 and "rm_score" not in ev["skipped"]

@@ -86,6 +86,11 @@ def response_logprobs(model, prompts: list[list[int]], responses: list[list[int]
     return out
 
 
+def best_of_indices(scores: list[float], n: int) -> list[int]:
+    """Index of the best of each consecutive group of ``n`` scores (the first one on a tie)."""
+    return [i + max(range(n), key=lambda j: scores[i + j]) for i in range(0, len(scores), n)]
+
+
 def perplexity_on(model, tok, records: list[dict], cfg: EvalConfig) -> dict:
     """Per-token loss and perplexity of the SFT answers (the same measure SFT logs as eval_loss/eval_ppl)."""
     from rlhfkit.sft import evaluate
@@ -210,7 +215,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         console.print(f"eval: best-of-{n} baseline from the reference")
         many = sample_answers(ref_model, ref_tok, [p for p in ref_prompts for _ in range(n)], cfg, cfg.seed + 1)
         rm = [float(x) for x in scorer.score([r for r in records for _ in range(n)], many.texts)]
-        pick = [i * n + max(range(n), key=lambda j: rm[i * n + j]) for i in range(len(records))]
+        pick = best_of_indices(rm, n)
         best = score(Answers([many.ids[k] for k in pick], [many.texts[k] for k in pick], [many.ended[k] for k in pick]))
         label = f"best-of-{n}"
         rows.append(summarise(label, ref_spec, best, ref, records, cfg, M.best_of_n_kl(n), "analytic log N − (N−1)/N",
