@@ -1,0 +1,181 @@
+"""Thin helpers over ``accelerate`` and ``torch.distributed`` shared by every trainer (DESIGN §7).
+
+Nothing here is an engine: ``accelerate launch`` starts the processes, ``Accelerator.prepare`` wraps the
+model (DDP, FSDP or DeepSpeed, as the launch config says) and these functions only answer the questions a
+training loop asks — which rank am I, which part of the step's global batch is mine, what is this number
+summed over all ranks, who writes files. Every function also works in a plain single process (no launch,
+no process group), where it is the identity or a no-op, so one code path serves both.
+
+A trainer's step under N processes:
+    batch = the step's GLOBAL batch (a pure function of (seed, step): resume is unchanged)
+    mine  = shard(batch, rank(), world_size())
+    loss  = (sum over my tokens) / (tokens in the GLOBAL batch) * world_size()   # DDP averages grads
+    ... accelerator.backward(loss) ... optimizer.step()  (rank 0 logs and saves)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def _initialised() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's global rank (0 without a process group; the launcher's RANK before it exists)."""
+    return dist.get_rank() if _initialised() else int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    """Number of processes in the run (1 when not launched)."""
+    return dist.get_world_size() if _initialised() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main() -> bool:
+    """True on the one process that logs, prints and writes files."""
+    return rank() == 0
+
+
+def get_accelerator(gradient_accumulation_steps: int = 1, micro_batch_size: int | None = None, **kwargs):
+    """An ``accelerate.Accelerator`` configured by ``accelerate launch`` (or one CPU/GPU process when not launched).
+
+    ``gradient_accumulation_steps`` is the number of micro-batches per optimiser step; accelerate then skips
+    the gradient all-reduce on all but the last one and DeepSpeed steps only after the last one.
+    ``micro_batch_size`` (examples per rank per micro-batch) fills DeepSpeed's ``train_micro_batch_size_per_gpu``
+    when its config leaves it ``auto`` (we feed batches ourselves, so accelerate cannot read it from a DataLoader).
+    """
+    from accelerate import Accelerator
+
+    if world_size() > 1 and not torch.cuda.is_available():
+        # Several processes and no GPU: without this accelerate would join them with no backend and
+        # no DDP wrapping; with it they form a gloo group (MULTI_CPU), as ACCELERATE_USE_CPU=true does.
+        kwargs.setdefault("cpu", True)
+    acc = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, **kwargs)
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is not None and micro_batch_size and plugin.is_auto("train_micro_batch_size_per_gpu"):
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    return acc
+
+
+def is_sharded(accelerator) -> bool:
+    """True when parameters or optimiser state are split across ranks (FSDP, DeepSpeed ZeRO)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator is not None and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
+    """This rank's contiguous share of a step's global batch; sizes differ by at most one, order is kept.
+
+    Concatenating the shards of ranks 0..world-1 gives ``items`` back, so a sum over shards equals the
+    single-process sum over the whole batch.
+    """
+    n = len(items)
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    return list(items[lo:hi])
+
+
+def _comm_device() -> torch.device:
+    # NCCL reduces only CUDA tensors; gloo (CPU runs, our tests) only CPU tensors.
+    if _initialised() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(x: torch.Tensor | float | Sequence[float]) -> Any:
+    """Sum over ranks; a float (or list of floats) comes back as float(s), a tensor as a tensor on its device."""
+    if isinstance(x, torch.Tensor):
+        if not _initialised():
+            return x
+        t = x.detach().to(_comm_device(), copy=True)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.to(x.device)
+    is_list = isinstance(x, (list, tuple))
+    if not _initialised():
+        return [float(v) for v in x] if is_list else float(x)
+    # float64: sums of per-token losses must match the single-process Python-float sum to ~1e-12.
+    t = torch.tensor(list(x) if is_list else [x], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    out = t.cpu().tolist()
+    return out if is_list else out[0]
+
+
+def all_reduce_mean(x: torch.Tensor | float | Sequence[float]) -> Any:
+    """Mean over ranks (for metrics each rank measured on its own share: time, entropy on equal shards ...)."""
+    s = all_reduce_sum(x)
+    w = world_size() if _initialised() else 1
+    if isinstance(s, torch.Tensor):
+        return s / w
+    return [v / w for v in s] if isinstance(s, list) else s / w
+
+
+def gather_object(obj: T) -> list[T]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not _initialised():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank ``src``'s ``obj`` on every rank (e.g. a decision only rank 0 can make)."""
+    if not _initialised():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank (e.g. rank 0 finished writing a checkpoint the others will read)."""
+    if _initialised():
+        dist.barrier()
+
+
+def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """A collated batch on the accelerator's device (a no-op on CPU)."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def unwrap(accelerator, model):
+    """The plain transformers/peft model inside a DDP/FSDP/DeepSpeed wrapper."""
+    return model if accelerator is None else accelerator.unwrap_model(model)
+
+
+def gathered_state(accelerator, model) -> dict:
+    """Extra ``save_pretrained`` arguments: the full ``state_dict`` when weights are sharded (FSDP, ZeRO-3
+    gather it collectively, so call this on EVERY rank), nothing otherwise (the model saves itself)."""
+    return {"state_dict": accelerator.get_state_dict(model)} if is_sharded(accelerator) else {}
+
+
+def save_pretrained(accelerator, model, path: str | Path, **kwargs) -> None:
+    """``save_pretrained`` from a prepared model; call it on every rank, rank 0 writes."""
+    kwargs.update(gathered_state(accelerator, model))
+    if is_main():
+        unwrap(accelerator, model).save_pretrained(path, **kwargs)
+
+
+class NullLogger:
+    """The logger of ranks other than 0: returns the record, writes nothing."""
+
+    def log(self, step: int, metrics: dict) -> dict:
+        return {"step": step, **metrics}
+
+    def close(self) -> None:
+        pass
+
+
+def metrics_logger(out_dir: str | Path, report_to: str = "tensorboard", **kwargs):
+    """A ``MetricsLogger`` on rank 0 and a ``NullLogger`` elsewhere (one metrics.jsonl, one TensorBoard run)."""
+    from rlhfkit.tracking import MetricsLogger
+
+    return MetricsLogger(out_dir, report_to, **kwargs) if is_main() else NullLogger()
