@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
+from rlhfkit.config import ConfigError
 from rlhfkit.data.formats import prompt_messages, prompt_text, read_records, write_records
 from rlhfkit.data.tokenize import encode_prompt, left_pad
 
@@ -68,17 +69,66 @@ def generate_texts(model, tok, records: list[dict], max_new_tokens: int, tempera
     return [decode_response(tok, x) for x in ids]
 
 
+class TransformersGenerator:
+    """The default backend: ``generate`` on the in-process model, so it always samples with current weights."""
+
+    def __init__(self, model, tok, batch_size: int = 8, progress: bool = False):
+        self.model, self.tok, self.batch_size, self.progress = model, tok, batch_size, progress
+
+    def generate(self, prompt_token_ids: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, n: int = 1) -> list[list[int]]:
+        """``n`` answers per prompt, prompt-major; each ends with EOS when one was produced."""
+        repeated = [p for p in prompt_token_ids for _ in range(n)]
+        return generate_ids(self.model, self.tok, repeated, max_new_tokens, temperature, top_p, top_k,
+                            self.batch_size, self.progress)
+
+    def load_weights(self, state_dict_or_model) -> int:
+        return 0  # the generator IS the policy: nothing to push
+
+
+def make_generator(backend: str, spec: str, tok, model=None, batch_size: int = 8, progress: bool = False, **vllm_kwargs):
+    """The generation backend for ``--generation transformers|vllm``: an object with
+    ``.generate(prompt_token_ids, max_new_tokens, temperature, top_p, top_k, n) -> list[list[int]]`` and
+    ``.load_weights(model)`` (call it after each policy update; a no-op for transformers).
+
+    ``spec`` is the model spec; ``model`` the in-process policy when there is one (vLLM then starts from its
+    current weights, LoRA merged).
+    """
+    if backend == "transformers":
+        from rlhfkit.models.loading import load_causal_lm
+
+        return TransformersGenerator(model if model is not None else load_causal_lm(spec), tok, batch_size, progress)
+    if backend == "vllm":
+        from rlhfkit.models.loading import _adapter_base, is_adapter_dir, load_causal_lm, resolve
+        from rlhfkit.models.vllm_backend import VLLMGenerator, require_vllm
+
+        require_vllm()
+        if spec in ("tiny", "tiny-minilm"):
+            raise ConfigError("generation: vllm needs a model folder or hub id; the tiny test model exists only in memory")
+        path = Path(resolve(spec))
+        adapter = is_adapter_dir(path)
+        # vLLM loads the base model; a LoRA policy's merged weights are pushed into it right away.
+        gen = VLLMGenerator(resolve(_adapter_base(path)) if adapter else str(path), **vllm_kwargs)
+        if model is None and adapter:
+            model = load_causal_lm(spec)
+        if model is not None:
+            gen.load_weights(model)
+        return gen
+    raise ConfigError(f"generation: expected transformers or vllm, got {backend!r}")
+
+
 def generate_file(cfg, prompt: str | None = None, prompts: str | Path | None = None, output: str | Path | None = None) -> list[dict]:
     """``rlhf generate``: answer one prompt or a prompt file; write JSONL when ``output`` is given."""
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer, set_threads
+    from rlhfkit.models.loading import load_tokenizer, set_threads
 
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     records = [{"prompt": prompt}] if prompt is not None else read_records(prompts, "prompt")
     tok = load_tokenizer(cfg.model)
-    model = load_causal_lm(cfg.model)
-    texts = generate_texts(model, tok, records, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
-                           cfg.batch_size, cfg.chat, progress=len(records) > 1)
+    gen = make_generator(cfg.generation, cfg.model, tok, batch_size=cfg.batch_size, progress=len(records) > 1)
+    prompt_ids = [encode_prompt(tok, prompt_messages(r), cfg.chat) for r in records]
+    ids = gen.generate(prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+    texts = [decode_response(tok, x) for x in ids]
     out = [{"prompt": prompt_text(r), "response": t, "model": cfg.model} for r, t in zip(records, texts)]
     if output is not None:
         write_records(output, out)
