@@ -73,6 +73,7 @@ def generate(
     top_k: int = typer.Option(0, help="Top-k sampling (0: off)."),
     batch_size: int = typer.Option(8, help="Prompts per generation batch."),
     no_chat: bool = typer.Option(False, "--no-chat", help="Plain completion: do not apply the chat template."),
+    generation: Optional[str] = typer.Option(None, help="Backend: transformers (default) | vllm (pip install vllm; GPU)."),
     output: Optional[Path] = typer.Option(None, help="Write {prompt, response} JSONL here instead of printing."),
     config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
 ):
@@ -83,7 +84,7 @@ def generate(
     from rlhfkit.generation import generate_file
 
     cfg = resolve(GenerateConfig, config, set_, model=model, max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_p=top_p, top_k=top_k, batch_size=batch_size, chat=not no_chat, seed=seed)
+                  top_p=top_p, top_k=top_k, batch_size=batch_size, chat=not no_chat, generation=generation, seed=seed)
     if (prompt is None) == (prompts is None):
         fail("give exactly one of --prompt TEXT or --prompts FILE")
     records = generate_file(cfg, prompt=prompt, prompts=prompts, output=output)

@@ -195,6 +195,7 @@ class GenerateConfig:
     top_k: int = 0  # top-k sampling (0: off)
     batch_size: int = 8  # prompts per generation batch
     chat: bool = True  # apply the tokenizer's chat template
+    generation: typing.Literal["transformers", "vllm"] = "transformers"  # backend; vllm needs `pip install vllm` and a GPU
     seed: int = 0
     threads: int = 0  # torch threads (0: leave torch's default)
 
