@@ -98,6 +98,33 @@ def generate(
         typer.echo(f"wrote {len(records)} responses to {output}", err=True)
 
 
+@app.command()
+def sample(
+    model: Optional[str] = typer.Option(None, help="Model spec: default | tiny | path | hub id."),
+    prompts: Optional[str] = typer.Option(None, help="Prompt JSONL file."),
+    k: Optional[int] = typer.Option(None, "--k", help="Candidates per prompt (default 4)."),
+    output: Optional[str] = typer.Option(None, help="Candidates JSONL (prompts already in it are skipped)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Tokens to generate at most (default 64)."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default 1.0)."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold."),
+    top_k: Optional[int] = typer.Option(None, help="Top-k sampling (0: off)."),
+    batch_size: Optional[int] = typer.Option(None, help="Prompts per generation batch."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """K candidate responses per prompt, with the model and sampling settings recorded (resumable)."""
+    from rlhfkit.config import SampleConfig
+    from rlhfkit.sample import sample_candidates
+
+    cfg = resolve(SampleConfig, config, set_, model=model, prompts=prompts, k=k, output=output, max_new_tokens=max_new_tokens,
+                  temperature=temperature, top_p=top_p, top_k=top_k, batch_size=batch_size, seed=seed)
+    if not cfg.prompts:
+        fail("--prompts is required (a prompt JSONL file)")
+    try:
+        sample_candidates(cfg)
+    except ValueError as e:
+        fail(str(e))
+
+
 DbOpt = typer.Option(None, "--db", help="Database: a SQLite file (default feedback.db) or postgresql://user:pw@host/db.")
 ProjectOpt = typer.Option(None, "--project", help="Project name.")
 
@@ -167,6 +194,31 @@ def feedback_import(
     finally:
         database.dispose()
     typer.echo(f"project {cfg.project}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
+
+
+@feedback_app.command("simulate")
+def feedback_simulate(
+    judge: Optional[str] = typer.Option(None, help="Gold judge: sentiment | tutor | length | a recipe's judge."),
+    candidates: Optional[str] = typer.Option(None, help="Candidates JSONL from `rlhf sample`."),
+    kind: Optional[str] = typer.Option(None, help="rate | rank | compare | edit (default rank)."),
+    output: Optional[str] = typer.Option(None, help="Feedback JSONL to write."),
+    annotators: Optional[int] = typer.Option(None, help="Simulated annotators (sim-0, sim-1, ...)."),
+    temperature: Optional[float] = typer.Option(None, help="Bradley–Terry temperature in gold-score units (0: none)."),
+    flip_rate: Optional[float] = typer.Option(None, help="Probability that a choice is reversed."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Simulated annotators: turn a gold judge's scores into noisy rate/rank/compare/edit feedback."""
+    from rlhfkit.config import SimulateConfig
+    from rlhfkit.feedback.simulate import simulate_feedback
+
+    cfg = resolve(SimulateConfig, config, set_, judge=judge, candidates=candidates, kind=kind, output=output,
+                  annotators=annotators, temperature=temperature, flip_rate=flip_rate, seed=seed)
+    if not cfg.candidates:
+        fail("--candidates is required (a JSONL file from `rlhf sample`)")
+    try:
+        simulate_feedback(cfg)
+    except ValueError as e:
+        fail(str(e))
 
 
 @feedback_app.command("add-annotator")
@@ -266,6 +318,68 @@ def feedback_stats(
     for kind, row in st["agreement"].items():
         t.add_row(kind, fmt(row["tasks_with_2plus"]), fmt(row["pairwise"]), fmt(row["alpha"]), row["metric"])
     console.print(t)
+
+
+@rm_app.command("train")
+def rm_train(
+    model: Optional[str] = typer.Option(None, help="Backbone spec: minilm (default) | default | tiny | tiny-minilm | path."),
+    data: Optional[str] = typer.Option(None, help="Feedback JSONL (preference, ranking, rating, edit records)."),
+    output: Optional[str] = typer.Option(None, help="Run folder (the trained reward model is saved here)."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimiser steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Prompts per optimiser step (with all their pairs)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="Train LoRA adapters (merged on save) or all weights."),
+    eval_data: Optional[str] = typer.Option(None, help="Held-out feedback JSONL (default: a share of the prompts)."),
+    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue from the run folder's checkpoint."),
+    report_to: Optional[str] = typer.Option(None, help="tensorboard | wandb | mlflow | none."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Train a reward model (Bradley–Terry) from any mix of feedback; stores normalisation stats."""
+    from rlhfkit.config import RewardConfig
+    from rlhfkit.reward import train_reward
+
+    cfg = resolve(RewardConfig, config, set_, model=model, data=data, output=output, max_steps=max_steps,
+                  batch_size=batch_size, lr=lr, lora=lora, eval_data=eval_data, resume=resume, report_to=report_to, seed=seed)
+    if not cfg.data:
+        fail("--data is required (a feedback JSONL file)")
+    try:
+        train_reward(cfg)
+    except ValueError as e:
+        fail(str(e))
+
+
+@rm_app.command("score")
+def rm_score(
+    model: str = typer.Option(..., help="Reward-model folder (or a backbone spec)."),
+    data: str = typer.Option(..., help="Candidates JSONL ({\"responses\"}) or {\"prompt\",\"response\"} records."),
+    output: Optional[str] = typer.Option(None, help="Write the records with \"rewards\"/\"reward\" added here."),
+    batch_size: int = typer.Option(16, help="Responses per forward pass."),
+    normalize: bool = typer.Option(False, "--normalize", help="Normalised scores (reward_stats.json) instead of raw."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Score responses with a reward model; prints {"n","mean","std"} of the scores as JSON."""
+    import json
+
+    from rlhfkit.reward import score_file
+
+    summary = score_file(model, data, output, batch_size, normalize)
+    typer.echo(json.dumps(summary))
+
+
+@rm_app.command("eval")
+def rm_eval(
+    model: str = typer.Option(..., help="Reward-model folder (or a backbone spec)."),
+    data: str = typer.Option(..., help="Feedback JSONL, or candidates JSONL with --judge."),
+    judge: Optional[str] = typer.Option(None, help="Gold judge: accuracy on candidates' pairs whose gold scores differ."),
+    batch_size: int = typer.Option(16, help="Responses per forward pass."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Pair accuracy, loss and reward gap of a reward model on feedback; prints JSON with "accuracy"."""
+    import json
+
+    from rlhfkit.reward import eval_file
+
+    typer.echo(json.dumps(eval_file(model, data, judge, batch_size)))
 
 
 @app.command()

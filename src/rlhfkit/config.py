@@ -282,3 +282,83 @@ class EvalConfig:
     confidence: float = 0.95  # level of the win-rate confidence interval
     seed: int = 0  # every model samples with this seed, so identical models give identical answers
     threads: int = 0  # torch threads (0: leave torch's default)
+
+
+@dataclass
+class SampleConfig:
+    """K candidate responses per prompt from any checkpoint (``rlhf sample``)."""
+
+    model: str = "default"  # model spec of the policy that writes the candidates
+    prompts: str = ""  # prompt JSONL ({"prompt"} or {"messages"}, extra fields are copied through)
+    output: str = "runs/candidates.jsonl"  # candidates JSONL; prompts already in it are skipped (resume)
+    k: int = 4  # candidates per prompt
+    max_new_tokens: int = 64  # tokens generated at most per candidate
+    temperature: float = 1.0  # sampling temperature (0: greedy, which makes the K candidates identical)
+    top_p: float = 1.0  # nucleus sampling threshold
+    top_k: int = 0  # top-k sampling (0: off)
+    batch_size: int = 8  # prompts per generation batch (each batch generates batch_size × k rows)
+    chat: bool = True  # apply the tokenizer's chat template
+    limit: int = 0  # sample only the first N prompts of the file (0: all)
+    seed: int = 0
+    threads: int = 0  # torch threads (0: leave torch's default)
+
+
+@dataclass
+class SimulateConfig:
+    """Simulated annotators: gold-judge scores → human-like feedback (``rlhf feedback simulate``).
+
+    Noise model: an annotator perceives u = gold + temperature · Gumbel noise, so a pairwise choice
+    follows Bradley–Terry, P(a≻b) = σ((g_a − g_b)/temperature), and a ranking follows Plackett–Luce;
+    then each choice is reversed with probability ``flip_rate``. Zero noise reproduces the gold order.
+    """
+
+    judge: str = "sentiment"  # gold judge name (rlhfkit.judges)
+    candidates: str = ""  # candidates JSONL from `rlhf sample`
+    output: str = "runs/feedback.jsonl"  # feedback JSONL (DESIGN §3 records)
+    kind: typing.Literal["rate", "rank", "compare", "edit"] = "rank"  # feedback kind to write
+    annotators: int = 1  # simulated people (named sim-0, sim-1, ...); prompts are spread over them
+    per_prompt: int = 1  # annotators who answer each prompt (>1 gives overlap for agreement stats)
+    temperature: float = 0.0  # Bradley–Terry temperature, in gold-score units (0: no choice noise)
+    flip_rate: float = 0.0  # probability that a choice is reversed (a careless click)
+    bias_std: float = 0.0  # spread of per-annotator rating bias, in points of the 1–7 scale (lenient/harsh)
+    tie_margin: float = 0.0  # perceived scores this close count as a tie (compare: skipped; rank: one place)
+    compare_pairs: int = 1  # compare: pairs asked per prompt (at most K·(K−1)/2)
+    seed: int = 0
+
+
+@dataclass
+class RewardConfig:
+    """Reward-model training from preference, ranking, rating and edit feedback (``rlhf rm train``)."""
+
+    model: str = "minilm"  # backbone spec: minilm | default | tiny | tiny-minilm | path (an encoder or a causal LM)
+    data: str = ""  # feedback JSONL (any mix of preference, ranking, rating, edit records)
+    output: str = "runs/rm"  # run folder (the trained reward model is saved here)
+    eval_data: str | None = None  # held-out feedback JSONL; default: eval_fraction of the prompts
+    eval_fraction: float = 0.1  # share of PROMPTS held out (a prompt is never on both sides)
+    max_steps: int = 200  # optimiser steps
+    batch_size: int = 8  # prompts per optimiser step (all of a prompt's pairs go in the same batch)
+    lr: float = 5e-5  # peak learning rate (LoRA commonly uses ~1e-4 to 5e-4)
+    weight_decay: float = 0.0
+    warmup_steps: int = 10  # linear warm-up steps
+    schedule: typing.Literal["cosine", "linear", "constant"] = "cosine"  # decay after warm-up
+    max_len: int = 256  # tokens per (prompt, response) input; the prompt is cut from the left first
+    use_margin: bool = False  # Bradley–Terry with margin: −log σ(r_c − r_r − margin)
+    rating_loss: typing.Literal["pairs", "regression"] = "pairs"  # ratings → pairs within a prompt, or MSE on z-scored ratings
+    lora: bool = False  # train LoRA adapters (merged into the saved model) instead of all weights
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+    grad_clip: float = 1.0
+    score_batch_size: int = 32  # responses per forward pass when evaluating and computing reward_stats
+    stats_policy: str | None = None  # reward_stats from this policy's samples on the training prompts (None: the data's responses)
+    stats_samples: int = 256  # stats_policy: responses generated for reward_stats
+    stats_max_new_tokens: int = 64  # stats_policy: tokens per generated response
+    stats_temperature: float = 0.7  # stats_policy: sampling temperature (the PPO rollout default)
+    eval_every: int = 50  # steps between held-out evaluations (0: only at the end)
+    save_every: int = 50  # steps between checkpoints (0: only at the end)
+    log_every: int = 1
+    report_to: typing.Literal["tensorboard", "wandb", "mlflow", "none"] = "tensorboard"
+    seed: int = 0
+    resume: bool = False  # continue from output/checkpoint if it exists
+    threads: int = 0  # torch threads (0: leave torch's default)

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from rlhfkit.config import SimulateConfig
 from rlhfkit.data.formats import write_records
+from rlhfkit.sample import read_candidates
 
 console = Console(stderr=True)
 
@@ -103,32 +104,6 @@ def simulate_prompt(rec: dict, gold: list[float], kind: str, cfg: SimulateConfig
         edited = responses[best] if improve else responses[0]
         return [{**base, "response": responses[0], "edited": edited if edited.strip() else responses[0], "annotator": name}]
     raise ValueError(f"kind: expected rate|rank|compare|edit, got {kind!r}")
-
-
-def read_candidates(path: str) -> list[dict]:
-    """Candidates records (a prompt plus ``responses``, at least 2 strings); errors name file:line:field."""
-    import json
-
-    from rlhfkit.data.formats import RecordError, validate
-
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = validate(json.loads(line), "prompt", where)
-            except json.JSONDecodeError as e:
-                raise RecordError(where, "(line)", f"invalid JSON: {e.msg} at column {e.colno}") from None
-            responses = rec.get("responses")
-            if not isinstance(responses, list) or len(responses) < 2:
-                raise RecordError(where, "responses", "expected a list of at least 2 strings")
-            for i, r in enumerate(responses):
-                if not isinstance(r, str):
-                    raise RecordError(where, f"responses[{i}]", f"expected a string, got {type(r).__name__}")
-            records.append(rec)
-    return records
 
 
 def simulate_feedback(cfg: SimulateConfig) -> list[dict]:
