@@ -383,6 +383,45 @@ def rm_eval(
 
 
 @app.command()
+def ppo(
+    policy: Optional[str] = typer.Option(None, help="Starting policy spec: an SFT run folder | default | tiny | path."),
+    reward: Optional[str] = typer.Option(None, help="Reward: a reward-model folder or judge:NAME."),
+    prompts: Optional[str] = typer.Option(None, help="Prompt JSONL file."),
+    output: Optional[str] = typer.Option(None, help="Run folder."),
+    max_steps: Optional[int] = typer.Option(None, help="PPO updates."),
+    batch_size: Optional[int] = typer.Option(None, help="Prompts per rollout batch."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Response length limit."),
+    ppo_epochs: Optional[int] = typer.Option(None, help="Passes over each rollout batch."),
+    num_minibatches: Optional[int] = typer.Option(None, help="Minibatches per epoch."),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="Train LoRA adapters (default) or all weights."),
+    value_model: Optional[str] = typer.Option(None, help="reward (init from the reward model) | head | a model SPEC."),
+    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue from the run folder's checkpoint."),
+    report_to: Optional[str] = typer.Option(None, help="tensorboard | wandb | mlflow | none."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """PPO against a reward model or a gold judge (KL penalty, GAE, clipped losses, health checks)."""
+    from rlhfkit.config import PPOConfig
+    from rlhfkit.ppo.trainer import PPOHealthError, train_ppo
+
+    cfg = resolve(PPOConfig, config, set_, policy=policy, reward=reward, prompts=prompts, output=output,
+                  max_steps=max_steps, batch_size=batch_size, max_new_tokens=max_new_tokens, ppo_epochs=ppo_epochs,
+                  num_minibatches=num_minibatches, lora=lora, value_model=value_model, resume=resume,
+                  report_to=report_to, seed=seed)
+    if not cfg.prompts:
+        fail("--prompts is required (a prompt JSONL file)")
+    if not cfg.reward:
+        fail("--reward is required (a reward-model folder or judge:NAME)")
+    try:
+        train_ppo(cfg)
+    except PPOHealthError as e:
+        fail(str(e), code=1)
+    except ValueError as e:
+        if type(e) is not ValueError:
+            raise
+        fail(str(e))
+
+
+@app.command()
 def gym(
     env_id: Optional[str] = typer.Argument(None, help="Gymnasium environment id, e.g. CartPole-v1 or Pendulum-v1."),
     output: Optional[str] = typer.Option(None, help="Run folder."),
@@ -463,6 +502,27 @@ def report(
     if not run_dir.is_dir():
         fail(f"{run_dir}: no such run folder")
     typer.echo(str(build_report(run_dir, output)))
+
+
+@app.command()
+def pipeline(
+    recipe: Optional[str] = typer.Option(None, help="Recipe name (tutor, sentiment, writer, support) or a recipe folder."),
+    output: Optional[str] = typer.Option(None, help="Run folder."),
+    model: Optional[str] = typer.Option(None, help="Starting model spec (default: the shipped SmolLM2)."),
+    budget_minutes: Optional[float] = typer.Option(None, help="Scale every stage to about this many minutes."),
+    feedback: Optional[str] = typer.Option(None, help="simulated (gold-judge annotators) or app (the feedback app)."),
+    db: Optional[str] = typer.Option(None, help="Feedback app database (with --feedback app)."),
+    wait: Optional[bool] = typer.Option(None, "--wait/--no-wait", help="With --feedback app: wait for the answers or use what is there."),
+    rounds: Optional[int] = typer.Option(None, help="Sample → feedback → reward model → PPO rounds (iterated RLHF)."),
+    best_of: Optional[int] = typer.Option(None, help="Eval: add the reference's best-of-N answers as a baseline."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Every stage in order (SFT → sample → feedback → reward model → PPO → eval → report), resuming finished ones."""
+    from rlhfkit.pipeline import PipelineConfig, run_pipeline
+
+    cfg = resolve(PipelineConfig, config, set_, recipe=recipe, output=output, model=model, budget_minutes=budget_minutes,
+                  feedback=feedback, db=db, wait=wait, rounds=rounds, best_of=best_of, seed=seed)
+    run_pipeline(cfg)
 
 
 def main() -> None:

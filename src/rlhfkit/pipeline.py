@@ -1,0 +1,244 @@
+"""``rlhf pipeline``: SFT → sample → feedback → reward model → PPO → eval → report, one command.
+
+A recipe (``recipes/<name>/recipe.yaml``) holds one section per stage whose keys are that stage's config
+keys; the pipeline fills in the paths. Each stage writes a ``.done.json`` marker when it finishes: a
+stage with a marker is skipped, a stage folder without one is resumed from its checkpoint. With
+``--rounds N`` the loop sample → feedback → reward model → PPO runs again from the newest policy
+(iterated RLHF): each round's feedback is on the current policy's answers and the reward model trains on
+all rounds' feedback. ``--budget-minutes`` scales every stage's step and prompt counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from rich.console import Console
+
+from rlhfkit.config import (ConfigError, EvalConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig, SimulateConfig,
+                            from_dict, save_config)
+from rlhfkit.data.formats import read_records, write_records
+
+console = Console(stderr=True)
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+# Counts a budget scales (the rest of each section is taken as written).
+SCALED = {"sft": ["max_steps"], "sample": ["limit"], "rm": ["max_steps"], "ppo": ["max_steps"], "eval": ["max_prompts"]}
+
+
+@dataclass
+class Recipe:
+    """A recipe folder: ``recipe.yaml`` plus ``sft.jsonl``, ``prompts.jsonl``, ``eval.jsonl``."""
+
+    name: str
+    folder: Path
+    judge: str  # gold judge for simulated feedback and evaluation
+    budget_minutes: float  # the budget the stage settings below were sized for (2-core CPU)
+    description: str = ""
+    sft: dict = field(default_factory=dict)
+    sample: dict = field(default_factory=dict)
+    feedback: dict = field(default_factory=dict)
+    rm: dict = field(default_factory=dict)
+    ppo: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.parent.name for p in RECIPES_DIR.glob("*/recipe.yaml"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A recipe by name (shipped) or by folder path."""
+    folder = Path(name_or_path)
+    if not (folder / "recipe.yaml").exists():
+        folder = RECIPES_DIR / name_or_path
+    path = folder / "recipe.yaml"
+    if not path.exists():
+        raise ConfigError(f"{name_or_path}: no such recipe (known: {', '.join(available_recipes())})")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    known = {"judge", "budget_minutes", "description", "sft", "sample", "feedback", "rm", "ppo", "eval"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{path}: {key}: unknown recipe key (known: {', '.join(sorted(known))})")
+    for key in ("judge", "budget_minutes"):
+        if key not in data:
+            raise ConfigError(f"{path}: {key}: missing")
+    for name in ("sft.jsonl", "prompts.jsonl", "eval.jsonl"):
+        if not (folder / name).exists():
+            raise ConfigError(f"{folder / name}: missing recipe data file")
+    return Recipe(name=folder.name, folder=folder, **data)
+
+
+def scale_counts(section: dict, keys: list[str], factor: float) -> dict:
+    """Multiply the step/prompt counts of a stage section by the budget factor (at least 1)."""
+    out = dict(section)
+    for key in keys:
+        if key in out and out[key]:
+            out[key] = max(1, int(math.ceil(out[key] * factor)))
+    return out
+
+
+def is_done(folder: Path) -> bool:
+    return (folder / ".done.json").exists()
+
+
+def mark_done(folder: Path, info: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".done.json").write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
+
+
+def run_stage(name: str, folder: Path, fn: Callable[[], Any]) -> Any:
+    """Run one stage unless its marker says it finished; time it and mark it done."""
+    if is_done(folder):
+        console.print(f"[green]pipeline: {name}: done already ({folder}), skipped[/green]")
+        return None
+    resumed = folder.exists()
+    console.rule(f"pipeline: {name}" + (" (resuming)" if resumed else ""))
+    t0 = time.perf_counter()
+    result = fn()
+    mark_done(folder, {"stage": name, "seconds": round(time.perf_counter() - t0, 1)})
+    console.print(f"pipeline: {name} finished in {time.perf_counter() - t0:.0f} s")
+    return result
+
+
+@dataclass
+class PipelineConfig:
+    """The whole pipeline for one recipe."""
+
+    recipe: str = "tutor"  # recipe name (recipes/<name>/) or a recipe folder
+    output: str = "runs/pipeline"  # run folder: sft/, candidates.jsonl, feedback.jsonl, rm/, ppo/, eval/, report.html
+    model: str = "default"  # starting model spec
+    budget_minutes: float | None = None  # scale every stage to about this many minutes (None: the recipe's own)
+    feedback: str = "simulated"  # simulated (gold-judge annotators) | app (the feedback app's database)
+    db: str = "feedback.db"  # feedback app database (with feedback: app)
+    target: int = 0  # feedback app: answers to wait for before training the reward model (0: one per task)
+    wait: bool = True  # feedback app: wait for the target (False: use the answers already there)
+    poll_seconds: float = 10.0  # feedback app: seconds between progress checks while waiting
+    rounds: int = 1  # sample → feedback → reward model → PPO rounds (iterated RLHF)
+    overrides: dict = field(default_factory=dict)  # per-stage keys over the recipe's, e.g. {rm: {model: tiny-minilm}}
+    best_of: int = 0  # eval: add the reference's best-of-N answers by reward-model score as a baseline
+    seed: int = 0
+    threads: int = 0  # torch threads (0: leave torch's default)
+
+
+def stage_config(cls: type, section: dict, where: str, **fixed: Any):
+    """A stage config from a recipe section plus the pipeline's paths (which win)."""
+    return from_dict(cls, {**section, **{k: v for k, v in fixed.items() if v is not None}}, where)
+
+
+def round_dir(out: Path, r: int) -> Path:
+    """Round 1 lives in the run folder itself (so the report finds rm/ and ppo/); later rounds in round<r>/."""
+    return out if r == 1 else out / f"round{r}"
+
+
+def app_feedback(cfg: PipelineConfig, recipe: Recipe, candidates: Path, feedback: Path, round_no: int) -> None:
+    """Feedback from people: import the candidates into the app, wait for answers, export them."""
+    from rlhfkit.feedback.db import Database
+    from rlhfkit.feedback.export import export_records, stats
+    from rlhfkit.feedback.importer import import_candidates
+
+    project = f"{recipe.name}-{Path(cfg.output).name}-r{round_no}"
+    kinds = recipe.feedback.get("kinds", ["rank", "compare"])
+    db = Database(cfg.db)
+    marker = feedback.with_suffix(".imported")
+    if not marker.exists():
+        import_candidates(db, project, candidates, kinds)
+        marker.write_text(project)
+    console.print(f"pipeline: annotate project [bold]{project}[/bold]: start the app with "
+                  f"`rlhf feedback serve --db {cfg.db}` and open http://127.0.0.1:8000/ with an annotator token "
+                  f"(`rlhf feedback add-annotator --db {cfg.db} ...`)")
+    while cfg.wait:
+        st = stats(db, project)
+        done, total = st.get("answers", 0), cfg.target or st.get("tasks", 0)
+        console.print(f"pipeline: feedback {done}/{total} answers")
+        if done >= total:
+            break
+        time.sleep(cfg.poll_seconds)
+    n = write_records(feedback, export_records(db, project))
+    if n == 0:
+        raise RuntimeError(f"project {project}: no answers to export yet; annotate some tasks or rerun with --no-wait later")
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    """Run (or resume) every stage; returns the evaluation summary."""
+    from rlhfkit.eval.evaluate import evaluate_models
+    from rlhfkit.eval.report import build_report, summary_lines
+    from rlhfkit.feedback.simulate import simulate_feedback
+    from rlhfkit.ppo.trainer import train_ppo
+    from rlhfkit.reward import train_reward
+    from rlhfkit.sample import sample_candidates
+    from rlhfkit.sft import train_sft
+
+    if cfg.feedback not in ("simulated", "app"):
+        raise ConfigError(f"feedback: expected simulated or app, got {cfg.feedback!r}")
+    recipe = load_recipe(cfg.recipe)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    factor = (cfg.budget_minutes / recipe.budget_minutes) if cfg.budget_minutes else 1.0
+    for stage in cfg.overrides:
+        if stage not in ("sft", "sample", "feedback", "rm", "ppo", "eval"):
+            raise ConfigError(f"overrides: {stage}: unknown stage (sft, sample, feedback, rm, ppo, eval)")
+    sections = {k: {**getattr(recipe, k), **cfg.overrides.get(k, {})} for k in ("sft", "sample", "feedback", "rm", "ppo", "eval")}
+    sec = {k: scale_counts(v, SCALED.get(k, []), factor) for k, v in sections.items()}
+    common = {"seed": cfg.seed, "threads": cfg.threads}
+    where = str(recipe.folder / "recipe.yaml")
+    console.print(f"pipeline: recipe {recipe.name} ({recipe.description.strip() or 'no description'}), "
+                  f"budget ×{factor:.2f}, output {out}")
+
+    sft_dir = out / "sft"
+    sft_cfg = stage_config(SFTConfig, sec["sft"], where, model=cfg.model, data=str(recipe.folder / "sft.jsonl"),
+                           output=str(sft_dir), resume=True, **common)
+    run_stage("sft", sft_dir, lambda: train_sft(sft_cfg))
+
+    # A LoRA SFT run is merged (merge_lora) so that PPO's own adapters sit on the SFT weights and
+    # "adapters off" is the SFT model: the reference then costs no second copy of the weights.
+    reference = str(sft_dir / "merged") if (sft_dir / "merged").exists() else str(sft_dir)
+    policy = reference
+    feedback_files: list[Path] = []
+    for r in range(1, cfg.rounds + 1):
+        rd = round_dir(out, r)
+        rd.mkdir(parents=True, exist_ok=True)
+        candidates, feedback = rd / "candidates.jsonl", rd / "feedback.jsonl"
+        sample_cfg = stage_config(SampleConfig, sec["sample"], where, model=policy, prompts=str(recipe.folder / "prompts.jsonl"),
+                                  output=str(candidates), seed=cfg.seed + r, threads=cfg.threads)
+        run_stage(f"sample (round {r})", rd / "sample", lambda: sample_candidates(sample_cfg))
+        if cfg.feedback == "simulated":
+            sim = {k: v for k, v in sec["feedback"].items() if k != "kinds"}
+            sim_cfg = stage_config(SimulateConfig, sim, where, judge=recipe.judge, candidates=str(candidates),
+                                   output=str(feedback), seed=cfg.seed + r)
+            run_stage(f"feedback (round {r}, simulated)", rd / "feedback", lambda: simulate_feedback(sim_cfg))
+        else:
+            run_stage(f"feedback (round {r}, app)", rd / "feedback", lambda: app_feedback(cfg, recipe, candidates, feedback, r))
+        feedback_files.append(feedback)
+        # The reward model trains on every round's feedback so far.
+        all_feedback = rd / "feedback_all.jsonl"
+        if not is_done(rd / "rm"):
+            write_records(all_feedback, [rec for f in feedback_files for rec in read_records(f, "auto")])
+        rm_cfg = stage_config(RewardConfig, sec["rm"], where, data=str(all_feedback), output=str(rd / "rm"),
+                              resume=True, **common)
+        run_stage(f"reward model (round {r})", rd / "rm", lambda: train_reward(rm_cfg))
+        ppo_cfg = stage_config(PPOConfig, sec["ppo"], where, policy=policy, reward=str(rd / "rm"),
+                               prompts=str(recipe.folder / "prompts.jsonl"), output=str(rd / "ppo"),
+                               reference=reference if r > 1 else None, resume=True, **common)
+        run_stage(f"PPO (round {r})", rd / "ppo", lambda: train_ppo(ppo_cfg))
+        policy = str(rd / "ppo")
+
+    last_rm = round_dir(out, cfg.rounds) / "rm"
+    eval_cfg = stage_config(EvalConfig, sec["eval"], where, models=[f"sft={reference}", f"ppo={policy}"],
+                            prompts=str(recipe.folder / "eval.jsonl"), output=str(out / "eval"), reference=reference,
+                            judge=recipe.judge, reward=str(last_rm), best_of=cfg.best_of or None, **common)
+    run_stage("eval", out / "eval", lambda: evaluate_models(eval_cfg))
+    report = build_report(out)
+    ev = json.loads((out / "eval" / "eval.json").read_text(encoding="utf-8"))
+    lines = summary_lines(ev)
+    console.rule("pipeline: done")
+    print(f"report: {report}")
+    for line in lines:
+        print(line)
+    return {"report": str(report), "summary": lines}

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+import rlhfkit.sft as sft
+from rlhfkit.config import ConfigError
+from rlhfkit.pipeline import PipelineConfig, available_recipes, load_recipe, run_pipeline, scale_counts
+from rlhfkit.tracking import read_metrics
+
+TINY = {
+    "sft": {"max_steps": 4, "batch_size": 4, "save_every": 2, "max_len": 128},
+    "sample": {"limit": 6, "k": 3, "max_new_tokens": 8},
+    "rm": {"model": "tiny-minilm", "max_steps": 3, "eval_every": 0, "save_every": 0},
+    "ppo": {"max_steps": 2, "batch_size": 4, "max_new_tokens": 8, "save_every": 1},
+    "eval": {"max_prompts": 4, "max_new_tokens": 8, "bootstrap": 50},
+}
+
+
+def test_every_shipped_recipe_loads_with_its_data_and_judge():
+    from rlhfkit.judges import get_judge
+
+    assert {"tutor", "sentiment", "writer", "support"} <= set(available_recipes())
+    for name in available_recipes():
+        recipe = load_recipe(name)
+        assert callable(get_judge(recipe.judge))
+
+
+def test_budget_scales_counts_and_never_to_zero():
+    assert scale_counts({"max_steps": 30, "lr": 0.1}, ["max_steps"], 0.5) == {"max_steps": 15, "lr": 0.1}
+    assert scale_counts({"max_steps": 3}, ["max_steps"], 0.01) == {"max_steps": 1}
+
+
+def test_unknown_stage_override_is_named():
+    with pytest.raises(ConfigError, match="overrides: ppx: unknown stage"):
+        run_pipeline(PipelineConfig(recipe="tutor", output="unused", overrides={"ppx": {}}))
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_on_the_tiny_model_resumes_an_interrupted_stage(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    cfg = PipelineConfig(recipe="tutor", output=str(out), model="tiny", overrides=TINY, threads=1)
+
+    # Ctrl-C during SFT step 3: the checkpoint of step 2 stays; the rerun resumes SFT, then runs the rest.
+    calls = {"n": 0}
+    real = sft.response_loss
+
+    def interrupt(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(model, batch)
+
+    monkeypatch.setattr(sft, "response_loss", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg)
+    monkeypatch.setattr(sft, "response_loss", real)
+    assert not (out / "sft" / ".done.json").exists()
+
+    result = run_pipeline(cfg)
+    assert [r["step"] for r in read_metrics(out / "sft" / "metrics.jsonl")] == [1, 2, 3, 4]
+    for stage in ("sft", "sample", "feedback", "rm", "ppo", "eval"):
+        assert (out / stage / ".done.json").exists(), stage
+    cands = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
+    assert len(cands) == 6 and all(len(c["responses"]) == 3 for c in cands)
+    assert (out / "feedback.jsonl").stat().st_size > 0
+    assert len(read_metrics(out / "ppo" / "metrics.jsonl")) == 2
+    ev = json.loads((out / "eval" / "eval.json").read_text())
+    assert [m["name"] for m in ev["models"]][:2] == ["sft", "ppo"]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2
+    assert result["report"] == str(out / "report.html")
+
+    # A finished run is skipped stage by stage: nothing trains again.
+    monkeypatch.setattr(sft, "train_sft", lambda cfg: pytest.fail("sft ran again"))
+    run_pipeline(cfg)
+    assert "skipped" in capsys.readouterr().err
