@@ -265,7 +265,7 @@ class EvalConfig:
     models: list[str] = field(default_factory=list)  # model specs to evaluate; "label=spec" names one
     prompts: str = ""  # prompt JSONL; records may carry "reference" answers and judge fields ("keywords", ...)
     output: str = "runs/eval"  # folder for eval.json and samples.jsonl
-    reference: str | None = None  # reference policy spec for KL and win rates (default: the first model)
+    reference: str | None = None  # reference policy spec for KL and win rates (default: the first model; listed first when not among them)
     judge: str | None = None  # gold judge name (rlhfkit.judges) for gold score and gold win rate
     reward: str | None = None  # reward-model folder for RM score and RM win rate
     best_of: int = 0  # N > 0 adds the reference's best-of-N answers by reward-model score (needs reward)

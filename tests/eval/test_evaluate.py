@@ -3,7 +3,7 @@ import json
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
-from rlhfkit.eval.evaluate import best_of_indices, parse_model_arg, response_logprobs, unique_labels
+from rlhfkit.eval.evaluate import best_of_indices, model_list, parse_model_arg, response_logprobs, unique_labels
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from tests.conftest import write_jsonl
 
@@ -61,6 +61,12 @@ def test_model_arguments_take_an_optional_label_and_duplicate_labels_are_numbere
     assert parse_model_arg("ppo=runs/x/ppo") == ("ppo", "runs/x/ppo")
     assert parse_model_arg("runs/x/ppo") == ("runs/x/ppo", "runs/x/ppo")
     assert unique_labels(["tiny", "tiny", "sft"]) == ["tiny", "tiny#2", "sft"]
+
+
+def test_the_reference_defaults_to_the_first_model_and_is_listed_first_when_not_among_them():
+    assert model_list(["sft=a", "ppo=b"], None) == ("a", [("sft", "a"), ("ppo", "b")])
+    assert model_list(["ppo=b"], "a") == ("a", [("reference", "a"), ("ppo", "b")])
+    assert model_list(["ppo=b", "sft=a"], "a") == ("a", [("ppo", "b"), ("sft", "a")])
 
 
 def test_best_of_n_picks_the_highest_score_in_each_prompts_group():

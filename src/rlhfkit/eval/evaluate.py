@@ -60,6 +60,16 @@ def unique_labels(labels: list[str]) -> list[str]:
     return out
 
 
+def model_list(models: list[str], reference: str | None) -> tuple[str, list[tuple[str, str]]]:
+    """(reference spec, [(label, spec)]): the reference defaults to the first model and is listed first when
+    not among the models, since its row is the "before" every other row is compared with."""
+    named = [parse_model_arg(m) for m in models]
+    ref_spec = reference or named[0][1]
+    if ref_spec not in [spec for _, spec in named]:
+        named.insert(0, ("reference", ref_spec))
+    return ref_spec, list(zip(unique_labels([label for label, _ in named]), [spec for _, spec in named]))
+
+
 def sample_answers(model, tok, prompt_ids: list[list[int]], cfg: EvalConfig, seed: int) -> Answers:
     torch.manual_seed(seed)
     ids = generate_ids(model, tok, prompt_ids, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.batch_size, progress=True)
@@ -178,9 +188,8 @@ def evaluate_models(cfg: EvalConfig) -> dict:
             ans.gold = [float(x) for x in judge(records, ans.texts)]
         return ans
 
-    labels = unique_labels([parse_model_arg(m)[0] for m in cfg.models])
-    specs = [parse_model_arg(m)[1] for m in cfg.models]
-    ref_spec = cfg.reference or specs[0]
+    ref_spec, named = model_list(cfg.models, cfg.reference)
+    labels, specs = [label for label, _ in named], [spec for _, spec in named]
     console.print(f"eval: {len(records)} prompts, {len(specs)} model(s), reference {ref_spec}")
     ref_tok = load_tokenizer(ref_spec)
     ref_model = load_causal_lm(ref_spec)

@@ -113,7 +113,7 @@ def writer(prompts: list[dict], responses: list[str]) -> list[float]:
 EMPATHY = ["sorry", "apologise", "apologize", "apologies", "i understand", "i can see", "that sounds", "frustrating",
            "thanks for reaching out", "thank you for reaching out", "thanks for letting us know",
            "thank you for letting us know", "thanks for getting in touch", "thank you for contacting", "i hear you",
-           "understandably", "i know how", "inconvenience"]
+           "understandably", "i know how", "inconvenience", "thanks for asking", "thanks for your patience"]
 CLOSERS = ["let me know", "let us know", "happy to help", "anything else", "hope this helps", "feel free",
            "reach out", "have a great day", "have a good day", "have a nice day", "best regards", "kind regards",
            "we're here", "here to help", "get back to us", "glad to help"]
