@@ -16,12 +16,17 @@ METRIC_KEYS = {"step", "episodic_return", "policy_loss", "value_loss", "entropy"
                "explained_variance", "sps"}
 
 
+# rl-baselines3-zoo's CartPole-v1 PPO hyper-parameters (as in bench/gym_vs_sb3.py): they reach 500 with a
+# margin on every seed tried; the CleanRL defaults pass too on seeds 0-2 but end at 476-492, too close to 475.
+CARTPOLE_ZOO = dict(num_envs=8, num_steps=32, num_minibatches=1, gae_lambda=0.8, gamma=0.98, update_epochs=20,
+                    ent_coef=0.0, lr=1e-3, anneal_clip=True, clip_vloss=False, vf_coef=1.0)
+
+
 @pytest.mark.slow
 def test_cartpole_reaches_475_over_20_eval_episodes_within_100k_steps_for_3_of_3_seeds(tmp_path):
-    # CleanRL defaults (the GymConfig defaults); about 20 s per seed on one core
-    for seed in range(3):
+    for seed in range(3):  # about 20-30 s per seed on one idle core
         out = train_gym(GymConfig(output=str(tmp_path / f"s{seed}"), seed=seed, total_steps=100_000,
-                                  eval_episodes=20, report_to="none"))
+                                  eval_episodes=20, report_to="none", **CARTPOLE_ZOO))
         assert out["step"] <= 100_000
         assert out["eval"]["mean_return"] >= 475, (seed, out["eval"])
 
