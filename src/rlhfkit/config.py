@@ -362,3 +362,57 @@ class RewardConfig:
     seed: int = 0
     resume: bool = False  # continue from output/checkpoint if it exists
     threads: int = 0  # torch threads (0: leave torch's default)
+
+
+@dataclass
+class PPOConfig:
+    """PPO on a language model (``rlhf ppo``). Defaults: the N+ implementation details paper (Huang et al. 2024)."""
+
+    policy: str = "default"  # starting policy spec (an SFT run folder, default, tiny, path, hub id)
+    reward: str = ""  # a reward-model folder (from `rlhf rm train`) or judge:NAME (a gold judge, for experiments)
+    prompts: str = ""  # prompt JSONL ({"prompt"} or {"messages"})
+    output: str = "runs/ppo"  # run folder
+    reference: str | None = None  # reference model spec; None: the starting policy (with LoRA: adapters off)
+    value_model: str = "reward"  # reward: init from the reward model | head: a head on the policy | a model SPEC
+    lora: bool = True  # train LoRA adapters on the policy (the reference is then the same weights, adapters off)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+    max_steps: int = 100  # PPO updates (one rollout batch each)
+    batch_size: int = 8  # prompts (responses) per rollout batch
+    num_minibatches: int = 2  # minibatches per PPO epoch (batch_size must divide by it)
+    grad_accum: int = 1  # micro-batches per minibatch (gradient accumulation, for memory)
+    ppo_epochs: int = 4  # passes over each rollout batch
+    lr: float | None = None  # policy learning rate; None: 3e-6 full (N+ paper), 5e-5 LoRA (adapters need a larger step)
+    value_lr: float | None = None  # value model / head learning rate; None: the policy's
+    schedule: typing.Literal["linear", "constant"] = "linear"  # learning-rate decay to 0 over max_steps, or none
+    adam_eps: float = 1e-5  # Adam epsilon (N+ paper)
+    max_new_tokens: int = 53  # response length limit (N+ paper: 53)
+    max_prompt_len: int = 256  # prompt tokens kept (from the end)
+    temperature: float = 0.7  # sampling temperature; also divides the logits of every training log-prob
+    chat: bool = True  # apply the tokenizer's chat template to prompts
+    kl_coef: float = 0.05  # β: weight of the per-token KL penalty (initial value when adaptive)
+    adaptive_kl: bool = False  # adapt β towards kl_target (Ziegler et al. 2019)
+    kl_target: float = 6.0  # adaptive β: target KL per response (nats)
+    kl_horizon: int = 10000  # adaptive β: horizon in samples
+    missing_eos_penalty: float | None = -1.0  # score given to responses without EOS within the limit; None: keep the score
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE λ
+    whiten_advantages: bool = True  # masked whitening of advantages over the batch
+    clip_eps: float = 0.2  # policy ratio clip ε
+    vf_clip: float | None = 0.2  # value clip ε_v (None: no value clipping)
+    vf_coef: float = 0.1  # value loss coefficient
+    max_grad_norm: float = 1.0  # global gradient-norm clip
+    target_kl: float | None = None  # stop an update's epochs early when an epoch's mean approx-KL exceeds this
+    reward_batch_size: int = 32  # responses per reward-model batch
+    eval_prompts: str | None = None  # held-out prompt JSONL scored (reward and eval_judge) before training and every eval_every steps
+    eval_judge: str | None = None  # gold judge for eval_prompts (logged as eval_gold), e.g. sentiment
+    eval_every: int = 0  # steps between held-out evaluations (0: only before training and at the end)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, more time)
+    health: bool = True  # health checks on the logged metrics (warnings; NaN/inf stops the run)
+    save_every: int = 10  # steps between checkpoints (and always at the end)
+    log_every: int = 1  # steps between metrics.jsonl lines
+    report_to: typing.Literal["tensorboard", "wandb", "mlflow", "none"] = "tensorboard"
+    seed: int = 0
+    resume: bool = False  # continue from output/checkpoint if it exists
+    threads: int = 0  # torch threads (0: leave torch's default)

@@ -1,0 +1,427 @@
+"""PPO for language models (``rlhf ppo``): collect → rewards and advantages → optimise → log → check.
+
+Each step reads top to bottom:
+1. rollout: sample a response per prompt, reference log-probs, values, raw scores (``rollout.collect``);
+2. score normalisation with the reward model's stored stats, missing-EOS penalty, per-token k1 KL penalty,
+   GAE and masked advantage whitening (``advantages``);
+3. ``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches: clipped policy loss + vf_coef ×
+   clipped value loss, one AdamW over policy and value parameters, grad-norm clip; optional early stop
+   on approximate KL;
+4. β update, metrics (``metrics.jsonl``, TensorBoard), health checks, checkpoint.
+The prompts of step ``s`` are a pure function of (seed, s) and every RNG state is checkpointed, so
+``--resume`` continues exactly as an unbroken run.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything, set_rng_state
+from rlhfkit.config import PPOConfig, save_config, to_dict
+from rlhfkit.data.formats import prompt_messages, read_records
+from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.models.loading import add_lora, disable_dropout, load_causal_lm, load_sequence_classifier, load_tokenizer, set_threads
+from rlhfkit.ppo.advantages import AdaptiveKLController, FixedKLController, gae, kl_penalty_rewards, masked_mean, masked_whiten
+from rlhfkit.ppo.health import HealthMonitor
+from rlhfkit.ppo.losses import explained_variance, policy_loss, value_loss
+from rlhfkit.ppo.rollout import Rollout, collect, forward_tokens
+from rlhfkit.ppo.value import ValueHead, ValueModel, can_be_value_model, fold_normalisation
+from rlhfkit.sft import batch_indices
+from rlhfkit.tracking import MetricsLogger, truncate_metrics
+
+console = Console(stderr=True)
+
+
+class PPOHealthError(RuntimeError):
+    """The run stopped on non-finite metrics; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------------------------------------ reward
+
+
+class JudgeReward:
+    """A gold judge as the reward (``judge:NAME``): scores decoded text; no normalisation stats."""
+
+    def __init__(self, name: str):
+        from rlhfkit.judges import get_judge
+
+        self.name, self.fn, self.model, self.tokenizer, self.stats = name, get_judge(name), None, None, None
+
+    def score(self, prompts: list[dict], responses: list[str]) -> torch.Tensor:
+        return torch.tensor(self.fn(prompts, responses), dtype=torch.float32)
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores
+
+
+class ModelReward:
+    """A trained reward model (``rlhf rm train`` folder): scores decoded text with its own tokenizer."""
+
+    def __init__(self, spec: str, batch_size: int):
+        from rlhfkit.reward import RewardScorer
+
+        self.scorer, self.batch_size = RewardScorer.load(spec), batch_size
+        self.model, self.tokenizer, self.stats = self.scorer.model, self.scorer.tokenizer, self.scorer.stats
+
+    def score(self, prompts: list[dict], responses: list[str]) -> torch.Tensor:
+        return self.scorer.score(prompts, responses, self.batch_size).float()
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.scorer.normalize(scores)
+
+
+def load_reward(spec: str, batch_size: int):
+    if not spec:
+        raise ValueError("reward: required: a reward-model folder or judge:NAME")
+    if spec.startswith("judge:"):
+        return JudgeReward(spec.split(":", 1)[1])
+    return ModelReward(spec, batch_size)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def load_start(spec: str):
+    """The starting weights; an SFT LoRA run is merged, so it is the policy's (and reference's) base."""
+    model = load_causal_lm(spec)
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def build_policy(cfg: PPOConfig, ckpt: Path | None):
+    """(policy, reference); reference None means the policy with its adapters disabled (LoRA)."""
+    start = load_start(cfg.policy)
+    if cfg.lora:
+        if ckpt is not None:
+            from peft import PeftModel
+
+            policy = PeftModel.from_pretrained(start, str(ckpt / "policy"), is_trainable=True)
+        else:
+            policy = add_lora(start, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_targets)
+    else:
+        policy = load_causal_lm(str(ckpt / "policy")) if ckpt is not None else start
+    reference = None
+    if cfg.reference is not None or not cfg.lora:
+        reference = load_start(cfg.reference or cfg.policy)
+        reference.requires_grad_(False)
+        disable_dropout(reference)
+    disable_dropout(policy)  # DESIGN §4.6: dropout off in every model
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        if cfg.lora:
+            policy.enable_input_require_grads()
+    return policy, reference
+
+
+def same_vocab(tok_a, tok_b) -> bool:
+    return tok_a is not None and tok_b is not None and tok_a.get_vocab() == tok_b.get_vocab()
+
+
+def build_value(cfg: PPOConfig, policy, tok, reward, ckpt: Path | None):
+    """(value_model, value_head, kind): exactly one of the two is set."""
+    kind = cfg.value_model
+    if kind == "reward":
+        reason = None
+        if reward.model is None:
+            reason = f"the reward is the judge {reward.name!r}, which has no weights"
+        elif not same_vocab(reward.tokenizer, tok):
+            reason = "the reward model's tokenizer differs from the policy's, and values are needed per policy token"
+        elif not can_be_value_model(reward.model):
+            reason = "the reward model has no per-position score head"
+        if reason:
+            console.print(f"ppo: value model: {reason}; using a value head on the policy instead (--value-model head)")
+            kind = "head"
+    if kind == "head":
+        head = ValueHead(policy.config.hidden_size)
+        return None, head, kind
+    mean, std = 0.0, 1.0
+    if ckpt is not None:
+        classifier = load_sequence_classifier(str(ckpt / "value"))  # its head comes from the trainer state
+    elif kind == "reward":
+        classifier = copy.deepcopy(reward.model)  # N+ paper: the value model starts as the reward model
+        if reward.stats:
+            mean, std = reward.stats["mean"], reward.stats["std"]
+    else:
+        if not same_vocab(load_tokenizer(kind), tok):
+            raise ValueError(f"value_model: {kind}: its tokenizer differs from the policy's; use head or reward")
+        classifier = load_sequence_classifier(kind)
+    disable_dropout(classifier)
+    if not can_be_value_model(classifier):
+        raise ValueError(f"value_model: {kind}: not a decoder classifier with a linear score head")
+    return ValueModel(classifier, mean, std), None, kind
+
+
+def trainable(module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+# ------------------------------------------------------------------------------------------------ one step
+
+
+def compute_advantages(cfg: PPOConfig, r: Rollout, scores: torch.Tensor, reward, beta: float) -> dict:
+    """Everything the optimisation needs from a rollout: rewards, advantages, returns (B, R)."""
+    mask = r.response_mask.float()
+    final = reward.normalize(scores)  # DESIGN §4.2: mean 0, std 1 on reference samples
+    if cfg.missing_eos_penalty is not None:
+        final = torch.where(r.has_eos, final, torch.full_like(final, cfg.missing_eos_penalty))  # DESIGN §4.3
+    rewards, kl, non_score = kl_penalty_rewards(r.logprobs, r.ref_logprobs, final, mask, beta)  # k1 KL per token
+    advantages, returns = gae(rewards, r.values, mask, cfg.gamma, cfg.lam)  # γ=1, λ=0.95
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)  # over the batch, padding ignored
+    return {"final": final, "rewards": rewards, "kl": kl, "non_score": non_score, "advantages": advantages, "returns": returns}
+
+
+def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: dict, idx: torch.Tensor):
+    """Clipped policy loss + vf_coef × clipped value loss on rows ``idx``; returns (loss, stats, new log-probs).
+
+    Every mean is over response tokens only, so tokens after EOS carry no loss.
+    """
+    mask = r.response_mask[idx].float()
+    logprobs, values = forward_tokens(policy, r.query[idx], r.query_mask[idx], r.response[idx], r.response_mask[idx],
+                                      cfg.temperature, value_head)
+    if value_model is not None:
+        values = value_model(torch.cat([r.query[idx], r.response[idx]], 1),
+                             torch.cat([r.query_mask[idx], r.response_mask[idx]], 1), r.query.shape[1])
+    pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[idx], adv["advantages"][idx], mask, cfg.clip_eps)
+    vf_loss, vf_stats = value_loss(values, r.values[idx], adv["returns"][idx], mask, cfg.vf_clip)
+    stats = {"policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), **pg_stats, **vf_stats}
+    return pg_loss + cfg.vf_coef * vf_loss, stats, logprobs
+
+
+def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params, r: Rollout, adv: dict) -> dict:
+    """ppo_epochs × num_minibatches clipped updates on one rollout; returns averaged statistics."""
+    batch = r.query.shape[0]
+    mb_size = batch // cfg.num_minibatches
+    micro = max(1, mb_size // max(cfg.grad_accum, 1))
+    stats: dict[str, list[float]] = {}
+    first_mismatch = None
+    epochs_done = 0
+    for epoch in range(cfg.ppo_epochs):
+        epoch_kl = []
+        perm = torch.randperm(batch)
+        for start in range(0, batch, mb_size):
+            rows = perm[start : start + mb_size]
+            tokens = r.response_mask[rows].sum().clamp(min=1)
+            for m0 in range(0, len(rows), micro):
+                idx = rows[m0 : m0 + micro]
+                loss, mb_stats, logprobs = ppo_loss(cfg, policy, value_model, value_head, r, adv, idx)
+                if first_mismatch is None:  # the classic temperature/padding bug check: the ratio must start at 1
+                    first_mismatch = float(((logprobs.detach() - r.logprobs[idx]).abs() * r.response_mask[idx]).max())
+                (loss * r.response_mask[idx].sum() / tokens).backward()  # token-weighted: accumulation = one minibatch
+                for k, v in mb_stats.items():
+                    stats.setdefault(k, []).append(float(v))
+                epoch_kl.append(float(mb_stats["approx_kl"]))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            stats.setdefault("grad_norm", []).append(float(grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        epochs_done = epoch + 1
+        if cfg.target_kl is not None and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
+            break  # early stop on approximate KL
+    out = {k: sum(v) / len(v) for k, v in stats.items() if k != "ratio_max"}
+    out["ratio_max"] = max(stats["ratio_max"])
+    out["ppo_epochs_done"] = epochs_done
+    out["logprob_mismatch"] = first_mismatch
+    return out
+
+
+def rollout_metrics(r: Rollout, scores: torch.Tensor, adv: dict, beta: float) -> dict:
+    mask = r.response_mask.float()
+    return {
+        "score": float(scores.mean()),
+        "reward": float(adv["final"].mean()),
+        "kl": float(adv["kl"].sum(1).mean()),
+        "beta": beta,
+        "non_score_reward": float(adv["non_score"].sum(1).mean()),
+        "entropy": float(masked_mean(r.entropy, mask)),
+        "explained_variance": float(explained_variance(r.values, adv["returns"], mask)),
+        "value_mean": float(masked_mean(r.values, mask)),
+        "return_mean": float(masked_mean(adv["returns"], mask)),
+        "response_len": float(mask.sum(1).mean()),
+        "no_eos_frac": float((~r.has_eos).float().mean()),
+        "distinct_responses": len(set(r.texts)) / max(len(r.texts), 1),
+        "batch_size": len(r.texts),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def evaluate(cfg: PPOConfig, policy, tok, prompts: list[list[int]], records: list[dict], reward, judge) -> dict:
+    """Mean reward (and gold judge) score of held-out prompts' samples, with its own RNG (training's is untouched)."""
+    from rlhfkit.data.tokenize import left_pad
+    from rlhfkit.ppo.rollout import sample
+
+    texts = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        for i in range(0, len(prompts), cfg.batch_size):
+            q, qm = left_pad(prompts[i : i + cfg.batch_size], tok.pad_token_id)
+            s = sample(policy, q, qm, cfg.max_new_tokens, cfg.temperature, tok.eos_token_id, tok.pad_token_id)
+            texts += [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip()
+                      for row, m in zip(s["response"], s["response_mask"])]
+    out = {"eval_score": float(reward.score(records, texts).mean())}
+    if judge is not None:
+        out["eval_gold"] = sum(judge(records, texts)) / len(texts)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def save_policy(policy, folder: Path) -> None:
+    """save_pretrained; a LoRA policy saves its adapter only (the embeddings are never trained here)."""
+    if hasattr(policy, "peft_config"):
+        policy.save_pretrained(folder, save_embedding_layers=False)
+    else:
+        policy.save_pretrained(folder)
+
+
+def save_checkpoint(out: Path, step: int, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health) -> None:
+    with atomic_dir(out / "checkpoint") as tmp:
+        save_policy(policy, tmp / "policy")
+        if value_model is not None:
+            value_model.classifier.save_pretrained(tmp / "value")
+        tensors = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "kl_ctl": kl_ctl.state_dict(),
+                   "health": health.state_dict(), "rng": rng_state()}
+        tensors["value"] = (value_head if value_head is not None else value_model.head).state_dict()
+        save_state(tmp, {"step": step, "data_cursor": step}, tensors)
+
+
+def encode_prompts(cfg: PPOConfig, tok, records: list[dict]) -> list[list[int]]:
+    return [encode_prompt(tok, prompt_messages(r), cfg.chat)[-cfg.max_prompt_len:] for r in records]
+
+
+def train_ppo(cfg: PPOConfig) -> dict:
+    """Run PPO as configured; returns the last logged metrics."""
+    out = Path(cfg.output)
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    if cfg.batch_size % cfg.num_minibatches:
+        raise ValueError(f"num_minibatches: {cfg.num_minibatches} does not divide batch_size {cfg.batch_size}")
+    records = read_records(cfg.prompts, "prompt")
+    if not records:
+        raise ValueError(f"{cfg.prompts}: no prompts")
+    tok = load_tokenizer(cfg.policy)
+    prompts = encode_prompts(cfg, tok, records)
+    reward = load_reward(cfg.reward, cfg.reward_batch_size)
+    eval_records = read_records(cfg.eval_prompts, "prompt") if cfg.eval_prompts else []
+    eval_ids = encode_prompts(cfg, tok, eval_records)
+    judge = None
+    if cfg.eval_judge:
+        from rlhfkit.judges import get_judge
+
+        judge = get_judge(cfg.eval_judge)
+
+    ckpt = find_checkpoint(out / "checkpoint") if cfg.resume else None
+    if cfg.resume and ckpt is None:
+        console.print(f"ppo: no checkpoint in {out}; starting from the beginning")
+    policy, reference = build_policy(cfg, ckpt)
+    value_model, value_head, value_kind = build_value(cfg, policy, tok, reward, ckpt)
+    lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 3e-6)
+    value_module = value_model if value_model is not None else value_head
+    policy_params, value_params = trainable(policy), trainable(value_module)
+    params = policy_params + value_params
+    optimizer = torch.optim.AdamW([{"params": policy_params, "lr": lr},
+                                   {"params": value_params, "lr": cfg.value_lr or lr}], eps=cfg.adam_eps, weight_decay=0.0)
+    decay = (lambda s: max(0.0, 1.0 - s / cfg.max_steps)) if cfg.schedule == "linear" else (lambda s: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.kl_coef))
+    health = HealthMonitor(cfg.max_new_tokens)
+    start = 0
+    if ckpt is not None:
+        state, tensors = load_state(ckpt)
+        optimizer.load_state_dict(tensors["optimizer"])
+        scheduler.load_state_dict(tensors["scheduler"])
+        kl_ctl.load_state_dict(tensors["kl_ctl"])
+        health.load_state_dict(tensors["health"])
+        (value_head if value_head is not None else value_model.head).load_state_dict(tensors["value"])
+        set_rng_state(tensors["rng"])
+        start = state["step"]
+        truncate_metrics(out / "metrics.jsonl", start)
+        console.print(f"ppo: resumed from step {start}")
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+    save_config(cfg, out)
+    logger = MetricsLogger(out, cfg.report_to, config=to_dict(cfg))
+    console.print(f"ppo: {len(records)} prompts; policy {cfg.policy} ({'LoRA' if cfg.lora else 'full'}, lr {lr:g}); "
+                  f"reference: {'adapters off' if reference is None else cfg.reference or cfg.policy}; "
+                  f"reward {cfg.reward}; value model: {value_kind}")
+    if eval_ids and start == 0:
+        logger.log(0, evaluate(cfg, policy, tok, eval_ids, eval_records, reward, judge))
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(out, step, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health)
+
+    last: dict = {}
+    columns = [TextColumn("ppo"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
+    step = start
+    try:
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task("ppo", total=cfg.max_steps, completed=start, info="")
+            for step in range(start, cfg.max_steps):
+                t0 = time.perf_counter()
+                idx = batch_indices(step, cfg.batch_size, len(records), cfg.seed)  # the data cursor is the step
+                rollout, scores = collect(policy, tok, [prompts[i] for i in idx], [records[i] for i in idx], reward,
+                                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                          value_model=value_model, value_head=value_head, reference=reference)
+                beta = kl_ctl.value
+                adv = compute_advantages(cfg, rollout, scores, reward, beta)
+                t1 = time.perf_counter()
+                train_stats = optimise(cfg, policy, value_model, value_head, optimizer, params, rollout, adv)
+                metrics = rollout_metrics(rollout, scores, adv, beta)
+                metrics.update(train_stats)
+                metrics["lr"] = scheduler.get_last_lr()[0]
+                scheduler.step()
+                kl_ctl.update(metrics["kl"], cfg.batch_size)
+                done = step + 1
+                if eval_ids and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+                    metrics.update(evaluate(cfg, policy, tok, eval_ids, eval_records, reward, judge))
+                t2 = time.perf_counter()
+                metrics.update({"time_rollout_s": t1 - t0, "time_train_s": t2 - t1, "time_step_s": t2 - t0,
+                                "samples_per_s": cfg.batch_size / (t2 - t0),
+                                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+                warnings, fatal = health.check(done, metrics) if cfg.health else ([], False)
+                for w in warnings:
+                    console.print(f"[yellow]ppo: step {done}: warning: {w}[/yellow]")
+                if warnings:
+                    metrics["warnings"] = warnings
+                if done % cfg.log_every == 0 or done == cfg.max_steps or warnings:
+                    last = logger.log(done, metrics)
+                if fatal:
+                    raise PPOHealthError(f"step {done}: non-finite metrics; stopped; the last good checkpoint is in "
+                                         f"{out / 'checkpoint'} (resume with --resume after changing the settings)")
+                if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+                    checkpoint(done)
+                bar.update(task, completed=done, info=f"score {metrics['score']:.3f}  kl {metrics['kl']:.3f}  "
+                                                      f"{metrics['time_step_s']:.1f} s/step")
+                step = done
+    except (KeyboardInterrupt, PPOHealthError):
+        logger.close()  # no checkpoint here: a step cut short may have half-updated the weights
+        raise
+    checkpoint(step)
+    save_final(cfg, out, policy, value_model, tok)
+    logger.close()
+    console.print(f"ppo: done, {step} steps; policy saved to {out}")
+    return last
+
+
+def save_final(cfg: PPOConfig, out: Path, policy, value_model, tok) -> None:
+    """The policy in save_pretrained form (LoRA: the adapter on its base spec; merged when the base was an adapter run)."""
+    from rlhfkit.models.loading import is_adapter_dir, resolve
+
+    start_is_adapter = cfg.policy not in ("default", "tiny") and is_adapter_dir(Path(resolve(cfg.policy)))
+    if cfg.lora and start_is_adapter:
+        policy = copy.deepcopy(policy).merge_and_unload()
+    save_policy(policy, out)
+    tok.save_pretrained(out)
+    if value_model is not None:
+        value_model.classifier.save_pretrained(out / "value")

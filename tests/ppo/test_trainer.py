@@ -1,0 +1,198 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhfkit.config import PPOConfig, SFTConfig
+from rlhfkit.judges import register
+from rlhfkit.models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer
+from rlhfkit.ppo.rollout import Rollout, collect, response_mask_from_eos
+from rlhfkit.ppo.trainer import JudgeReward, PPOHealthError, compute_advantages, ppo_loss, train_ppo
+from rlhfkit.sft import train_sft
+from rlhfkit.tracking import read_metrics
+from tests.conftest import write_jsonl
+
+DESIGN_KEYS = {"score", "kl", "beta", "non_score_reward", "entropy", "approx_kl", "clipfrac", "policy_loss", "value_loss",
+               "explained_variance", "ratio_mean", "response_len", "no_eos_frac", "time_rollout_s", "time_train_s",
+               "time_step_s", "ratio_max"}
+TIMING = {"time_rollout_s", "time_train_s", "time_step_s", "samples_per_s", "peak_rss_gb"}
+
+
+@pytest.fixture
+def prompts_file(tmp_path: Path) -> Path:
+    texts = ["Hi", "Tell me a story about a dragon who learned to bake bread.", "Why is the sky blue?", "Name a colour.",
+             "What should I cook tonight for four hungry friends?", "Count to three.", "Say yes.", "A haiku, please."]
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": t} for t in texts])
+
+
+def tiny_cfg(prompts, out, **kw) -> PPOConfig:
+    base = dict(policy="tiny", reward="judge:length", prompts=str(prompts), output=str(out), max_steps=2, batch_size=4,
+                num_minibatches=2, ppo_epochs=2, max_new_tokens=8, temperature=0.7, save_every=0, report_to="none",
+                threads=1, missing_eos_penalty=None)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def test_ppo_logs_every_design_metric_and_starts_each_update_at_ratio_one(prompts_file, tmp_path):
+    train_ppo(tiny_cfg(prompts_file, tmp_path / "run", report_to="tensorboard"))
+    log = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in log] == [1, 2]
+    for rec in log:
+        assert DESIGN_KEYS <= set(rec)
+        # first minibatch of the first epoch, temperature 0.7, left-padded prompts of different lengths,
+        # minibatch padding trimmed differently from the rollout's: the recomputed log-probs are the rollout's
+        assert rec["logprob_mismatch"] < 1e-5
+    assert list((tmp_path / "run" / "tb").iterdir())  # TensorBoard events
+    assert (tmp_path / "run" / "adapter_config.json").exists()  # LoRA by default: the adapter is the output
+
+
+def test_tokens_after_eos_carry_no_loss(prompts_file):
+    torch.manual_seed(0)
+    tok = load_tokenizer("tiny")
+    policy = load_causal_lm("tiny")
+    from rlhfkit.ppo.value import ValueHead
+
+    head = ValueHead(policy.config.hidden_size)
+    records = [{"prompt": "Hi"}, {"prompt": "Why is the sky blue?"}]
+    ids = [[tok.bos_token_id, 100 + i, 200 + i] for i in range(2)]
+    r, _ = collect(policy, tok, ids, records, JudgeReward("length"), max_new_tokens=8, temperature=0.7, value_head=head,
+                    reference=policy)
+    response = r.response.clone()
+    response[:, 3] = tok.eos_token_id  # both responses end at token 3
+    mask = response_mask_from_eos(response, tok.eos_token_id)
+    cfg = tiny_cfg(prompts_file, "unused")
+
+    def loss_and_grads(after_eos_token: int, garbage: float):
+        resp = response.clone()
+        resp[:, 4:] = after_eos_token
+        junk = torch.full_like(r.logprobs, garbage) * (1 - mask)  # anything at all after EOS
+        roll = Rollout(r.query, r.query_mask, resp, mask, r.logprobs * mask + junk, r.ref_logprobs, r.values + junk,
+                       r.entropy, r.texts, torch.ones(2, dtype=torch.bool))
+        adv = {"advantages": torch.ones_like(junk) * mask + junk, "returns": torch.ones_like(junk) * mask + 3 * junk}
+        policy.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
+        loss, _, _ = ppo_loss(cfg, policy, None, head, roll, adv, torch.arange(2))
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in list(policy.parameters()) + list(head.parameters()) if p.grad is not None])
+        return loss.detach(), grads
+
+    loss_a, grads_a = loss_and_grads(tok.eos_token_id, 0.0)
+    loss_b, grads_b = loss_and_grads(1234, 57.0)
+    assert loss_a == pytest.approx(float(loss_b), abs=1e-6)
+    torch.testing.assert_close(grads_a, grads_b, atol=1e-6, rtol=1e-5)
+
+
+class ShiftedReward:
+    """A reward-model stand-in whose stored stats are mean 1, std 2."""
+
+    def normalize(self, scores):
+        return (scores - 1.0) / 2.0
+
+
+def test_scores_are_normalised_with_the_stored_stats_and_a_missing_eos_gets_the_penalty(prompts_file):
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    zeros = torch.zeros(2, 4)
+    r = Rollout(torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1), torch.zeros(2, 4, dtype=torch.long), mask,
+                zeros, zeros, zeros, zeros, ["a", "b"], torch.tensor([True, False]))
+    adv = compute_advantages(tiny_cfg(prompts_file, "unused", missing_eos_penalty=-1.0), r, torch.tensor([5.0, 5.0]),
+                             ShiftedReward(), beta=0.05)
+    assert adv["final"].tolist() == [2.0, -1.0]
+    assert adv["rewards"][0].tolist() == [0.0, 0.0, 2.0, 0.0]  # the score sits on the last response token
+    assert adv["advantages"][0, 3] == 0.0  # padding after EOS: no advantage
+
+
+def test_kill_9_then_resume_continues_as_an_unbroken_run(prompts_file, tmp_path):
+    kw = dict(max_steps=6, save_every=2, adaptive_kl=True, kl_target=0.05, kl_horizon=50, missing_eos_penalty=-1.0)
+    train_ppo(tiny_cfg(prompts_file, tmp_path / "full", **kw))
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "rlhfkit", "ppo", "--policy", "tiny", "--reward", "judge:length", "--prompts",
+           str(prompts_file), "--output", str(run), "--max-steps", "6", "--batch-size", "4", "--max-new-tokens", "8",
+           "--ppo-epochs", "2", "--num-minibatches", "2", "--report-to", "none", "--set", "save_every=2",
+           "--set", "adaptive_kl=true", "--set", "kl_target=0.05", "--set", "kl_horizon=50", "--set", "threads=1",
+           "--set", "temperature=0.7", "--set", "missing_eos_penalty=-1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": "src"})
+    state = run / "checkpoint" / "trainer_state.json"
+    try:
+        while not state.exists() and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)  # kill -9 right after the first checkpoint
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = json.loads(state.read_text())["step"]
+    assert killed_at < 6
+    train_ppo(tiny_cfg(prompts_file, run, resume=True, **kw))
+    full, resumed = read_metrics(tmp_path / "full" / "metrics.jsonl"), read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(1, 7))
+    assert full[-1]["beta"] != 0.05  # the adaptive β moved, and came back from the checkpoint
+    for a, b in zip(full[killed_at:], resumed[killed_at:]):
+        for key in set(a) - TIMING:
+            assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
+
+
+def test_non_finite_scores_stop_the_run_keeping_the_last_good_checkpoint(prompts_file, tmp_path):
+    calls = {"n": 0}
+
+    @register("nan-at-third-call")
+    def nan_at_third(prompts, responses):
+        calls["n"] += 1
+        return [float("nan") if calls["n"] == 3 else 1.0 for _ in responses]
+
+    with pytest.raises(PPOHealthError, match="last good checkpoint"):
+        train_ppo(tiny_cfg(prompts_file, tmp_path / "run", reward="judge:nan-at-third-call", max_steps=5, save_every=1))
+    assert json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+    last = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert last["step"] == 3 and last["warnings"][0].startswith("non_finite")
+
+
+def make_reward_model(folder: Path, spec: str = "tiny") -> Path:
+    load_sequence_classifier(spec).save_pretrained(folder)
+    load_tokenizer(spec).save_pretrained(folder)
+    (folder / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0}))
+    return folder
+
+
+def test_value_model_defaults_to_a_copy_of_the_reward_model_and_resumes(prompts_file, tmp_path):
+    rm = make_reward_model(tmp_path / "rm")
+    cfg = tiny_cfg(prompts_file, tmp_path / "run", reward=str(rm), max_steps=2, save_every=1)
+    train_ppo(cfg)
+    assert (tmp_path / "run" / "value" / "config.json").exists()
+    assert (tmp_path / "run" / "checkpoint" / "value" / "config.json").exists()
+    first = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    # value init = the reward model's head with its normalisation folded in, so values are not a fresh head's
+    assert first[0]["value_mean"] != 0.0 and DESIGN_KEYS <= set(first[-1])
+    cfg.max_steps, cfg.resume = 3, True
+    train_ppo(cfg)
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_reward_model_with_another_tokenizer_scores_text_and_the_value_falls_back_to_a_head(prompts_file, tmp_path, capsys):
+    rm = make_reward_model(tmp_path / "rm", "tiny-minilm")
+    train_ppo(tiny_cfg(prompts_file, tmp_path / "run", reward=str(rm), max_steps=1))
+    assert "using a value head on the policy" in capsys.readouterr().err.replace("\n", " ")
+    assert not (tmp_path / "run" / "value").exists()
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["score"] != 0.0
+
+
+@pytest.mark.slow
+def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file, tmp_path):
+    @register("banana-count")
+    def banana(prompts, responses):
+        return [float(r.lower().count("banana")) for r in responses]
+
+    # a tiny policy that answers with one of eight words (after a short SFT), rewarded +1 per "banana"
+    train_sft(SFTConfig(model="tiny", data=str(memorise_file), output=str(tmp_path / "sft"), max_steps=100, batch_size=4,
+                        lr=5e-3, warmup_steps=2, eval_fraction=0.0, save_every=0, report_to="none", threads=1))
+    train_ppo(PPOConfig(policy=str(tmp_path / "sft"), reward="judge:banana-count", prompts=str(memorise_file),
+                        output=str(tmp_path / "ppo"), max_steps=30, batch_size=8, num_minibatches=2, max_new_tokens=12,
+                        lr=1e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=0,
+                        report_to="none", threads=1))
+    scores = [r["score"] for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl")]
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    assert last >= first + 0.4, scores
