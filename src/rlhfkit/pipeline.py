@@ -238,7 +238,24 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     ev = json.loads((out / "eval" / "eval.json").read_text(encoding="utf-8"))
     lines = summary_lines(ev)
     console.rule("pipeline: done")
+    print_before_after(out / "eval" / "samples.jsonl", n=3)
     print(f"report: {report}")
     for line in lines:
         print(line)
     return {"report": str(report), "summary": lines}
+
+
+def print_before_after(samples_path: Path, n: int = 3) -> None:
+    """The first ``n`` held-out prompts with the answer of each evaluated model."""
+    from rlhfkit.tracking import read_metrics
+
+    by_prompt: dict[int, list[dict]] = {}
+    for rec in read_metrics(samples_path):  # a plain JSONL reader
+        by_prompt.setdefault(rec["index"], []).append(rec)
+    for index in sorted(by_prompt)[:n]:
+        rows = by_prompt[index]
+        print(f"\nprompt: {rows[0]['prompt']}")
+        for row in rows:
+            gold = f" (gold {row['gold_score']:.2f})" if row.get("gold_score") is not None else ""
+            print(f"  {row['model']}{gold}: {' '.join(row['response'].split())}")
+    print()
