@@ -15,6 +15,7 @@ A trainer's step under N processes:
 
 from __future__ import annotations
 
+import atexit
 import os
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -59,10 +60,20 @@ def get_accelerator(gradient_accumulation_steps: int = 1, micro_batch_size: int 
         # no DDP wrapping; with it they form a gloo group (MULTI_CPU), as ACCELERATE_USE_CPU=true does.
         kwargs.setdefault("cpu", True)
     acc = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, **kwargs)
+    if _initialised():
+        # Leaving the process group to interpreter teardown can abort a gloo rank ("terminate called without
+        # an active exception"); close it once, when the program ends, since later stages reuse it.
+        atexit.unregister(_close_process_group)  # once, however many accelerators a program makes
+        atexit.register(_close_process_group)
     plugin = getattr(acc.state, "deepspeed_plugin", None)
     if plugin is not None and micro_batch_size and plugin.is_auto("train_micro_batch_size_per_gpu"):
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
     return acc
+
+
+def _close_process_group() -> None:
+    if _initialised():
+        dist.destroy_process_group()
 
 
 def is_sharded(accelerator) -> bool:
