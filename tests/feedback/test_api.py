@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from rlhfkit.feedback.db import MIGRATIONS, Answer, Assignment, Database, Task, schema_version
+from rlhfkit.feedback.db import MIGRATIONS, Answer, Assignment, Database, Project, Task, schema_version
 from rlhfkit.feedback.export import export_records
 
 from .conftest import ADMIN, auth, good_answer
@@ -29,7 +29,10 @@ def test_each_task_goes_to_n_annotators_and_gold_to_everyone(fb):
     with fb.db.tx() as s:
         per_task = dict(s.execute(select(Assignment.task_id, func.count()).group_by(Assignment.task_id)).all())
         gold = {t.id: t.is_gold for t in s.scalars(select(Task))}
+        open_now = s.scalar(select(func.count()).select_from(Task).where(Task.is_open))
+        counted = s.scalar(select(Project.open_tasks))
     assert all(per_task[t] == (3 if g else 2) for t, g in gold.items())
+    assert open_now == counted == 4  # only the gold tasks stay open: every annotator gets them
 
 
 def test_an_annotator_holds_at_most_the_cap(fb):
@@ -129,16 +132,13 @@ def test_a_skipped_task_goes_to_someone_else_and_not_back(fb):
     r = fb.client.post(f"/api/assignments/{task['assignment_id']}/skip", headers=auth(ann))
     assert r.status_code == 200 and r.json()["status"] == "skipped"
     assert fb.answer(ann, task).status_code == 409
-    answered_by_others = set()
-    for t in (bob, cid):
-        with fb.db.tx() as s:
-            answered_by_others |= {s.get(Assignment, x["assignment_id"]).task_id for x in fb.answer_all(t)}
-    with fb.db.tx() as s:
-        skipped_task = s.get(Assignment, task["assignment_id"]).task_id
-    assert skipped_task in answered_by_others
+    others = fb.answer_all(bob) + fb.answer_all(cid)
     mine = fb.answer_all(ann)
     with fb.db.tx() as s:
-        assert skipped_task not in {s.get(Assignment, x["assignment_id"]).task_id for x in mine}
+        task_of = {a.id: a.task_id for a in s.scalars(select(Assignment))}
+    skipped_task = task_of[task["assignment_id"]]
+    assert skipped_task in {task_of[x["assignment_id"]] for x in others}
+    assert skipped_task not in {task_of[x["assignment_id"]] for x in mine}
     progress = fb.client.get("/api/projects/demo", headers=auth(ann)).json()["progress"]
     assert progress["skipped"] == 1 and progress["available"] == 0
 

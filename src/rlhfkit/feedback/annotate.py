@@ -56,7 +56,7 @@ def claim(s: Session, project: Project, ann: Annotator, n: int = 1) -> list[Assi
         a = Assignment(task_id=task.id, annotator_id=ann.id, project_id=project.id, status="held", display_order=order)
         s.add(a)
         task.n_active += 1
-        task.is_open = task.is_gold or task.n_active < project.annotators_per_task
+        set_open(task, project, task.is_gold or task.n_active < project.annotators_per_task)
         mine.append(a)
     s.flush()
     return mine
@@ -69,7 +69,14 @@ def skip(s: Session, a: Assignment, project: Project) -> None:
     a.status = "skipped"
     task = s.get(Task, a.task_id)
     task.n_active -= 1
-    task.is_open = True
+    set_open(task, project, True)
+
+
+def set_open(task: Task, project: Project, value: bool) -> None:
+    """Open or close a task to new annotators, keeping the project's count of open tasks in step."""
+    if task.is_open != value:
+        project.open_tasks += 1 if value else -1
+        task.is_open = value
 
 
 def own_assignment(s: Session, assignment_id: int, ann: Annotator) -> Assignment:
@@ -235,13 +242,17 @@ def progress(s: Session, project: Project, ann: Annotator) -> dict:
     rows = dict(s.execute(select(Assignment.status, func.count()).where(Assignment.annotator_id == ann.id,
                                                                       Assignment.project_id == project.id)
                           .group_by(Assignment.status)).all())
-    already = exists().where(Assignment.task_id == Task.id, Assignment.annotator_id == ann.id)
-    available = s.scalar(select(func.count()).select_from(Task).where(Task.project_id == project.id, Task.is_open, ~already))
+    # Open tasks minus the open ones this annotator already has (cheaper than a NOT EXISTS per open task).
+    mine_open = s.scalar(select(func.count()).select_from(Assignment).join(Task, Task.id == Assignment.task_id)
+                         .where(Assignment.annotator_id == ann.id, Assignment.project_id == project.id, Task.is_open))
+    available = project.open_tasks - mine_open
     done = rows.get("done", 0)
     return {"done": done, "skipped": rows.get("skipped", 0), "held": rows.get("held", 0), "available": available or 0}
 
 
-def reopen_tasks(s: Session, project: Project) -> None:
-    """Recompute which tasks want annotators (after the project's N changed)."""
+def refresh_open(s: Session, project: Project) -> None:
+    """Recompute which tasks want annotators and how many (after an import or a change of N)."""
     s.execute(update(Task).where(Task.project_id == project.id)
               .values(is_open=Task.is_gold | (Task.n_active < project.annotators_per_task)))
+    project.open_tasks = s.scalar(select(func.count()).select_from(Task)
+                                  .where(Task.project_id == project.id, Task.is_open))

@@ -123,13 +123,13 @@ def create_app(db_url: str, admin_token: str) -> FastAPI:
         with db.tx() as s:
             p = get_project(s, name)
             if p is None:
-                p = Project(name=name, guidelines="", annotators_per_task=1, max_held=5)
+                p = Project(name=name, guidelines="", annotators_per_task=1, max_held=5, open_tasks=0)
                 s.add(p)
             p.guidelines = body.get("guidelines", p.guidelines)
             p.max_held = body.get("max_held", p.max_held)
             p.annotators_per_task = body.get("annotators_per_task", p.annotators_per_task)
             s.flush()
-            ops.reopen_tasks(s, p)
+            ops.refresh_open(s, p)
             return {"name": p.name, "guidelines": p.guidelines, "annotators_per_task": p.annotators_per_task,
                     "max_held": p.max_held}
 

@@ -11,7 +11,8 @@ answers (every submission kept: a later one is a revision, the latest is the ans
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -40,6 +41,7 @@ class Project(Base):
     guidelines: Mapped[str] = mapped_column(Text, default="")
     annotators_per_task: Mapped[int] = mapped_column(Integer, default=1)  # N: each task goes to N annotators
     max_held: Mapped[int] = mapped_column(Integer, default=5)  # cap on unanswered tasks one annotator holds
+    open_tasks: Mapped[int] = mapped_column(Integer, default=0)  # tasks still wanting annotators (kept in step)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
@@ -192,11 +194,14 @@ class Database:
         self.engine = make_engine(self.url)
         self.version = migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Queue this process's transactions on a lock rather than letting
+        # them poll SQLite's busy handler, whose growing sleeps give some requests second-long waits.
+        self._lock = threading.Lock() if self.is_sqlite else nullcontext()
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        with self._sessions() as s, s.begin():
+        with self._lock, self._sessions() as s, s.begin():
             yield s
 
     def dispose(self) -> None:

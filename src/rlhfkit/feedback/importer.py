@@ -22,7 +22,7 @@ from typing import Any, Optional
 from sqlalchemy import select
 
 from rlhfkit.data.formats import RecordError, prompt_messages, prompt_text, validate
-from rlhfkit.feedback.annotate import reopen_tasks
+from rlhfkit.feedback.annotate import refresh_open
 from rlhfkit.feedback.db import KINDS, Database, Project, Prompt, Response, Task, get_project
 
 KNOWN_FIELDS = {"prompt", "messages", "responses", "response", "model", "checkpoint", "sampling", "gold"}
@@ -189,14 +189,12 @@ def import_candidates(db: Database, project: str, candidates: str | Path, kinds:
     with db.tx() as s:
         proj = get_project(s, project)
         if proj is None:
-            proj = Project(name=project, guidelines="", annotators_per_task=1, max_held=5)
+            proj = Project(name=project, guidelines="", annotators_per_task=1, max_held=5, open_tasks=0)
             s.add(proj)
         if guidelines is not None:
             proj.guidelines = guidelines
-        if annotators_per_task is not None and annotators_per_task != proj.annotators_per_task:
+        if annotators_per_task is not None:
             proj.annotators_per_task = annotators_per_task
-            s.flush()
-            reopen_tasks(s, proj)
         if max_held is not None:
             proj.max_held = max_held
         s.flush()
@@ -224,4 +222,6 @@ def import_candidates(db: Database, project: str, candidates: str | Path, kinds:
                            is_gold=known is not None, gold=known, order_key=rng.random(), n_active=0, is_open=True))
                 counts["tasks"] += 1
                 counts["gold_tasks"] += known is not None
+        s.flush()
+        refresh_open(s, proj)
     return counts

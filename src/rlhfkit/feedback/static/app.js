@@ -132,6 +132,8 @@ function renderPrompt(task) {
 function render(task) {
   state.task = task;
   state.pending = null;
+  $("view-task").dataset.kind = task.kind;
+  $("view-task").dataset.assignment = String(task.assignment_id);
   const prev = task.answer;
   state.answer = {};
   $("comment").value = prev ? prev.comment || "" : "";
@@ -139,6 +141,7 @@ function render(task) {
   $("banner").textContent = state.back ? `Changing your last answer (saved as revision ${task.revision + 1}). Submit to save it, or press Esc to go on.` : "";
   $("task-kind").textContent = { rate: "Rate the response", compare: "Which response is better?", rank: "Rank the responses", edit: "Improve the response" }[task.kind];
   renderPrompt(task);
+  $("btn-submit").textContent = task.kind === "edit" ? "Submit (Ctrl+Enter)" : "Submit (Enter)";
   ({ rate: renderRate, compare: renderCompare, rank: renderRank, edit: renderEdit })[task.kind](task, prev);
   setStatus("");
   show("view-task");

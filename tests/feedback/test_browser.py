@@ -1,0 +1,110 @@
+"""The page in Debian's chromium (headless, through Playwright; no browser download): one task of each kind,
+answered with the keyboard, then checked in the database. With RLHFKIT_SCREENSHOTS=DIR it also saves a
+screenshot of each kind (docs/screenshots/ is made this way)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from rlhfkit.feedback.db import Answer, Assignment, Database, Task
+from rlhfkit.feedback.importer import import_candidates
+
+from .conftest import ADMIN, auth, write_jsonl
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                 "(apt-get install chromium; .ci/run installs it)")]
+
+PAIR = {"prompt": "Explain to a 10-year-old why the sky is blue.",
+        "responses": ["Sunlight is made of all colours. Air scatters blue light much more than red light, so blue "
+                      "light comes at your eyes from every part of the sky.",
+                      "Because the sky reflects the ocean, which is blue."],
+        "model": "tiny", "checkpoint": "runs/demo/sft"}
+SINGLE = {"prompt": "What is 3/4 + 1/8? Show your steps.",
+          "response": "First write 3/4 as 6/8. Then 6/8 + 1/8 = 7/8. So the answer is 7/8.", "model": "tiny"}
+GUIDELINES = ("Judge the answer a patient tutor would give: correct first, then clear, then kind.\n"
+              "Wrong facts make an answer poor however well it reads.")
+
+
+def test_one_task_of_each_kind_through_the_page(tmp_path, server_factory):
+    playwright = pytest.importorskip("playwright.sync_api")
+    db_url = str(tmp_path / "feedback.db")
+    db = Database(db_url)
+    import_candidates(db, "tutor", write_jsonl(tmp_path / "pair.jsonl", [PAIR]), "rank,compare,edit",
+                      guidelines=GUIDELINES)
+    import_candidates(db, "tutor", write_jsonl(tmp_path / "single.jsonl", [SINGLE]), "rate")
+    server = server_factory(db_url)
+    token = httpx.post(server.url + "/api/admin/annotators", json={"name": "ann"}, headers=auth(ADMIN)).json()["token"]
+    shots = Path(os.environ["RLHFKIT_SCREENSHOTS"]) if os.environ.get("RLHFKIT_SCREENSHOTS") else None
+
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        page.goto(server.url + "/")
+        page.fill("#token", token)
+        page.press("#token", "Enter")
+        seen = []
+        for _ in range(4):
+            page.wait_for_selector("#view-task:not([hidden])")
+            kind = page.get_attribute("#view-task", "data-kind")
+            assignment = page.get_attribute("#view-task", "data-assignment")
+            seen.append(kind)
+            if kind == "rate":
+                page.keyboard.press("6")
+            elif kind == "compare":
+                page.keyboard.press("b")
+                page.keyboard.press("3")
+            elif kind == "rank":
+                page.keyboard.press("2")  # response 2 (as shown) first, then response 1
+                page.keyboard.press("1")
+            elif kind == "edit":
+                page.fill("#edit-text", "Air scatters blue light more than red light, so the sky looks blue.")
+                page.keyboard.press("Escape")
+            if shots:
+                shots.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(shots / f"feedback-{kind}.png"), full_page=True)
+            page.keyboard.press("Enter")
+            page.wait_for_function(f"document.querySelector('#view-task').dataset.assignment !== '{assignment}' "
+                                   "|| !document.querySelector('#view-done').hidden")
+        page.wait_for_selector("#view-done:not([hidden])")
+        # Go back and change the last answer: it becomes revision 2.
+        page.keyboard.press("u")
+        page.wait_for_selector("#banner:not([hidden])")
+        last_kind = page.get_attribute("#view-task", "data-kind")
+        if last_kind == "edit":
+            page.fill("#edit-text", "Changed my mind: blue light scatters most.")
+            page.keyboard.press("Control+Enter")
+        else:
+            page.keyboard.press({"rate": "2", "compare": "a", "rank": "0"}[last_kind])
+            if last_kind == "rank":
+                page.keyboard.press("1")
+                page.keyboard.press("2")
+            page.keyboard.press("Enter")
+        page.wait_for_selector("#view-done:not([hidden])")
+        assert "4 done" in page.inner_text("#progress")
+        browser.close()
+
+    assert sorted(seen) == ["compare", "edit", "rank", "rate"]
+    with db.tx() as s:
+        rows = s.execute(select(Task.kind, Assignment.display_order, Assignment.status, Answer.payload, Answer.revision)
+                         .join(Assignment, Assignment.task_id == Task.id)
+                         .join(Answer, Answer.assignment_id == Assignment.id).order_by(Answer.id)).all()
+    db.dispose()
+    first = {kind: (order, status, payload) for kind, order, status, payload, rev in rows if rev == 1}
+    assert all(status == "done" for _, status, _ in first.values())
+    assert first["rate"][2]["score"] == 6
+    order, _, compare = first["compare"]
+    assert compare["choice"] == "b" and compare["strength"] == "much" and compare["better"] == order[1]
+    order, _, rank = first["rank"]
+    assert rank["ranking"] == [[order[1]], [order[0]]]
+    assert first["edit"][2]["edited"].startswith("Air scatters blue light")
+    revised = [(kind, payload) for kind, _, _, payload, rev in rows if rev == 2]
+    assert [k for k, _ in revised] == [last_kind]
