@@ -250,7 +250,9 @@ function rankingFromPlaces() {
 function renderEdit(task, prev) {
   const area = el("textarea", { id: "edit-text", spellcheck: "true" });
   area.value = prev ? prev.edited : task.responses[0].text;
-  $("task-body").replaceChildren(area,
+  $("task-body").replaceChildren(
+    el("div", { class: "response original" }, el("h3", {}, "The model's response"), task.responses[0].text),
+    el("h3", { class: "yours" }, "Your version"), area,
     el("div", { class: "row" }, el("button", { type: "button", onclick: () => { area.value = task.responses[0].text; } }, "Reset to the model's response")));
   $("keys").innerHTML = "<kbd>Ctrl</kbd>+<kbd>Enter</kbd> submit · <kbd>Esc</kbd> leave the text box · then <kbd>s</kbd> skip · <kbd>u</kbd> back";
   area.focus();
