@@ -9,15 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from sqlalchemy import func, select
 
-from rlhfkit.feedback.db import Answer, Database
+from rlhfkit.feedback.db import Answer, Assignment, Database
 from rlhfkit.feedback.importer import import_candidates
 
 from .conftest import ADMIN, auth, good_answer
 
 
-def _setup(db_url: str, candidates, n_annotators: int, client: httpx.Client) -> list[str]:
+def _setup(db_url: str, candidates, n_annotators: int, client: httpx.Client, per_task: int = 1) -> list[str]:
     db = Database(db_url)
-    import_candidates(db, "demo", candidates, "rate,rank,compare,edit", annotators_per_task=n_annotators)
+    import_candidates(db, "demo", candidates, "rate,rank,compare,edit", annotators_per_task=per_task)
     db.dispose()
     return [client.post("/api/admin/annotators", json={"name": f"a{i}"}, headers=auth(ADMIN)).json()["token"]
             for i in range(n_annotators)]
@@ -26,7 +26,7 @@ def _setup(db_url: str, candidates, n_annotators: int, client: httpx.Client) -> 
 def test_acknowledged_answers_survive_kill_9_and_restart_and_retries_land_once(db_url, candidates, server_factory):
     server = server_factory(db_url)
     client = httpx.Client(base_url=server.url, timeout=10)
-    tokens = _setup(db_url, candidates, 4, client)
+    tokens = _setup(db_url, candidates, 6, client, per_task=2)
     acked: list[str] = []
     sent: dict[str, tuple[str, int, dict]] = {}  # submission id → (token, assignment, body), acked or not
     lock, enough = threading.Lock(), threading.Event()
@@ -67,7 +67,9 @@ def test_acknowledged_answers_survive_kill_9_and_restart_and_retries_land_once(d
             assert r.status_code == (200 if sid in stored else 201), r.text
     with db.tx() as s:
         assert s.scalar(select(func.count()).select_from(Answer)) == len(sent)
+        per_task = s.execute(select(Assignment.task_id, func.count()).group_by(Assignment.task_id)).all()
     db.dispose()
+    assert max(n for _, n in per_task) == 2  # six concurrent annotators, never more than N = 2 on a task
     assert ADMIN not in server.log.read_text()  # the admin token is never printed or logged
 
 

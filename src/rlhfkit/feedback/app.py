@@ -41,7 +41,8 @@ def _error(status: int, field: str, problem: str) -> JSONResponse:
 
 def create_app(db_url: str, admin_token: str) -> FastAPI:
     db = Database(db_url)
-    app = FastAPI(title="rlhfkit feedback", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+    # No Swagger page: it loads its scripts from a CDN, and the app must work offline. The schema is served.
+    app = FastAPI(title="rlhfkit feedback", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.db = db
     known: dict[str, Caller] = {}  # token hash → annotator, so a request does not look the token up again
 
