@@ -169,6 +169,7 @@ def feedback_import(
     guidelines: Optional[str] = typer.Option(None, help="Text/Markdown file with the project's guidelines."),
     annotators_per_task: Optional[int] = typer.Option(None, help="N: annotators per task (new project: 1)."),
     max_held: Optional[int] = typer.Option(None, help="Cap on tasks an annotator holds at once (new project: 5)."),
+    hold_minutes: Optional[int] = typer.Option(None, help="A task held unanswered this long goes to others (new project: 60; 0: never)."),
     config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
 ):
     """Load candidates into a project as tasks (creates the project; prompts already there are skipped)."""
@@ -176,7 +177,7 @@ def feedback_import(
     from rlhfkit.feedback.importer import import_candidates
 
     cfg = _feedback_cfg(config, set_, db=db, project=project, kinds=kinds, gold=gold, guidelines=guidelines,
-                        annotators_per_task=annotators_per_task, max_held=max_held, seed=seed)
+                        annotators_per_task=annotators_per_task, max_held=max_held, hold_minutes=hold_minutes, seed=seed)
     _need_project(cfg)
     if candidates is None:
         fail("--candidates is required (a JSONL file from `rlhf sample`)")
@@ -188,7 +189,8 @@ def feedback_import(
     database = Database(cfg.db)
     try:
         counts = import_candidates(database, cfg.project, candidates, cfg.kinds, gold=cfg.gold, guidelines=text,
-                                   annotators_per_task=cfg.annotators_per_task, max_held=cfg.max_held, seed=cfg.seed)
+                                   annotators_per_task=cfg.annotators_per_task, max_held=cfg.max_held,
+                                   hold_minutes=cfg.hold_minutes, seed=cfg.seed)
     except ValueError as e:
         fail(str(e))
     finally:

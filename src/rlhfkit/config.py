@@ -212,6 +212,7 @@ class FeedbackConfig:
     kinds: list[str] = field(default_factory=lambda: ["rate", "rank", "compare", "edit"])  # import: task kinds to make
     annotators_per_task: int | None = None  # import: N, how many annotators answer each task (new project: 1)
     max_held: int | None = None  # import: cap on tasks one annotator holds unanswered at once (new project: 5)
+    hold_minutes: int | None = None  # import: a task held unanswered this long goes to others (new project: 60; 0 never)
     guidelines: str | None = None  # import: a text/Markdown file with the project's guidelines
     gold: str | None = None  # import: candidates with known answers ("gold": {...}) mixed in as gold tasks
     format: typing.Literal["all", "pairs", "rankings", "ratings", "edits"] = "all"  # export: which records

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -141,6 +142,26 @@ def test_a_skipped_task_goes_to_someone_else_and_not_back(fb):
     assert skipped_task not in {task_of[x["assignment_id"]] for x in mine}
     progress = fb.client.get("/api/projects/demo", headers=auth(ann)).json()["progress"]
     assert progress["skipped"] == 1 and progress["available"] == 0
+
+
+def test_a_task_held_too_long_goes_to_someone_else_and_its_owner_may_still_answer(fb):
+    r = fb.client.put("/api/admin/projects/demo", json={"annotators_per_task": 1, "hold_minutes": 30},
+                      headers=auth(ADMIN))
+    assert r.status_code == 200
+    ann, bob = fb.annotator("ann"), fb.annotator("bob")
+    left = fb.next(ann)
+    with fb.db.tx() as s:  # ann walked away two hours ago
+        a = s.get(Assignment, left["assignment_id"])
+        a.assigned_at = a.assigned_at - timedelta(hours=2)
+        task_id = a.task_id
+    taken = fb.next(bob)
+    with fb.db.tx() as s:
+        assert s.get(Assignment, taken["assignment_id"]).task_id == task_id
+        assert s.get(Assignment, left["assignment_id"]).status == "expired"
+    assert fb.next(ann)["assignment_id"] != left["assignment_id"]
+    assert fb.answer(ann, left).status_code == 201  # a late answer is still kept
+    with fb.db.tx() as s:
+        assert s.get(Assignment, left["assignment_id"]).status == "done"
 
 
 @pytest.mark.parametrize("kind, body, status, field", [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Optional
 
 from sqlalchemy import exists, func, select, update
@@ -43,6 +44,7 @@ def claim(s: Session, project: Project, ann: Annotator, n: int = 1) -> list[Assi
     # Serialise assigners per project so a task never gets more than N annotators, nor an annotator more
     # than the cap (PostgreSQL row lock; SQLite's BEGIN IMMEDIATE already serialises every writer).
     s.execute(select(Project.id).where(Project.id == project.id).with_for_update())
+    release_stale(s, project)
     mine = held(s, project, ann)
     want = min(n, project.max_held) - len(mine)
     if want <= 0:
@@ -60,6 +62,19 @@ def claim(s: Session, project: Project, ann: Annotator, n: int = 1) -> list[Assi
         mine.append(a)
     s.flush()
     return mine
+
+
+def release_stale(s: Session, project: Project) -> None:
+    """Hand back tasks held longer than the project's hold time (their annotator left); the owner may still answer."""
+    if project.hold_minutes <= 0:
+        return
+    cutoff = now() - timedelta(minutes=project.hold_minutes)
+    for a in s.scalars(select(Assignment).where(Assignment.project_id == project.id, Assignment.status == "held",
+                                                Assignment.assigned_at < cutoff)):
+        a.status = "expired"
+        task = s.get(Task, a.task_id)
+        task.n_active -= 1
+        set_open(task, project, True)
 
 
 def skip(s: Session, a: Assignment, project: Project) -> None:
@@ -200,6 +215,10 @@ def submit(s: Session, assignment_id: int, ann: Annotator, body: dict) -> Submit
         raise ApiError(409, "assignment", "was skipped; it cannot be answered")
     task = s.get(Task, a.task_id)
     payload = normalise_answer(task.kind, body, len(task.response_ids), a.display_order)
+    if a.status == "expired":  # its hold ran out but the answer is still wanted: count it again
+        project = s.get(Project, a.project_id)
+        task.n_active += 1
+        set_open(task, project, task.is_gold or task.n_active < project.annotators_per_task)
     revision = (s.scalar(select(func.count()).select_from(Answer).where(Answer.assignment_id == a.id)) or 0) + 1
     ans = Answer(assignment_id=a.id, submission_id=sid, revision=revision, payload=payload)
     s.add(ans)

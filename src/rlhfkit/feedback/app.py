@@ -116,23 +116,24 @@ def create_app(db_url: str, admin_token: str) -> FastAPI:
 
     @app.put("/api/admin/projects/{name}")
     def put_project(name: str, body: dict = Body(...), _: Caller = Depends(admin)):
-        for key in ("annotators_per_task", "max_held"):
-            if key in body and (not isinstance(body[key], int) or isinstance(body[key], bool) or body[key] < 1):
-                raise ApiError(422, key, "expected an integer ≥ 1")
+        for key, least in (("annotators_per_task", 1), ("max_held", 1), ("hold_minutes", 0)):
+            if key in body and (not isinstance(body[key], int) or isinstance(body[key], bool) or body[key] < least):
+                raise ApiError(422, key, f"expected an integer ≥ {least}")
         if "guidelines" in body and not isinstance(body["guidelines"], str):
             raise ApiError(422, "guidelines", "expected a string")
         with db.tx() as s:
             p = get_project(s, name)
             if p is None:
-                p = Project(name=name, guidelines="", annotators_per_task=1, max_held=5, open_tasks=0)
+                p = Project(name=name, guidelines="", annotators_per_task=1, max_held=5, open_tasks=0, hold_minutes=60)
                 s.add(p)
             p.guidelines = body.get("guidelines", p.guidelines)
             p.max_held = body.get("max_held", p.max_held)
+            p.hold_minutes = body.get("hold_minutes", p.hold_minutes)
             p.annotators_per_task = body.get("annotators_per_task", p.annotators_per_task)
             s.flush()
             ops.refresh_open(s, p)
             return {"name": p.name, "guidelines": p.guidelines, "annotators_per_task": p.annotators_per_task,
-                    "max_held": p.max_held}
+                    "max_held": p.max_held, "hold_minutes": p.hold_minutes}
 
     @app.get("/api/admin/projects/{name}/stats")
     def project_stats(name: str, _: Caller = Depends(admin)):

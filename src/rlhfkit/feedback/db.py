@@ -42,6 +42,7 @@ class Project(Base):
     annotators_per_task: Mapped[int] = mapped_column(Integer, default=1)  # N: each task goes to N annotators
     max_held: Mapped[int] = mapped_column(Integer, default=5)  # cap on unanswered tasks one annotator holds
     open_tasks: Mapped[int] = mapped_column(Integer, default=0)  # tasks still wanting annotators (kept in step)
+    hold_minutes: Mapped[int] = mapped_column(Integer, default=60)  # a task held unanswered longer goes back (0: never)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
@@ -92,12 +93,13 @@ class Assignment(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
-    status: Mapped[str] = mapped_column(String(16), default="held")  # held | done | skipped
+    status: Mapped[str] = mapped_column(String(16), default="held")  # held | done | skipped | expired
     display_order: Mapped[list] = mapped_column(JSON)  # positions into task.response_ids, as shown
     assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     done_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
     __table_args__ = (UniqueConstraint("task_id", "annotator_id", name="uq_assignment_task_annotator"),
-                      Index("ix_assignments_annotator", "annotator_id", "project_id", "status"))
+                      Index("ix_assignments_annotator", "annotator_id", "project_id", "status"),
+                      Index("ix_assignments_hold", "project_id", "status", "assigned_at"))
 
 
 class Answer(Base):

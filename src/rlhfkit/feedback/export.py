@@ -163,7 +163,7 @@ def stats(db: Database, project: str) -> dict:
         k["gold"] += t.is_gold
         k["answered"] += bool(answers.get(t.id))
         k["answers"] += len(answers.get(t.id, []))
-    people: dict[str, dict] = defaultdict(lambda: {"done": 0, "skipped": 0, "held": 0, "gold_answered": 0,
+    people: dict[str, dict] = defaultdict(lambda: {"done": 0, "skipped": 0, "held": 0, "expired": 0, "gold_answered": 0,
                                                     "gold_accuracy": None, "_gold": 0.0})
     for a in assignments:
         people[a["annotator"]][a["status"]] += 1

@@ -172,7 +172,7 @@ def parse_kinds(kinds: str | list[str]) -> list[str]:
 def import_candidates(db: Database, project: str, candidates: str | Path, kinds: str | list[str],
                       gold: Optional[str | Path] = None, guidelines: Optional[str] = None,
                       annotators_per_task: Optional[int] = None, max_held: Optional[int] = None,
-                      seed: int = 0) -> dict:
+                      hold_minutes: Optional[int] = None, seed: int = 0) -> dict:
     """Create or extend ``project``; returns counts. Prompts already in the project are skipped."""
     kinds = parse_kinds(kinds)
     groups = read_candidates(candidates)
@@ -184,6 +184,8 @@ def import_candidates(db: Database, project: str, candidates: str | Path, kinds:
         raise ValueError("--annotators-per-task: must be at least 1")
     if max_held is not None and max_held < 1:
         raise ValueError("--max-held: must be at least 1")
+    if hold_minutes is not None and hold_minutes < 0:
+        raise ValueError("--hold-minutes: must be 0 (never release) or more")
     rng = random.Random(seed)
     counts = {"prompts": 0, "responses": 0, "tasks": 0, "gold_tasks": 0, "skipped_prompts": 0}
     with db.tx() as s:
@@ -197,6 +199,8 @@ def import_candidates(db: Database, project: str, candidates: str | Path, kinds:
             proj.annotators_per_task = annotators_per_task
         if max_held is not None:
             proj.max_held = max_held
+        if hold_minutes is not None:
+            proj.hold_minutes = hold_minutes
         s.flush()
         existing = set(s.scalars(select(Prompt.text).where(Prompt.project_id == proj.id)))
         for g in groups + gold_groups:
