@@ -409,6 +409,7 @@ class PPOConfig:
     eval_prompts: str | None = None  # held-out prompt JSONL scored (reward and eval_judge) before training and every eval_every steps
     eval_judge: str | None = None  # gold judge for eval_prompts (logged as eval_gold), e.g. sentiment
     eval_every: int = 0  # steps between held-out evaluations (0: only before training and at the end)
+    time_budget_minutes: float | None = None  # stop (evaluate, checkpoint, save) after the update that crosses this wall time
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, more time)
     health: bool = True  # health checks on the logged metrics (warnings; NaN/inf stops the run)
     save_every: int = 10  # steps between checkpoints (and always at the end)

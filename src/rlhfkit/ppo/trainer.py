@@ -362,6 +362,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
         save_checkpoint(out, step, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health)
 
     last: dict = {}
+    t_start = time.perf_counter()
     columns = [TextColumn("ppo"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
     step = start
     try:
@@ -383,27 +384,33 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 scheduler.step()
                 kl_ctl.update(metrics["kl"], cfg.batch_size)
                 done = step + 1
-                if eval_ids and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-                    metrics.update(evaluate(cfg, policy, tok, eval_ids, eval_records, reward, judge))
                 t2 = time.perf_counter()
+                out_of_time = cfg.time_budget_minutes is not None and t2 - t_start > 60 * cfg.time_budget_minutes
+                last_step = done == cfg.max_steps or out_of_time
                 metrics.update({"time_rollout_s": t1 - t0, "time_train_s": t2 - t1, "time_step_s": t2 - t0,
                                 "samples_per_s": cfg.batch_size / (t2 - t0),
                                 "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+                if eval_ids and ((cfg.eval_every and done % cfg.eval_every == 0) or last_step):
+                    metrics.update(evaluate(cfg, policy, tok, eval_ids, eval_records, reward, judge))
+                    metrics["time_eval_s"] = time.perf_counter() - t2
                 warnings, fatal = health.check(done, metrics) if cfg.health else ([], False)
                 for w in warnings:
                     console.print(f"[yellow]ppo: step {done}: warning: {w}[/yellow]")
                 if warnings:
                     metrics["warnings"] = warnings
-                if done % cfg.log_every == 0 or done == cfg.max_steps or warnings:
+                if done % cfg.log_every == 0 or last_step or warnings:
                     last = logger.log(done, metrics)
                 if fatal:
                     raise PPOHealthError(f"step {done}: non-finite metrics; stopped; the last good checkpoint is in "
                                          f"{out / 'checkpoint'} (resume with --resume after changing the settings)")
-                if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+                if cfg.save_every and done % cfg.save_every == 0 and not last_step:
                     checkpoint(done)
                 bar.update(task, completed=done, info=f"score {metrics['score']:.3f}  kl {metrics['kl']:.3f}  "
                                                       f"{metrics['time_step_s']:.1f} s/step")
                 step = done
+                if out_of_time:
+                    console.print(f"ppo: time budget of {cfg.time_budget_minutes:g} min used up after step {done}")
+                    break
     except (KeyboardInterrupt, PPOHealthError):
         logger.close()  # no checkpoint here: a step cut short may have half-updated the weights
         raise
