@@ -30,9 +30,9 @@ def test_budget_scales_counts_and_never_to_zero():
     assert scale_counts({"max_steps": 3}, ["max_steps"], 0.01) == {"max_steps": 1}
 
 
-def test_unknown_stage_override_is_named():
+def test_unknown_stage_override_is_named(tmp_path):
     with pytest.raises(ConfigError, match="overrides: ppx: unknown stage"):
-        run_pipeline(PipelineConfig(recipe="tutor", output="unused", overrides={"ppx": {}}))
+        run_pipeline(PipelineConfig(recipe="tutor", output=str(tmp_path / "unused"), overrides={"ppx": {}}))
 
 
 @pytest.mark.slow

@@ -176,14 +176,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     if cfg.feedback not in ("simulated", "app"):
         raise ConfigError(f"feedback: expected simulated or app, got {cfg.feedback!r}")
+    for stage in cfg.overrides:
+        if stage not in ("sft", "sample", "feedback", "rm", "ppo", "eval"):
+            raise ConfigError(f"overrides: {stage}: unknown stage (sft, sample, feedback, rm, ppo, eval)")
     recipe = load_recipe(cfg.recipe)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     factor = (cfg.budget_minutes / recipe.budget_minutes) if cfg.budget_minutes else 1.0
-    for stage in cfg.overrides:
-        if stage not in ("sft", "sample", "feedback", "rm", "ppo", "eval"):
-            raise ConfigError(f"overrides: {stage}: unknown stage (sft, sample, feedback, rm, ppo, eval)")
     sections = {k: {**getattr(recipe, k), **cfg.overrides.get(k, {})} for k in ("sft", "sample", "feedback", "rm", "ppo", "eval")}
     sec = {k: scale_counts(v, SCALED.get(k, []), factor) for k, v in sections.items()}
     common = {"seed": cfg.seed, "threads": cfg.threads}
