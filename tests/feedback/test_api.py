@@ -10,8 +10,9 @@ from sqlalchemy import func, select
 
 from rlhfkit.feedback.db import MIGRATIONS, Answer, Assignment, Database, Project, Task, schema_version
 from rlhfkit.feedback.export import export_records
+from rlhfkit.feedback.importer import import_candidates
 
-from .conftest import ADMIN, auth, good_answer
+from .conftest import ADMIN, CANDIDATES, auth, good_answer, write_jsonl
 
 
 def test_import_makes_tasks_of_each_kind_with_gold_mixed_in(fb):
@@ -58,12 +59,17 @@ def test_a_task_shows_no_gold_no_model_and_no_one_elses_answer(fb):
     assert r["answer"] is not None  # bob sees his own answer, and only his
 
 
-def test_compare_is_shown_in_random_order_and_the_choice_maps_to_the_shown_response(fb):
+def test_compare_is_shown_in_random_order_per_annotator(fb, tmp_path):
+    import_candidates(fb.db, "order", write_jsonl(tmp_path / "one.jsonl", [CANDIDATES[0]]), "compare",
+                      annotators_per_task=30)
+    orders = {tuple(r["id"] for r in fb.next(fb.annotator(f"a{i}"), "order")["responses"]) for i in range(30)}
+    assert orders == {(0, 1), (1, 0)}  # the same order 30 times would have probability 2 / 2**30
+
+
+def test_the_compare_choice_maps_to_the_shown_response_and_the_order_is_recorded(fb):
     token = fb.annotator("ann")
-    orders = set()
     while (task := fb.next(token)) is not None:
         if task["kind"] == "compare":
-            orders.add(tuple(r["id"] for r in task["responses"]))
             fb.answer(token, task, good_answer(task, choice="b", strength="much"))
             with fb.db.tx() as s:
                 a = s.get(Assignment, task["assignment_id"])
@@ -72,7 +78,6 @@ def test_compare_is_shown_in_random_order_and_the_choice_maps_to_the_shown_respo
             assert payload["better"] == task["responses"][1]["id"] and payload["margin"] == 3.0
         else:
             fb.answer(token, task)
-    assert orders == {(0, 1), (1, 0)}  # with 7 compare tasks both orders show up (probability 1 − 2/128)
     pairs = list(export_records(fb.db, "demo", "pairs"))
     assert len(pairs) == 6 and all(p["margin"] == 3.0 and p["annotator"] == "ann" for p in pairs)
 
