@@ -169,6 +169,20 @@ def test_lora_on_a_causal_lm_backbone_is_merged_into_a_plain_classifier(tmp_path
     assert ev["loss"] == pytest.approx(last["eval_loss"], abs=1e-4)
 
 
+def test_trainable_layers_keeps_the_embeddings_and_lower_layers_frozen():
+    model = reward.build_model(RewardConfig(model="tiny-minilm", trainable_layers=1), None)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith(("bert.encoder.layer.1.", "bert.pooler.", "classifier.")) for n in trained)
+    assert "classifier.weight" in trained
+
+
+def test_reward_stats_can_come_from_a_policy_s_own_samples(tmp_path):
+    data = token_preference_data(tmp_path, n_prompts=8)
+    train_reward(rm_cfg(data, tmp_path / "rm", max_steps=2, stats_policy="tiny", stats_samples=5, stats_max_new_tokens=4))
+    stats = json.loads((tmp_path / "rm" / "reward_stats.json").read_text())
+    assert stats["policy"] == "tiny" and stats["n"] == 5 and stats["std"] > 0
+
+
 def test_resume_after_interruption_matches_an_unbroken_run(tmp_path, monkeypatch):
     data = token_preference_data(tmp_path, n_prompts=32)
     train_reward(rm_cfg(data, tmp_path / "full", max_steps=10))

@@ -304,8 +304,25 @@ def build_model(cfg: RewardConfig, ckpt: Path | None):
             model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, task_type="SEQ_CLS")
     elif ckpt is not None:
         model = load_sequence_classifier(str(ckpt / "model"))
+    if cfg.trainable_layers and not cfg.lora:
+        freeze_lower(model, cfg.trainable_layers)
     disable_dropout(model)  # DESIGN §4.6: dropout off, so a score does not depend on train/eval mode
     return model
+
+
+def freeze_lower(model, n_top: int) -> None:
+    """Train only the top ``n_top`` transformer layers and what sits above them (final norm, pooler, head).
+
+    The embeddings stay as pretrained: with a few hundred prompts, a fully trained reward model learns
+    the training prompts' words by heart and generalises worse to held-out prompts.
+    """
+    import re
+
+    index = [int(m.group(1)) for n, _ in model.named_parameters() if (m := re.search(r"\.layers?\.(\d+)\.", n))]
+    first = max(index, default=-1) + 1 - n_top
+    for name, param in model.named_parameters():
+        m = re.search(r"\.layers?\.(\d+)\.", name)
+        param.requires_grad = not ("embed" in name or (m is not None and int(m.group(1)) < first))
 
 
 def make_scheduler(cfg: RewardConfig, optimizer):
@@ -349,7 +366,12 @@ def reference_samples(cfg: RewardConfig, groups: list[Group]) -> tuple[list[dict
 
 
 def load_feedback(cfg: RewardConfig) -> tuple[list[Group], list[Group]]:
-    groups = build_groups(read_records(cfg.data, "auto"), cfg.rating_loss)
+    """Train and held-out groups: ``eval_data``'s prompts, or a seeded share of the prompts (never both sides)."""
+    records = read_records(cfg.data, "auto")
+    other = sum(detect_kind(r) in ("sft", "prompt") for r in records)
+    if other:
+        console.print(f"rm: {cfg.data}: {other} records are not feedback (SFT or prompt records) and are not used")
+    groups = build_groups(records, cfg.rating_loss)
     if cfg.eval_data:
         held = build_groups(read_records(cfg.eval_data, "auto"), cfg.rating_loss)
         keys = {prompt_key(g.prompt) for g in held}
