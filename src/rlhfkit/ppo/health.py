@@ -73,8 +73,9 @@ class HealthMonitor:
         no_eos = m.get("no_eos_frac")
         if no_eos is not None and no_eos >= lim.limit_frac:
             found["length_limit"] = (f"{no_eos:.0%} of responses run to the {self.max_new_tokens}-token limit without EOS: "
-                                     "they all get the missing-EOS penalty and the reward cannot tell them apart; raise "
-                                     "max_new_tokens, or set missing_eos_penalty to null, or start from an SFT policy that stops")
+                                     "the reward judges unfinished text (and with missing_eos_penalty set they all get the same "
+                                     "penalty); raise max_new_tokens, or set missing_eos_penalty to null, or start from "
+                                     "an SFT policy that stops")
         rmax, rmean = m.get("ratio_max"), m.get("ratio_mean")
         if (rmax is not None and rmax > lim.ratio_spike) or (rmean is not None and abs(rmean - 1.0) > lim.ratio_mean_band):
             found["ratio_spike"] = (f"importance ratio spiked (max {float(rmax or 1.0):.2f}, mean {float(rmean or 1.0):.3f}): the policy moved far "
