@@ -55,6 +55,15 @@ def test_import_annotate_export_round_trip_gives_records_the_trainer_reads(fb, t
     rankings = [r for r in records if "ranking" in r]
     assert len(rankings) == 2 and all(r["annotator"] == "merged" and r["agreement"] == 1.0 for r in rankings)
     assert any("messages" in r for r in records)  # chat prompts stay chat prompts
+    # ... and `rlhf rm train` reads the export as it is.
+    rm = tmp_path / "rm"
+    r = CliRunner().invoke(app, ["rm", "train", "--model", "tiny-minilm", "--data", str(path), "--output", str(rm),
+                                 "--max-steps", "2", "--batch-size", "2", "--set", "report_to=none",
+                                 "--set", "eval_fraction=0"])
+    assert r.exit_code == 0, r.output
+    logged = [json.loads(line) for line in (rm / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2] and all("accuracy" in m for m in logged)
+    assert (rm / "reward_stats.json").exists() and (rm / "config.json").exists()
 
 
 def test_each_format_holds_only_its_kind_and_leaves_out_gold_tasks(fb, tmp_path):
