@@ -143,7 +143,7 @@ def test_a_tiny_reward_model_learns_a_token_preference_to_95_percent_held_out(tm
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
     assert model.config.num_labels == 1
     stats = json.loads((tmp_path / "rm" / "reward_stats.json").read_text())
-    assert set(stats) == {"mean", "std", "n", "policy"} and stats["n"] == 120 * 2
+    assert set(stats) == {"mean", "std", "n", "policy"} and stats["n"] == 120 * 2  # every response (≤ stats_samples)
     held = {json.dumps(p, sort_keys=True) for p in json.loads((tmp_path / "rm" / "split.json").read_text())["eval_prompts"]}
     assert len(held) == 30
     # The scorer reproduces the stats on the same responses: normalised scores have mean 0, std 1.

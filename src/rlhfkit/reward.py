@@ -348,10 +348,12 @@ def save_final(cfg: RewardConfig, out: Path, model, tok):
 
 
 def reference_samples(cfg: RewardConfig, groups: list[Group]) -> tuple[list[dict], list[str], str]:
-    """Reference-policy samples for reward_stats: the data's responses, or ``stats_policy``'s own samples."""
+    """Reference-policy samples for reward_stats: up to ``stats_samples`` of the data's responses, or ``stats_policy``'s own samples."""
     if not cfg.stats_policy:
         prompts, responses, _ = flatten(groups)
-        return prompts, responses, f"data:{cfg.data}"
+        # A seeded subset: scoring every response with a large backbone on a CPU would take longer than training.
+        keep = sorted(torch.randperm(len(responses), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.stats_samples].tolist())
+        return [prompts[i] for i in keep], [responses[i] for i in keep], f"data:{cfg.data}"
     from rlhfkit.generation import generate_texts
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
