@@ -94,27 +94,30 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
     backbone, lm_head = causal_parts(model)
     batch = query.shape[0]
     cache = DynamicCache()
-    ids, mask = query, query_mask
+    ids, width = query, query.shape[1]
+    # the whole mask up front; each step takes a longer slice of it instead of concatenating a column
+    mask = torch.cat([query_mask, torch.ones(batch, max_new_tokens, dtype=query_mask.dtype)], dim=1)
     positions = position_ids_from_mask(query_mask)
     done = torch.zeros(batch, dtype=torch.bool)
     tokens, logprobs, entropy, values = [], [], [], []
-    for _ in range(max_new_tokens):
-        out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    for step in range(max_new_tokens):
+        out = backbone(input_ids=ids, attention_mask=mask[:, : width + step], position_ids=positions,
+                       past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state[:, -1]  # (B, H)
         logits = lm_head(hidden).float()  # (B, V): one position per row, so no large float copy
-        probs = torch.softmax(logits / temperature, dim=-1)
+        logp = torch.log_softmax(logits / temperature, dim=-1)  # one pass: the sample, its log-prob, the entropy
+        probs = logp.exp()
         token = torch.multinomial(probs, 1).squeeze(1)
         token = torch.where(done, torch.full_like(token, pad_id), token)  # finished rows: padding
         tokens.append(token)
-        logprobs.append(logprobs_from_logits(logits, token, temperature))
-        entropy.append(entropy_from_logits(logits / temperature))
+        logprobs.append(logp.gather(1, token[:, None]).squeeze(1))
+        entropy.append(-(probs * logp).sum(-1))
         if value_head is not None:
             values.append(value_head(hidden).squeeze(-1).float())
         done = done | (token == eos_id)
         if bool(done.all()):
             break
         ids = token[:, None]
-        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], dim=1)
         positions = positions[:, -1:] + 1
     response = torch.stack(tokens, dim=1)
     result = {"response": response, "response_mask": response_mask_from_eos(response, eos_id),

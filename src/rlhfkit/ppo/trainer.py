@@ -177,21 +177,31 @@ def compute_advantages(cfg: PPOConfig, r: Rollout, scores: torch.Tensor, reward,
     return {"final": final, "rewards": rewards, "kl": kl, "non_score": non_score, "advantages": advantages, "returns": returns}
 
 
-def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: dict, idx: torch.Tensor):
+def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: dict, idx: torch.Tensor,
+             backward_scale: float | None = None):
     """Clipped policy loss + vf_coef × clipped value loss on rows ``idx``; returns (loss, stats, new log-probs).
 
     Every mean is over response tokens only, so tokens after EOS carry no loss.
+    With ``backward_scale`` the loss × scale is back-propagated here; a separate value model then runs only
+    after the policy's graph is freed — the same gradients (the two parameter sets are disjoint) with the
+    activations of one model alive at a time instead of two.
     """
     mask = r.response_mask[idx].float()
     logprobs, values = forward_tokens(policy, r.query[idx], r.query_mask[idx], r.response[idx], r.response_mask[idx],
                                       cfg.temperature, value_head)
+    pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[idx], adv["advantages"][idx], mask, cfg.clip_eps)
+    split = backward_scale is not None and value_model is not None
+    if split:
+        (pg_loss * backward_scale).backward()
     if value_model is not None:
         values = value_model(torch.cat([r.query[idx], r.response[idx]], 1),
                              torch.cat([r.query_mask[idx], r.response_mask[idx]], 1), r.query.shape[1])
-    pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[idx], adv["advantages"][idx], mask, cfg.clip_eps)
     vf_loss, vf_stats = value_loss(values, r.values[idx], adv["returns"][idx], mask, cfg.vf_clip)
+    loss = pg_loss + cfg.vf_coef * vf_loss
+    if backward_scale is not None:
+        ((cfg.vf_coef * vf_loss if split else loss) * backward_scale).backward()
     stats = {"policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), **pg_stats, **vf_stats}
-    return pg_loss + cfg.vf_coef * vf_loss, stats, logprobs
+    return loss, stats, logprobs
 
 
 def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params, r: Rollout, adv: dict) -> dict:
@@ -210,10 +220,10 @@ def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params,
             tokens = r.response_mask[rows].sum().clamp(min=1)
             for m0 in range(0, len(rows), micro):
                 idx = rows[m0 : m0 + micro]
-                loss, mb_stats, logprobs = ppo_loss(cfg, policy, value_model, value_head, r, adv, idx)
+                scale = float(r.response_mask[idx].sum() / tokens)  # token-weighted: accumulation = one minibatch
+                _, mb_stats, logprobs = ppo_loss(cfg, policy, value_model, value_head, r, adv, idx, backward_scale=scale)
                 if first_mismatch is None:  # the classic temperature/padding bug check: the ratio must start at 1
                     first_mismatch = float(((logprobs.detach() - r.logprobs[idx]).abs() * r.response_mask[idx]).max())
-                (loss * r.response_mask[idx].sum() / tokens).backward()  # token-weighted: accumulation = one minibatch
                 for k, v in mb_stats.items():
                     stats.setdefault(k, []).append(float(v))
                 epoch_kl.append(float(mb_stats["approx_kl"]))

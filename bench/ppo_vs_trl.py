@@ -1,0 +1,350 @@
+"""PPO speed and memory vs TRL 1.12.0's PPOTrainer, in one run, alternating, on the same work.
+
+One command (creates the peer venv on first use, then measures both sides and writes the table):
+  .venv/bin/python bench/ppo_vs_trl.py
+Options: --updates N (per side per configuration; the median skips the first), --rounds R (each round runs
+ours-A, peer-A, ours-B in turn), --profile (per-phase profile + FLOP count of our update instead),
+--generate (our sampler vs model.generate, tokens/s at batch 8). Output: bench/out/ppo_vs_trl/.
+
+The peer venv (bench/out/trl-venv): torch 2.13.0 CPU first (the wheel on this disk), then trl==1.12.0
+with transformers 5.x. Every job runs in its own process; its peak RSS is that process's ru_maxrss
+(os.wait4), so the two sides never share an allocator.
+
+Configurations:
+  A  same work as the peer: SmolLM2-135M-Instruct as policy, reference, reward and value model (reward and
+     value: 1-label sequence classifiers from the same folder), full fine-tuning, fp32, batch 8,
+     32 new tokens, 4 PPO epochs, 1 minibatch, temperature 0.7.
+  B  our default recipe: LoRA policy, reference = adapters off, the MiniLM reward model; the value model
+     then falls back to a value head on the policy (MiniLM's tokenizer differs from the policy's, and
+     values are needed per policy token). Same batch, lengths and epochs; 2 minibatches (our default).
+The peer has no MiniLM route (its reward and value models must share the policy's tokenizer), so B is
+compared with the peer's A: the same learning problem done the peer's way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out" / "ppo_vs_trl"
+PEER_VENV = ROOT / "bench" / "out" / "trl-venv"
+PROMPTS = ROOT / "src" / "rlhfkit" / "recipes" / "tutor" / "prompts.jsonl"
+SETTINGS = {"batch_size": 8, "max_new_tokens": 32, "ppo_epochs": 4, "temperature": 0.7, "threads": 2, "seed": 0}
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+
+
+def ensure_peer_venv(venv: Path) -> Path:
+    """The peer's venv, created on first use; returns its python."""
+    python = venv / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import trl.experimental.ppo"], capture_output=True).returncode == 0:
+        return python
+    print(f"creating the peer venv in {venv} (torch 2.13.0 CPU, trl 1.12.0, transformers 5.x)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["torch==2.13.0"], check=True)  # first: the CPU wheel, so nothing pulls CUDA
+    subprocess.run(pip + ["trl==1.12.0", "transformers>=5,<6"], check=True)
+    return python
+
+
+def prepare(out: Path) -> dict:
+    """Reward-model folders (SmolLM2 and MiniLM classifiers, seeded score heads) and the prompt ids."""
+    import torch
+
+    from rlhfkit.data.formats import prompt_messages, read_records
+    from rlhfkit.data.tokenize import encode_prompt
+    from rlhfkit.models.loading import default_model_dir, load_sequence_classifier, load_tokenizer
+
+    folders = {}
+    for name, spec in (("rm-smollm2", "default"), ("rm-minilm", "minilm")):
+        folder = out / name
+        if not (folder / "config.json").exists():
+            torch.manual_seed(0)
+            load_sequence_classifier(spec).save_pretrained(folder)
+            load_tokenizer(spec).save_pretrained(folder)
+        folders[name] = str(folder)
+    tok = load_tokenizer("default")
+    records = read_records(PROMPTS, "prompt")
+    prompt_ids = [encode_prompt(tok, prompt_messages(r), True)[-256:] for r in records]
+    return {"policy": str(default_model_dir()), **folders, "prompt_ids": prompt_ids}
+
+
+def ours_config(name: str, paths: dict, updates: int, output: str):
+    from rlhfkit.config import PPOConfig
+
+    s = SETTINGS
+    common = dict(policy="default", prompts=str(PROMPTS), output=output, max_steps=updates, batch_size=s["batch_size"],
+                  max_new_tokens=s["max_new_tokens"], ppo_epochs=s["ppo_epochs"], temperature=s["temperature"],
+                  threads=s["threads"], seed=s["seed"], save_every=0, report_to="none", schedule="constant")
+    if name == "A":
+        return PPOConfig(reward=paths["rm-smollm2"], lora=False, value_model="reward", num_minibatches=1, **common)
+    return PPOConfig(reward=paths["rm-minilm"], lora=True, value_model="reward", num_minibatches=2, **common)
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+
+def ours_worker(job: dict, result: str) -> None:
+    """Our trainer for ``updates`` steps; checkpoint writing is switched off (the bench measures updates)."""
+    import rlhfkit.ppo.trainer as trainer
+    from rlhfkit.tracking import read_metrics
+
+    trainer.save_checkpoint = lambda *a, **k: None
+    trainer.save_final = lambda *a, **k: None
+    SETTINGS.update({k: job[k] for k in SETTINGS})
+    cfg = ours_config(job["config"], job["paths"], job["updates"], job["output"])
+    trainer.train_ppo(cfg)
+    log = read_metrics(Path(cfg.output) / "metrics.jsonl")
+    Path(result).write_text(json.dumps({
+        "seconds": [m["time_step_s"] for m in log],
+        "tokens": [m["response_len"] * m["batch_size"] for m in log],
+        "batch_size": cfg.batch_size,
+        "score": [m["score"] for m in log],
+    }))
+
+
+def run_job(cmd: list[str], log: Path) -> dict:
+    """Run one side in its own process; returns its result plus its own peak RSS (GiB)."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")
+    return {"peak_rss_gib": usage.ru_maxrss / 2**20}
+
+
+def side(kind: str, config: str, paths: dict, updates: int, tag: str, peer_python: Path) -> dict:
+    job = {"config": config, "paths": {k: v for k, v in paths.items() if k != "prompt_ids"}, "updates": updates,
+           "output": str(OUT / f"run-{tag}"), **SETTINGS}
+    result = OUT / f"result-{tag}.json"
+    if kind == "peer":
+        job.update(policy=paths["policy"], reward=paths["rm-smollm2"], prompt_ids=paths["prompt_ids"], num_minibatches=1)
+        cmd = [str(peer_python), str(ROOT / "bench" / "trl_ppo_worker.py")]
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker"]
+    job_file = OUT / f"job-{tag}.json"
+    job_file.write_text(json.dumps(job))
+    t0 = time.perf_counter()
+    usage = run_job(cmd + ["--job", str(job_file), "--result", str(result)], OUT / f"log-{tag}.txt")
+    out = json.loads(result.read_text()) | usage
+    out["wall_s"] = time.perf_counter() - t0
+    print(f"  {tag}: s/update {[round(x, 2) for x in out['seconds']]}, peak RSS {out['peak_rss_gib']:.2f} GiB, "
+          f"process {out['wall_s']:.0f} s", flush=True)
+    return out
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Median seconds per update over every run's updates after its first; tokens and RSS alike."""
+    secs = [s for r in runs for s in r["seconds"][1:]]
+    toks = [t / s for r in runs for t, s in zip(r["tokens"][1:], r["seconds"][1:])]
+    batch = runs[0]["batch_size"]
+    med = statistics.median(secs)
+    return {"s_per_update": med, "samples_per_s": batch / med, "tokens_per_s": statistics.median(toks),
+            "peak_rss_gib": max(r["peak_rss_gib"] for r in runs), "n": len(secs)}
+
+
+def table(rows: dict[str, dict], peer_key: str = "peer A") -> str:
+    peer = rows[peer_key]
+    lines = ["| run | s / update (median) | samples / s | generated tokens / s | peak RSS (GiB) | "
+             "s / update ours/peer | samples/s ours/peer | peak RSS ours/peer |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        ratio = "—" if name == peer_key else (f"{r['s_per_update'] / peer['s_per_update']:.2f} | "
+                                             f"{r['samples_per_s'] / peer['samples_per_s']:.2f} | "
+                                             f"{r['peak_rss_gib'] / peer['peak_rss_gib']:.2f}")
+        if name == peer_key:
+            ratio = "1.00 | 1.00 | 1.00"
+        lines.append(f"| {name} | {r['s_per_update']:.2f} | {r['samples_per_s']:.3f} | {r['tokens_per_s']:.1f} | "
+                     f"{r['peak_rss_gib']:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ FLOPs
+
+
+def lm_forward_flops(config, tokens: int, ctx: float, logit_rows: int) -> float:
+    """Forward FLOPs of a decoder: 2·(linear params) per token, attention 4·ctx·d per token per layer, lm_head rows."""
+    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    kv = h * config.num_key_value_heads // config.num_attention_heads
+    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
+    return 2 * linear * tokens + 4 * layers * h * ctx * tokens + 2 * config.vocab_size * h * logit_rows
+
+
+def update_flops(config, batch: int, prompt: int, response: int, epochs: int, lora: bool, peer: bool) -> dict:
+    """FLOPs of one PPO update by phase (A: four SmolLM2 models; B: LoRA policy + value head, MiniLM ignored)."""
+    t = batch * (prompt + response)
+    ctx = (prompt + response) / 2
+    logits_train = t if peer else batch * response  # the peer makes logits for every position
+    gen = lm_forward_flops(config, t, ctx, batch * response)
+    ref = lm_forward_flops(config, t, ctx, logits_train)
+    backbone = lm_forward_flops(config, t, ctx, 0)
+    out = {"generation": gen, "reference": ref}
+    if not lora:
+        out.update(value=backbone, reward=backbone)
+        out["training"] = epochs * 3 * (lm_forward_flops(config, t, ctx, logits_train) + backbone)  # fwd + 2× bwd
+    else:
+        out["training"] = epochs * 2 * lm_forward_flops(config, t, ctx, logits_train)  # fwd + input-grad bwd
+    out["total"] = sum(out.values())
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ profile
+
+
+def profile(paths: dict, updates: int) -> None:
+    """Per-phase seconds of our update (median over updates after the first) and its FLOPs vs the roofline."""
+    import torch
+
+    import rlhfkit.ppo.rollout as rollout
+    import rlhfkit.ppo.trainer as trainer
+    from rlhfkit.models.loading import load_causal_lm
+    from rlhfkit.ppo.value import ValueModel
+    from rlhfkit.tracking import read_metrics
+
+    phases: dict[str, list[float]] = {}
+    shapes: list[tuple[int, int]] = []
+    step_phase: dict[str, float] = {}
+
+    def timed(name, fn, when=lambda: True):
+        def wrapper(*a, **k):
+            if not when():
+                return fn(*a, **k)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            step_phase[name] = step_phase.get(name, 0.0) + time.perf_counter() - t0
+            if name == "generation":
+                shapes.append((a[1].shape[1], out["response"].shape[1]))
+            return out
+        return wrapper
+
+    rollout.sample = timed("generation", rollout.sample)
+    rollout.forward_tokens = timed("reference pass", rollout.forward_tokens)
+    ValueModel.forward = timed("value pass", ValueModel.forward, torch.is_inference_mode_enabled)
+    trainer.ModelReward.score = timed("reward pass", trainer.ModelReward.score)
+    optimise = trainer.optimise
+
+    def optimise_and_close(*a, **k):
+        t0 = time.perf_counter()
+        out = optimise(*a, **k)
+        step_phase["training (4 epochs)"] = time.perf_counter() - t0
+        phases.setdefault("_steps", []).append(dict(step_phase))
+        step_phase.clear()
+        return out
+
+    trainer.optimise = optimise_and_close
+    trainer.save_checkpoint = lambda *a, **k: None
+    trainer.save_final = lambda *a, **k: None
+    config = load_causal_lm("default").config
+    report = []
+    for name in ("A", "B"):
+        phases.clear()
+        shapes.clear()
+        cfg = ours_config(name, paths, updates, str(OUT / f"profile-{name}"))
+        trainer.train_ppo(cfg)
+        log = read_metrics(Path(cfg.output) / "metrics.jsonl")[1:]
+        steps = phases["_steps"][1:]
+        step_s = statistics.median(m["time_step_s"] for m in log)
+        rows = {k: statistics.median(s.get(k, 0.0) for s in steps) for k in steps[0]}
+        rows["other (advantages, metrics, decode)"] = step_s - sum(rows.values())
+        p = statistics.mean(s[0] for s in shapes[1:])
+        r = statistics.mean(s[1] for s in shapes[1:])
+        flops = update_flops(config, cfg.batch_size, round(p), round(r), cfg.ppo_epochs, cfg.lora, peer=False)
+        peer_flops = update_flops(config, cfg.batch_size, round(p), cfg.max_new_tokens, cfg.ppo_epochs, False, peer=True)
+        report.append({"config": name, "step_s": step_s, "phases_s": rows, "prompt_width": p, "response_width": r,
+                       "flops": flops, "peer_flops_A": peer_flops})
+        print(json.dumps(report[-1], indent=1), flush=True)
+    (OUT / "profile.json").write_text(json.dumps(report, indent=1))
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+def generation_bench(repeats: int, new_tokens: int) -> None:
+    """Tokens/s of our sampler vs ``model.generate`` (sampling, full distribution) at batch 8, equal work.
+
+    Both produce exactly ``new_tokens`` per row (EOS is not a stop here), alternating, median of repeats.
+    """
+    import torch
+
+    from rlhfkit.data.formats import prompt_messages, read_records
+    from rlhfkit.data.tokenize import encode_prompt, left_pad
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.ppo.rollout import sample
+
+    torch.set_num_threads(SETTINGS["threads"])
+    tok = load_tokenizer("default")
+    model = load_causal_lm("default")
+    records = read_records(PROMPTS, "prompt")[:8]
+    q, qm = left_pad([encode_prompt(tok, prompt_messages(r), True) for r in records], tok.pad_token_id)
+    times = {"ours": [], "generate": []}
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        s = sample(model, q, qm, new_tokens, 0.7, eos_id=-1, pad_id=tok.pad_token_id)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            g = model.generate(input_ids=q, attention_mask=qm, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                               do_sample=True, temperature=0.7, top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id)
+        t2 = time.perf_counter()
+        assert s["response"].shape[1] == new_tokens and g.shape[1] - q.shape[1] == new_tokens
+        if i:  # the first round warms both up
+            times["ours"].append(t1 - t0)
+            times["generate"].append(t2 - t1)
+    res = {k: 8 * new_tokens / statistics.median(v) for k, v in times.items()}
+    res["ratio"] = res["ours"] / res["generate"]
+    res["prompt_width"] = q.shape[1]
+    print(json.dumps(res), flush=True)
+    (OUT / "generation.json").write_text(json.dumps(res))
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--updates", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--configs", default="A,peer,B", help="order within a round: A, peer, B")
+    ap.add_argument("--threads", type=int, default=SETTINGS["threads"], help="torch threads, the same on both sides")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--generate", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "ppo_vs_trl"), help="output folder")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--job", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    global OUT
+    if args.worker:
+        return ours_worker(json.loads(Path(args.job).read_text()), args.result)
+    OUT = Path(args.out).resolve()
+    OUT.mkdir(parents=True, exist_ok=True)
+    SETTINGS["threads"] = args.threads
+    if args.generate:
+        return generation_bench(args.rounds + 1, SETTINGS["max_new_tokens"])
+    paths = prepare(ROOT / "bench" / "out" / "ppo_vs_trl-models")
+    if args.profile:
+        return profile(paths, args.updates)
+    peer_python = ensure_peer_venv(PEER_VENV)
+    runs: dict[str, list[dict]] = {}
+    names = {"A": "ours A", "peer": "peer A", "B": "ours B"}
+    t0 = time.perf_counter()
+    for rnd in range(args.rounds):
+        for c in args.configs.split(","):
+            kind, config = ("peer", "A") if c == "peer" else ("ours", c)
+            runs.setdefault(names[c], []).append(side(kind, config, paths, args.updates, f"{c}-{rnd}", peer_python))
+    rows = {k: summarise(v) for k, v in runs.items()}
+    text = table(rows)
+    print(text)
+    (OUT / "table.md").write_text(text + "\n")
+    (OUT / "results.json").write_text(json.dumps({"runs": runs, "rows": rows, "wall_s": time.perf_counter() - t0}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
