@@ -58,19 +58,20 @@ def main() -> None:
     ap.add_argument("--flip", type=float, default=0.05, help="flip rate")
     ap.add_argument("--annotators", type=int, default=4)
     ap.add_argument("--per-prompt", type=int, default=1, help="annotators who rank each prompt")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the annotators and of the train/held-out split")
     args = ap.parse_args()
 
     out = Path(args.out)
     candidates = read_candidates(args.candidates)
-    feedback_path = out / f"rank_T{args.temperature}_f{args.flip}_x{args.per_prompt}.jsonl"
+    feedback_path = out / f"rank_T{args.temperature}_f{args.flip}_x{args.per_prompt}_s{args.seed}.jsonl"
     feedback = simulate_feedback(SimulateConfig(judge="sentiment", candidates=args.candidates, output=str(feedback_path),
                                                 kind="rank", annotators=args.annotators, per_prompt=args.per_prompt, temperature=args.temperature,
-                                                flip_rate=args.flip, bias_std=0.5, seed=0))
+                                                flip_rate=args.flip, bias_std=0.5, seed=args.seed))
     name = args.name or f"rm-{args.model}{'-lora' if args.lora else ''}"
     cfg = RewardConfig(model=args.model, data=str(feedback_path), output=str(out / name), max_steps=args.max_steps,
                        batch_size=args.batch_size, lr=args.lr, lora=args.lora, max_len=args.max_len, eval_fraction=0.2,
-                       trainable_layers=args.trainable_layers, warmup_steps=10, eval_every=args.eval_every, save_every=50, report_to="none", threads=args.threads, seed=0)
+                       trainable_layers=args.trainable_layers, warmup_steps=10, eval_every=args.eval_every, save_every=50, report_to="none", threads=args.threads, seed=args.seed)
     t0 = time.perf_counter()
     last = train_reward(cfg)
     train_s = time.perf_counter() - t0
@@ -84,7 +85,7 @@ def main() -> None:
     scorer = RewardScorer.load(out / name)
     gold = evaluate_groups(lambda p, r: scorer.score(p, r, 32), groups)
     print(json.dumps({
-        "backbone": args.model, "lora": args.lora, "trainable_layers": args.trainable_layers, "lr": args.lr, "prompts": len(candidates), "held_out_prompts": len(held_candidates),
+        "backbone": args.model, "seed": args.seed, "lora": args.lora, "trainable_layers": args.trainable_layers, "lr": args.lr, "prompts": len(candidates), "held_out_prompts": len(held_candidates),
         "noise": {"temperature": args.temperature, "flip_rate": args.flip, "annotators": args.annotators, "per_prompt": args.per_prompt, "bias_std": 0.5},
         "label_agreement_with_gold": round(label_agreement(feedback, candidates), 4),
         "gold_pairs": gold["n_pairs"], "gold_accuracy": round(gold["accuracy"], 4),
