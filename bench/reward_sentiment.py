@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--pooling", default="mean", choices=["mean", "cls"], help="encoder pooling (RewardConfig.pooling)")
+    ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--trainable-layers", type=int, default=0, help="full training: top N layers + head (0: all)")
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--name", default=None, help="run folder name under --out")
@@ -70,7 +72,7 @@ def main() -> None:
                                                 flip_rate=args.flip, bias_std=0.5, seed=args.seed))
     name = args.name or f"rm-{args.model}{'-lora' if args.lora else ''}"
     cfg = RewardConfig(model=args.model, data=str(feedback_path), output=str(out / name), max_steps=args.max_steps,
-                       batch_size=args.batch_size, lr=args.lr, lora=args.lora, max_len=args.max_len, eval_fraction=0.2,
+                       batch_size=args.batch_size, lr=args.lr, lora=args.lora, pooling=args.pooling, weight_decay=args.weight_decay, max_len=args.max_len, eval_fraction=0.2,
                        trainable_layers=args.trainable_layers, warmup_steps=10, eval_every=args.eval_every, save_every=50, report_to="none", threads=args.threads, seed=args.seed)
     t0 = time.perf_counter()
     last = train_reward(cfg)
@@ -85,7 +87,7 @@ def main() -> None:
     scorer = RewardScorer.load(out / name)
     gold = evaluate_groups(lambda p, r: scorer.score(p, r, 32), groups)
     print(json.dumps({
-        "backbone": args.model, "seed": args.seed, "lora": args.lora, "trainable_layers": args.trainable_layers, "lr": args.lr, "prompts": len(candidates), "held_out_prompts": len(held_candidates),
+        "backbone": args.model, "seed": args.seed, "lora": args.lora, "trainable_layers": args.trainable_layers, "lr": args.lr, "pooling": args.pooling, "weight_decay": args.weight_decay, "prompts": len(candidates), "held_out_prompts": len(held_candidates),
         "noise": {"temperature": args.temperature, "flip_rate": args.flip, "annotators": args.annotators, "per_prompt": args.per_prompt, "bias_std": 0.5},
         "label_agreement_with_gold": round(label_agreement(feedback, candidates), 4),
         "gold_pairs": gold["n_pairs"], "gold_accuracy": round(gold["accuracy"], 4),

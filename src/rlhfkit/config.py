@@ -351,6 +351,7 @@ class RewardConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
     trainable_layers: int = 0  # full training: only the top N transformer layers + head learn, embeddings frozen (0: all weights)
+    pooling: typing.Literal["mean", "cls"] = "mean"  # encoder backbones: mean of the non-pad tokens, or the [CLS] pooler (causal LMs pool the last token)
     grad_clip: float = 1.0
     score_batch_size: int = 32  # responses per forward pass when evaluating and computing reward_stats
     stats_policy: str | None = None  # reward_stats from this policy's samples on the training prompts (None: the data's responses)

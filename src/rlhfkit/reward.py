@@ -13,7 +13,9 @@ After training, the model scores reference-policy samples and stores their mean/
 Input text (:func:`rm_inputs`, shared by training and scoring): a causal-LM backbone reads the chat
 template of the prompt followed by the response, right-padded, and pools the last non-pad token (with
 ``pad_token_id`` set and position ids taken from the attention mask, left and right padding give the same
-score); an encoder (MiniLM) reads the (prompt, response) sentence pair and pools [CLS].
+score); an encoder (MiniLM) reads the (prompt, response) sentence pair and pools the mean of its
+non-pad tokens (``pooling: mean``, the default, as sentence-transformers does) or [CLS] (``pooling: cls``);
+the choice is saved in the model's config.json, so a reloaded model scores the same.
 """
 
 from __future__ import annotations
@@ -90,9 +92,29 @@ def rm_inputs(tokenizer, prompts: list[dict], responses: list[str], max_len: int
     return {"input_ids": ids, "attention_mask": attn, "position_ids": position_ids_from_mask(attn)}
 
 
+POOLING_KEY = "rm_pooling"  # model.config attribute (saved in config.json): "mean" or "cls" for encoders
+
+
+def classifier_of(model):
+    """The plain classifier under a LoRA (peft) wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def reward_forward(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Raw scores, shape (batch,). The classifier pools the last token that is not ``pad_token_id``."""
-    return model(**inputs).logits[:, 0].float()
+    """Raw scores, shape (batch,).
+
+    A causal LM's classifier pools the last token that is not ``pad_token_id``. An encoder pools [CLS]
+    through its pooler, or, when ``config.rm_pooling == "mean"``, feeds the mean of the non-pad tokens'
+    last hidden states to its classifier head, skipping the pooler (all-MiniLM-L6-v2 was trained for mean
+    pooling by sentence-transformers; its [CLS] pooler was not part of that training).
+    """
+    inner = classifier_of(model)
+    if getattr(inner.config, POOLING_KEY, "cls") != "mean":
+        return model(**inputs).logits[:, 0].float()
+    hidden = inner.base_model(**inputs).last_hidden_state  # (batch, width, hidden)
+    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, width, 1)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, hidden)
+    return inner.classifier(pooled)[:, 0].float()
 
 
 def score_texts(model, tokenizer, prompts: list[dict], responses: list[str], max_len: int, batch_size: int = 16) -> torch.Tensor:
@@ -294,6 +316,8 @@ def build_model(cfg: RewardConfig, ckpt: Path | None):
     from rlhfkit.models.loading import add_lora, disable_dropout, load_sequence_classifier
 
     model = load_sequence_classifier(cfg.model)
+    if is_encoder_classifier(model):
+        setattr(model.config, POOLING_KEY, cfg.pooling)  # saved in config.json, read by reward_forward
     if cfg.lora:
         if ckpt is not None:
             from peft import PeftModel
@@ -308,6 +332,11 @@ def build_model(cfg: RewardConfig, ckpt: Path | None):
         freeze_lower(model, cfg.trainable_layers)
     disable_dropout(model)  # DESIGN §4.6: dropout off, so a score does not depend on train/eval mode
     return model
+
+
+def is_encoder_classifier(model) -> bool:
+    """A BERT-like classifier: a ``classifier`` head on an encoder (not a causal LM's ``score`` head)."""
+    return hasattr(model, "classifier") and not getattr(model.config, "is_decoder", False)
 
 
 def freeze_lower(model, n_top: int) -> None:
