@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import torch
 
 from rlhfkit import distributed as dist
 from rlhfkit.config import ConfigError, SFTConfig
+from rlhfkit.data.formats import read_records
 from rlhfkit.sft import train_sft
 from rlhfkit.tracking import read_metrics
 
@@ -133,3 +135,65 @@ def test_two_gloo_processes_follow_the_one_process_loss_curve_and_resume(memoris
     b = AutoModelForCausalLM.from_pretrained(two)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, rtol=1e-3, atol=1e-5), name
+
+
+def rm_args(data: Path, out: Path, max_steps: int) -> list[str]:
+    # Constant schedule: the run stopped at step 4 and resumed to 8 sees the lr of an unbroken 8-step run.
+    return ["rm", "train", "--model", "tiny-minilm", "--data", str(data), "--output", str(out), "--max-steps", str(max_steps),
+            "--batch-size", "8", "--lr", "2e-3", "--report-to", "none", "--set", "warmup_steps=2", "--set", "schedule=constant",
+            "--set", "eval_fraction=0.25", "--set", "eval_every=0", "--set", "max_len=32", "--set", "threads=1"]
+
+
+@pytest.mark.slow
+def test_reward_model_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(tmp_path):
+    from rlhfkit.config import RewardConfig
+    from rlhfkit.reward import train_reward
+    from tests.test_reward import token_preference_data
+
+    data = token_preference_data(tmp_path, n_prompts=40, k=3)  # 3 pairs per prompt, of uneven lengths
+    train_reward(RewardConfig(model="tiny-minilm", data=str(data), output=str(tmp_path / "one"), max_steps=8, batch_size=8,
+                              lr=2e-3, warmup_steps=2, schedule="constant", eval_fraction=0.25, eval_every=0,
+                              report_to="none", threads=1, max_len=32))
+    two = tmp_path / "two"
+    log = launch_two(["-m", "rlhfkit", *rm_args(data, two, 4)], tmp_path)  # stops at step 4 with a checkpoint
+    assert "2 processes (MULTI_CPU), 4 prompts each" in log
+    launch_two(["-m", "rlhfkit", *rm_args(data, two, 8), "--resume"], tmp_path)
+
+    ref, got = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert [r["step"] for r in got] == list(range(1, 9))  # rank 0 alone logs, each step once
+    assert [(r["n_pairs"], r["examples"]) for r in got] == [(r["n_pairs"], r["examples"]) for r in ref]  # same global batches
+    # Each rank's pair sums ÷ the global pair count: the same loss up to float summation order.
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in ref], rel=1e-4)
+    assert [r["accuracy"] for r in got] == pytest.approx([r["accuracy"] for r in ref], abs=1e-9)
+    assert got[-1]["eval_loss"] == pytest.approx(ref[-1]["eval_loss"], rel=1e-4)
+    assert got[-1]["loss"] < got[0]["loss"]
+    # The saved models score alike up to a constant: a score offset gets no Bradley–Terry gradient, so Adam turns
+    # float noise in the head's bias into steps of size lr (measured: bias 7e-4 apart, score gaps < 1e-5 apart).
+    from rlhfkit.reward import RewardScorer, build_groups, flatten
+
+    prompts, responses, _ = flatten(build_groups(read_records(data, "auto")))
+    a, b = RewardScorer.load(tmp_path / "one").score(prompts, responses), RewardScorer.load(two).score(prompts, responses)
+    assert torch.allclose(a - a.mean(), b - b.mean(), atol=1e-4)
+    assert (two / "split.json").read_text() == (tmp_path / "one" / "split.json").read_text()
+    assert json.loads((two / "reward_stats.json").read_text())["std"] == pytest.approx(
+        json.loads((tmp_path / "one" / "reward_stats.json").read_text())["std"], rel=1e-3)
+
+
+def test_reward_model_shares_losses_add_up_to_the_whole_batch_loss():
+    from rlhfkit.reward import batch_loss, build_groups, flatten, loss_counts
+
+    records = [{"prompt": "p1", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]},
+               {"prompt": "p2", "chosen": "x", "rejected": "y", "margin": 0.5},
+               {"prompt": "p3", "response": "u", "score": 4}, {"prompt": "p3", "response": "v", "score": 1},
+               {"prompt": "p4", "responses": ["d", "e"], "ranking": [1, 0]}]
+    groups = build_groups(records, rating_loss="regression")  # Bradley–Terry pairs and regression targets
+    prompts, responses, offsets = flatten(groups)
+    rewards = torch.randn(len(responses), generator=torch.Generator().manual_seed(0))
+    whole, _ = batch_loss(rewards, groups, offsets, use_margin=True)
+    total, start = 0.0, 0
+    for r in range(2):
+        mine = dist.shard(groups, r, 2)
+        _, mine_responses, mine_offsets = flatten(mine)
+        share, _ = batch_loss(rewards[start:start + len(mine_responses)], mine, mine_offsets, True, loss_counts(groups))
+        total, start = total + float(share), start + len(mine_responses)
+    assert total == pytest.approx(float(whole), rel=1e-6)

@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from rlhfkit import distributed as dist
 from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything, set_rng_state
-from rlhfkit.config import RewardConfig, save_config, to_dict
+from rlhfkit.config import ConfigError, RewardConfig, save_config, to_dict
 from rlhfkit.data.formats import detect_kind, feedback_to_pairs, prompt_messages, ratings_to_pairs, read_records
 from rlhfkit.data.tokenize import encode_prompt, position_ids_from_mask, uses_chat_template
-from rlhfkit.tracking import MetricsLogger, truncate_metrics
+from rlhfkit.tracking import truncate_metrics
 
 console = Console(stderr=True)
 STATS_FILE = "reward_stats.json"
@@ -121,10 +122,12 @@ def score_texts(model, tokenizer, prompts: list[dict], responses: list[str], max
     """Scores of many (prompt, response) pairs in batches of similar length, without gradients; shape (n,)."""
     out = torch.empty(len(responses))
     order = sorted(range(len(responses)), key=lambda i: len(responses[i]))
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            out[idx] = reward_forward(model, rm_inputs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_len)).cpu()
+            inputs = rm_inputs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_len)
+            out[idx] = reward_forward(model, {k: v.to(device) for k, v in inputs.items()}).cpu()
     return out
 
 
@@ -217,16 +220,31 @@ def split_groups(groups: list[Group], fraction: float, seed: int) -> tuple[list[
 # ---------------------------------------------------------------------------------------------- maths
 
 
-def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
-    """Bradley–Terry loss −log σ(r_c − r_r − margin), mean over pairs; inputs (n_pairs,)."""
+def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
+            divisor: int | None = None) -> torch.Tensor:
+    """Bradley–Terry loss −log σ(r_c − r_r − margin), mean over pairs; inputs (n_pairs,).
+
+    ``divisor``: divide the sum by this pair count instead (the whole step's, when processes share a batch).
+    """
     diff = chosen - rejected
     if margin is not None:
         diff = diff - margin
-    return -F.logsigmoid(diff).mean()
+    return -F.logsigmoid(diff).mean() if divisor is None else -F.logsigmoid(diff).sum() / divisor
 
 
-def batch_loss(rewards: torch.Tensor, groups: list[Group], offsets: list[int], use_margin: bool) -> tuple[torch.Tensor, dict]:
-    """Loss and pair metrics of a batch of groups; ``rewards`` (n_responses,) holds group g's responses from offsets[g]."""
+def loss_counts(groups: list[Group]) -> tuple[int, int]:
+    """(pairs in the Bradley–Terry loss, regression targets) of some groups: the divisors of their mean losses."""
+    return sum(bt for g in groups for *_, bt in g.pairs), sum(len(g.targets) for g in groups)
+
+
+def batch_loss(rewards: torch.Tensor, groups: list[Group], offsets: list[int], use_margin: bool,
+               counts: tuple[int, int] | None = None) -> tuple[torch.Tensor, dict]:
+    """Loss and pair metrics of a batch of groups; ``rewards`` (n_responses,) holds group g's responses from offsets[g].
+
+    ``counts``: :func:`loss_counts` of the whole step's batch when ``groups`` is one process's share of it;
+    the sums are divided by them, so the shares' losses add up to the whole batch's mean loss.
+    Metrics: ``n_correct`` pairs ranked right of ``n_pairs``, ``accuracy``, ``reward_gap``, ``loss``.
+    """
     c, r, m, in_loss, reg_idx, reg_y = [], [], [], [], [], []
     for g, off in zip(groups, offsets):
         for ci, ri, margin, bt in g.pairs:
@@ -234,17 +252,20 @@ def batch_loss(rewards: torch.Tensor, groups: list[Group], offsets: list[int], u
         for i, ys in g.targets.items():
             reg_idx.append(off + i), reg_y.append(sum(ys) / len(ys))
     loss = rewards.sum() * 0.0
-    metrics: dict = {"n_pairs": len(c), "accuracy": float("nan"), "reward_gap": float("nan")}
+    metrics: dict = {"n_pairs": len(c), "n_correct": 0, "accuracy": float("nan"), "reward_gap": float("nan")}
     if c:
         rc, rr = rewards[torch.tensor(c)], rewards[torch.tensor(r)]  # (n_pairs,)
         mask = torch.tensor(in_loss)
         if mask.any():
             margin = torch.tensor(m)[mask] if use_margin else None
-            loss = loss + bt_loss(rc[mask], rr[mask], margin)
+            loss = loss + bt_loss(rc[mask], rr[mask], margin, None if counts is None else counts[0])
+        metrics["n_correct"] = int((rc > rr).sum())
         metrics["accuracy"] = float((rc > rr).float().mean())
         metrics["reward_gap"] = float((rc - rr).detach().mean())
     if reg_idx:
-        loss = loss + F.mse_loss(rewards[torch.tensor(reg_idx)], torch.tensor(reg_y))  # regression on ratings
+        pred, y = rewards[torch.tensor(reg_idx)], torch.tensor(reg_y)
+        # regression on ratings
+        loss = loss + (F.mse_loss(pred, y) if counts is None else F.mse_loss(pred, y, reduction="sum") / counts[1])
     metrics["loss"] = float(loss.detach())
     return loss, metrics
 
@@ -361,18 +382,57 @@ def make_scheduler(cfg: RewardConfig, optimizer):
     return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
 
 
-def save_checkpoint(out: Path, model, optimizer, scheduler, step: int) -> None:
-    with atomic_dir(out / "checkpoint") as tmp:
-        model.save_pretrained(tmp / "model")
-        save_state(tmp, {"step": step}, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()})
+class RewardModule(torch.nn.Module):
+    """The classifier with :func:`reward_forward` as its forward: what ``accelerator.prepare`` wraps.
+
+    Mean pooling calls the encoder directly; wrapped in this module, the whole scoring pass still goes
+    through the DDP/FSDP wrapper's forward, which is what synchronises gradients across processes.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return reward_forward(self.model, inputs)
 
 
-def save_final(cfg: RewardConfig, out: Path, model, tok):
-    """A plain ``save_pretrained`` classifier (LoRA merged) that AutoModelForSequenceClassification loads."""
-    if cfg.lora:
-        model = model.merge_and_unload()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+def classifier(accelerator, module):
+    """The classifier (or its LoRA wrapper) inside a prepared :class:`RewardModule`."""
+    return dist.unwrap(accelerator, module).model
+
+
+def classifier_state(accelerator, module) -> dict:
+    """``save_pretrained`` arguments for the classifier: its gathered weights when FSDP/ZeRO shard them."""
+    state = dist.gathered_state(accelerator, module)
+    if "state_dict" in state:
+        state["state_dict"] = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+    return state
+
+
+def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, accelerator=None) -> None:
+    """Weights, optimiser, schedule, RNG and step. Called on every rank: rank 0 writes, the others wait."""
+    gathered = classifier_state(accelerator, module)
+    if dist.is_main():
+        with atomic_dir(out / "checkpoint") as tmp:
+            classifier(accelerator, module).save_pretrained(tmp / "model", **gathered)
+            save_state(tmp, {"step": step}, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()})
+    dist.barrier()
+
+
+def save_final(cfg: RewardConfig, out: Path, module, tok, accelerator=None):
+    """A plain ``save_pretrained`` classifier (LoRA merged) that AutoModelForSequenceClassification loads.
+
+    Called on every rank; rank 0 writes. Returns the classifier that was saved (on other ranks: unmerged).
+    """
+    gathered = classifier_state(accelerator, module)
+    model = classifier(accelerator, module)
+    if dist.is_main():
+        if cfg.lora:
+            model = model.merge_and_unload()
+        model.save_pretrained(out, **gathered)
+        tok.save_pretrained(out)
+    dist.barrier()
     return model
 
 
@@ -418,6 +478,15 @@ def train_reward(cfg: RewardConfig) -> dict:
     out = Path(cfg.output)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
+    world, me = dist.world_size(), dist.rank()
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size: {cfg.batch_size} prompts do not split evenly over {world} processes; use a multiple of {world}")
+    console.quiet = not dist.is_main()
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Mean pooling leaves an encoder's pooler out of the graph; DDP must be told some parameters get no gradient.
+    accelerator = dist.get_accelerator(1, cfg.batch_size // world,
+                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     train, held = load_feedback(cfg)
     if not train:
         raise ValueError(f"{cfg.data}: no training pairs (every record was a tie or an unchanged edit?)")
@@ -429,50 +498,68 @@ def train_reward(cfg: RewardConfig) -> dict:
     ckpt = find_checkpoint(out / "checkpoint") if cfg.resume else None
     if cfg.resume and ckpt is None:
         console.print(f"rm: no checkpoint in {out}; starting from the beginning")
-    model = build_model(cfg, ckpt)
+    model = RewardModule(build_model(cfg, ckpt))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(cfg, optimizer)
+    # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
+    if world > 1:
+        console.print(f"rm: {world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
     start = 0
     if ckpt is not None:
+        if dist.is_sharded(accelerator):
+            raise ConfigError("resume: checkpoints hold rank 0's optimiser state, which FSDP/DeepSpeed shard; "
+                              "resume under DDP or one process (configs/accelerate/ddp.yaml)")
         state, tensors = load_state(ckpt)
         optimizer.load_state_dict(tensors["optimizer"])
         scheduler.load_state_dict(tensors["scheduler"])
         set_rng_state(tensors["rng"])
         start = state["step"]
-        truncate_metrics(out / "metrics.jsonl", start)
+        if dist.is_main():
+            truncate_metrics(out / "metrics.jsonl", start)
         console.print(f"rm: resumed from step {start}")
-    elif (out / "metrics.jsonl").exists():
+    elif dist.is_main() and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
-    save_config(cfg, out)
-    (out / SPLIT_FILE).write_text(json.dumps({"eval_prompts": [g.prompt for g in held]}, ensure_ascii=False), encoding="utf-8")
-    logger = MetricsLogger(out, cfg.report_to, config=to_dict(cfg))
+    if dist.is_main():
+        save_config(cfg, out)
+        (out / SPLIT_FILE).write_text(json.dumps({"eval_prompts": [g.prompt for g in held]}, ensure_ascii=False), encoding="utf-8")
+    logger = dist.metrics_logger(out, cfg.report_to, config=to_dict(cfg))
 
     def score_fn(prompts, responses):
-        return score_texts(model, tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
+        # Every rank scores the whole held-out set: identical passes everywhere (sharded models need them).
+        return score_texts(classifier(accelerator, model), tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
 
     model.train()
     last: dict = {}
     step = start
     columns = [TextColumn("rm"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
     try:
-        with Progress(*columns, console=console, transient=False) as bar:
+        with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
             task = bar.add_task("rm", total=cfg.max_steps, completed=start, info="")
             for step in range(start, cfg.max_steps):
                 t0 = time.perf_counter()
-                batch = [train[i] for i in batch_indices(step, cfg.batch_size, len(train), cfg.seed)]
-                prompts, responses, offsets = flatten(batch)  # each distinct response once per batch
-                rewards = reward_forward(model, rm_inputs(tok, prompts, responses, cfg.max_len))
-                loss, metrics = batch_loss(rewards, batch, offsets, cfg.use_margin)
+                batch = [train[i] for i in batch_indices(step, cfg.batch_size, len(train), cfg.seed)]  # global batch
+                counts = loss_counts(batch) if world > 1 else None  # None: plain means, as one process always did
+                mine = dist.shard(batch, me, world)  # whole groups: a prompt's pairs stay together
+                prompts, responses, offsets = flatten(mine)  # each distinct response once per batch
+                rewards = model(**dist.to_device(rm_inputs(tok, prompts, responses, cfg.max_len), accelerator.device))
+                # Sums over my pairs ÷ the GLOBAL batch's counts: the ranks' losses add up to the one-process loss.
+                loss, metrics = batch_loss(rewards, mine, offsets, cfg.use_margin, counts)
                 metrics.pop("reward_gap")  # logged for held-out pairs only (DESIGN §8 reward-model metrics)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                accelerator.backward(loss * world)  # × world undoes DDP's mean of the ranks' gradients
+                loss_sum, n_correct, n_pairs, n_examples = dist.all_reduce_sum(
+                    [metrics["loss"], metrics.pop("n_correct"), metrics["n_pairs"], len(responses)])
+                metrics.update({"loss": loss_sum, "n_pairs": int(n_pairs),
+                                "accuracy": n_correct / n_pairs if n_pairs else float("nan")})
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                metrics.update({"lr": lr, "grad_norm": float(grad_norm), "examples": len(responses),
-                                "time_step_s": time.perf_counter() - t0})
+                metrics.update({"lr": lr, "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+                                "examples": int(n_examples), "time_step_s": time.perf_counter() - t0})
                 done = step + 1
                 if held and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
                     ev = evaluate_groups(score_fn, held, cfg.use_margin)
@@ -480,20 +567,24 @@ def train_reward(cfg: RewardConfig) -> dict:
                 if done % cfg.log_every == 0 or done == cfg.max_steps or "eval_loss" in metrics:
                     last = logger.log(done, metrics)
                 if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
-                    save_checkpoint(out, model, optimizer, scheduler, done)
+                    save_checkpoint(out, model, optimizer, scheduler, done, accelerator)
                 bar.update(task, completed=done, info=f"loss {metrics['loss']:.3f} acc {metrics.get('accuracy', float('nan')):.2f}")
                 step = done
     except KeyboardInterrupt:
-        save_checkpoint(out, model, optimizer, scheduler, step)
+        # Several processes stop at different points, so a collective save could hang: keep the last checkpoint.
+        if world == 1:
+            save_checkpoint(out, model, optimizer, scheduler, step, accelerator)
         logger.close()
         raise
-    save_checkpoint(out, model, optimizer, scheduler, step)
-    model = save_final(cfg, out, model, tok)
+    save_checkpoint(out, model, optimizer, scheduler, step, accelerator)
+    model = save_final(cfg, out, model, tok, accelerator)
     model.eval()
+    # Every rank scores the same samples (sharded models need identical passes); rank 0 writes the stats.
     prompts, responses, policy = reference_samples(cfg, train + held)
     scores = score_texts(model, tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
     stats = {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 1.0, "n": len(scores), "policy": policy}
-    (out / STATS_FILE).write_text(json.dumps(stats, indent=1), encoding="utf-8")
+    if dist.is_main():
+        (out / STATS_FILE).write_text(json.dumps(stats, indent=1), encoding="utf-8")
     logger.close()
     console.print(f"rm: done, {step} steps; reward model saved to {out} (reference scores mean {stats['mean']:.3f}, std {stats['std']:.3f})")
     return last
