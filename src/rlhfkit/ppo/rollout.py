@@ -82,9 +82,12 @@ def trim(query: Tensor, query_mask: Tensor, response_mask: Tensor) -> tuple[int,
 
 @torch.inference_mode()
 def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temperature: float, eos_id: int,
-           pad_id: int, value_head=None) -> dict[str, Tensor]:
+           pad_id: int, value_head=None, uniforms=None) -> dict[str, Tensor]:
     """Sample up to ``max_new_tokens`` per row from softmax(logits / temperature) with the KV cache.
 
+    ``uniforms``: a function returning one uniform number per row for the next token (:func:`inverse_cdf`);
+    the trainer draws them per row of the GLOBAL batch, so N processes sample what one process samples.
+    None: ``torch.multinomial`` on the global RNG.
     Sampling is from the full distribution (no top-k / top-p), which is the distribution the training
     log-probs describe. Stops early once every row has produced EOS.
     Returns response, response_mask, logprobs, entropy and (with ``value_head``) values, each (B, R).
@@ -107,7 +110,7 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
         logits = lm_head(hidden).float()  # (B, V): one position per row, so no large float copy
         logp = torch.log_softmax(logits / temperature, dim=-1)  # one pass: the sample, its log-prob, the entropy
         probs = logp.exp()
-        token = torch.multinomial(probs, 1).squeeze(1)
+        token = torch.multinomial(probs, 1).squeeze(1) if uniforms is None else inverse_cdf(probs, uniforms())
         token = torch.where(done, torch.full_like(token, pad_id), token)  # finished rows: padding
         tokens.append(token)
         logprobs.append(logp.gather(1, token[:, None]).squeeze(1))
@@ -125,6 +128,13 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
     if value_head is not None:
         result["values"] = torch.stack(values, dim=1)
     return result
+
+
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """Per row, the token whose slice of the cumulative distribution holds ``u`` (B,): a sample of ``probs`` (B, V)."""
+    cdf = probs.cumsum(-1)
+    x = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)  # scaled by the row's total: rounding never runs off the end
+    return torch.searchsorted(cdf, x, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
 
 
 def token_logprobs(lm_head, hidden: Tensor, response: Tensor, temperature: float, with_entropy: bool = False):
@@ -166,16 +176,16 @@ def _pad_to(x: Tensor, width: int) -> Tensor:
 
 @torch.inference_mode()
 def collect(policy, tok, prompts: list[list[int]], records: list[dict], reward, *, max_new_tokens: int,
-            temperature: float, value_model=None, value_head=None, reference=None) -> tuple[Rollout, Tensor]:
+            temperature: float, value_model=None, value_head=None, reference=None, uniforms=None) -> tuple[Rollout, Tensor]:
     """Sample a response per prompt and compute reference log-probs, values and raw reward scores.
 
     ``value_head``: a head on the policy's hidden states (values come out of sampling for free);
     ``value_model``: a separate :class:`~rlhfkit.ppo.value.ValueModel`. ``reference``: a separate
-    reference model; None means the policy with its LoRA adapters disabled.
+    reference model; None means the policy with its LoRA adapters disabled. ``uniforms``: see :func:`sample`.
     Returns the rollout and the raw scores (B,).
     """
     query, query_mask = left_pad(prompts, tok.pad_token_id)
-    s = sample(policy, query, query_mask, max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id, value_head)
+    s = sample(policy, query, query_mask, max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id, value_head, uniforms)
     response, response_mask = s["response"], s["response_mask"]
     if reference is None:
         ctx = policy.disable_adapter()  # the reference is the same weights without the adapters: one copy
@@ -195,3 +205,20 @@ def collect(policy, tok, prompts: list[list[int]], records: list[dict], reward, 
     rollout = Rollout(query, query_mask, response, response_mask, s["logprobs"] * mask, ref_logprobs * mask,
                       values * mask, s["entropy"] * mask, texts, has_eos)
     return rollout, scores
+
+
+def concat(parts: list[Rollout], pad_id: int) -> Rollout:
+    """One rollout from several (each process's share of a batch), in order: prompts left-padded and
+    responses right-padded to the widest part, the added columns masked out."""
+    if len(parts) == 1:
+        return parts[0]
+    P, R = max(p.query.shape[1] for p in parts), max(p.response.shape[1] for p in parts)
+
+    def cat(name: str, width: int, left: bool, value) -> Tensor:
+        pad = lambda x: torch.nn.functional.pad(x, (width - x.shape[1], 0) if left else (0, width - x.shape[1]), value=value)
+        return torch.cat([pad(getattr(p, name)) for p in parts])
+
+    return Rollout(cat("query", P, True, pad_id), cat("query_mask", P, True, 0), cat("response", R, False, pad_id),
+                   cat("response_mask", R, False, 0), cat("logprobs", R, False, 0.0), cat("ref_logprobs", R, False, 0.0),
+                   cat("values", R, False, 0.0), cat("entropy", R, False, 0.0), [t for p in parts for t in p.texts],
+                   torch.cat([p.has_eos for p in parts]))

@@ -14,6 +14,7 @@ The prompts of step ``s`` are a pure function of (seed, s) and every RNG state i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import resource
 import time
@@ -23,18 +24,19 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from rlhfkit import distributed as dist
 from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything, set_rng_state
-from rlhfkit.config import PPOConfig, save_config, to_dict
+from rlhfkit.config import ConfigError, PPOConfig, save_config, to_dict
 from rlhfkit.data.formats import prompt_messages, read_records
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.models.loading import add_lora, disable_dropout, load_causal_lm, load_sequence_classifier, load_tokenizer, set_threads
 from rlhfkit.ppo.advantages import AdaptiveKLController, FixedKLController, gae, kl_penalty_rewards, masked_mean, masked_whiten
 from rlhfkit.ppo.health import HealthMonitor
 from rlhfkit.ppo.losses import explained_variance, policy_loss, value_loss
-from rlhfkit.ppo.rollout import Rollout, collect, forward_tokens
+from rlhfkit.ppo.rollout import Rollout, collect, concat, forward_tokens
 from rlhfkit.ppo.value import ValueHead, ValueModel, can_be_value_model, fold_normalisation
 from rlhfkit.sft import batch_indices
-from rlhfkit.tracking import MetricsLogger, truncate_metrics
+from rlhfkit.tracking import truncate_metrics
 
 console = Console(stderr=True)
 
@@ -177,6 +179,26 @@ def compute_advantages(cfg: PPOConfig, r: Rollout, scores: torch.Tensor, reward,
     return {"final": final, "rewards": rewards, "kl": kl, "non_score": non_score, "advantages": advantages, "returns": returns}
 
 
+class TrainPass(torch.nn.Module):
+    """The policy's training pass (and a value head on its hidden states) as one module's forward.
+
+    ``forward_tokens`` reads the policy's backbone and head directly, so under DDP this module is what
+    ``accelerator.prepare`` wraps: the wrapper's forward then surrounds the whole pass, as gradient sync needs.
+    """
+
+    def __init__(self, policy, value_head, temperature: float):
+        super().__init__()
+        self.policy, self.value_head, self.temperature = policy, value_head, temperature
+
+    def forward(self, query, query_mask, response, response_mask):
+        return forward_tokens(self.policy, query, query_mask, response, response_mask, self.temperature, self.value_head)
+
+
+def train_pass(policy, value_head, temperature: float):
+    """``policy`` when it already is a (possibly DDP-wrapped) :class:`TrainPass`, else one around it."""
+    return policy if isinstance(getattr(policy, "module", policy), TrainPass) else TrainPass(policy, value_head, temperature)
+
+
 def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: dict, idx: torch.Tensor,
              backward_scale: float | None = None):
     """Clipped policy loss + vf_coef × clipped value loss on rows ``idx``; returns (loss, stats, new log-probs).
@@ -187,8 +209,8 @@ def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: d
     activations of one model alive at a time instead of two.
     """
     mask = r.response_mask[idx].float()
-    logprobs, values = forward_tokens(policy, r.query[idx], r.query_mask[idx], r.response[idx], r.response_mask[idx],
-                                      cfg.temperature, value_head)
+    logprobs, values = train_pass(policy, value_head, cfg.temperature)(r.query[idx], r.query_mask[idx], r.response[idx],
+                                                                        r.response_mask[idx])
     pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[idx], adv["advantages"][idx], mask, cfg.clip_eps)
     split = backward_scale is not None and value_model is not None
     if split:
@@ -204,11 +226,20 @@ def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: d
     return loss, stats, logprobs
 
 
-def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params, r: Rollout, adv: dict) -> dict:
-    """ppo_epochs × num_minibatches clipped updates on one rollout; returns averaged statistics."""
+def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params, r: Rollout, adv: dict,
+             accelerator=None) -> dict:
+    """ppo_epochs × num_minibatches clipped updates on one rollout; returns averaged statistics.
+
+    Under N processes ``r`` is the whole (gathered) rollout on every rank and the minibatches are the ones
+    one process would take; each rank trains on its share of each minibatch, its loss divided by the
+    minibatch's GLOBAL token count (× N, which DDP's mean over ranks undoes). Statistics are reduced over
+    ranks: means of means (equal shares), ratio_max and the log-prob mismatch by max.
+    """
+    world, me = dist.world_size(), dist.rank()
     batch = r.query.shape[0]
     mb_size = batch // cfg.num_minibatches
-    micro = max(1, mb_size // max(cfg.grad_accum, 1))
+    micro = max(1, mb_size // world // max(cfg.grad_accum, 1))
+    wrapped = [m for m in (policy, value_model) if hasattr(m, "no_sync")]  # DDP modules
     stats: dict[str, list[float]] = {}
     first_mismatch = None
     epochs_done = 0
@@ -218,10 +249,16 @@ def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params,
         for start in range(0, batch, mb_size):
             rows = perm[start : start + mb_size]
             tokens = r.response_mask[rows].sum().clamp(min=1)
-            for m0 in range(0, len(rows), micro):
-                idx = rows[m0 : m0 + micro]
-                scale = float(r.response_mask[idx].sum() / tokens)  # token-weighted: accumulation = one minibatch
-                _, mb_stats, logprobs = ppo_loss(cfg, policy, value_model, value_head, r, adv, idx, backward_scale=scale)
+            mine = rows if world == 1 else rows[me * len(rows) // world : (me + 1) * len(rows) // world]
+            for m0 in range(0, len(mine), micro):
+                idx = mine[m0 : m0 + micro]
+                # token-weighted: accumulation (and N processes) = one minibatch
+                scale = float(r.response_mask[idx].sum() / tokens) * world
+                with contextlib.ExitStack() as no_sync:
+                    if m0 + micro < len(mine):  # gradients are all-reduced after the share's last micro-batch only
+                        for m in wrapped:
+                            no_sync.enter_context(accelerator.no_sync(m))
+                    _, mb_stats, logprobs = ppo_loss(cfg, policy, value_model, value_head, r, adv, idx, backward_scale=scale)
                 if first_mismatch is None:  # the classic temperature/padding bug check: the ratio must start at 1
                     first_mismatch = float(((logprobs.detach() - r.logprobs[idx]).abs() * r.response_mask[idx]).max())
                 for k, v in mb_stats.items():
@@ -232,12 +269,14 @@ def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         epochs_done = epoch + 1
-        if cfg.target_kl is not None and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
+        # every rank takes the same decision: the mean over ranks
+        if cfg.target_kl is not None and dist.all_reduce_mean(sum(epoch_kl) / len(epoch_kl)) > cfg.target_kl:
             break  # early stop on approximate KL
-    out = {k: sum(v) / len(v) for k, v in stats.items() if k != "ratio_max"}
-    out["ratio_max"] = max(stats["ratio_max"])
+    means = {k: sum(v) / len(v) for k, v in stats.items() if k != "ratio_max"}
+    out = dict(zip(means, dist.all_reduce_mean(list(means.values())))) if world > 1 else means
+    out["ratio_max"] = max(dist.gather_object(max(stats["ratio_max"])))
     out["ppo_epochs_done"] = epochs_done
-    out["logprob_mismatch"] = first_mismatch
+    out["logprob_mismatch"] = max(dist.gather_object(first_mismatch))
     return out
 
 
@@ -295,6 +334,13 @@ def save_policy(policy, folder: Path) -> None:
 
 
 def save_checkpoint(out: Path, step: int, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health) -> None:
+    """Everything ``--resume`` needs. Called on every rank: rank 0 writes (the ranks' states are equal), the others wait."""
+    if dist.is_main():
+        write_checkpoint(out, step, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health)
+    dist.barrier()
+
+
+def write_checkpoint(out: Path, step: int, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health) -> None:
     with atomic_dir(out / "checkpoint") as tmp:
         save_policy(policy, tmp / "policy")
         if value_model is not None:
@@ -309,13 +355,34 @@ def encode_prompts(cfg: PPOConfig, tok, records: list[dict]) -> list[list[int]]:
     return [encode_prompt(tok, prompt_messages(r), cfg.chat)[-cfg.max_prompt_len:] for r in records]
 
 
+def step_uniforms(seed: int, step: int, batch_size: int, lo: int, hi: int):
+    """Sampling noise of step ``step``: each call gives one uniform per row of the GLOBAL batch and keeps rows
+    lo..hi, so a response's randomness depends on (seed, step, its row) and not on how the batch is split."""
+    noise = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return lambda: torch.rand(batch_size, generator=noise, dtype=torch.float64)[lo:hi]
+
+
 def train_ppo(cfg: PPOConfig) -> dict:
-    """Run PPO as configured; returns the last logged metrics."""
+    """Run PPO as configured; returns the last logged metrics.
+
+    Under ``accelerate launch`` (DDP) each rank generates and scores its share of the step's prompts; the
+    shares are gathered, so every rank holds the whole rollout: advantages are whitened and metrics taken
+    over the global batch, and the KL controller sees the global KL. Each rank then trains on its share of
+    every minibatch (see ``optimise``); rank 0 alone logs and writes.
+    """
     out = Path(cfg.output)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     if cfg.batch_size % cfg.num_minibatches:
         raise ValueError(f"num_minibatches: {cfg.num_minibatches} does not divide batch_size {cfg.batch_size}")
+    world, me = dist.world_size(), dist.rank()
+    if cfg.batch_size % (cfg.num_minibatches * world):
+        raise ConfigError(f"batch_size: {cfg.batch_size} does not split into {cfg.num_minibatches} minibatches × {world} "
+                          f"processes; use a multiple of {cfg.num_minibatches * world}")
+    console.quiet = not dist.is_main()
+    accelerator = dist.get_accelerator()
+    if dist.is_sharded(accelerator):
+        raise ConfigError("ppo: runs in one process or under DDP (configs/accelerate/ddp.yaml); FSDP/DeepSpeed are not supported")
     records = read_records(cfg.prompts, "prompt")
     if not records:
         raise ValueError(f"{cfg.prompts}: no prompts")
@@ -346,6 +413,12 @@ def train_ppo(cfg: PPOConfig) -> dict:
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     health = HealthMonitor(cfg.max_new_tokens)
+    # The training passes, DDP-wrapped under several processes; rollout, evaluation and saving use the plain models.
+    policy_train, value_train = TrainPass(policy, value_head, cfg.temperature), value_model
+    if world > 1:
+        policy_train = accelerator.prepare(policy_train)
+        value_train = value_model if value_model is None else accelerator.prepare(value_model)
+        console.print(f"ppo: {world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
     start = 0
     if ckpt is not None:
         state, tensors = load_state(ckpt)
@@ -356,12 +429,14 @@ def train_ppo(cfg: PPOConfig) -> dict:
         (value_head if value_head is not None else value_model.head).load_state_dict(tensors["value"])
         set_rng_state(tensors["rng"])
         start = state["step"]
-        truncate_metrics(out / "metrics.jsonl", start)
+        if dist.is_main():
+            truncate_metrics(out / "metrics.jsonl", start)
         console.print(f"ppo: resumed from step {start}")
-    elif (out / "metrics.jsonl").exists():
+    elif dist.is_main() and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
-    save_config(cfg, out)
-    logger = MetricsLogger(out, cfg.report_to, config=to_dict(cfg))
+    if dist.is_main():
+        save_config(cfg, out)
+    logger = dist.metrics_logger(out, cfg.report_to, config=to_dict(cfg))
     console.print(f"ppo: {len(records)} prompts; policy {cfg.policy} ({'LoRA' if cfg.lora else 'full'}, lr {lr:g}); "
                   f"reference: {'adapters off' if reference is None else cfg.reference or cfg.policy}; "
                   f"reward {cfg.reward}; value model: {value_kind}")
@@ -376,18 +451,22 @@ def train_ppo(cfg: PPOConfig) -> dict:
     columns = [TextColumn("ppo"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
     step = start
     try:
-        with Progress(*columns, console=console, transient=False) as bar:
+        with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
             task = bar.add_task("ppo", total=cfg.max_steps, completed=start, info="")
             for step in range(start, cfg.max_steps):
                 t0 = time.perf_counter()
                 idx = batch_indices(step, cfg.batch_size, len(records), cfg.seed)  # the data cursor is the step
-                rollout, scores = collect(policy, tok, [prompts[i] for i in idx], [records[i] for i in idx], reward,
-                                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                          value_model=value_model, value_head=value_head, reference=reference)
+                lo, hi = me * cfg.batch_size // world, (me + 1) * cfg.batch_size // world  # my share of the prompts
+                rollout, scores = collect(policy, tok, [prompts[i] for i in idx[lo:hi]], [records[i] for i in idx[lo:hi]],
+                                          reward, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                          value_model=value_model, value_head=value_head, reference=reference,
+                                          uniforms=step_uniforms(cfg.seed, step, cfg.batch_size, lo, hi))
+                shares = dist.gather_object((rollout, scores))  # every rank: the whole rollout, in prompt order
+                rollout, scores = concat([r for r, _ in shares], tok.pad_token_id), torch.cat([s for _, s in shares])
                 beta = kl_ctl.value
                 adv = compute_advantages(cfg, rollout, scores, reward, beta)
                 t1 = time.perf_counter()
-                train_stats = optimise(cfg, policy, value_model, value_head, optimizer, params, rollout, adv)
+                train_stats = optimise(cfg, policy_train, value_train, value_head, optimizer, params, rollout, adv, accelerator)
                 metrics = rollout_metrics(rollout, scores, adv, beta)
                 metrics.update(train_stats)
                 metrics["lr"] = scheduler.get_last_lr()[0]
@@ -396,6 +475,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 done = step + 1
                 t2 = time.perf_counter()
                 out_of_time = cfg.time_budget_minutes is not None and t2 - t_start > 60 * cfg.time_budget_minutes
+                out_of_time = dist.broadcast_object(out_of_time)  # rank 0's clock decides for all
                 last_step = done == cfg.max_steps or out_of_time
                 metrics.update({"time_rollout_s": t1 - t0, "time_train_s": t2 - t1, "time_step_s": t2 - t0,
                                 "samples_per_s": cfg.batch_size / (t2 - t0),
@@ -410,7 +490,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                     metrics["warnings"] = warnings
                 if done % cfg.log_every == 0 or last_step or warnings:
                     last = logger.log(done, metrics)
-                if fatal:
+                if dist.broadcast_object(fatal):  # every rank stops together
                     raise PPOHealthError(f"step {done}: non-finite metrics; stopped; the last good checkpoint is in "
                                          f"{out / 'checkpoint'} (resume with --resume after changing the settings)")
                 if cfg.save_every and done % cfg.save_every == 0 and not last_step:
@@ -425,7 +505,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
         logger.close()  # no checkpoint here: a step cut short may have half-updated the weights
         raise
     checkpoint(step)
-    save_final(cfg, out, policy, value_model, tok)
+    if dist.is_main():
+        save_final(cfg, out, policy, value_model, tok)
+    dist.barrier()
     logger.close()
     console.print(f"ppo: done, {step} steps; policy saved to {out}")
     return last
