@@ -253,3 +253,16 @@ def test_sampling_noise_belongs_to_a_row_of_the_global_batch_whatever_the_split(
     tokens = inverse_cdf(probs, torch.rand(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     freq = torch.bincount(tokens, minlength=4) / 20000.0
     assert freq[0] == 0 and torch.allclose(freq, probs[0], atol=0.015)  # a zero-probability token is never drawn
+
+
+def test_reward_and_ppo_batches_that_do_not_split_over_the_processes_are_config_errors(tmp_path, monkeypatch):
+    from rlhfkit.config import PPOConfig, RewardConfig
+    from rlhfkit.ppo.trainer import train_ppo
+    from rlhfkit.reward import train_reward
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match="batch_size: 8 prompts .* 3 processes"):
+        train_reward(RewardConfig(model="tiny-minilm", data=str(tmp_path / "unread.jsonl"), output=str(tmp_path / "rm"), batch_size=8))
+    with pytest.raises(ConfigError, match="batch_size: 8 does not split into 2 minibatches × 3 processes"):
+        train_ppo(PPOConfig(policy="tiny", reward="judge:length", prompts=str(tmp_path / "unread.jsonl"),
+                            output=str(tmp_path / "ppo"), batch_size=8, num_minibatches=2))
