@@ -218,11 +218,12 @@ def test_ppo_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(
     from tests.conftest import write_jsonl
 
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": t} for t in PPO_PROMPTS])
-    # One process in micro-batches of 2 rows: the same chunks the two processes' shares of each minibatch are.
+    # One process in micro-batches of 2 rows: the same chunks the two processes' shares of each minibatch are;
+    # with row_noise, the sampling noise two processes use.
     # A separate value model (two DDP-wrapped modules, two backward passes per micro-batch).
     train_ppo(PPOConfig(policy="tiny", reward="judge:length", value_model="tiny", prompts=str(prompts), output=str(tmp_path / "one"),
                         max_steps=4, batch_size=8, num_minibatches=2, ppo_epochs=2, max_new_tokens=8, schedule="constant",
-                        report_to="none", threads=1, lr=5e-3, grad_accum=2))
+                        report_to="none", threads=1, lr=5e-3, grad_accum=2, row_noise=True))
     two = tmp_path / "two"
     log = launch_two(["-m", "rlhfkit", *ppo_args(prompts, two, 2)], tmp_path)  # stops at step 2 with a checkpoint
     assert "2 processes (MULTI_CPU), 4 prompts each" in log

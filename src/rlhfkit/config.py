@@ -393,6 +393,7 @@ class PPOConfig:
     max_new_tokens: int = 53  # response length limit (N+ paper: 53)
     max_prompt_len: int = 256  # prompt tokens kept (from the end)
     temperature: float = 0.7  # sampling temperature; also divides the logits of every training log-prob
+    row_noise: bool = False  # sampling noise drawn per row of the global batch (always on under several processes: N processes sample what one does)
     chat: bool = True  # apply the tokenizer's chat template to prompts
     kl_coef: float = 0.05  # β: weight of the per-token KL penalty (initial value when adaptive)
     adaptive_kl: bool = False  # adapt β towards kl_target (Ziegler et al. 2019)

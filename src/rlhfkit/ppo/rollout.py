@@ -132,8 +132,10 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
 
 def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     """Per row, the token whose slice of the cumulative distribution holds ``u`` (B,): a sample of ``probs`` (B, V)."""
-    cdf = probs.cumsum(-1)
-    x = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)  # scaled by the row's total: rounding never runs off the end
+    # float64, as torch.multinomial accumulates: a float32 sum near 1 rounds the many tiny probabilities of a
+    # large vocabulary to 0 or to one ulp, over-sampling junk tokens (KL spikes in training).
+    cdf = probs.double().cumsum(-1)
+    x = (u.double() * cdf[:, -1]).unsqueeze(1)  # scaled by the row's total: rounding never runs off the end
     return torch.searchsorted(cdf, x, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
 
 

@@ -460,7 +460,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 rollout, scores = collect(policy, tok, [prompts[i] for i in idx[lo:hi]], [records[i] for i in idx[lo:hi]],
                                           reward, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                           value_model=value_model, value_head=value_head, reference=reference,
-                                          uniforms=step_uniforms(cfg.seed, step, cfg.batch_size, lo, hi))
+                                          uniforms=step_uniforms(cfg.seed, step, cfg.batch_size, lo, hi)
+                                          if world > 1 or cfg.row_noise else None)  # None: torch.multinomial
                 shares = dist.gather_object((rollout, scores))  # every rank: the whole rollout, in prompt order
                 rollout, scores = concat([r for r, _ in shares], tok.pad_token_id), torch.cat([s for _, s in shares])
                 beta = kl_ctl.value
