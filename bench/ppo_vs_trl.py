@@ -3,8 +3,7 @@
 One command (creates the peer venv on first use, then measures both sides and writes the table):
   .venv/bin/python bench/ppo_vs_trl.py
 Options: --updates N (per side per configuration; the median skips the first), --rounds R (each round runs
-ours-A, peer-A, ours-B in turn), --profile (per-phase profile + FLOP count of our update instead),
---generate (our sampler vs model.generate, tokens/s at batch 8). Output: bench/out/ppo_vs_trl/.
+ours-A, peer-A, ours-B in turn), --threads T (torch threads, both sides), --generate (our sampler vs model.generate, tokens/s at batch 8). Output: bench/out/ppo_vs_trl/.
 
 The peer venv (bench/out/trl-venv): torch 2.13.0 CPU first (the wheel on this disk), then trl==1.12.0
 with transformers 5.x. Every job runs in its own process; its peak RSS is that process's ru_maxrss
@@ -99,6 +98,7 @@ def ours_worker(job: dict, result: str) -> None:
 
     trainer.save_checkpoint = lambda *a, **k: None
     trainer.save_final = lambda *a, **k: None
+    phases = instrument()
     SETTINGS.update({k: job[k] for k in SETTINGS})
     cfg = ours_config(job["config"], job["paths"], job["updates"], job["output"])
     trainer.train_ppo(cfg)
@@ -108,6 +108,7 @@ def ours_worker(job: dict, result: str) -> None:
         "tokens": [m["response_len"] * m["batch_size"] for m in log],
         "batch_size": cfg.batch_size,
         "score": [m["score"] for m in log],
+        "phases": phases,
     }))
 
 
@@ -199,19 +200,21 @@ def update_flops(config, batch: int, prompt: int, response: int, epochs: int, lo
 # ------------------------------------------------------------------------------------------------ profile
 
 
-def profile(paths: dict, updates: int) -> None:
-    """Per-phase seconds of our update (median over updates after the first) and its FLOPs vs the roofline."""
+def instrument() -> list[dict]:
+    """Time each phase of our update by wrapping the functions the trainer calls; returns the per-update list.
+
+    generation = rollout.sample; reference pass = rollout.forward_tokens (the rollout's only call of it);
+    value pass = ValueModel.forward under inference mode; reward pass = ModelReward.score (decode,
+    re-tokenise, score); training = trainer.optimise (4 epochs, backward, optimiser steps).
+    """
     import torch
 
     import rlhfkit.ppo.rollout as rollout
     import rlhfkit.ppo.trainer as trainer
-    from rlhfkit.models.loading import load_causal_lm
     from rlhfkit.ppo.value import ValueModel
-    from rlhfkit.tracking import read_metrics
 
-    phases: dict[str, list[float]] = {}
-    shapes: list[tuple[int, int]] = []
-    step_phase: dict[str, float] = {}
+    steps: list[dict] = []
+    current: dict = {}
 
     def timed(name, fn, when=lambda: True):
         def wrapper(*a, **k):
@@ -219,9 +222,12 @@ def profile(paths: dict, updates: int) -> None:
                 return fn(*a, **k)
             t0 = time.perf_counter()
             out = fn(*a, **k)
-            step_phase[name] = step_phase.get(name, 0.0) + time.perf_counter() - t0
+            current[name] = current.get(name, 0.0) + time.perf_counter() - t0
             if name == "generation":
-                shapes.append((a[1].shape[1], out["response"].shape[1]))
+                current["prompt_width"], current["response_width"] = a[1].shape[1], out["response"].shape[1]
+            if name == "training":
+                steps.append(dict(current))
+                current.clear()
             return out
         return wrapper
 
@@ -229,39 +235,40 @@ def profile(paths: dict, updates: int) -> None:
     rollout.forward_tokens = timed("reference pass", rollout.forward_tokens)
     ValueModel.forward = timed("value pass", ValueModel.forward, torch.is_inference_mode_enabled)
     trainer.ModelReward.score = timed("reward pass", trainer.ModelReward.score)
-    optimise = trainer.optimise
+    trainer.optimise = timed("training", trainer.optimise)
+    return steps
 
-    def optimise_and_close(*a, **k):
-        t0 = time.perf_counter()
-        out = optimise(*a, **k)
-        step_phase["training (4 epochs)"] = time.perf_counter() - t0
-        phases.setdefault("_steps", []).append(dict(step_phase))
-        step_phase.clear()
-        return out
 
-    trainer.optimise = optimise_and_close
-    trainer.save_checkpoint = lambda *a, **k: None
-    trainer.save_final = lambda *a, **k: None
+PHASES = ["generation", "reference pass", "value pass", "reward pass", "training"]
+
+
+def profile_table(runs: dict[str, list[dict]]) -> str:
+    """Median seconds per phase (updates after the first) and the update's FLOPs at the 200 GFLOP/s roofline."""
+    from rlhfkit.models.loading import load_causal_lm
+
     config = load_causal_lm("default").config
-    report = []
-    for name in ("A", "B"):
-        phases.clear()
-        shapes.clear()
-        cfg = ours_config(name, paths, updates, str(OUT / f"profile-{name}"))
-        trainer.train_ppo(cfg)
-        log = read_metrics(Path(cfg.output) / "metrics.jsonl")[1:]
-        steps = phases["_steps"][1:]
-        step_s = statistics.median(m["time_step_s"] for m in log)
-        rows = {k: statistics.median(s.get(k, 0.0) for s in steps) for k in steps[0]}
-        rows["other (advantages, metrics, decode)"] = step_s - sum(rows.values())
-        p = statistics.mean(s[0] for s in shapes[1:])
-        r = statistics.mean(s[1] for s in shapes[1:])
-        flops = update_flops(config, cfg.batch_size, round(p), round(r), cfg.ppo_epochs, cfg.lora, peer=False)
-        peer_flops = update_flops(config, cfg.batch_size, round(p), cfg.max_new_tokens, cfg.ppo_epochs, False, peer=True)
-        report.append({"config": name, "step_s": step_s, "phases_s": rows, "prompt_width": p, "response_width": r,
-                       "flops": flops, "peer_flops_A": peer_flops})
-        print(json.dumps(report[-1], indent=1), flush=True)
-    (OUT / "profile.json").write_text(json.dumps(report, indent=1))
+    lines = ["| run | " + " | ".join(PHASES) + " | other | update | FLOP (T) | roofline s | achieved GFLOP/s |",
+             "|---|" + "---|" * (len(PHASES) + 5)]
+    for name, rs in runs.items():
+        if not name.startswith("ours"):
+            continue
+        steps = [st for r in rs for st in r["phases"][1:]]
+        step_s = statistics.median(s for r in rs for s in r["seconds"][1:])
+        med = {k: statistics.median(st.get(k, 0.0) for st in steps) for k in PHASES}
+        p = statistics.mean(st["prompt_width"] for st in steps)
+        w = statistics.mean(st["response_width"] for st in steps)
+        flops = update_flops(config, SETTINGS["batch_size"], round(p), round(w), SETTINGS["ppo_epochs"], name.endswith("B"),
+                             peer=False)["total"]
+        lines.append(f"| {name} | " + " | ".join(f"{med[k]:.1f}" for k in PHASES) +
+                     f" | {step_s - sum(med.values()):.1f} | {step_s:.1f} | {flops / 1e12:.2f} | {flops / 200e9:.1f} | "
+                     f"{flops / step_s / 1e9:.0f} |")
+        if name == "ours A" and "peer A" in runs:  # the peer's same work: logits at every position, no trimming
+            peer_s = statistics.median(s for r in runs["peer A"] for s in r["seconds"][1:])
+            peer = update_flops(config, SETTINGS["batch_size"], round(p), SETTINGS["max_new_tokens"], SETTINGS["ppo_epochs"],
+                                False, peer=True)["total"]
+            peer_row = (f"| peer A | " + " | ".join("—" for _ in PHASES) + f" | — | {peer_s:.1f} | {peer / 1e12:.2f} | "
+                        f"{peer / 200e9:.1f} | {peer / peer_s / 1e9:.0f} |")
+    return "\n".join(lines + ([peer_row] if "peer_row" in locals() else []))
 
 
 # ------------------------------------------------------------------------------------------------ generation
@@ -313,7 +320,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--configs", default="A,peer,B", help="order within a round: A, peer, B")
     ap.add_argument("--threads", type=int, default=SETTINGS["threads"], help="torch threads, the same on both sides")
-    ap.add_argument("--profile", action="store_true")
     ap.add_argument("--generate", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "ppo_vs_trl"), help="output folder")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -329,8 +335,6 @@ def main() -> None:
     if args.generate:
         return generation_bench(args.rounds + 1, SETTINGS["max_new_tokens"])
     paths = prepare(ROOT / "bench" / "out" / "ppo_vs_trl-models")
-    if args.profile:
-        return profile(paths, args.updates)
     peer_python = ensure_peer_venv(PEER_VENV)
     runs: dict[str, list[dict]] = {}
     names = {"A": "ours A", "peer": "peer A", "B": "ours B"}
@@ -340,7 +344,7 @@ def main() -> None:
             kind, config = ("peer", "A") if c == "peer" else ("ours", c)
             runs.setdefault(names[c], []).append(side(kind, config, paths, args.updates, f"{c}-{rnd}", peer_python))
     rows = {k: summarise(v) for k, v in runs.items()}
-    text = table(rows)
+    text = table(rows) + "\n\nPer-phase seconds of our update (median of updates after the first):\n\n" + profile_table(runs)
     print(text)
     (OUT / "table.md").write_text(text + "\n")
     (OUT / "results.json").write_text(json.dumps({"runs": runs, "rows": rows, "wall_s": time.perf_counter() - t0}, indent=1))
