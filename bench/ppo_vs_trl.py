@@ -1,9 +1,11 @@
 """PPO speed and memory vs TRL 1.12.0's PPOTrainer, in one run, alternating, on the same work.
 
 One command (creates the peer venv on first use, then measures both sides and writes the table):
-  .venv/bin/python bench/ppo_vs_trl.py
+  .venv/bin/python bench/ppo_vs_trl.py            (= --updates 3 --rounds 2 --threads 1, the RESULTS.md run)
 Options: --updates N (per side per configuration; the median skips the first), --rounds R (each round runs
-ours-A, peer-A, ours-B in turn), --threads T (torch threads, both sides), --generate (our sampler vs model.generate, tokens/s at batch 8). Output: bench/out/ppo_vs_trl/.
+ours-A, peer-A, ours-B in turn), --threads T (torch threads, both sides; 1 because on the shared 2 cores two
+OpenMP threads stall), --generate (our sampler vs model.generate, tokens/s at batch 8).
+Output: bench/out/ppo_vs_trl/ (table.md, results.json, per-process logs).
 
 The peer venv (bench/out/trl-venv): torch 2.13.0 CPU first (the wheel on this disk), then trl==1.12.0
 with transformers 5.x. Every job runs in its own process; its peak RSS is that process's ru_maxrss
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "ppo_vs_trl"
 PEER_VENV = ROOT / "bench" / "out" / "trl-venv"
 PROMPTS = ROOT / "src" / "rlhfkit" / "recipes" / "tutor" / "prompts.jsonl"
-SETTINGS = {"batch_size": 8, "max_new_tokens": 32, "ppo_epochs": 4, "temperature": 0.7, "threads": 2, "seed": 0}
+SETTINGS = {"batch_size": 8, "max_new_tokens": 32, "ppo_epochs": 4, "temperature": 0.7, "threads": 1, "seed": 0}
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -316,7 +318,7 @@ def generation_bench(repeats: int, new_tokens: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--updates", type=int, default=4)
+    ap.add_argument("--updates", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--configs", default="A,peer,B", help="order within a round: A, peer, B")
     ap.add_argument("--threads", type=int, default=SETTINGS["threads"], help="torch threads, the same on both sides")
