@@ -71,6 +71,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     for name in ("sft.jsonl", "prompts.jsonl", "eval.jsonl"):
         if not (folder / name).exists():
             raise ConfigError(f"{folder / name}: missing recipe data file")
+    if folder.resolve().is_relative_to(Path.cwd()):
+        folder = folder.resolve().relative_to(Path.cwd())  # run folders and reports then name no machine path
     return Recipe(name=folder.name, folder=folder, **data)
 
 
