@@ -7,8 +7,17 @@ from rlhfkit.config import ConfigError, SFTConfig, load_config, parse_set, save_
 def test_yaml_then_flags_override_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("max_steps: 7\nlr: 1.0e-4\nlora: true\n")
-    cfg = load_config(SFTConfig, path, {"max_steps": 3, "batch_size": None})
+    cfg = load_config(SFTConfig, path, {"max_steps": 3})
     assert (cfg.max_steps, cfg.lr, cfg.lora, cfg.batch_size) == (3, 1e-4, True, SFTConfig().batch_size)
+
+
+def test_set_null_clears_an_optional_key_and_is_refused_for_a_required_one():
+    from rlhfkit.config import PPOConfig
+
+    cfg = load_config(PPOConfig, None, parse_set(["missing_eos_penalty=null", "target_kl=0.1"]))
+    assert cfg.missing_eos_penalty is None and cfg.target_kl == 0.1
+    with pytest.raises(ConfigError, match="max_steps"):
+        load_config(PPOConfig, None, parse_set(["max_steps=null"]))
 
 
 def test_unknown_key_is_an_error_naming_the_key_and_file(tmp_path):

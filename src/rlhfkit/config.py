@@ -105,7 +105,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | None = None) -> T:
-    """Defaults < YAML file < overrides (``None`` values in overrides are ignored)."""
+    """Defaults < YAML file < overrides (an override of ``None`` sets the key to null, e.g. ``--set target_kl=null``)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -119,9 +119,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | 
             raise ConfigError(f"{path}: expected a mapping of keys to values")
         data.update(loaded)
         from_dict(cls, data, str(path))
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            data[k] = v
+    data.update(overrides or {})
     return from_dict(cls, data, str(path) if path and not overrides else "config")
 
 
@@ -414,6 +412,7 @@ class PPOConfig:
     eval_every: int = 0  # steps between held-out evaluations (0: only before training and at the end)
     time_budget_minutes: float | None = None  # stop (evaluate, checkpoint, save) after the update that crosses this wall time
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, more time)
+    precision: typing.Literal["auto", "fp32", "bf16"] = "fp32"  # matmuls: fp32 | bf16 autocast (fp32 weights/optimiser; rollout log-probs then come from the training pass; ~1.6× faster passes on CPUs with bf16 instructions, but small updates round away) | auto: bf16 where the hardware runs it fast
     health: bool = True  # health checks on the logged metrics (warnings; NaN/inf stops the run)
     save_every: int = 10  # steps between checkpoints (and always at the end)
     log_every: int = 1  # steps between metrics.jsonl lines

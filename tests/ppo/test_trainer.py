@@ -196,3 +196,30 @@ def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file,
     scores = [r["score"] for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl")]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
     assert last >= first + 0.4, scores
+
+
+def test_bf16_takes_rollout_logprobs_from_the_training_pass_so_the_ratio_starts_at_one(prompts_file, tmp_path):
+    train_ppo(tiny_cfg(prompts_file, tmp_path / "run", precision="bf16"))
+    log = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert yaml_precision(tmp_path / "run") == "bf16"
+    for rec in log:
+        assert rec["logprob_mismatch"] < 1e-6  # recomputed under the same autocast as training: identical
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # LoRA starts as the reference (adapters off) exactly
+
+
+def yaml_precision(run: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())["precision"]
+
+
+def test_auto_precision_picks_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch):
+    from rlhfkit import precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    assert precision.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    assert precision.resolve_precision("auto", "cpu") == "fp32"
+    assert precision.resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        precision.resolve_precision("fp8", "cpu")

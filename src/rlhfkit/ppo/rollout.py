@@ -178,26 +178,38 @@ def _pad_to(x: Tensor, width: int) -> Tensor:
 
 @torch.inference_mode()
 def collect(policy, tok, prompts: list[list[int]], records: list[dict], reward, *, max_new_tokens: int,
-            temperature: float, value_model=None, value_head=None, reference=None, uniforms=None) -> tuple[Rollout, Tensor]:
+            temperature: float, value_model=None, value_head=None, reference=None, uniforms=None,
+            amp=nullcontext, recompute: bool = False) -> tuple[Rollout, Tensor]:
     """Sample a response per prompt and compute reference log-probs, values and raw reward scores.
 
     ``value_head``: a head on the policy's hidden states (values come out of sampling for free);
     ``value_model``: a separate :class:`~rlhfkit.ppo.value.ValueModel`. ``reference``: a separate
     reference model; None means the policy with its LoRA adapters disabled. ``uniforms``: see :func:`sample`.
+    ``amp``: a context factory every pass runs under (``precision.autocast``). ``recompute``: take the
+    policy's log-probs (and head values) from one full pass, the training pass's own code path, instead of
+    from the sampling loop — needed under bf16, where the cached step-by-step pass rounds differently and
+    the PPO ratio would not start at 1.
     Returns the rollout and the raw scores (B,).
     """
     query, query_mask = left_pad(prompts, tok.pad_token_id)
-    s = sample(policy, query, query_mask, max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id, value_head, uniforms)
+    with amp():
+        s = sample(policy, query, query_mask, max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id, value_head, uniforms)
     response, response_mask = s["response"], s["response_mask"]
+    if recompute:
+        with amp():
+            s["logprobs"], head_values = forward_tokens(policy, query, query_mask, response, response_mask, temperature, value_head)
+        if head_values is not None:
+            s["values"] = head_values
     if reference is None:
         ctx = policy.disable_adapter()  # the reference is the same weights without the adapters: one copy
     else:
         ctx = nullcontext()
-    with ctx:
+    with ctx, amp():
         ref_logprobs, _ = forward_tokens(reference or policy, query, query_mask, response, response_mask, temperature)
     values = s.get("values")
     if values is None and value_model is not None:
-        values = value_model(torch.cat([query, response], 1), torch.cat([query_mask, response_mask], 1), query.shape[1])
+        with amp():
+            values = value_model(torch.cat([query, response], 1), torch.cat([query_mask, response_mask], 1), query.shape[1])
     if values is None:
         values = torch.zeros(response.shape)
     has_eos = ((response == tok.eos_token_id) & response_mask.bool()).any(dim=1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import resource
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from rlhfkit.ppo.health import HealthMonitor
 from rlhfkit.ppo.losses import explained_variance, policy_loss, value_loss
 from rlhfkit.ppo.rollout import Rollout, collect, concat, forward_tokens
 from rlhfkit.ppo.value import ValueHead, ValueModel, can_be_value_model, fold_normalisation
+from rlhfkit.precision import autocast, resolve_precision
 from rlhfkit.sft import batch_indices
 from rlhfkit.tracking import truncate_metrics
 
@@ -209,15 +211,18 @@ def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: d
     activations of one model alive at a time instead of two.
     """
     mask = r.response_mask[idx].float()
-    logprobs, values = train_pass(policy, value_head, cfg.temperature)(r.query[idx], r.query_mask[idx], r.response[idx],
-                                                                        r.response_mask[idx])
+    device = r.query.device.type
+    with autocast(cfg.precision, device):
+        logprobs, values = train_pass(policy, value_head, cfg.temperature)(r.query[idx], r.query_mask[idx], r.response[idx],
+                                                                            r.response_mask[idx])
     pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[idx], adv["advantages"][idx], mask, cfg.clip_eps)
     split = backward_scale is not None and value_model is not None
     if split:
         (pg_loss * backward_scale).backward()
     if value_model is not None:
-        values = value_model(torch.cat([r.query[idx], r.response[idx]], 1),
-                             torch.cat([r.query_mask[idx], r.response_mask[idx]], 1), r.query.shape[1])
+        with autocast(cfg.precision, device):
+            values = value_model(torch.cat([r.query[idx], r.response[idx]], 1),
+                                 torch.cat([r.query_mask[idx], r.response_mask[idx]], 1), r.query.shape[1])
     vf_loss, vf_stats = value_loss(values, r.values[idx], adv["returns"][idx], mask, cfg.vf_clip)
     loss = pg_loss + cfg.vf_coef * vf_loss
     if backward_scale is not None:
@@ -313,7 +318,8 @@ def evaluate(cfg: PPOConfig, policy, tok, prompts: list[list[int]], records: lis
         torch.manual_seed(cfg.seed + 1)
         for i in range(0, len(prompts), cfg.batch_size):
             q, qm = left_pad(prompts[i : i + cfg.batch_size], tok.pad_token_id)
-            s = sample(policy, q, qm, cfg.max_new_tokens, cfg.temperature, tok.eos_token_id, tok.pad_token_id)
+            with autocast(cfg.precision, q.device.type):
+                s = sample(policy, q, qm, cfg.max_new_tokens, cfg.temperature, tok.eos_token_id, tok.pad_token_id)
             texts += [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip()
                       for row, m in zip(s["response"], s["response_mask"])]
     out = {"eval_score": float(reward.score(records, texts).mean())}
@@ -373,6 +379,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     out = Path(cfg.output)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, "cpu"))  # the tensors live on the CPU
     if cfg.batch_size % cfg.num_minibatches:
         raise ValueError(f"num_minibatches: {cfg.num_minibatches} does not divide batch_size {cfg.batch_size}")
     world, me = dist.world_size(), dist.rank()
@@ -440,7 +447,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     logger = dist.metrics_logger(out, cfg.report_to, config=to_dict(cfg))
     console.print(f"ppo: {len(records)} prompts; policy {cfg.policy} ({'LoRA' if cfg.lora else 'full'}, lr {lr:g}); "
                   f"reference: {'adapters off' if reference is None else cfg.reference or cfg.policy}; "
-                  f"reward {cfg.reward}; value model: {value_kind}")
+                  f"reward {cfg.reward}; value model: {value_kind}; precision {cfg.precision}")
     if eval_ids and start == 0:
         logger.log(0, evaluate(cfg, policy, tok, eval_ids, eval_records, reward, judge))
 
@@ -462,7 +469,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
                                           reward, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                           value_model=value_model, value_head=value_head, reference=reference,
                                           uniforms=step_uniforms(cfg.seed, step, cfg.batch_size, lo, hi)
-                                          if world > 1 or cfg.row_noise else None)  # None: torch.multinomial
+                                          if world > 1 or cfg.row_noise else None,  # None: torch.multinomial
+                                          amp=lambda: autocast(cfg.precision), recompute=cfg.precision == "bf16")
                 shares = dist.gather_object((rollout, scores))  # every rank: the whole rollout, in prompt order
                 rollout, scores = concat([r for r, _ in shares], tok.pad_token_id), torch.cat([s for _, s in shares])
                 beta = kl_ctl.value
