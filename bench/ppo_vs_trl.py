@@ -18,6 +18,7 @@ Configurations:
   B  our default recipe: LoRA policy, reference = adapters off, the MiniLM reward model; the value model
      then falls back to a value head on the policy (MiniLM's tokenizer differs from the policy's, and
      values are needed per policy token). Same batch, lengths and epochs; 2 minibatches (our default).
+  Bbf16  B with ``precision: bf16`` (bf16 autocast matmuls, fp32 weights and optimiser; an option, not the default).
 The peer has no MiniLM route (its reward and value models must share the policy's tokenizer), so B is
 compared with the peer's A: the same learning problem done the peer's way.
 """
@@ -87,7 +88,8 @@ def ours_config(name: str, paths: dict, updates: int, output: str):
                   threads=s["threads"], seed=s["seed"], save_every=0, report_to="none", schedule="constant")
     if name == "A":
         return PPOConfig(reward=paths["rm-smollm2"], lora=False, value_model="reward", num_minibatches=1, **common)
-    return PPOConfig(reward=paths["rm-minilm"], lora=True, value_model="reward", num_minibatches=2, **common)
+    precision = "bf16" if name == "Bbf16" else "fp32"
+    return PPOConfig(reward=paths["rm-minilm"], lora=True, value_model="reward", num_minibatches=2, precision=precision, **common)
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -259,7 +261,7 @@ def profile_table(runs: dict[str, list[dict]]) -> str:
         med = {k: statistics.median(st.get(k, 0.0) for st in steps) for k in PHASES}
         p = statistics.mean(st["prompt_width"] for st in steps)
         w = statistics.mean(st["response_width"] for st in steps)
-        flops = update_flops(config, SETTINGS["batch_size"], round(p), round(w), SETTINGS["ppo_epochs"], name.endswith("B"),
+        flops = update_flops(config, SETTINGS["batch_size"], round(p), round(w), SETTINGS["ppo_epochs"], name.startswith("ours B"),
                              peer=False)["total"]
         lines.append(f"| {name} | " + " | ".join(f"{med[k]:.1f}" for k in PHASES) +
                      f" | {step_s - sum(med.values()):.1f} | {step_s:.1f} | {flops / 1e12:.2f} | {flops / 200e9:.1f} | "
@@ -320,7 +322,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--updates", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--configs", default="A,peer,B", help="order within a round: A, peer, B")
+    ap.add_argument("--configs", default="A,peer,B,Bbf16", help="order within a round: A, peer, B, Bbf16 (B with --set precision=bf16)")
     ap.add_argument("--threads", type=int, default=SETTINGS["threads"], help="torch threads, the same on both sides")
     ap.add_argument("--generate", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "ppo_vs_trl"), help="output folder")
@@ -339,7 +341,7 @@ def main() -> None:
     paths = prepare(ROOT / "bench" / "out" / "ppo_vs_trl-models")
     peer_python = ensure_peer_venv(PEER_VENV)
     runs: dict[str, list[dict]] = {}
-    names = {"A": "ours A", "peer": "peer A", "B": "ours B"}
+    names = {"A": "ours A", "peer": "peer A", "B": "ours B", "Bbf16": "ours B bf16"}
     t0 = time.perf_counter()
     for rnd in range(args.rounds):
         for c in args.configs.split(","):

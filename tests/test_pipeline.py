@@ -10,7 +10,7 @@ from rlhfkit.tracking import read_metrics
 TINY = {
     "sft": {"max_steps": 4, "batch_size": 4, "save_every": 2, "max_len": 128},
     "sample": {"limit": 6, "k": 3, "max_new_tokens": 8},
-    "rm": {"model": "tiny-minilm", "max_steps": 3, "eval_every": 0, "save_every": 0},
+    "rm": {"model": "tiny-minilm", "max_steps": 3, "eval_every": 0, "save_every": 0, "eval_fraction": 0.34},
     "ppo": {"max_steps": 2, "batch_size": 4, "max_new_tokens": 8, "save_every": 1},
     "eval": {"max_prompts": 4, "max_new_tokens": 8, "bootstrap": 50},
 }
@@ -63,14 +63,48 @@ def test_pipeline_end_to_end_on_the_tiny_model_resumes_an_interrupted_stage(tmp_
     cands = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
     assert len(cands) == 6 and all(len(c["responses"]) == 3 for c in cands)
     assert (out / "feedback.jsonl").stat().st_size > 0
+    # the reward model is checked against the gold judge on its 2 held-out prompts' candidates (the tiny
+    # model's word salad scores 0 with the tutor judge: no pair to count, and the check says so)
+    gold = json.loads((out / "rm" / "gold_check.json").read_text())
+    assert gold["judge"] == "tutor" and gold["held_out_prompts"] == 2
+    assert (gold["gold_pairs"], gold["gold_accuracy"]) == (0, None)
     assert len(read_metrics(out / "ppo" / "metrics.jsonl")) == 2
     ev = json.loads((out / "eval" / "eval.json").read_text())
     assert [m["name"] for m in ev["models"]][:2] == ["sft", "ppo"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2
+    assert "Reward model against the gold judge" in html
     assert result["report"] == str(out / "report.html")
 
     # A finished run is skipped stage by stage: nothing trains again.
     monkeypatch.setattr(sft, "train_sft", lambda cfg: pytest.fail("sft ran again"))
     run_pipeline(cfg)
     assert "skipped" in capsys.readouterr().err
+
+
+def test_the_reward_model_gold_check_counts_held_out_pairs_the_gold_judge_orders(tmp_path, monkeypatch):
+    import torch
+
+    import rlhfkit.reward as reward
+    from rlhfkit.pipeline import rm_gold_check
+
+    cands = tmp_path / "candidates.jsonl"
+    rows = [{"prompt": f"p{i}", "responses": ["a", "a b", "a b c"]} for i in range(3)]
+    cands.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "split.json").write_text(json.dumps({"eval_prompts": [{"prompt": "p0"}, {"prompt": "p2"}]}))
+
+    class ByLength:  # agrees with the length judge on every pair; `sign` -1 disagrees on every pair
+        sign = 1.0
+
+        def score(self, prompts, responses, batch_size):
+            return torch.tensor([self.sign * len(r) for r in responses], dtype=torch.float32)
+
+    monkeypatch.setattr(reward.RewardScorer, "load", staticmethod(lambda path: ByLength()))
+    res = rm_gold_check(rm, cands, "length")
+    assert res == {"judge": "length", "held_out_prompts": 2, "gold_pairs": 6, "gold_accuracy": 1.0}
+    assert json.loads((rm / "gold_check.json").read_text()) == res
+    (rm / "gold_check.json").unlink()
+    ByLength.sign = -1.0
+    assert rm_gold_check(rm, cands, "length")["gold_accuracy"] == 0.0

@@ -225,6 +225,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         rm_cfg = stage_config(RewardConfig, sec["rm"], where, data=str(all_feedback), output=str(rd / "rm"),
                               resume=True, **common)
         run_stage(f"reward model (round {r})", rd / "rm", lambda: train_reward(rm_cfg))
+        if cfg.feedback == "simulated":
+            rm_gold_check(rd / "rm", candidates, recipe.judge)
         ppo_cfg = stage_config(PPOConfig, sec["ppo"], where, policy=policy, reward=str(rd / "rm"),
                                prompts=str(recipe.folder / "prompts.jsonl"), output=str(rd / "ppo"),
                                reference=reference if r > 1 else None, resume=True, **common)
@@ -245,6 +247,38 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for line in lines:
         print(line)
     return {"report": str(report), "summary": lines}
+
+
+def rm_gold_check(rm_dir: Path, candidates: Path, judge: str) -> dict | None:
+    """The reward model's pair accuracy against the GOLD judge on its held-out prompts' candidates.
+
+    The figure that says whether PPO has something true to climb (simulated feedback only: there the gold
+    judge exists). Written to ``rm/gold_check.json`` and printed; computed once.
+    """
+    from rlhfkit.reward import RewardScorer, evaluate_groups, gold_groups, prompt_key
+    from rlhfkit.sample import read_candidates
+
+    path = rm_dir / "gold_check.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    split = rm_dir / "split.json"
+    if not split.exists():
+        return None
+    held = {prompt_key(p) for p in json.loads(split.read_text(encoding="utf-8")).get("eval_prompts", [])}
+    records = [c for c in read_candidates(candidates) if prompt_key(c) in held]
+    if not records:
+        return None
+    groups = gold_groups(records, judge)
+    out = {"judge": judge, "held_out_prompts": len(records), "gold_pairs": 0, "gold_accuracy": None}
+    if groups:
+        scorer = RewardScorer.load(rm_dir)
+        res = evaluate_groups(lambda p, r: scorer.score(p, r, 32), groups)
+        out.update(gold_pairs=res["n_pairs"], gold_accuracy=res["accuracy"])
+    path.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    acc = "no pairs whose gold scores differ" if out["gold_accuracy"] is None else \
+        f"pair accuracy {out['gold_accuracy']:.2f} ({out['gold_pairs']} pairs)"
+    console.print(f"pipeline: reward model vs the gold judge {judge!r} on {len(records)} held-out prompts: {acc}")
+    return out
 
 
 def print_before_after(samples_path: Path, n: int = 3) -> None:

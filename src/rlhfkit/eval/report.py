@@ -364,6 +364,13 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
     parts.append("<h2>Supervised fine-tuning and reward model</h2><div class=grid>"
                  + shown(plot_sft(sft), "SFT curve", "no loss in sft/metrics.jsonl")
                  + shown(plot_rm(rm), "reward-model curve", "no accuracy in rm/metrics.jsonl") + "</div>")
+    gold_check = run / "rm" / "gold_check.json"
+    if gold_check.exists():
+        g = json.loads(gold_check.read_text(encoding="utf-8"))
+        acc = ("no pairs whose gold scores differ" if g["gold_accuracy"] is None else
+               f"pair accuracy <b>{g['gold_accuracy']:.2f}</b> ({g['gold_pairs']} pairs whose gold scores differ; 0.5 is chance)")
+        parts.append(f"<p>Reward model against the gold judge <b>{html.escape(str(g['judge']))}</b> on its "
+                     f"{g['held_out_prompts']} held-out prompts: {acc}.</p>")
     parts.append("<h2>PPO training</h2>" + shown(plot_ppo(ppo), "PPO curves", "no ppo/metrics.jsonl"))
     points, source = overoptimisation_points(ppo, ev)
     hack = detect_reward_hacking(points) if points else None

@@ -13,7 +13,6 @@ model's tokenizer differs (MiniLM) or the reward is a judge, the trainer falls b
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
@@ -22,12 +21,18 @@ from rlhfkit.ppo.rollout import response_hidden, trim
 
 
 class ValueHead(nn.Module):
-    """hidden (..., H) → value (..., 1); init as in the N+ code: std 1/√(H+1), bias 0."""
+    """hidden (..., H) → value (..., 1), starting at exactly 0.
+
+    Not the N+ code's std 1/√(H+1): a decoder's last hidden states are large (SmolLM2: norm ≈ 45 per token),
+    so a random head gives values with std ≈ 1 per token, more than the normalised reward's spread. GAE then
+    turns that noise into the advantages (explained variance −2 to −4 for the first 10+ updates, no learning
+    on the tutor recipe). From 0, the first advantages are the whitened returns and the head learns from there.
+    """
 
     def __init__(self, hidden_size: int):
         super().__init__()
         self.linear = nn.Linear(hidden_size, 1)
-        nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: Tensor) -> Tensor:
