@@ -22,7 +22,7 @@ from rlhfkit.config import RewardConfig, SimulateConfig
 from rlhfkit.data.formats import ranking_to_pairs
 from rlhfkit.feedback.simulate import simulate_feedback
 from rlhfkit.judges import get_judge
-from rlhfkit.reward import RewardScorer, evaluate_groups, gold_groups, prompt_key, train_reward
+from rlhfkit.reward import gold_groups, prompt_key, score_groups, train_reward
 from rlhfkit.sample import read_candidates
 from rlhfkit.tracking import read_metrics
 
@@ -83,9 +83,7 @@ def main() -> None:
 
     held = {prompt_key(p) for p in json.loads((out / name / "split.json").read_text())["eval_prompts"]}
     held_candidates = [c for c in candidates if prompt_key(c) in held]
-    groups = gold_groups(held_candidates, "sentiment")
-    scorer = RewardScorer.load(out / name)
-    gold = evaluate_groups(lambda p, r: scorer.score(p, r, 32), groups)
+    gold = score_groups(out / name, gold_groups(held_candidates, "sentiment"), batch_size=32)
     print(json.dumps({
         "backbone": args.model, "seed": args.seed, "lora": args.lora, "trainable_layers": args.trainable_layers, "lr": args.lr, "pooling": args.pooling, "weight_decay": args.weight_decay, "prompts": len(candidates), "held_out_prompts": len(held_candidates),
         "noise": {"temperature": args.temperature, "flip_rate": args.flip, "annotators": args.annotators, "per_prompt": args.per_prompt, "bias_std": 0.5},

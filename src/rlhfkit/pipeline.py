@@ -255,7 +255,7 @@ def rm_gold_check(rm_dir: Path, candidates: Path, judge: str) -> dict | None:
     The figure that says whether PPO has something true to climb (simulated feedback only: there the gold
     judge exists). Written to ``rm/gold_check.json`` and printed; computed once.
     """
-    from rlhfkit.reward import RewardScorer, evaluate_groups, gold_groups, prompt_key
+    from rlhfkit.reward import gold_groups, prompt_key, score_groups
     from rlhfkit.sample import read_candidates
 
     path = rm_dir / "gold_check.json"
@@ -271,8 +271,7 @@ def rm_gold_check(rm_dir: Path, candidates: Path, judge: str) -> dict | None:
     groups = gold_groups(records, judge)
     out = {"judge": judge, "held_out_prompts": len(records), "gold_pairs": 0, "gold_accuracy": None}
     if groups:
-        scorer = RewardScorer.load(rm_dir)
-        res = evaluate_groups(lambda p, r: scorer.score(p, r, 32), groups)
+        res = score_groups(rm_dir, groups, batch_size=32)
         out.update(gold_pairs=res["n_pairs"], gold_accuracy=res["accuracy"])
     path.write_text(json.dumps(out, indent=1), encoding="utf-8")
     acc = "no pairs whose gold scores differ" if out["gold_accuracy"] is None else \

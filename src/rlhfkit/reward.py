@@ -620,6 +620,12 @@ def score_file(model: str, data: str, output: str | None = None, batch_size: int
     return {"n": n, "mean": float(scores.mean()) if n else None, "std": float(scores.std()) if n > 1 else None}
 
 
+def score_groups(model: str | Path, groups: list[Group], batch_size: int = 16) -> dict:
+    """A reward model's held-out loss, pair accuracy, reward gap and pair count on ``groups``."""
+    scorer = RewardScorer.load(model)
+    return evaluate_groups(lambda p, r: scorer.score(p, r, batch_size), groups)
+
+
 def eval_file(model: str, data: str, judge: str | None = None, batch_size: int = 16) -> dict:
     """``rlhf rm eval``: pair accuracy, loss, reward gap on a feedback file (or candidates ordered by a gold judge)."""
     if judge:
@@ -628,7 +634,6 @@ def eval_file(model: str, data: str, judge: str | None = None, batch_size: int =
         groups = gold_groups(read_candidates(data), judge)
     else:
         groups = build_groups(read_records(data, "auto"), "pairs")
-    scorer = RewardScorer.load(model)
-    metrics = evaluate_groups(lambda p, r: scorer.score(p, r, batch_size), groups)
+    metrics = score_groups(model, groups, batch_size)
     return {"accuracy": metrics["accuracy"], "n_pairs": metrics["n_pairs"], "reward_gap": metrics["reward_gap"],
             "loss": metrics["loss"], "n_prompts": len(groups)}

@@ -192,23 +192,18 @@ def collect(policy, tok, prompts: list[list[int]], records: list[dict], reward, 
     Returns the rollout and the raw scores (B,).
     """
     query, query_mask = left_pad(prompts, tok.pad_token_id)
-    with amp():
+    with amp():  # every model pass; the reward below scores text with its own settings
         s = sample(policy, query, query_mask, max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id, value_head, uniforms)
-    response, response_mask = s["response"], s["response_mask"]
-    if recompute:
-        with amp():
+        response, response_mask = s["response"], s["response_mask"]
+        if recompute:
             s["logprobs"], head_values = forward_tokens(policy, query, query_mask, response, response_mask, temperature, value_head)
-        if head_values is not None:
-            s["values"] = head_values
-    if reference is None:
-        ctx = policy.disable_adapter()  # the reference is the same weights without the adapters: one copy
-    else:
-        ctx = nullcontext()
-    with ctx, amp():
-        ref_logprobs, _ = forward_tokens(reference or policy, query, query_mask, response, response_mask, temperature)
-    values = s.get("values")
-    if values is None and value_model is not None:
-        with amp():
+            if head_values is not None:
+                s["values"] = head_values
+        # the reference is the same weights without the adapters: one copy
+        with policy.disable_adapter() if reference is None else nullcontext():
+            ref_logprobs, _ = forward_tokens(reference or policy, query, query_mask, response, response_mask, temperature)
+        values = s.get("values")
+        if values is None and value_model is not None:
             values = value_model(torch.cat([query, response], 1), torch.cat([query_mask, response_mask], 1), query.shape[1])
     if values is None:
         values = torch.zeros(response.shape)
