@@ -21,7 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/rlhf pipeline --recipe tutor --output runs/demo --budget-minutes 15
+	$(BIN)/rlhf pipeline --recipe tutor --output runs/demo --budget-minutes 17
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,6 +1,9 @@
 """SFT step time on the shipped model: batch 8 × 256 tokens, full fine-tuning and LoRA.
 
-    .venv/bin/python bench/sft_step.py [--steps 5] [--lora]
+    .venv/bin/python bench/sft_step.py [--steps 5] [--lora] [--precision fp32|bf16|bf16-base]
+
+``bf16``: bf16 autocast over fp32 weights (SFT's ``precision: bf16``); ``bf16-base`` (LoRA only): the frozen
+base weights themselves in bf16 under autocast, the adapters fp32 (what PPO's LoRA policy does under bf16).
 
 Prints the median seconds per optimiser step (after one warm-up step) and the peak RSS.
 """
@@ -17,6 +20,7 @@ import torch
 
 from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right
 from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
+from rlhfkit.precision import autocast
 from rlhfkit.sft import response_loss
 
 
@@ -26,9 +30,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "bf16-base"], default="fp32")
     args = ap.parse_args()
+    if args.precision == "bf16-base" and not args.lora:
+        ap.error("--precision bf16-base needs --lora (full fine-tuning trains the base weights)")
     tok = load_tokenizer("default")
-    model = load_causal_lm("default")
+    model = load_causal_lm("default", dtype=torch.bfloat16 if args.precision == "bf16-base" else torch.float32)
     if args.lora:
         model = add_lora(model, targets=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
     model.train()
@@ -44,14 +51,15 @@ def main() -> None:
     times = []
     for _ in range(args.steps + 1):
         t0 = time.perf_counter()
-        loss, n = response_loss(model, batch)
+        with autocast("fp32" if args.precision == "fp32" else "bf16"):
+            loss, n = response_loss(model, batch)
         (loss / n).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps({"mode": "lora" if args.lora else "full", "batch": args.batch, "tokens": args.tokens,
+    print(json.dumps({"mode": "lora" if args.lora else "full", "precision": args.precision, "batch": args.batch, "tokens": args.tokens,
                       "median_step_s": round(statistics.median(times[1:]), 3), "steps": args.steps,
                       "threads": torch.get_num_threads(), "peak_rss_gib": round(peak_gib, 2)}))
 

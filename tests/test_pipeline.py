@@ -1,10 +1,11 @@
 import json
 
 import pytest
+import yaml
 
 import rlhfkit.sft as sft
 from rlhfkit.config import ConfigError
-from rlhfkit.pipeline import PipelineConfig, available_recipes, load_recipe, run_pipeline, scale_counts
+from rlhfkit.pipeline import PipelineConfig, available_recipes, load_recipe, ppo_minutes, run_pipeline, scale_counts
 from rlhfkit.tracking import read_metrics
 
 TINY = {
@@ -28,6 +29,12 @@ def test_every_shipped_recipe_loads_with_its_data_and_judge():
 def test_budget_scales_counts_and_never_to_zero():
     assert scale_counts({"max_steps": 30, "lr": 0.1}, ["max_steps"], 0.5) == {"max_steps": 15, "lr": 0.1}
     assert scale_counts({"max_steps": 3}, ["max_steps"], 0.01) == {"max_steps": 1}
+
+
+def test_ppo_gets_the_rest_of_the_budget_less_the_eval_reserve_split_over_the_rounds_left():
+    assert ppo_minutes(15, 6, 2, 1) == 7
+    assert ppo_minutes(15, 5, 2, 2) == 4  # two rounds left: this round's PPO takes half
+    assert ppo_minutes(15, 20, 2, 1) == 1  # over budget already: one update still runs and is saved
 
 
 def test_unknown_stage_override_is_named(tmp_path):
@@ -69,6 +76,9 @@ def test_pipeline_end_to_end_on_the_tiny_model_resumes_an_interrupted_stage(tmp_
     assert gold["judge"] == "tutor" and gold["held_out_prompts"] == 2
     assert (gold["gold_pairs"], gold["gold_accuracy"]) == (0, None)
     assert len(read_metrics(out / "ppo" / "metrics.jsonl")) == 2
+    # PPO ran under the budget's deadline: the recipe's 15 minutes less the time so far and the eval reserve
+    ppo_budget = yaml.safe_load((out / "ppo" / "config.yaml").read_text())["time_budget_minutes"]
+    assert 1.0 <= ppo_budget < load_recipe("tutor").budget_minutes - 2.0
     ev = json.loads((out / "eval" / "eval.json").read_text())
     assert [m["name"] for m in ev["models"]][:2] == ["sft", "ppo"]
     html = (out / "report.html").read_text()

@@ -247,3 +247,11 @@ def test_cli_train_eval_and_score(tmp_path):
     assert len(json.loads((tmp_path / "s.jsonl").read_text())["rewards"]) == 2
     gold = json.loads(cli("rm", "eval", "--model", str(out), "--data", str(cands), "--judge", "length"))
     assert gold["n_pairs"] == 1
+
+
+def test_bf16_autocast_reward_training_learns_the_preference_and_saves_fp32_weights(tmp_path):
+    data = token_preference_data(tmp_path)
+    last = train_reward(rm_cfg(data, tmp_path / "rm", precision="bf16"))
+    assert last["eval_accuracy"] >= 0.9, last
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -67,3 +67,22 @@ def test_cli_sample_on_the_tiny_model(tmp_path):
          "--max-new-tokens", "4", "--seed", "1")
     rows = lines(out)
     assert len(rows) == 2 and all(len(r["responses"]) == 2 for r in rows) and rows[0]["sampling"]["seed"] == 1
+
+
+def test_bf16_sampling_writes_the_same_records_from_bf16_weights(tmp_path, monkeypatch):
+    import rlhfkit.generation as generation
+    import rlhfkit.sample as sample
+
+    dtypes = []
+    real = generation.generate_ids
+
+    def spy(model, *a, **k):
+        dtypes.append(next(model.parameters()).dtype)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(sample, "generate_ids", spy)
+    write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    assert sample_candidates(cfg(tmp_path, precision="bf16")) == 3
+    assert dtypes and set(dtypes) == {__import__("torch").bfloat16}
+    rows = lines(tmp_path / "cand.jsonl")
+    assert len(rows) == 3 and all(len(r["responses"]) == 3 for r in rows)

@@ -83,3 +83,12 @@ def test_held_out_loss_and_perplexity_are_logged(memorise_file, tmp_path):
     rows = [r for r in read_metrics(tmp_path / "ev" / "metrics.jsonl") if "eval_loss" in r]
     assert [r["step"] for r in rows] == [2, 4]
     assert rows[0]["eval_ppl"] == pytest.approx(2.718281828 ** rows[0]["eval_loss"], rel=1e-4)
+
+
+def test_bf16_autocast_sft_trains_and_keeps_fp32_weights(memorise_file, tmp_path):
+    out = tmp_path / "bf16"
+    train_sft(tiny_cfg(memorise_file, out, max_steps=20, precision="bf16"))
+    curve = losses(out)
+    assert curve[-1] <= 0.6 * curve[0]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # autocast: the matmuls ran bf16, the weights stayed fp32

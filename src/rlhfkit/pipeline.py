@@ -124,6 +124,8 @@ class PipelineConfig:
     rounds: int = 1  # sample → feedback → reward model → PPO rounds (iterated RLHF)
     overrides: dict = field(default_factory=dict)  # per-stage keys over the recipe's, e.g. {rm: {model: tiny-minilm}}
     best_of: int = 0  # eval: add the reference's best-of-N answers by reward-model score as a baseline
+    deadline: bool = True  # PPO stops early (after an update, checkpoint saved) when the budget would be overrun
+    eval_reserve_minutes: float = 2.0  # with deadline: minutes of the budget kept for eval and the report
     seed: int = 0
     threads: int = 0  # torch threads (0: leave torch's default)
 
@@ -181,6 +183,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for stage in cfg.overrides:
         if stage not in ("sft", "sample", "feedback", "rm", "ppo", "eval"):
             raise ConfigError(f"overrides: {stage}: unknown stage (sft, sample, feedback, rm, ppo, eval)")
+    t_start = time.monotonic()
     recipe = load_recipe(cfg.recipe)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,6 +233,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         ppo_cfg = stage_config(PPOConfig, sec["ppo"], where, policy=policy, reward=str(rd / "rm"),
                                prompts=str(recipe.folder / "prompts.jsonl"), output=str(rd / "ppo"),
                                reference=reference if r > 1 else None, resume=True, **common)
+        if cfg.deadline and ppo_cfg.time_budget_minutes is None and not is_done(rd / "ppo"):
+            budget = cfg.budget_minutes or recipe.budget_minutes
+            ppo_cfg.time_budget_minutes = ppo_minutes(budget, (time.monotonic() - t_start) / 60,
+                                                      cfg.eval_reserve_minutes, cfg.rounds - r + 1)
+            console.print(f"pipeline: PPO (round {r}) gets at most {ppo_cfg.time_budget_minutes:.1f} min of the "
+                          f"{budget:g}-minute budget ({ppo_cfg.max_steps} updates planned)")
         run_stage(f"PPO (round {r})", rd / "ppo", lambda: train_ppo(ppo_cfg))
         policy = str(rd / "ppo")
 
@@ -247,6 +256,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for line in lines:
         print(line)
     return {"report": str(report), "summary": lines}
+
+
+def ppo_minutes(budget: float, elapsed: float, reserve: float, rounds_left: int) -> float:
+    """PPO's share of what is left of the budget: the rest less the eval reserve, split over the rounds left.
+
+    At least one minute, so that a run already over its budget still makes (and saves) one update.
+    """
+    return max(1.0, (budget - elapsed - reserve) / max(rounds_left, 1))
 
 
 def rm_gold_check(rm_dir: Path, candidates: Path, judge: str) -> dict | None:

@@ -47,3 +47,21 @@ def autocast(precision: str, device_type: str = "cpu"):
     if precision == "bf16":
         return torch.autocast(device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def dtype_for(precision: str, device_type: str = "cpu") -> torch.dtype:
+    """The weight dtype for sampling-only work: bf16 where ``precision`` resolves to bf16, else fp32."""
+    return torch.bfloat16 if resolve_precision(precision, device_type) == "bf16" else torch.float32
+
+
+def sampling_copy(model, precision: str, device_type: str = "cpu"):
+    """The model to sample answers from: ``model`` itself (fp32) or a bf16 copy of it.
+
+    Decoding streams every weight once per token, so bf16 weights (half the bytes) decode about 1.4–1.7×
+    faster on CPUs with bf16 instructions; scoring (log-probs, KL) keeps using the fp32 ``model``.
+    """
+    if dtype_for(precision, device_type) == torch.float32:
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16)

@@ -36,6 +36,7 @@ from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_stat
 from rlhfkit.config import ConfigError, RewardConfig, save_config, to_dict
 from rlhfkit.data.formats import detect_kind, feedback_to_pairs, prompt_messages, ratings_to_pairs, read_records
 from rlhfkit.data.tokenize import encode_prompt, position_ids_from_mask, uses_chat_template
+from rlhfkit.precision import autocast, resolve_precision
 from rlhfkit.tracking import truncate_metrics
 
 console = Console(stderr=True)
@@ -487,12 +488,13 @@ def train_reward(cfg: RewardConfig) -> dict:
     # Mean pooling leaves an encoder's pooler out of the graph; DDP must be told some parameters get no gradient.
     accelerator = dist.get_accelerator(1, cfg.batch_size // world,
                                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    precision = resolve_precision(cfg.precision, accelerator.device.type)
     train, held = load_feedback(cfg)
     if not train:
         raise ValueError(f"{cfg.data}: no training pairs (every record was a tie or an unchanged edit?)")
     n_pairs = sum(len(g.pairs) for g in train)
     console.print(f"rm: {len(train)} train prompts ({n_pairs} pairs) / {len(held)} held-out prompts "
-                  f"({sum(len(g.pairs) for g in held)} pairs)")
+                  f"({sum(len(g.pairs) for g in held)} pairs); precision {precision}")
     tok = load_tokenizer(cfg.model)
 
     ckpt = find_checkpoint(out / "checkpoint") if cfg.resume else None
@@ -544,7 +546,8 @@ def train_reward(cfg: RewardConfig) -> dict:
                 counts = loss_counts(batch) if world > 1 else None  # None: plain means, as one process always did
                 mine = dist.shard(batch, me, world)  # whole groups: a prompt's pairs stay together
                 prompts, responses, offsets = flatten(mine)  # each distinct response once per batch
-                rewards = model(**dist.to_device(rm_inputs(tok, prompts, responses, cfg.max_len), accelerator.device))
+                with autocast(precision, accelerator.device.type):
+                    rewards = model(**dist.to_device(rm_inputs(tok, prompts, responses, cfg.max_len), accelerator.device))
                 # Sums over my pairs ÷ the GLOBAL batch's counts: the ranks' losses add up to the one-process loss.
                 loss, metrics = batch_loss(rewards, mine, offsets, cfg.use_margin, counts)
                 metrics.pop("reward_gap")  # logged for held-out pairs only (DESIGN §8 reward-model metrics)

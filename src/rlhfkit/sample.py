@@ -85,6 +85,7 @@ def candidate_record(rec: dict, responses: list[str], cfg: SampleConfig) -> dict
 def sample_candidates(cfg: SampleConfig) -> int:
     """Write K candidates for every prompt not yet in ``cfg.output``; returns how many prompts were added."""
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer, set_threads
+    from rlhfkit.precision import dtype_for
 
     if cfg.k < 1:
         raise ValueError(f"k: expected at least 1, got {cfg.k}")
@@ -99,7 +100,7 @@ def sample_candidates(cfg: SampleConfig) -> int:
     if not todo:
         return 0
     tok = load_tokenizer(cfg.model)
-    model = load_causal_lm(cfg.model)
+    model = load_causal_lm(cfg.model, dtype=dtype_for(cfg.precision))
     out.parent.mkdir(parents=True, exist_ok=True)
     columns = [TextColumn("sample"), BarColumn(), TextColumn("{task.completed}/{task.total} prompts"), TimeRemainingColumn()]
     with out.open("a", encoding="utf-8") as f, Progress(*columns, console=console) as bar:

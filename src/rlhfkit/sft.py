@@ -25,6 +25,7 @@ from rlhfkit.config import ConfigError, SFTConfig, save_config, to_dict
 from rlhfkit.data.formats import read_records, sft_pair
 from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right, encode_sft
 from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer, set_threads
+from rlhfkit.precision import autocast, resolve_precision
 from rlhfkit.tracking import truncate_metrics
 
 console = Console(stderr=True)
@@ -133,6 +134,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     micro = max(1, local // max(cfg.grad_accum, 1))
     n_micro = math.ceil(local / micro)
     accelerator = dist.get_accelerator(n_micro, micro)
+    precision = resolve_precision(cfg.precision, accelerator.device.type)
     records = read_records(cfg.data, "sft")
     if cfg.eval_data:
         train_recs, eval_recs = records, read_records(cfg.eval_data, "sft")
@@ -147,7 +149,8 @@ def train_sft(cfg: SFTConfig) -> dict:
 
     train, held = encode(train_recs), encode(eval_recs)
     n_trunc = sum(e.truncated for e in train + held)
-    console.print(f"sft: {len(train)} train / {len(held)} held-out examples; {n_trunc} truncated to {cfg.max_len} tokens")
+    console.print(f"sft: {len(train)} train / {len(held)} held-out examples; {n_trunc} truncated to {cfg.max_len} tokens; "
+                  f"precision {precision}")
     if world > 1:
         console.print(f"sft: {world} processes ({accelerator.distributed_type.value}), {local} examples each per step")
 
@@ -197,7 +200,8 @@ def train_sft(cfg: SFTConfig) -> dict:
                     # accumulate: no gradient all-reduce before the step's last micro-batch.
                     with accelerator.accumulate(model):
                         batch = dist.to_device(collate_right(mine[i:i + micro], tok.pad_token_id), accelerator.device)
-                        loss_sum, _ = response_loss(model, batch)
+                        with autocast(precision, accelerator.device.type):
+                            loss_sum, _ = response_loss(model, batch)
                         # Normalise by the GLOBAL batch's token count: accumulation and N processes then equal one
                         # big batch. × world undoes DDP's mean over ranks, × n_micro accelerate's ÷ accumulation steps.
                         accelerator.backward(loss_sum * (world * n_micro) / max(n_tokens, 1))

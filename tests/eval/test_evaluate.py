@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
@@ -12,7 +14,8 @@ ROW_KEYS = {"name", "spec", "is_reference", "n", "rm_score", "gold_score", "kl",
             "response_words", "distinct_1", "distinct_2", "no_eos_frac"}
 
 
-def test_rlhf_eval_on_two_identical_tiny_checkpoints_writes_eval_json_with_every_metric(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_rlhf_eval_on_two_identical_tiny_checkpoints_writes_eval_json_with_every_metric(tmp_path, precision):
     # The second checkpoint is the tiny model saved to a folder: loaded, sampled and scored like any other.
     copy = tmp_path / "tiny-copy"
     load_causal_lm("tiny").save_pretrained(copy)
@@ -24,7 +27,7 @@ def test_rlhf_eval_on_two_identical_tiny_checkpoints_writes_eval_json_with_every
     out = tmp_path / "eval"
     res = CliRunner().invoke(app, ["eval", "--model", "before=tiny", "--model", str(copy), "--prompts", str(prompts),
                                    "--output", str(out), "--judge", "length", "--sft-data", str(sft),
-                                   "--max-new-tokens", "6", "--set", "bootstrap=200"])
+                                   "--max-new-tokens", "6", "--set", "bootstrap=200", "--set", f"precision={precision}"])
     assert res.exit_code == 0, res.output
     ev = json.loads((out / "eval.json").read_text())
     assert {"prompts", "n_prompts", "reference", "judge", "models", "skipped"} <= set(ev)

@@ -191,7 +191,7 @@ def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file,
                         lr=5e-3, warmup_steps=2, eval_fraction=0.0, save_every=0, report_to="none", threads=1))
     train_ppo(PPOConfig(policy=str(tmp_path / "sft"), reward="judge:banana-count", prompts=str(memorise_file),
                         output=str(tmp_path / "ppo"), max_steps=30, batch_size=8, num_minibatches=2, max_new_tokens=12,
-                        lr=1e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=0,
+                        lr=3e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=0,
                         report_to="none", threads=1))
     scores = [r["score"] for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl")]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
@@ -223,3 +223,31 @@ def test_auto_precision_picks_bf16_only_where_the_cpu_has_bf16_instructions(monk
     assert precision.resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="precision"):
         precision.resolve_precision("fp8", "cpu")
+
+
+def test_bf16_lora_keeps_the_frozen_base_in_bf16_and_the_adapters_in_fp32(prompts_file, tmp_path):
+    from rlhfkit.ppo.trainer import build_policy
+
+    policy, reference = build_policy(tiny_cfg(prompts_file, tmp_path / "run", precision="bf16"), None)
+    assert reference is None  # the reference is the same bf16 base with the adapters off
+    dtypes = {p.dtype for p in policy.parameters() if p.requires_grad}
+    assert dtypes == {torch.float32} and any(p.requires_grad for p in policy.parameters())
+    assert {p.dtype for p in policy.parameters() if not p.requires_grad} == {torch.bfloat16}
+    train_ppo(tiny_cfg(prompts_file, tmp_path / "run", precision="bf16", max_steps=3))
+    log = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert len(log) == 3
+    # bf16 matmuls round by the shape they run at (the rollout's batch vs a minibatch): the ratio starts at 1
+    # up to ~1e-3 in log-prob, far inside the 0.2 clip range; exactly 1 while the adapters are still zero
+    assert log[0]["logprob_mismatch"] < 1e-6 and all(rec["logprob_mismatch"] < 0.02 for rec in log)
+    from safetensors.torch import load_file
+
+    lora_b = [t for k, t in load_file(tmp_path / "run" / "adapter_model.safetensors").items() if "lora_B" in k]
+    assert lora_b and any(float(t.abs().max()) > 0 for t in lora_b)  # the adapters (zero at the start) trained
+    adapted = load_causal_lm(str(tmp_path / "run"))  # the saved adapter loads onto the fp32 base
+    assert {p.dtype for p in adapted.parameters()} == {torch.float32}
+
+
+def test_a_time_budget_stops_before_an_update_that_would_not_fit_and_saves_the_policy(prompts_file, tmp_path):
+    train_ppo(tiny_cfg(prompts_file, tmp_path / "run", max_steps=5, time_budget_minutes=0.0001))
+    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 1  # one update always runs
+    assert (tmp_path / "run" / "adapter_config.json").exists()

@@ -28,6 +28,7 @@ from rlhfkit.data.tokenize import encode_prompt, encode_sft
 from rlhfkit.eval import metrics as M
 from rlhfkit.generation import decode_response, generate_ids
 from rlhfkit.ppo.losses import logprobs_from_logits
+from rlhfkit.precision import sampling_copy
 
 console = Console(stderr=True)
 
@@ -72,7 +73,7 @@ def model_list(models: list[str], reference: str | None) -> tuple[str, list[tupl
 
 def sample_answers(model, tok, prompt_ids: list[list[int]], cfg: EvalConfig, seed: int) -> Answers:
     torch.manual_seed(seed)
-    ids = generate_ids(model, tok, prompt_ids, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.batch_size, progress=True)
+    ids = generate_ids(sampling_copy(model, cfg.precision), tok, prompt_ids, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.batch_size, progress=True)
     return Answers(ids, [decode_response(tok, x) for x in ids], [bool(x) and x[-1] == tok.eos_token_id for x in ids])
 
 

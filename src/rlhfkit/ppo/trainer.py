@@ -101,6 +101,10 @@ def load_start(spec: str):
 def build_policy(cfg: PPOConfig, ckpt: Path | None):
     """(policy, reference); reference None means the policy with its adapters disabled (LoRA)."""
     start = load_start(cfg.policy)
+    if cfg.lora and cfg.precision == "bf16":
+        # The frozen base (= the reference) in bf16: decoding and every pass stream half the bytes and autocast
+        # has no fp32 weights to re-cast on each call. peft keeps the adapters — all that trains — in fp32.
+        start = start.to(torch.bfloat16)
     if cfg.lora:
         if ckpt is not None:
             from peft import PeftModel
@@ -469,7 +473,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                                           reward, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                           value_model=value_model, value_head=value_head, reference=reference,
                                           uniforms=step_uniforms(cfg.seed, step, cfg.batch_size, lo, hi)
-                                          if world > 1 or cfg.row_noise else None,  # None: torch.multinomial
+                                          if world > 1 or cfg.row_noise else None,  # None: the global RNG
                                           amp=lambda: autocast(cfg.precision), recompute=cfg.precision == "bf16")
                 shares = dist.gather_object((rollout, scores))  # every rank: the whole rollout, in prompt order
                 rollout, scores = concat([r for r, _ in shares], tok.pad_token_id), torch.cat([s for _, s in shares])
@@ -484,7 +488,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 kl_ctl.update(metrics["kl"], cfg.batch_size)
                 done = step + 1
                 t2 = time.perf_counter()
-                out_of_time = cfg.time_budget_minutes is not None and t2 - t_start > 60 * cfg.time_budget_minutes
+                # stop when the next update (as long as the mean one so far) would end past the budget
+                mean_update = (t2 - t_start) / (done - start)
+                out_of_time = cfg.time_budget_minutes is not None and t2 - t_start + mean_update > 60 * cfg.time_budget_minutes
                 out_of_time = dist.broadcast_object(out_of_time)  # rank 0's clock decides for all
                 last_step = done == cfg.max_steps or out_of_time
                 metrics.update({"time_rollout_s": t1 - t0, "time_train_s": t2 - t1, "time_step_s": t2 - t0,
