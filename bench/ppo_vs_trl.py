@@ -26,6 +26,7 @@ compared with the peer's A: the same learning problem done the peer's way.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -295,21 +296,27 @@ def generation_bench(repeats: int, new_tokens: int) -> None:
     model = load_causal_lm("default")
     records = read_records(PROMPTS, "prompt")[:8]
     q, qm = left_pad([encode_prompt(tok, prompt_messages(r), True) for r in records], tok.pad_token_id)
-    times = {"ours": [], "generate": []}
+    # what the rollout samples from under precision bf16 with LoRA: the base weights in bf16 (logits fp32)
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    times = {"ours": [], "ours_bf16": [], "generate": []}
     for i in range(repeats + 1):
         t0 = time.perf_counter()
         s = sample(model, q, qm, new_tokens, 0.7, eos_id=-1, pad_id=tok.pad_token_id)
         t1 = time.perf_counter()
+        sb = sample(model_bf16, q, qm, new_tokens, 0.7, eos_id=-1, pad_id=tok.pad_token_id)
+        t2 = time.perf_counter()
         with torch.inference_mode():
             g = model.generate(input_ids=q, attention_mask=qm, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                do_sample=True, temperature=0.7, top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id)
-        t2 = time.perf_counter()
-        assert s["response"].shape[1] == new_tokens and g.shape[1] - q.shape[1] == new_tokens
-        if i:  # the first round warms both up
+        t3 = time.perf_counter()
+        assert s["response"].shape[1] == sb["response"].shape[1] == new_tokens and g.shape[1] - q.shape[1] == new_tokens
+        if i:  # the first round warms every sampler up
             times["ours"].append(t1 - t0)
-            times["generate"].append(t2 - t1)
+            times["ours_bf16"].append(t2 - t1)
+            times["generate"].append(t3 - t2)
     res = {k: 8 * new_tokens / statistics.median(v) for k, v in times.items()}
     res["ratio"] = res["ours"] / res["generate"]
+    res["ratio_bf16"] = res["ours_bf16"] / res["generate"]
     res["prompt_width"] = q.shape[1]
     print(json.dumps(res), flush=True)
     (OUT / "generation.json").write_text(json.dumps(res))

@@ -64,3 +64,25 @@ def test_policy_then_value_backward_gives_the_joint_backward_gradients(tmp_path)
     assert len(g_joint) == len(g_split) and len(g_joint) > 10  # both the policy's and the value model's parameters
     for a, b in zip(g_joint, g_split):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+
+
+def test_logits_are_fp32_under_bf16_autocast_and_a_frozen_bf16_head_is_cast_once():
+    from rlhfkit.ppo.rollout import fp32_logits
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).to(torch.bfloat16).requires_grad_(False)
+    hidden = torch.randn(3, 16, dtype=torch.bfloat16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = fp32_logits(head)(hidden)
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, hidden.float() @ head.weight.float().T, atol=1e-5)  # no bf16 rounding of the output
+    first = head._rlhfkit_fp32[1]
+    fp32_logits(head)(hidden)
+    assert head._rlhfkit_fp32[1] is first  # cached while the weight is unchanged
+    # made inside inference mode, the cached copy still serves a pass that back-propagates
+    x = hidden.float().requires_grad_(True)
+    fp32_logits(head)(x).sum().backward()
+    assert x.grad is not None
+    with torch.no_grad():
+        head.weight.add_(1.0)  # a changed weight is cast again
+    assert torch.allclose(fp32_logits(head)(hidden), hidden.float() @ head.weight.float().T, atol=1e-4)

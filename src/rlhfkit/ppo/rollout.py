@@ -60,6 +60,24 @@ def causal_parts(model):
     return base.get_decoder(), fp32_logits(base.get_output_embeddings())
 
 
+def fp32_weight(lm_head) -> Tensor:
+    """An fp32 copy of a bf16 head's weight, made once and kept while the weight is unchanged.
+
+    Casting the 49k × 576 head on every decoding step cost as much as the bf16 weights saved.
+    A weight that trains (``requires_grad``) is cast each call, so that its gradient flows.
+    """
+    weight = lm_head.weight
+    if weight.requires_grad:
+        return weight.float()
+    key = (weight.data_ptr(), weight._version)
+    cached = getattr(lm_head, "_rlhfkit_fp32", None)
+    if cached is None or cached[0] != key:
+        with torch.inference_mode(False):  # a normal tensor: the training pass saves it for backward
+            cached = (key, weight.detach().float())
+        lm_head._rlhfkit_fp32 = cached
+    return cached[1]
+
+
 def fp32_logits(lm_head):
     """``lm_head`` as a function computing fp32 logits from (possibly bf16) hidden states, autocast disabled."""
 
@@ -68,7 +86,7 @@ def fp32_logits(lm_head):
             if lm_head.weight.dtype == torch.float32:
                 return lm_head(hidden.float())  # the module itself, hooks (FSDP, DDP) and all
             bias = None if lm_head.bias is None else lm_head.bias.float()
-            return torch.nn.functional.linear(hidden.float(), lm_head.weight.float(), bias)  # a bf16 base's frozen head
+            return torch.nn.functional.linear(hidden.float(), fp32_weight(lm_head), bias)  # a bf16 base's frozen head
 
     return project
 
