@@ -61,6 +61,15 @@ def test_report_has_no_reward_hacking_sentence_when_gold_keeps_rising(tmp_path):
     html = build_report(fake_run(tmp_path / "run", gold_after=[0.4, 0.5, 0.6])).read_text()
     assert html.count(IMG) == 5
     assert 'id="reward-hacking"' not in html and "No over-optimisation seen" in html
+    assert "the gold score rises with the KL (0.300 → 0.600" in html
+
+
+def test_report_says_there_was_no_gain_when_proxy_and_gold_both_end_lower():
+    from rlhfkit.eval.report import reward_hacking_verdict
+
+    text = reward_hacking_verdict(None, [(0.0, 1.6, 0.50), (0.4, 1.5, 0.48)])
+    assert "no gain either" in text and "1.600 → 1.500" in text and "0.500 → 0.480" in text
+    assert 'id="reward-hacking"' not in text
 
 
 def test_report_of_a_run_with_only_sft_names_what_is_missing(tmp_path):

@@ -327,10 +327,20 @@ def summary_lines(ev: dict) -> list[str]:
     return lines[:5]
 
 
-def reward_hacking_verdict(hack: dict | None) -> str:
+def reward_hacking_verdict(hack: dict | None, points: list[tuple[float, float, float]] | None = None) -> str:
     if hack is None:
-        return ("<p class=ok>No over-optimisation seen: the gold score does not fall while the proxy score "
-                "rises along the KL axis.</p>")
+        text = "No over-optimisation seen: the gold score does not fall while the proxy score rises along the KL axis."
+        if points and len(points) >= 2:
+            (_, p0, g0), (_, p1, g1) = points[0], points[-1]
+            if p1 <= p0 and g1 <= g0:
+                text = (f"No over-optimisation seen, and no gain either: from the lowest to the highest KL the proxy "
+                        f"score went {p0:.3f} → {p1:.3f} and the gold score {g0:.3f} → {g1:.3f}. The policy has not "
+                        "learned what the reward model prefers yet (more PPO updates, bigger batches or a larger "
+                        "learning rate).")
+            elif g1 > g0:
+                text = (f"No over-optimisation seen: the gold score rises with the KL ({g0:.3f} → {g1:.3f}; proxy "
+                        f"{p0:.3f} → {p1:.3f}).")
+        return f"<p class=ok>{html.escape(text)}</p>"
     return (f'<p class=warning id="reward-hacking"><b>Reward hacking.</b> Past √KL ≈ '
             f'{math.sqrt(max(hack["peak_kl"], 0)):.2f} the proxy (reward-model) score still rises '
             f'({hack["proxy_peak"]:.3f} → {hack["proxy_last"]:.3f}) while the gold score falls '
@@ -379,7 +389,7 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
                          "needs PPO metrics with score and kl, or evaluated checkpoints with RM scores")
                  + shown(plot_overoptimisation(points, source, hack) if points else None, "gold vs proxy",
                          "needs two or more evaluated checkpoints with RM and gold scores (or gold_score in the PPO log)")
-                 + "</div>" + (reward_hacking_verdict(hack) if points else ""))
+                 + "</div>" + (reward_hacking_verdict(hack, points) if points else ""))
     parts.append("<h2>Answers before and after</h2>" + shown(samples_table(samples, ev), "sample answers", "no eval/samples.jsonl"))
     if missing:
         parts.append("<h2>Missing parts</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in missing) + "</ul>")
