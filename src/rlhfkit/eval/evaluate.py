@@ -72,8 +72,9 @@ def model_list(models: list[str], reference: str | None) -> tuple[str, list[tupl
 
 
 def sample_answers(model, tok, prompt_ids: list[list[int]], cfg: EvalConfig, seed: int) -> Answers:
+    """Answers sampled from ``model`` — the weights to decode with (:func:`~rlhfkit.precision.sampling_copy`)."""
     torch.manual_seed(seed)
-    ids = generate_ids(sampling_copy(model, cfg.precision), tok, prompt_ids, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.batch_size, progress=True)
+    ids = generate_ids(model, tok, prompt_ids, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.batch_size, progress=True)
     return Answers(ids, [decode_response(tok, x) for x in ids], [bool(x) and x[-1] == tok.eos_token_id for x in ids])
 
 
@@ -196,7 +197,8 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     ref_model = load_causal_lm(ref_spec)
     ref_prompts = [encode_prompt(ref_tok, prompt_messages(r), cfg.chat) for r in records]
     console.print(f"eval: sampling the reference {ref_spec}")
-    ref = score(sample_answers(ref_model, ref_tok, ref_prompts, cfg, cfg.seed))
+    ref_sampler = sampling_copy(ref_model, cfg.precision)  # one bf16 copy serves the reference and best-of-N
+    ref = score(sample_answers(ref_sampler, ref_tok, ref_prompts, cfg, cfg.seed))
     kl_temperature = cfg.temperature if cfg.temperature > 0 else 1.0
     kl_method = "sampled" if cfg.temperature > 0 else "greedy answers (biased)"
 
@@ -208,7 +210,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
             console.print(f"eval: sampling {label}")
             tok, model = load_tokenizer(spec), load_causal_lm(spec)
             prompts = [encode_prompt(tok, prompt_messages(r), cfg.chat) for r in records]
-            ans = score(sample_answers(model, tok, prompts, cfg, cfg.seed))
+            ans = score(sample_answers(sampling_copy(model, cfg.precision), tok, prompts, cfg, cfg.seed))
             kl, method = None, None
             if same_tokenizer(tok, ref_tok):
                 lp = response_logprobs(model, prompts, ans.ids, kl_temperature, cfg.batch_size, tok.pad_token_id)
@@ -223,7 +225,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     if cfg.best_of:
         n = cfg.best_of
         console.print(f"eval: best-of-{n} baseline from the reference")
-        many = sample_answers(ref_model, ref_tok, [p for p in ref_prompts for _ in range(n)], cfg, cfg.seed + 1)
+        many = sample_answers(ref_sampler, ref_tok, [p for p in ref_prompts for _ in range(n)], cfg, cfg.seed + 1)
         rm = [float(x) for x in scorer.score([r for r in records for _ in range(n)], many.texts)]
         pick = best_of_indices(rm, n)
         best = score(Answers([many.ids[k] for k in pick], [many.texts[k] for k in pick], [many.ended[k] for k in pick]))
