@@ -459,6 +459,7 @@ def eval_(
     sft_data: Optional[str] = typer.Option(None, help="Held-out SFT JSONL: perplexity of each model."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Tokens generated at most per answer."),
     max_prompts: Optional[int] = typer.Option(None, help="Evaluate only the first N prompts."),
+    samples_per_prompt: Optional[int] = typer.Option(None, help="Answers per prompt and model (less sampling noise, n× the decoding)."),
     config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
 ):
     """Checkpoints against a reference: RM and gold scores, KL, win rates with CIs, BLEU/ROUGE, perplexity."""
@@ -470,7 +471,7 @@ def eval_(
 
     cfg = resolve(EvalConfig, config, set_, models=model or None, prompts=prompts, output=output, judge=judge,
                   reward=reward, reference=reference, best_of=best_of, sft_data=sft_data,
-                  max_new_tokens=max_new_tokens, max_prompts=max_prompts, seed=seed)
+                  max_new_tokens=max_new_tokens, max_prompts=max_prompts, samples_per_prompt=samples_per_prompt, seed=seed)
     if not cfg.models:
         fail("--model is required (repeat it to compare several checkpoints)")
     if not cfg.prompts:
@@ -483,7 +484,8 @@ def eval_(
     def win(w):
         return "–" if w is None else f"{w['win_rate']:.2f} [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}]"
 
-    t = Table(title=f"eval on {result['n_prompts']} prompts (reference {result['reference']})")
+    per = result.get("samples_per_prompt", 1)
+    t = Table(title=f"eval on {result['n_prompts']} prompts{f' × {per} answers' if per > 1 else ''} (reference {result['reference']})")
     for col in ("model", "RM score", "gold score", "KL", "win vs ref (RM)", "win vs ref (gold)", "length", "no EOS"):
         t.add_column(col)
     for r in result["models"]:

@@ -272,6 +272,7 @@ class EvalConfig:
     sft_data: str | None = None  # held-out SFT JSONL: perplexity of each model on it
     max_prompts: int = 0  # evaluate only the first N prompts (0: all)
     max_new_tokens: int = 128  # tokens generated at most per answer
+    samples_per_prompt: int = 1  # answers per prompt and model: scores average over them, a prompt's win is the share of its answer pairs won, the interval resamples prompts (less sampling noise for n× the decoding)
     temperature: float = 0.7  # answers are sampled at this temperature (the KL estimate needs samples; 0: greedy)
     batch_size: int = 8  # prompts per generation / scoring batch
     precision: typing.Literal["auto", "fp32", "bf16"] = "fp32"  # answers are sampled from fp32 weights or a bf16 copy (~1.5× faster decoding; KL and perplexity stay fp32) | auto: bf16 where the hardware runs it fast

@@ -303,7 +303,8 @@ def print_before_after(samples_path: Path, n: int = 3) -> None:
 
     by_prompt: dict[int, list[dict]] = {}
     for rec in read_metrics(samples_path):  # a plain JSONL reader
-        by_prompt.setdefault(rec["index"], []).append(rec)
+        if not rec.get("sample"):  # each model's first answer to the prompt
+            by_prompt.setdefault(rec["index"], []).append(rec)
     for index in sorted(by_prompt)[:n]:
         rows = by_prompt[index]
         print(f"\nprompt: {rows[0]['prompt']}")

@@ -95,3 +95,27 @@ def test_best_of_n_baseline_is_evaluated_beside_the_reference_with_its_analytic_
     rm = scorer.score([{"prompt": f"Question {i}?"} for i in range(3)], kept).tolist()
     assert [round(x, 4) for x in rm] == [round(s["rm_score"], 4) for s in samples if s["model"] == "best-of-3"]
     assert ref["win_rate_rm"]["win_rate"] == 0.5 and "rm_score" not in ev["skipped"]
+
+
+def test_several_answers_per_prompt_are_sampled_scored_and_compared_prompt_by_prompt(tmp_path):
+    from rlhfkit.config import EvalConfig
+    from rlhfkit.eval.evaluate import evaluate_models
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Question {i}?"} for i in range(3)])
+    cfg = EvalConfig(models=["tiny"], prompts=str(prompts), output=str(tmp_path / "eval"), reward="tiny",
+                     judge="length", best_of=2, samples_per_prompt=4, max_new_tokens=5, bootstrap=100)
+    ev = evaluate_models(cfg)
+    assert ev["n_prompts"] == 3 and ev["samples_per_prompt"] == 4
+    ref, best = ev["models"]
+    assert ref["n"] == best["n"] == 12
+    assert best["win_rate_rm"]["n"] == 12 and best["win_rate_rm"]["n_prompts"] == 3
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    ref_rows = [s for s in samples if s["model"] == "tiny"]
+    assert [(s["index"], s["sample"]) for s in ref_rows] == [(i, j) for i in range(3) for j in range(4)]
+    assert all(s["prompt"] == f"Question {s['index']}?" for s in samples)
+    # Four samples of a prompt at temperature 0.7 are not all the same answer.
+    assert len({s["response"] for s in ref_rows}) > 3
+    # The mean gold score is the mean over every answer.
+    assert ref["gold_score"] == pytest.approx(sum(s["gold_score"] for s in ref_rows) / 12)
+    with pytest.raises(Exception, match="samples_per_prompt"):
+        evaluate_models(EvalConfig(models=["tiny"], prompts=str(prompts), output=str(tmp_path / "e2"), samples_per_prompt=0))

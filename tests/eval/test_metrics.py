@@ -65,3 +65,19 @@ def test_lengths_eos_and_perplexity():
     assert M.no_eos_fraction([True, False, True, True]) == 0.25
     assert M.perplexity(total_nll=2 * math.log(3), n_tokens=2) == pytest.approx(3.0)
     assert M.words("It's 3 o'clock, Bob!") == ["it's", "3", "o'clock", "bob"]
+
+
+def test_win_rate_over_several_answers_per_prompt_resamples_prompts():
+    # Two answers per prompt: prompt 0 wins both, prompt 1 splits, prompt 2 loses both.
+    r = M.win_rate([1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1], n_boot=300, per_prompt=2)
+    assert (r["wins"], r["losses"], r["n"], r["n_prompts"]) == (3, 3, 6, 3)
+    assert r["win_rate"] == pytest.approx(0.5)
+    # The interval is the one over the three per-prompt shares (1, ½, 0), not over six independent answers.
+    assert r["ci"] == list(M.bootstrap_ci([1.0, 0.5, 0.0], n_boot=300))
+    # Ten prompts whose two answers always agree: as wide as ten answers, wider than twenty independent ones.
+    a, b = [1, 1] * 5 + [0, 0] * 5, [0, 0] * 5 + [1, 1] * 5
+    grouped, ten = M.win_rate(a, b, n_boot=500, per_prompt=2), M.win_rate(a[::2], b[::2], n_boot=500)
+    assert grouped["ci"] == ten["ci"]
+    assert ten["ci"][1] - ten["ci"][0] > M.win_rate(a, b, n_boot=500)["ci"][1] - M.win_rate(a, b, n_boot=500)["ci"][0]
+    with pytest.raises(ValueError, match="groups of 4"):
+        M.win_rate([1, 0, 1], [0, 1, 0], per_prompt=4)

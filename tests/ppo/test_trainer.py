@@ -198,6 +198,38 @@ def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file,
     assert last >= first + 0.4, scores
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run where one is)")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_on_a_gpu_every_pass_runs_there_and_the_policy_learns(memorise_file, tmp_path, monkeypatch, precision):
+    import rlhfkit.ppo.trainer as trainer
+
+    @register("banana-count")
+    def banana(prompts, responses):
+        return [float(r.lower().count("banana")) for r in responses]
+
+    devices = set()
+
+    def spy(policy, *args, **kwargs):
+        rollout, scores = collect(policy, *args, **kwargs)
+        devices.update(t.device.type for t in (rollout.query, rollout.logprobs, rollout.ref_logprobs, rollout.values))
+        devices.add(next(p for p in policy.parameters() if p.requires_grad).device.type)
+        return rollout, scores
+
+    monkeypatch.setattr(trainer, "collect", spy)
+    train_sft(SFTConfig(model="tiny", data=str(memorise_file), output=str(tmp_path / "sft"), max_steps=100, batch_size=4,
+                        lr=5e-3, warmup_steps=2, eval_fraction=0.0, save_every=0, report_to="none"))
+    train_ppo(PPOConfig(policy=str(tmp_path / "sft"), reward="judge:banana-count", prompts=str(memorise_file),
+                        output=str(tmp_path / "ppo"), max_steps=30, batch_size=8, num_minibatches=2, max_new_tokens=12,
+                        lr=3e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=10,
+                        report_to="none", precision=precision))
+    assert devices == {"cuda"}
+    log = read_metrics(tmp_path / "ppo" / "metrics.jsonl")
+    assert all(r["logprob_mismatch"] < 1e-3 for r in log)  # the ratio starts at 1 on the GPU's kernels too
+    scores = [r["score"] for r in log]
+    assert sum(scores[-5:]) / 5 >= sum(scores[:5]) / 5 + 0.4, scores
+    assert (tmp_path / "ppo" / "adapter_config.json").exists()
+
+
 def test_bf16_takes_rollout_logprobs_from_the_training_pass_so_the_ratio_starts_at_one(prompts_file, tmp_path):
     train_ppo(tiny_cfg(prompts_file, tmp_path / "run", precision="bf16"))
     log = read_metrics(tmp_path / "run" / "metrics.jsonl")

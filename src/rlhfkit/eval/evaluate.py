@@ -118,7 +118,7 @@ def same_tokenizer(a, b) -> bool:
 
 def side_by_side(model_scores: list[float], ref_scores: list[float], model: Answers, ref: Answers, cfg: EvalConfig) -> dict:
     """Win rate against the reference with its interval and both sides' mean length (tokens)."""
-    out = M.win_rate(model_scores, ref_scores, cfg.tie_tol, cfg.bootstrap, cfg.confidence, cfg.seed)
+    out = M.win_rate(model_scores, ref_scores, cfg.tie_tol, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.samples_per_prompt)
     out["len_model"] = M.mean([len(x) for x in model.ids])
     out["len_reference"] = M.mean([len(x) for x in ref.ids])
     return out
@@ -166,6 +166,11 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     records = read_records(cfg.prompts, "prompt")
     if cfg.max_prompts:
         records = records[:cfg.max_prompts]
+    if cfg.samples_per_prompt < 1:
+        raise ConfigError(f"config: samples_per_prompt: expected at least 1, got {cfg.samples_per_prompt}")
+    per = cfg.samples_per_prompt
+    prompt_records = records
+    records = [r for r in prompt_records for _ in range(per)]  # one row per answer, a prompt's answers side by side
     sft_records = read_records(cfg.sft_data, "sft") if cfg.sft_data else None
     judge = get_judge(cfg.judge) if cfg.judge else None
     scorer = None
@@ -192,7 +197,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
 
     ref_spec, named = model_list(cfg.models, cfg.reference)
     labels, specs = [label for label, _ in named], [spec for _, spec in named]
-    console.print(f"eval: {len(records)} prompts, {len(specs)} model(s), reference {ref_spec}")
+    console.print(f"eval: {len(prompt_records)} prompts × {per} answer(s), {len(specs)} model(s), reference {ref_spec}")
     ref_tok = load_tokenizer(ref_spec)
     ref_model = load_causal_lm(ref_spec)
     ref_prompts = [encode_prompt(ref_tok, prompt_messages(r), cfg.chat) for r in records]
@@ -235,7 +240,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         answers[label] = best
 
     result = {
-        "prompts": str(cfg.prompts), "n_prompts": len(records), "reference": ref_spec, "judge": cfg.judge,
+        "prompts": str(cfg.prompts), "n_prompts": len(prompt_records), "samples_per_prompt": per, "reference": ref_spec, "judge": cfg.judge,
         "reward": cfg.reward, "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
         "skipped": skipped, "models": rows,
     }
@@ -243,7 +248,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     save_config(cfg, out)
     (out / "eval.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     write_records(out / "samples.jsonl", (
-        {"index": i, "prompt": prompt_text(rec), "model": label, "response": ans.texts[i], "tokens": len(ans.ids[i]),
+        {"index": i // per, "sample": i % per, "prompt": prompt_text(rec), "model": label, "response": ans.texts[i], "tokens": len(ans.ids[i]),
          "ended": ans.ended[i], "rm_score": ans.rm[i] if ans.rm is not None else None,
          "gold_score": ans.gold[i] if ans.gold is not None else None}
         for label, ans in answers.items() for i, rec in enumerate(records)))

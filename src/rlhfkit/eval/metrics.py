@@ -47,12 +47,20 @@ def bootstrap_ci(values: Sequence[float], stat: Callable[[np.ndarray], float] = 
 
 
 def win_rate(a: Sequence[float], b: Sequence[float], tie_tol: float = 0.0, n_boot: int = 1000,
-             confidence: float = 0.95, seed: int = 0) -> dict:
-    """Win rate of a over b (ties count ½) with its bootstrap interval and the win/tie/loss counts."""
+             confidence: float = 0.95, seed: int = 0, per_prompt: int = 1) -> dict:
+    """Win rate of a over b (ties count ½) with its bootstrap interval and the win/tie/loss counts.
+
+    ``per_prompt``: consecutive pairs that share a prompt (several answers per prompt). Each prompt's
+    outcome is the share of its pairs won, and the interval resamples prompts, not answers, since a
+    prompt's answers are not independent of each other.
+    """
     out = win_outcomes(a, b, tie_tol)
-    lo, hi = bootstrap_ci(out, np.mean, n_boot, confidence, seed)
+    if per_prompt < 1 or len(out) % per_prompt:
+        raise ValueError(f"win rate: {len(out)} pairs do not split into groups of {per_prompt} per prompt")
+    prompts = out.reshape(-1, per_prompt).mean(axis=1)
+    lo, hi = bootstrap_ci(prompts, np.mean, n_boot, confidence, seed)
     return {"win_rate": mean(out), "ci": [lo, hi], "wins": int((out == 1).sum()), "ties": int((out == 0.5).sum()),
-            "losses": int((out == 0).sum()), "n": len(out)}
+            "losses": int((out == 0).sum()), "n": len(out), "n_prompts": len(prompts)}
 
 
 def sequence_kl(logp: Sequence[Sequence[float]], ref_logp: Sequence[Sequence[float]]) -> list[float]:

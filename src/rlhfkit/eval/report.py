@@ -240,10 +240,12 @@ def eval_table(ev: dict) -> str:
         cells = [f"<td class=win>{win_cell(r.get(k))}</td>" if k.startswith("win_rate")
                  else f"<td>{fmt(r.get(k), '.1f' if k in ('bleu', 'response_len', 'ppl') else '.3f')}</td>" for k, _ in cols]
         body.append(f"<tr><td>{name}</td>{''.join(cells)}</tr>")
-    note = (f"<p class=note>{ev.get('n_prompts', '?')} prompts from <code>{html.escape(str(ev.get('prompts', '')))}</code>; "
+    per = ev.get("samples_per_prompt") or 1
+    note = (f"<p class=note>{ev.get('n_prompts', '?')} prompts{f' × {per} answers each' if per > 1 else ''} from "
+            f"<code>{html.escape(str(ev.get('prompts', '')))}</code>; "
             f"answers sampled at temperature {fmt(ev.get('temperature'), 'g')}; reference policy "
             f"<code>{html.escape(str(ev.get('reference', '')))}</code>; gold judge {fmt(ev.get('judge'))}. "
-            "Win rates count ties as ½; brackets are bootstrap 95% intervals; the lengths of both sides stand beside "
+            "Win rates count ties as ½ (with several answers per prompt, a prompt counts the share of its answer pairs won); brackets are bootstrap 95% intervals over prompts; the lengths of both sides stand beside "
             "each win rate so that a win bought by length shows. KL is the sampled estimate Σ log π − log π_ref per "
             "answer (best-of-N: analytic).</p>")
     skipped = ev.get("skipped") or {}
@@ -256,7 +258,7 @@ def samples_table(samples: list[dict], ev: dict | None, n: int = 8) -> str | Non
     """Answers before (the reference) and after (the last evaluated policy, and best-of-N) for the same prompts."""
     by_model: dict[str, dict[int, dict]] = {}
     for s in samples:
-        by_model.setdefault(s["model"], {})[s["index"]] = s
+        by_model.setdefault(s["model"], {}).setdefault(s["index"], s)  # a prompt's first answer
     names = list(by_model)
     if not names:
         return None

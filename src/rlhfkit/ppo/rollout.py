@@ -18,7 +18,7 @@ token, so the mask comes from the first EOS position, never from comparing ids w
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -47,6 +47,10 @@ class Rollout:
 
     def attention_mask(self) -> Tensor:
         return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+    def to(self, device) -> "Rollout":
+        """The same rollout with every tensor on ``device``."""
+        return Rollout(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), Tensor) else v) for f in fields(self)})
 
 
 def causal_parts(model):
@@ -135,9 +139,10 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
     cache = DynamicCache()
     ids, width = query, query.shape[1]
     # the whole mask up front; each step takes a longer slice of it instead of concatenating a column
-    mask = torch.cat([query_mask, torch.ones(batch, max_new_tokens, dtype=query_mask.dtype)], dim=1)
+    device = query.device
+    mask = torch.cat([query_mask, torch.ones(batch, max_new_tokens, dtype=query_mask.dtype, device=device)], dim=1)
     positions = position_ids_from_mask(query_mask)
-    done = torch.zeros(batch, dtype=torch.bool)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logprobs, entropy, values = [], [], [], []
     for step in range(max_new_tokens):
         out = backbone(input_ids=ids, attention_mask=mask[:, : width + step], position_ids=positions,
@@ -146,8 +151,8 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
         logits = lm_head(hidden).float()  # (B, V): one position per row, so no large float copy
         logp = torch.log_softmax(logits / temperature, dim=-1)  # one pass: the sample, its log-prob, the entropy
         probs = logp.exp()
-        u = torch.rand(batch, dtype=torch.float64) if uniforms is None else uniforms()
-        token = inverse_cdf(probs, u)  # one uniform per row: ~10× cheaper than multinomial's exponential per token
+        u = torch.rand(batch, dtype=torch.float64) if uniforms is None else uniforms()  # the CPU's RNG on any device
+        token = inverse_cdf(probs, u.to(device))  # one uniform per row: ~10× cheaper than multinomial's exponential per token
         token = torch.where(done, torch.full_like(token, pad_id), token)  # finished rows: padding
         tokens.append(token)
         logprobs.append(logp.gather(1, token[:, None]).squeeze(1))
@@ -209,6 +214,10 @@ def forward_tokens(model, query: Tensor, query_mask: Tensor, response: Tensor, r
     return logprobs, values
 
 
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _pad_to(x: Tensor, width: int) -> Tensor:
     return x if x.shape[1] == width else torch.nn.functional.pad(x, (0, width - x.shape[1]))
 
@@ -226,9 +235,11 @@ def collect(policy, tok, prompts: list[list[int]], records: list[dict], reward, 
     policy's log-probs (and head values) from one full pass, the training pass's own code path, instead of
     from the sampling loop — needed under bf16, where the cached step-by-step pass rounds differently and
     the PPO ratio would not start at 1.
+    Every tensor of the rollout is on the policy's device; the scores are on the CPU.
     Returns the rollout and the raw scores (B,).
     """
-    query, query_mask = left_pad(prompts, tok.pad_token_id)
+    device = model_device(policy)
+    query, query_mask = (t.to(device) for t in left_pad(prompts, tok.pad_token_id))
     with amp():  # every model pass; the reward below scores text with its own settings
         s = sample(policy, query, query_mask, max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id, value_head, uniforms)
         response, response_mask = s["response"], s["response_mask"]
@@ -243,7 +254,7 @@ def collect(policy, tok, prompts: list[list[int]], records: list[dict], reward, 
         if values is None and value_model is not None:
             values = value_model(torch.cat([query, response], 1), torch.cat([query_mask, response_mask], 1), query.shape[1])
     if values is None:
-        values = torch.zeros(response.shape)
+        values = torch.zeros(response.shape, device=device)
     has_eos = ((response == tok.eos_token_id) & response_mask.bool()).any(dim=1)
     texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True).strip() for r, m in zip(response, response_mask)]
     scores = reward.score(records, texts)

@@ -315,13 +315,13 @@ def rollout_metrics(r: Rollout, scores: torch.Tensor, adv: dict, beta: float) ->
 def evaluate(cfg: PPOConfig, policy, tok, prompts: list[list[int]], records: list[dict], reward, judge) -> dict:
     """Mean reward (and gold judge) score of held-out prompts' samples, with its own RNG (training's is untouched)."""
     from rlhfkit.data.tokenize import left_pad
-    from rlhfkit.ppo.rollout import sample
+    from rlhfkit.ppo.rollout import model_device, sample
 
     texts = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         for i in range(0, len(prompts), cfg.batch_size):
-            q, qm = left_pad(prompts[i : i + cfg.batch_size], tok.pad_token_id)
+            q, qm = (t.to(model_device(policy)) for t in left_pad(prompts[i : i + cfg.batch_size], tok.pad_token_id))
             with autocast(cfg.precision, q.device.type):
                 s = sample(policy, q, qm, cfg.max_new_tokens, cfg.temperature, tok.eos_token_id, tok.pad_token_id)
             texts += [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip()
@@ -383,7 +383,6 @@ def train_ppo(cfg: PPOConfig) -> dict:
     out = Path(cfg.output)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, "cpu"))  # the tensors live on the CPU
     if cfg.batch_size % cfg.num_minibatches:
         raise ValueError(f"num_minibatches: {cfg.num_minibatches} does not divide batch_size {cfg.batch_size}")
     world, me = dist.world_size(), dist.rank()
@@ -394,6 +393,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
     accelerator = dist.get_accelerator()
     if dist.is_sharded(accelerator):
         raise ConfigError("ppo: runs in one process or under DDP (configs/accelerate/ddp.yaml); FSDP/DeepSpeed are not supported")
+    device = accelerator.device  # a GPU when there is one (one per process under DDP), else the CPU
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device.type))
     records = read_records(cfg.prompts, "prompt")
     if not records:
         raise ValueError(f"{cfg.prompts}: no prompts")
@@ -413,6 +414,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
         console.print(f"ppo: no checkpoint in {out}; starting from the beginning")
     policy, reference = build_policy(cfg, ckpt)
     value_model, value_head, value_kind = build_value(cfg, policy, tok, reward, ckpt)
+    for module in (policy, reference, value_model, value_head, reward.model):  # every pass runs on the one device
+        if module is not None:
+            module.to(device)
     lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 3e-6)
     value_module = value_model if value_model is not None else value_head
     policy_params, value_params = trainable(policy), trainable(value_module)
@@ -474,9 +478,11 @@ def train_ppo(cfg: PPOConfig) -> dict:
                                           value_model=value_model, value_head=value_head, reference=reference,
                                           uniforms=step_uniforms(cfg.seed, step, cfg.batch_size, lo, hi)
                                           if world > 1 or cfg.row_noise else None,  # None: the global RNG
-                                          amp=lambda: autocast(cfg.precision), recompute=cfg.precision == "bf16")
-                shares = dist.gather_object((rollout, scores))  # every rank: the whole rollout, in prompt order
-                rollout, scores = concat([r for r, _ in shares], tok.pad_token_id), torch.cat([s for _, s in shares])
+                                          amp=lambda: autocast(cfg.precision, device.type), recompute=cfg.precision == "bf16")
+                if world > 1:  # every rank: the whole rollout, in prompt order (gathered through the CPU)
+                    shares = dist.gather_object((rollout.to("cpu"), scores))
+                    rollout, scores = concat([r for r, _ in shares], tok.pad_token_id).to(device), torch.cat([s for _, s in shares])
+                scores = scores.to(device)
                 beta = kl_ctl.value
                 adv = compute_advantages(cfg, rollout, scores, reward, beta)
                 t1 = time.perf_counter()
