@@ -385,7 +385,9 @@ class PPOConfig:
     lora_alpha: int = 32
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
     max_steps: int = 100  # PPO updates (one rollout batch each)
-    batch_size: int = 8  # prompts (responses) per rollout batch
+    batch_size: int = 8  # responses per rollout batch (batch_size / samples_per_prompt prompts)
+    samples_per_prompt: int = 1  # responses sampled per prompt in a batch (batch_size must divide by it)
+    prompt_baseline: bool = True  # with samples_per_prompt > 1: each score less the mean of its prompt's other responses' (leave-one-out), since a Bradley–Terry reward model's scores are defined only up to a per-prompt offset
     num_minibatches: int = 2  # minibatches per PPO epoch (batch_size must divide by it)
     grad_accum: int = 1  # micro-batches per minibatch (gradient accumulation, for memory)
     ppo_epochs: int = 4  # passes over each rollout batch

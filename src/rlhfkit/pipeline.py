@@ -40,6 +40,7 @@ class Recipe:
     judge: str  # gold judge for simulated feedback and evaluation
     budget_minutes: float  # the budget the stage settings below were sized for (2-core CPU)
     description: str = ""
+    eval_reserve_minutes: float = 2.0  # minutes of the budget the recipe's eval needs (PPO's deadline leaves them)
     sft: dict = field(default_factory=dict)
     sample: dict = field(default_factory=dict)
     feedback: dict = field(default_factory=dict)
@@ -61,7 +62,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not path.exists():
         raise ConfigError(f"{name_or_path}: no such recipe (known: {', '.join(available_recipes())})")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    known = {"judge", "budget_minutes", "description", "sft", "sample", "feedback", "rm", "ppo", "eval"}
+    known = {"judge", "budget_minutes", "eval_reserve_minutes", "description", "sft", "sample", "feedback", "rm", "ppo", "eval"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown recipe key (known: {', '.join(sorted(known))})")
@@ -125,7 +126,7 @@ class PipelineConfig:
     overrides: dict = field(default_factory=dict)  # per-stage keys over the recipe's, e.g. {rm: {model: tiny-minilm}}
     best_of: int = 0  # eval: add the reference's best-of-N answers by reward-model score as a baseline
     deadline: bool = True  # PPO stops early (after an update, checkpoint saved) when the budget would be overrun
-    eval_reserve_minutes: float = 2.0  # with deadline: minutes of the budget kept for eval and the report
+    eval_reserve_minutes: float | None = None  # with deadline: minutes of the budget kept for eval and the report (None: the recipe's, 2 when it names none)
     seed: int = 0
     threads: int = 0  # torch threads (0: leave torch's default)
 
@@ -235,8 +236,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                                reference=reference if r > 1 else None, resume=True, **common)
         if cfg.deadline and ppo_cfg.time_budget_minutes is None and not is_done(rd / "ppo"):
             budget = cfg.budget_minutes or recipe.budget_minutes
+            # the recipe's reserve scales with its eval prompts (max_prompts is a scaled count)
+            reserve = cfg.eval_reserve_minutes if cfg.eval_reserve_minutes is not None else recipe.eval_reserve_minutes * factor
             ppo_cfg.time_budget_minutes = ppo_minutes(budget, (time.monotonic() - t_start) / 60,
-                                                      cfg.eval_reserve_minutes, cfg.rounds - r + 1)
+                                                      reserve, cfg.rounds - r + 1)
             console.print(f"pipeline: PPO (round {r}) gets at most {ppo_cfg.time_budget_minutes:.1f} min of the "
                           f"{budget:g}-minute budget ({ppo_cfg.max_steps} updates planned)")
         run_stage(f"PPO (round {r})", rd / "ppo", lambda: train_ppo(ppo_cfg))

@@ -6,6 +6,7 @@ from rlhfkit.ppo.advantages import (
     FixedKLController,
     gae,
     kl_penalty_rewards,
+    leave_one_out,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -137,3 +138,14 @@ def test_kl_penalty_rewards_put_minus_beta_kl_on_every_token_and_the_score_on_th
     assert torch.allclose(kl, torch.tensor([[0.5, -1.0, 0.0], [1.0, 0.0, 0.0]]))
     assert torch.allclose(non_score, -0.1 * kl)
     assert torch.allclose(rewards, torch.tensor([[-0.05, 0.1, 3.0], [-0.1, -2.0, 0.0]]))
+
+
+def test_leave_one_out_subtracts_the_mean_of_the_prompts_other_responses():
+    scores = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 10.0])
+    assert torch.allclose(leave_one_out(scores, 3), torch.tensor([1 - 2.5, 2 - 2.0, 3 - 1.5, 0.0, 0.0, 0.0]))
+    # A per-prompt offset (all a Bradley–Terry model cannot pin down) changes nothing.
+    shifted = scores + torch.tensor([5.0, 5.0, 5.0, -7.0, -7.0, -7.0])
+    assert torch.allclose(leave_one_out(shifted, 3), leave_one_out(scores, 3))
+    assert torch.allclose(leave_one_out(torch.tensor([4.0, 1.0]), 2), torch.tensor([3.0, -3.0]))
+    with pytest.raises(ValueError, match="groups of k=4"):
+        leave_one_out(scores, 4)

@@ -181,7 +181,8 @@ def test_a_reward_model_with_another_tokenizer_scores_text_and_the_value_falls_b
 
 
 @pytest.mark.slow
-def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file, tmp_path):
+@pytest.mark.parametrize("k", [1, 4])
+def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file, tmp_path, k):
     @register("banana-count")
     def banana(prompts, responses):
         return [float(r.lower().count("banana")) for r in responses]
@@ -192,10 +193,32 @@ def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file,
     train_ppo(PPOConfig(policy=str(tmp_path / "sft"), reward="judge:banana-count", prompts=str(memorise_file),
                         output=str(tmp_path / "ppo"), max_steps=30, batch_size=8, num_minibatches=2, max_new_tokens=12,
                         lr=3e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=0,
-                        report_to="none", threads=1))
+                        report_to="none", threads=1, samples_per_prompt=k))  # k: answers per prompt, leave-one-out baseline
     scores = [r["score"] for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl")]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
     assert last >= first + 0.4, scores
+
+
+def test_several_answers_per_prompt_sit_side_by_side_and_a_per_prompt_offset_is_no_reward(prompts_file, tmp_path, monkeypatch):
+    import rlhfkit.ppo.trainer as trainer
+
+    @register("prompt-length")
+    def prompt_length(prompts, responses):  # the same for every answer to a prompt: nothing to learn
+        return [float(len(p["prompt"])) for p in prompts]
+
+    batches = []
+
+    def spy(policy, tok, prompts, records, *args, **kwargs):
+        batches.append([r["prompt"] for r in records])
+        return collect(policy, tok, prompts, records, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "collect", spy)
+    train_ppo(tiny_cfg(prompts_file, tmp_path / "run", reward="judge:prompt-length", samples_per_prompt=2))
+    assert all(b[0::2] == b[1::2] and len(set(b)) == 2 for b in batches)  # 4 rows: 2 prompts × 2 answers
+    log = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert log[0]["score"] > 1 and log[0]["reward"] == 0.0  # raw scores differ by prompt; what PPO sees is 0
+    with pytest.raises(Exception, match="samples_per_prompt"):
+        train_ppo(tiny_cfg(prompts_file, tmp_path / "bad", samples_per_prompt=3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run where one is)")

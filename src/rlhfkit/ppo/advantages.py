@@ -21,6 +21,18 @@ def masked_mean(x: Tensor, mask: Tensor | None = None, dim: int | None = None) -
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
 
 
+def leave_one_out(scores: Tensor, k: int) -> Tensor:
+    """Each score less the mean of the other ``k − 1`` scores of its group (``k`` consecutive entries: one prompt's
+    responses). What is left is how much better a response is than its prompt's others — the part a
+    Bradley–Terry reward model identifies — with no per-prompt offset and no bias from the response itself
+    (RLOO, Ahmadian et al. 2024)."""
+    if k < 2 or scores.shape[0] % k:
+        raise ValueError(f"leave_one_out: {scores.shape[0]} scores do not split into groups of k={k} ≥ 2")
+    groups = scores.reshape(-1, k)
+    others = (groups.sum(1, keepdim=True) - groups) / (k - 1)
+    return (groups - others).reshape(scores.shape)
+
+
 def masked_var(x: Tensor, mask: Tensor | None = None, unbiased: bool = True) -> Tensor:
     """Variance of ``x`` over the masked positions (Bessel-corrected when ``unbiased``)."""
     mean = masked_mean(x, mask)

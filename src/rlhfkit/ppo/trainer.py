@@ -31,7 +31,8 @@ from rlhfkit.config import ConfigError, PPOConfig, save_config, to_dict
 from rlhfkit.data.formats import prompt_messages, read_records
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.models.loading import add_lora, disable_dropout, load_causal_lm, load_sequence_classifier, load_tokenizer, set_threads
-from rlhfkit.ppo.advantages import AdaptiveKLController, FixedKLController, gae, kl_penalty_rewards, masked_mean, masked_whiten
+from rlhfkit.ppo.advantages import (AdaptiveKLController, FixedKLController, gae, kl_penalty_rewards, leave_one_out, masked_mean,
+                                     masked_whiten)
 from rlhfkit.ppo.health import HealthMonitor
 from rlhfkit.ppo.losses import explained_variance, policy_loss, value_loss
 from rlhfkit.ppo.rollout import Rollout, collect, concat, forward_tokens
@@ -178,6 +179,8 @@ def compute_advantages(cfg: PPOConfig, r: Rollout, scores: torch.Tensor, reward,
     final = reward.normalize(scores)  # DESIGN §4.2: mean 0, std 1 on reference samples
     if cfg.missing_eos_penalty is not None:
         final = torch.where(r.has_eos, final, torch.full_like(final, cfg.missing_eos_penalty))  # DESIGN §4.3
+    if cfg.samples_per_prompt > 1 and cfg.prompt_baseline:
+        final = leave_one_out(final, cfg.samples_per_prompt)  # rows of one prompt are adjacent
     rewards, kl, non_score = kl_penalty_rewards(r.logprobs, r.ref_logprobs, final, mask, beta)  # k1 KL per token
     advantages, returns = gae(rewards, r.values, mask, cfg.gamma, cfg.lam)  # γ=1, λ=0.95
     if cfg.whiten_advantages:
@@ -386,6 +389,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
     if cfg.batch_size % cfg.num_minibatches:
         raise ValueError(f"num_minibatches: {cfg.num_minibatches} does not divide batch_size {cfg.batch_size}")
     world, me = dist.world_size(), dist.rank()
+    if cfg.samples_per_prompt < 1 or cfg.batch_size % cfg.samples_per_prompt:
+        raise ConfigError(f"samples_per_prompt: {cfg.samples_per_prompt} does not divide batch_size {cfg.batch_size}")
     if cfg.batch_size % (cfg.num_minibatches * world):
         raise ConfigError(f"batch_size: {cfg.batch_size} does not split into {cfg.num_minibatches} minibatches × {world} "
                           f"processes; use a multiple of {cfg.num_minibatches * world}")
@@ -471,7 +476,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
             task = bar.add_task("ppo", total=cfg.max_steps, completed=start, info="")
             for step in range(start, cfg.max_steps):
                 t0 = time.perf_counter()
-                idx = batch_indices(step, cfg.batch_size, len(records), cfg.seed)  # the data cursor is the step
+                k = cfg.samples_per_prompt  # each prompt k times, side by side
+                idx = [i for i in batch_indices(step, cfg.batch_size // k, len(records), cfg.seed) for _ in range(k)]  # the data cursor is the step
                 lo, hi = me * cfg.batch_size // world, (me + 1) * cfg.batch_size // world  # my share of the prompts
                 rollout, scores = collect(policy, tok, [prompts[i] for i in idx[lo:hi]], [records[i] for i in idx[lo:hi]],
                                           reward, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
