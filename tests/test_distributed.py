@@ -35,10 +35,11 @@ def launch_two(args: list[str], cwd: Path) -> str:
     """``accelerate launch`` of ``args`` (a script, or ``-m module ...``) as two CPU processes over gloo.
 
     Not ``--cpu``: accelerate then starts ONE process (several need mpirun); the DDP config starts two, and
-    with no GPU ``get_accelerator`` joins them over gloo."""
+    with no GPU ``get_accelerator`` joins them over gloo. GPUs are hidden from them, so that on a machine with
+    one GPU the two processes do not both take it with NCCL."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
            "--num_processes", "2", "--main_process_port", str(free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr

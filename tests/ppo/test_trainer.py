@@ -191,8 +191,8 @@ def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file,
     train_sft(SFTConfig(model="tiny", data=str(memorise_file), output=str(tmp_path / "sft"), max_steps=100, batch_size=4,
                         lr=5e-3, warmup_steps=2, eval_fraction=0.0, save_every=0, report_to="none", threads=1))
     train_ppo(PPOConfig(policy=str(tmp_path / "sft"), reward="judge:banana-count", prompts=str(memorise_file),
-                        output=str(tmp_path / "ppo"), max_steps=30, batch_size=8, num_minibatches=2, max_new_tokens=12,
-                        lr=3e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=0,
+                        output=str(tmp_path / "ppo"), max_steps=30, batch_size=8, num_minibatches=2,
+                        max_new_tokens=12, lr=3e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=0,
                         report_to="none", threads=1, samples_per_prompt=k))  # k: answers per prompt, leave-one-out baseline
     scores = [r["score"] for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl")]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
