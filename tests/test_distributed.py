@@ -31,6 +31,11 @@ def sft_args(data: Path, out: Path, max_steps: int) -> list[str]:
             "--set", "warmup_steps=2", "--set", "schedule=constant", "--set", "grad_accum=2", "--set", "threads=1"]
 
 
+ONE_PROCESS_ON_CPU = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="compares two CPU processes with a one-process run in this process, which would run on the GPU here")
+
+
 def launch_two(args: list[str], cwd: Path) -> str:
     """``accelerate launch`` of ``args`` (a script, or ``-m module ...``) as two CPU processes over gloo.
 
@@ -113,6 +118,7 @@ def test_shipped_accelerate_configs_load_with_accelerates_own_reader(name, kind)
 
 
 @pytest.mark.slow
+@ONE_PROCESS_ON_CPU
 def test_two_gloo_processes_follow_the_one_process_loss_curve_and_resume(memorise_file, tmp_path):
     one = SFTConfig(model="tiny", data=str(memorise_file), output=str(tmp_path / "one"), max_steps=8, batch_size=8,
                     lr=5e-3, warmup_steps=2, schedule="constant", grad_accum=2, eval_fraction=0.0, report_to="none", threads=1)
@@ -146,6 +152,7 @@ def rm_args(data: Path, out: Path, max_steps: int) -> list[str]:
 
 
 @pytest.mark.slow
+@ONE_PROCESS_ON_CPU
 def test_reward_model_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(tmp_path):
     from rlhfkit.config import RewardConfig
     from rlhfkit.reward import train_reward
@@ -213,6 +220,7 @@ def ppo_args(prompts: Path, out: Path, max_steps: int) -> list[str]:
 
 
 @pytest.mark.slow
+@ONE_PROCESS_ON_CPU
 def test_ppo_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(tmp_path):
     from rlhfkit.config import PPOConfig
     from rlhfkit.ppo.trainer import train_ppo

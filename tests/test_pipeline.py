@@ -81,6 +81,9 @@ def test_pipeline_end_to_end_on_the_tiny_model_resumes_an_interrupted_stage(tmp_
     assert 1.0 <= ppo_budget < load_recipe("tutor").budget_minutes - 2.0
     ev = json.loads((out / "eval" / "eval.json").read_text())
     assert [m["name"] for m in ev["models"]][:2] == ["sft", "ppo"]
+    # perplexity on the 7 SFT examples (5 % of 140) that SFT held out
+    assert len((out / "sft_heldout.jsonl").read_text().splitlines()) == 7
+    assert all(m["ppl"] > 1 for m in ev["models"]) and "ppl" not in ev["skipped"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2
     assert "Reward model against the gold judge" in html

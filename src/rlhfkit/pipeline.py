@@ -177,7 +177,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from rlhfkit.ppo.trainer import train_ppo
     from rlhfkit.reward import train_reward
     from rlhfkit.sample import sample_candidates
-    from rlhfkit.sft import train_sft
+    from rlhfkit.sft import split_records, train_sft
 
     if cfg.feedback not in ("simulated", "app"):
         raise ConfigError(f"feedback: expected simulated or app, got {cfg.feedback!r}")
@@ -246,9 +246,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         policy = str(rd / "ppo")
 
     last_rm = round_dir(out, cfg.rounds) / "rm"
+    # perplexity on the SFT examples SFT held out (the same seeded split), when it held any out
+    _, sft_held = split_records(read_records(sft_cfg.data, "sft"), sft_cfg.eval_fraction, sft_cfg.seed)
+    sft_heldout = out / "sft_heldout.jsonl"
+    if sft_held and not sft_cfg.eval_data:
+        write_records(sft_heldout, sft_held)
     eval_cfg = stage_config(EvalConfig, sec["eval"], where, models=[f"sft={reference}", f"ppo={policy}"],
                             prompts=str(recipe.folder / "eval.jsonl"), output=str(out / "eval"), reference=reference,
-                            judge=recipe.judge, reward=str(last_rm), best_of=cfg.best_of or None, **common)
+                            judge=recipe.judge, reward=str(last_rm), best_of=cfg.best_of or None,
+                            sft_data=str(sft_heldout) if sft_heldout.exists() else None, **common)
     run_stage("eval", out / "eval", lambda: evaluate_models(eval_cfg))
     report = build_report(out)
     ev = json.loads((out / "eval" / "eval.json").read_text(encoding="utf-8"))

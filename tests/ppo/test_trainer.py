@@ -181,8 +181,7 @@ def test_a_reward_model_with_another_tokenizer_scores_text_and_the_value_falls_b
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [1, 4])
-def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file, tmp_path, k):
+def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file, tmp_path):
     @register("banana-count")
     def banana(prompts, responses):
         return [float(r.lower().count("banana")) for r in responses]
@@ -193,7 +192,7 @@ def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file,
     train_ppo(PPOConfig(policy=str(tmp_path / "sft"), reward="judge:banana-count", prompts=str(memorise_file),
                         output=str(tmp_path / "ppo"), max_steps=30, batch_size=8, num_minibatches=2,
                         max_new_tokens=12, lr=3e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=0,
-                        report_to="none", threads=1, samples_per_prompt=k))  # k: answers per prompt, leave-one-out baseline
+                        report_to="none", threads=1))
     scores = [r["score"] for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl")]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
     assert last >= first + 0.4, scores
