@@ -246,11 +246,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         policy = str(rd / "ppo")
 
     last_rm = round_dir(out, cfg.rounds) / "rm"
-    # perplexity on the SFT examples SFT held out (the same seeded split), when it held any out
-    _, sft_held = split_records(read_records(sft_cfg.data, "sft"), sft_cfg.eval_fraction, sft_cfg.seed)
-    sft_heldout = out / "sft_heldout.jsonl"
-    if sft_held and not sft_cfg.eval_data:
-        write_records(sft_heldout, sft_held)
+    # perplexity on SFT's held-out examples: its eval_data, or the same seeded split it made, when it held any out
+    sft_heldout = Path(sft_cfg.eval_data) if sft_cfg.eval_data else out / "sft_heldout.jsonl"
+    if not sft_cfg.eval_data:
+        _, sft_held = split_records(read_records(sft_cfg.data, "sft"), sft_cfg.eval_fraction, sft_cfg.seed)
+        if sft_held:
+            write_records(sft_heldout, sft_held)
     eval_cfg = stage_config(EvalConfig, sec["eval"], where, models=[f"sft={reference}", f"ppo={policy}"],
                             prompts=str(recipe.folder / "eval.jsonl"), output=str(out / "eval"), reference=reference,
                             judge=recipe.judge, reward=str(last_rm), best_of=cfg.best_of or None,

@@ -320,11 +320,11 @@ def evaluate(cfg: PPOConfig, policy, tok, prompts: list[list[int]], records: lis
     from rlhfkit.data.tokenize import left_pad
     from rlhfkit.ppo.rollout import model_device, sample
 
-    texts = []
+    texts, device = [], model_device(policy)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         for i in range(0, len(prompts), cfg.batch_size):
-            q, qm = (t.to(model_device(policy)) for t in left_pad(prompts[i : i + cfg.batch_size], tok.pad_token_id))
+            q, qm = (t.to(device) for t in left_pad(prompts[i : i + cfg.batch_size], tok.pad_token_id))
             with autocast(cfg.precision, q.device.type):
                 s = sample(policy, q, qm, cfg.max_new_tokens, cfg.temperature, tok.eos_token_id, tok.pad_token_id)
             texts += [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip()
@@ -474,9 +474,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
     try:
         with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
             task = bar.add_task("ppo", total=cfg.max_steps, completed=start, info="")
+            k = cfg.samples_per_prompt  # each prompt k times, side by side
             for step in range(start, cfg.max_steps):
                 t0 = time.perf_counter()
-                k = cfg.samples_per_prompt  # each prompt k times, side by side
                 idx = [i for i in batch_indices(step, cfg.batch_size // k, len(records), cfg.seed) for _ in range(k)]  # the data cursor is the step
                 lo, hi = me * cfg.batch_size // world, (me + 1) * cfg.batch_size // world  # my share of the prompts
                 rollout, scores = collect(policy, tok, [prompts[i] for i in idx[lo:hi]], [records[i] for i in idx[lo:hi]],
