@@ -1,8 +1,9 @@
 """The fast paths of the PPO update compute what the plain ones do."""
 
+import pytest
 import torch
 
-from rlhfkit.data.tokenize import encode_prompt, left_pad
+from rlhfkit.data.tokenize import encode_prompt, left_pad, position_ids_from_mask
 from rlhfkit.models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer
 from rlhfkit.ppo.rollout import Rollout, causal_parts, response_hidden, sample, token_logprobs
 from rlhfkit.ppo.trainer import ppo_loss
@@ -86,3 +87,90 @@ def test_logits_are_fp32_under_bf16_autocast_and_a_frozen_bf16_head_is_cast_once
     with torch.no_grad():
         head.weight.add_(1.0)  # a changed weight is cast again
     assert torch.allclose(fp32_logits(head)(hidden), hidden.float() @ head.weight.float().T, atol=1e-4)
+
+
+def test_fused_head_logprobs_equal_the_plain_route_in_value_and_gradient():
+    from rlhfkit.ppo.losses import linear_logprobs, logprobs_from_logits
+
+    torch.manual_seed(0)
+    for bias in (False, True):
+        hidden = torch.randn(3, 7, 16, requires_grad=True)
+        weight = torch.randn(50, 16, requires_grad=True)
+        b = torch.randn(50, requires_grad=True) if bias else None
+        labels = torch.randint(0, 50, (3, 7))
+        g = torch.randn(3, 7)
+        inputs = [hidden, weight] + ([b] if bias else [])
+        plain = logprobs_from_logits(torch.nn.functional.linear(hidden, weight, b), labels, 0.7)
+        fused = linear_logprobs(hidden, weight, b, labels, 0.7, chunk_rows=4)  # several chunks, the last one short
+        torch.testing.assert_close(fused, plain, atol=1e-5, rtol=0)
+        for a, c in zip(torch.autograd.grad((fused * g).sum(), inputs), torch.autograd.grad((plain * g).sum(), inputs)):
+            torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+    out = linear_logprobs(hidden, weight, None, labels, 0.7)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="once"):  # its buffers are consumed: a second backward would be wrong
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_training_pass_gives_the_plain_routes_gradients_on_every_parameter(lora):
+    from rlhfkit.models.loading import add_lora
+    from rlhfkit.ppo.losses import logprobs_from_logits
+
+    torch.manual_seed(0)
+    model = load_causal_lm("tiny")  # its head is tied to the embeddings: both routes' gradients meet there
+    if lora:
+        model = add_lora(model)
+    query, response = torch.randint(5, 200, (3, 9)), torch.randint(5, 200, (3, 6))
+    query_mask = torch.ones_like(query)
+    query_mask[0, :3] = 0
+    g = torch.randn(3, 6)
+    grads = []
+    for fused in (True, False):
+        model.zero_grad(set_to_none=True)
+        backbone, lm_head = causal_parts(model)
+        hidden = response_hidden(backbone, torch.cat([query, response], 1), torch.cat([query_mask, torch.ones_like(response)], 1), 9)
+        logprobs = token_logprobs(lm_head, hidden, response, 0.7) if fused else logprobs_from_logits(lm_head(hidden), response, 0.7)
+        (logprobs * g).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-5)
+
+
+def test_logsumexp_and_the_sampler_keep_exp_off_its_slow_path_without_changing_the_numbers():
+    from rlhfkit.ppo.losses import logsumexp
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1000) * 60  # spans hundreds of nats: most e^(x − max) underflow
+    torch.testing.assert_close(logsumexp(x), torch.logsumexp(x, -1), atol=1e-5, rtol=0)
+
+
+def test_short_cpu_sequences_take_the_math_attention_kernel_and_match_the_default():
+    from rlhfkit.ppo.rollout import MATH_ATTENTION_MAX_TOKENS, short_sequence_attention
+
+    short, long = torch.zeros(2, 10, dtype=torch.long), torch.zeros(2, MATH_ATTENTION_MAX_TOKENS + 1, dtype=torch.long)
+    assert type(short_sequence_attention(long)).__name__ == "nullcontext"
+    assert type(short_sequence_attention(short)).__name__ != "nullcontext"
+    torch.manual_seed(0)
+    model = load_causal_lm("tiny")
+    backbone, _ = causal_parts(model)
+    ids = torch.randint(5, 200, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    with torch.no_grad():
+        math = response_hidden(backbone, ids, mask, 6)
+        default = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state[:, 5:-1]
+    torch.testing.assert_close(math, default, atol=1e-5, rtol=1e-4)
+
+
+def test_every_stage_keeps_freed_memory_for_reuse_on_glibc(monkeypatch):
+    import platform
+
+    from rlhfkit.models.loading import keep_freed_memory
+
+    keep_freed_memory.cache_clear()
+    monkeypatch.setenv("RLHFKIT_KEEP_FREED_MEMORY", "0")
+    assert keep_freed_memory() is False  # the opt-out
+    keep_freed_memory.cache_clear()
+    monkeypatch.delenv("RLHFKIT_KEEP_FREED_MEMORY")
+    assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

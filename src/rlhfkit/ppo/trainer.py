@@ -115,6 +115,8 @@ def build_policy(cfg: PPOConfig, ckpt: Path | None):
             policy = add_lora(start, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_targets)
     else:
         policy = load_causal_lm(str(ckpt / "policy")) if ckpt is not None else start
+    if cfg.lora and cfg.precision == "bf16":
+        keep_input_dtype(policy)
     reference = None
     if cfg.reference is not None or not cfg.lora:
         reference = load_start(cfg.reference or cfg.policy)
@@ -126,6 +128,18 @@ def build_policy(cfg: PPOConfig, ckpt: Path | None):
         if cfg.lora:
             policy.enable_input_require_grads()
     return policy, reference
+
+
+def keep_input_dtype(policy) -> None:
+    """Stop peft casting each LoRA layer's bf16 input to its fp32 adapter's dtype.
+
+    Every pass of a bf16 policy runs under autocast, which casts that fp32 copy straight back to bf16 for the
+    adapter's matmul: the same numbers, but two copies of every layer's activations (and their backward) per
+    pass, ~7 % of a LoRA minibatch's time.
+    """
+    for module in policy.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
 
 
 def same_vocab(tok_a, tok_b) -> bool:
