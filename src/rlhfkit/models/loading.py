@@ -250,10 +250,11 @@ def keep_freed_memory() -> bool:
 
     By default each tensor of ≥ 128 KB–32 MB gets fresh pages from the kernel and returns them when freed, and a
     training step frees and re-makes its activations every pass: each of their pages is faulted in (and zeroed)
-    again. On the 2-core VM the benchmarks ran on that cost ~1.6 ms per MB — a fresh 25 MB logits tensor took
-    40 ms to fill, more than the matmul behind it. With allocations below 32 MB served from the heap and the heap
-    never trimmed, a PPO LoRA minibatch faults ~300 pages instead of ~12,000. The peak stays what it was; memory
-    freed after the peak is kept by the process for its next step. glibc only (Linux); elsewhere a no-op.
+    again. On the 2-core VM the benchmarks ran on that cost ~1.6 ms per MB: writing a fresh 25 MB logits buffer
+    took ~40 ms, against ~2 ms for a reused one. With allocations below 32 MB served from the heap and the heap
+    never trimmed, a PPO LoRA minibatch faults at most a few hundred pages instead of 12,000–17,000. The peak
+    stays; memory freed after the peak is kept by the process for its next step. glibc only (Linux); elsewhere
+    a no-op (``RLHFKIT_KEEP_FREED_MEMORY=0`` turns it off).
     Returns whether it applied.
     """
     if os.environ.get("RLHFKIT_KEEP_FREED_MEMORY", "1") == "0":

@@ -135,7 +135,7 @@ def keep_input_dtype(policy) -> None:
 
     Every pass of a bf16 policy runs under autocast, which casts that fp32 copy straight back to bf16 for the
     adapter's matmul: the same numbers, but two copies of every layer's activations (and their backward) per
-    pass, ~7 % of a LoRA minibatch's time.
+    pass (about 4–7 % of a LoRA minibatch's time in a profile).
     """
     for module in policy.modules():
         if hasattr(module, "cast_input_dtype_enabled"):
