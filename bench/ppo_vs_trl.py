@@ -19,6 +19,10 @@ Configurations:
      then falls back to a value head on the policy (MiniLM's tokenizer differs from the policy's, and
      values are needed per policy token). Same batch, lengths and epochs; 2 minibatches (our default).
   Bbf16  B with ``precision: bf16`` (bf16 autocast matmuls, fp32 weights and optimiser; an option, not the default).
+  Brecipe  B as the tutor recipe's PPO section runs it (recipes/tutor/recipe.yaml, ``ppo:``): 32 answers per
+     update as 8 prompts × 4 (leave-one-out baseline), 1 epoch, 2 minibatches of 2 micro-batches, lr 3e-4,
+     bf16 where the CPU has it. Only the lengths and sampling (32 new tokens, temperature 0.7), the start (the shipped model,
+     not an SFT run) and the step count are the peer's.
 The peer has no MiniLM route (its reward and value models must share the policy's tokenizer), so B is
 compared with the peer's A: the same learning problem done the peer's way.
 """
@@ -89,6 +93,13 @@ def ours_config(name: str, paths: dict, updates: int, output: str):
                   threads=s["threads"], seed=s["seed"], save_every=0, report_to="none", schedule="constant")
     if name == "A":
         return PPOConfig(reward=paths["rm-smollm2"], lora=False, value_model="reward", num_minibatches=1, **common)
+    if name == "Brecipe":
+        from rlhfkit.pipeline import load_recipe
+
+        recipe = load_recipe("tutor").ppo
+        keep = {k: recipe[k] for k in ("lora", "batch_size", "samples_per_prompt", "num_minibatches", "grad_accum", "ppo_epochs",
+                                       "lr", "missing_eos_penalty", "precision")}
+        return PPOConfig(reward=paths["rm-minilm"], value_model="reward", **(common | keep))
     precision = "bf16" if name == "Bbf16" else "fp32"
     return PPOConfig(reward=paths["rm-minilm"], lora=True, value_model="reward", num_minibatches=2, precision=precision, **common)
 
@@ -99,6 +110,7 @@ def ours_config(name: str, paths: dict, updates: int, output: str):
 def ours_worker(job: dict, result: str) -> None:
     """Our trainer for ``updates`` steps; checkpoint writing is switched off (the bench measures updates)."""
     import rlhfkit.ppo.trainer as trainer
+    from rlhfkit.precision import resolve_precision
     from rlhfkit.tracking import read_metrics
 
     trainer.save_checkpoint = lambda *a, **k: None
@@ -112,6 +124,8 @@ def ours_worker(job: dict, result: str) -> None:
         "seconds": [m["time_step_s"] for m in log],
         "tokens": [m["response_len"] * m["batch_size"] for m in log],
         "batch_size": cfg.batch_size,
+        "ppo_epochs": cfg.ppo_epochs,
+        "precision": resolve_precision(cfg.precision, "cpu"),
         "score": [m["score"] for m in log],
         "phases": phases,
     }))
@@ -245,10 +259,13 @@ def instrument() -> list[dict]:
 
 
 PHASES = ["generation", "reference pass", "value pass", "reward pass", "training"]
+# The 2 cores' best matmul rates measured here (torch 2.13, 2048² matmuls, 2 threads): fp32 ~200 GFLOP/s through
+# oneDNN (MKL's default route reached 130-156), bf16 ~370 GFLOP/s (AVX512-BF16).
+ROOFLINE = {"fp32": 200e9, "bf16": 370e9}
 
 
 def profile_table(runs: dict[str, list[dict]]) -> str:
-    """Median seconds per phase (updates after the first) and the update's FLOPs at the 200 GFLOP/s roofline."""
+    """Median seconds per phase (updates after the first) and the update's FLOPs at the roofline of its precision."""
     from rlhfkit.models.loading import load_causal_lm
 
     config = load_causal_lm("default").config
@@ -262,17 +279,18 @@ def profile_table(runs: dict[str, list[dict]]) -> str:
         med = {k: statistics.median(st.get(k, 0.0) for st in steps) for k in PHASES}
         p = statistics.mean(st["prompt_width"] for st in steps)
         w = statistics.mean(st["response_width"] for st in steps)
-        flops = update_flops(config, SETTINGS["batch_size"], round(p), round(w), SETTINGS["ppo_epochs"], name.startswith("ours B"),
-                             peer=False)["total"]
+        flops = update_flops(config, rs[0]["batch_size"], round(p), round(w), rs[0].get("ppo_epochs", SETTINGS["ppo_epochs"]),
+                             name.startswith("ours B"), peer=False)["total"]
         lines.append(f"| {name} | " + " | ".join(f"{med[k]:.1f}" for k in PHASES) +
-                     f" | {step_s - sum(med.values()):.1f} | {step_s:.1f} | {flops / 1e12:.2f} | {flops / 200e9:.1f} | "
+                     f" | {step_s - sum(med.values()):.1f} | {step_s:.1f} | {flops / 1e12:.2f} | "
+                     f"{flops / ROOFLINE[rs[0].get('precision', 'fp32')]:.1f} | "
                      f"{flops / step_s / 1e9:.0f} |")
         if name == "ours A" and "peer A" in runs:  # the peer's same work: logits at every position, no trimming
             peer_s = statistics.median(s for r in runs["peer A"] for s in r["seconds"][1:])
             peer = update_flops(config, SETTINGS["batch_size"], round(p), SETTINGS["max_new_tokens"], SETTINGS["ppo_epochs"],
                                 False, peer=True)["total"]
             peer_row = (f"| peer A | " + " | ".join("—" for _ in PHASES) + f" | — | {peer_s:.1f} | {peer / 1e12:.2f} | "
-                        f"{peer / 200e9:.1f} | {peer / peer_s / 1e9:.0f} |")
+                        f"{peer / ROOFLINE['fp32']:.1f} | {peer / peer_s / 1e9:.0f} |")
     return "\n".join(lines + ([peer_row] if "peer_row" in locals() else []))
 
 
@@ -329,7 +347,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--updates", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--configs", default="A,peer,B,Bbf16", help="order within a round: A, peer, B, Bbf16 (B with --set precision=bf16)")
+    ap.add_argument("--configs", default="A,peer,B,Bbf16,Brecipe",
+                    help="order within a round: A, peer, B, Bbf16 (B with precision bf16), Brecipe (B as the tutor recipe runs it)")
     ap.add_argument("--threads", type=int, default=SETTINGS["threads"], help="torch threads, the same on both sides")
     ap.add_argument("--generate", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "ppo_vs_trl"), help="output folder")
@@ -348,7 +367,7 @@ def main() -> None:
     paths = prepare(ROOT / "bench" / "out" / "ppo_vs_trl-models")
     peer_python = ensure_peer_venv(PEER_VENV)
     runs: dict[str, list[dict]] = {}
-    names = {"A": "ours A", "peer": "peer A", "B": "ours B", "Bbf16": "ours B bf16"}
+    names = {"A": "ours A", "peer": "peer A", "B": "ours B", "Bbf16": "ours B bf16", "Brecipe": "ours B recipe"}
     t0 = time.perf_counter()
     for rnd in range(args.rounds):
         for c in args.configs.split(","):

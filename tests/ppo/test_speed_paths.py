@@ -68,8 +68,10 @@ def test_policy_then_value_backward_gives_the_joint_backward_gradients(tmp_path)
 
 
 def test_logits_are_fp32_under_bf16_autocast_and_a_frozen_bf16_head_is_cast_once():
+    from rlhfkit.ppo.head import onednn_linear_available
     from rlhfkit.ppo.rollout import fp32_logits
 
+    cache = "_rlhfkit_packed" if onednn_linear_available() else "_rlhfkit_fp32"  # the fp32 weight, oneDNN-packed on CPUs
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False).to(torch.bfloat16).requires_grad_(False)
     hidden = torch.randn(3, 16, dtype=torch.bfloat16)
@@ -77,9 +79,9 @@ def test_logits_are_fp32_under_bf16_autocast_and_a_frozen_bf16_head_is_cast_once
         logits = fp32_logits(head)(hidden)
     assert logits.dtype == torch.float32
     assert torch.allclose(logits, hidden.float() @ head.weight.float().T, atol=1e-5)  # no bf16 rounding of the output
-    first = head._rlhfkit_fp32[1]
+    first = getattr(head, cache)[1]
     fp32_logits(head)(hidden)
-    assert head._rlhfkit_fp32[1] is first  # cached while the weight is unchanged
+    assert getattr(head, cache)[1] is first  # cached while the weight is unchanged
     # made inside inference mode, the cached copy still serves a pass that back-propagates
     x = hidden.float().requires_grad_(True)
     fp32_logits(head)(x).sum().backward()
@@ -87,6 +89,30 @@ def test_logits_are_fp32_under_bf16_autocast_and_a_frozen_bf16_head_is_cast_once
     with torch.no_grad():
         head.weight.add_(1.0)  # a changed weight is cast again
     assert torch.allclose(fp32_logits(head)(hidden), hidden.float() @ head.weight.float().T, atol=1e-4)
+
+
+def test_the_onednn_packed_head_gives_the_dense_heads_logits_log_probs_and_input_gradient():
+    from rlhfkit.ppo.head import Fp32Head, PackedWeight, onednn_linear_available
+    from rlhfkit.ppo.losses import linear_logprobs
+
+    if not onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear ops")
+    torch.manual_seed(0)
+    for bias in (False, True):
+        head = torch.nn.Linear(16, 300, bias=bias)
+        hidden = torch.randn(2, 7, 16, requires_grad=True)
+        labels = torch.randint(0, 300, (2, 7))
+        packed = PackedWeight(head.weight, head.bias)
+        dense = linear_logprobs(hidden, head.weight.detach(), None if head.bias is None else head.bias.detach(), labels, 0.7)
+        fast = linear_logprobs(hidden, None, None, labels, 0.7, chunk_rows=4, packed=packed)
+        torch.testing.assert_close(fast, dense, atol=1e-5, rtol=0)
+        g = torch.randn(2, 7)
+        (a,), (b,) = torch.autograd.grad((fast * g).sum(), [hidden]), torch.autograd.grad((dense * g).sum(), [hidden])
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        with torch.inference_mode():  # a trainable head in a sampling loop: packed for the loop, same logits
+            decoding = Fp32Head(head).decoding()
+            assert decoding.packed is not None and Fp32Head(head).packed is None
+            torch.testing.assert_close(decoding(hidden[0]), head(hidden[0]), atol=1e-5, rtol=0)
 
 
 def test_fused_head_logprobs_equal_the_plain_route_in_value_and_gradient():

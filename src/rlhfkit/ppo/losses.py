@@ -113,14 +113,17 @@ class LinearLogprobs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, temperature: float, chunk_rows: int):
+    def forward(ctx, hidden, weight, bias, labels, temperature: float, chunk_rows: int, packed=None):
         keep = any(ctx.needs_input_grad[:3])
         out = hidden.new_empty(hidden.shape[0])
         lse = hidden.new_empty(hidden.shape[0])
         scratch, buffers = None, []
         for s in range(0, hidden.shape[0], chunk_rows):
             h = hidden[s : s + chunk_rows]
-            logits = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
+            if packed is not None:
+                logits = packed.logits(h)
+            else:
+                logits = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
             if temperature != 1.0:
                 logits.div_(temperature)
             top = logits.amax(-1, keepdim=True)
@@ -132,7 +135,7 @@ class LinearLogprobs(torch.autograd.Function):
             if keep:
                 buffers.append(logits)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
-        ctx.buffers, ctx.temperature, ctx.chunk_rows = buffers, temperature, chunk_rows
+        ctx.buffers, ctx.temperature, ctx.chunk_rows, ctx.packed = buffers, temperature, chunk_rows, packed
         return out
 
     @staticmethod
@@ -151,7 +154,9 @@ class LinearLogprobs(torch.autograd.Function):
                 e = s + p.shape[0]
                 p.sub_(lse[s:e, None]).clamp_(min=EXP_FLOOR).exp_().mul_(-g[s:e])  # softmax · (−g/T)
                 p.scatter_add_(1, labels[s:e, None], g[s:e])  # + one-hot · g/T
-                if need_h:
+                if need_h and ctx.packed is not None:
+                    grad_h[s:e] = ctx.packed.grad_input(p)
+                elif need_h:
                     torch.mm(p, weight, out=grad_h[s:e])
                 if need_w:
                     grad_w.addmm_(p.t(), hidden[s:e])
@@ -159,21 +164,23 @@ class LinearLogprobs(torch.autograd.Function):
                     grad_b += p.sum(0)
                 ctx.buffers[i] = None
         ctx.buffers = None
-        return grad_h, grad_w, grad_b, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None
 
 
-def linear_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, temperature: float = 1.0,
-                    chunk_rows: int = 256) -> Tensor:
+def linear_logprobs(hidden: Tensor, weight: Tensor | None, bias: Tensor | None, labels: Tensor, temperature: float = 1.0,
+                    chunk_rows: int = 256, packed=None) -> Tensor:
     """log softmax((hidden · Wᵀ + b) / T)[label]: (...,) for hidden (..., H), labels (...); fp32, autocast off.
 
     Rows go through ``chunk_rows`` at a time (256 × 49k logits = 50 MB), so no (rows, vocab) tensor of the
     whole batch is built; see :class:`LinearLogprobs` for the gradient.
+    ``packed``: a frozen W (and b) as an object with ``logits(h)`` = h·Wᵀ + b and ``grad_input(g)`` = g·W
+    (:class:`~rlhfkit.ppo.head.PackedWeight`), used instead of ``weight`` and ``bias``, which are then None.
     """
     shape = labels.shape
     with torch.autocast(hidden.device.type, enabled=False):
         flat = hidden.reshape(-1, hidden.shape[-1]).float()
-        out = LinearLogprobs.apply(flat, weight.float(), None if bias is None else bias.float(),
-                                   labels.reshape(-1).long(), temperature, chunk_rows)
+        out = LinearLogprobs.apply(flat, None if weight is None else weight.float(), None if bias is None else bias.float(),
+                                   labels.reshape(-1).long(), temperature, chunk_rows, packed)
     return out.reshape(shape)
 
 

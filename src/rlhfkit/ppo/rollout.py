@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from rlhfkit.data.tokenize import left_pad, position_ids_from_mask
-from rlhfkit.ppo.losses import EXP_FLOOR, entropy_from_logits, linear_logprobs, logprobs_from_logits
+from rlhfkit.ppo.head import fp32_logits
+from rlhfkit.ppo.losses import EXP_FLOOR, entropy_from_logits, logprobs_from_logits
 
 
 @dataclass
@@ -62,51 +63,6 @@ def causal_parts(model):
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), fp32_logits(base.get_output_embeddings())
-
-
-def fp32_weight(lm_head) -> Tensor:
-    """An fp32 copy of a bf16 head's weight, made once and kept while the weight is unchanged.
-
-    Casting the 49k × 576 head on every decoding step cost as much as the bf16 weights saved.
-    A weight that trains (``requires_grad``) is cast each call, so that its gradient flows.
-    """
-    weight = lm_head.weight
-    if weight.requires_grad:
-        return weight.float()
-    key = (weight.data_ptr(), weight._version)
-    cached = getattr(lm_head, "_rlhfkit_fp32", None)
-    if cached is None or cached[0] != key:
-        with torch.inference_mode(False):  # a normal tensor: the training pass saves it for backward
-            cached = (key, weight.detach().float())
-        lm_head._rlhfkit_fp32 = cached
-    return cached[1]
-
-
-class Fp32Head:
-    """``lm_head`` as fp32 logits from (possibly bf16) hidden states, autocast disabled; also the fused
-    per-token log-probs (:func:`~rlhfkit.ppo.losses.linear_logprobs`) when the head is a plain linear layer."""
-
-    def __init__(self, lm_head):
-        self.lm_head = lm_head
-
-    def __call__(self, hidden: Tensor) -> Tensor:
-        lm_head = self.lm_head
-        with torch.autocast(hidden.device.type, enabled=False):
-            if lm_head.weight.dtype == torch.float32:
-                return lm_head(hidden.float())  # the module itself, hooks (FSDP, DDP) and all
-            bias = None if lm_head.bias is None else lm_head.bias.float()
-            return torch.nn.functional.linear(hidden.float(), fp32_weight(lm_head), bias)  # a bf16 base's frozen head
-
-    def logprobs(self, hidden: Tensor, labels: Tensor, temperature: float) -> Tensor:
-        """log softmax(logits / temperature)[labels], (B, R), the same numbers as from ``self(hidden)``."""
-        if type(self.lm_head) is not torch.nn.Linear or self.lm_head._forward_hooks or self.lm_head._forward_pre_hooks:
-            return logprobs_from_logits(self(hidden), labels, temperature)  # a wrapped head: through its module
-        return linear_logprobs(hidden, fp32_weight(self.lm_head), self.lm_head.bias, labels, temperature)
-
-
-def fp32_logits(lm_head) -> Fp32Head:
-    """``lm_head`` as a function computing fp32 logits from (possibly bf16) hidden states, autocast disabled."""
-    return Fp32Head(lm_head)
 
 
 def response_mask_from_eos(response: Tensor, eos_id: int) -> Tensor:
@@ -164,6 +120,7 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
     from transformers import DynamicCache
 
     backbone, lm_head = causal_parts(model)
+    lm_head = lm_head.decoding()
     batch = query.shape[0]
     cache = DynamicCache()
     ids, width = query, query.shape[1]
