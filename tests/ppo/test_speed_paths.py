@@ -200,3 +200,19 @@ def test_every_stage_keeps_freed_memory_for_reuse_on_glibc(monkeypatch):
     keep_freed_memory.cache_clear()
     monkeypatch.delenv("RLHFKIT_KEEP_FREED_MEMORY")
     assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_the_two_level_inverse_cdf_draws_the_tokens_a_whole_row_cumulative_sum_draws():
+    from rlhfkit.ppo.rollout import inverse_cdf
+
+    torch.manual_seed(0)
+    for vocab in (49152, 1000, 7):  # whole blocks, a padded last block, fewer tokens than a block
+        probs = torch.log_softmax(torch.randn(16, vocab) * 4 / 0.7, -1).clamp(min=-80).exp()
+        probs[:, 3] = 0.0  # a zero-probability token is never drawn
+        for _ in range(20):
+            u = torch.rand(16, dtype=torch.float64)
+            cdf = probs.double().cumsum(-1)
+            whole = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1).clamp(max=vocab - 1)
+            got = inverse_cdf(probs, u, block=256)
+            assert torch.equal(got, whole)
+            assert not (got == 3).any()
