@@ -68,10 +68,9 @@ def test_policy_then_value_backward_gives_the_joint_backward_gradients(tmp_path)
 
 
 def test_logits_are_fp32_under_bf16_autocast_and_a_frozen_bf16_head_is_cast_once():
-    from rlhfkit.ppo.head import onednn_linear_available
     from rlhfkit.ppo.rollout import fp32_logits
 
-    cache = "_rlhfkit_packed" if onednn_linear_available() else "_rlhfkit_fp32"  # the fp32 weight, oneDNN-packed on CPUs
+    cache = "_rlhfkit_fp32"
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False).to(torch.bfloat16).requires_grad_(False)
     hidden = torch.randn(3, 16, dtype=torch.bfloat16)
@@ -91,28 +90,26 @@ def test_logits_are_fp32_under_bf16_autocast_and_a_frozen_bf16_head_is_cast_once
     assert torch.allclose(fp32_logits(head)(hidden), hidden.float() @ head.weight.float().T, atol=1e-4)
 
 
-def test_the_onednn_packed_head_gives_the_dense_heads_logits_log_probs_and_input_gradient():
-    from rlhfkit.ppo.head import Fp32Head, PackedWeight, onednn_linear_available
-    from rlhfkit.ppo.losses import linear_logprobs
+def test_the_fused_head_through_onednn_gives_the_plain_routes_log_probs_and_gradients():
+    from rlhfkit.models import cpu_linear
+    from rlhfkit.ppo.losses import linear_logprobs, logprobs_from_logits
 
-    if not onednn_linear_available():
+    if not cpu_linear.onednn_linear_available():
         pytest.skip("this torch build has no oneDNN linear ops")
     torch.manual_seed(0)
     for bias in (False, True):
-        head = torch.nn.Linear(16, 300, bias=bias)
-        hidden = torch.randn(2, 7, 16, requires_grad=True)
+        hidden = torch.randn(2, 7, 64, requires_grad=True)
+        weight = torch.randn(300, 64, requires_grad=True)
+        b = torch.randn(300, requires_grad=True) if bias else None
+        assert cpu_linear.applies(hidden, weight)  # 64 wide: the oneDNN route
         labels = torch.randint(0, 300, (2, 7))
-        packed = PackedWeight(head.weight, head.bias)
-        dense = linear_logprobs(hidden, head.weight.detach(), None if head.bias is None else head.bias.detach(), labels, 0.7)
-        fast = linear_logprobs(hidden, None, None, labels, 0.7, chunk_rows=4, packed=packed)
-        torch.testing.assert_close(fast, dense, atol=1e-5, rtol=0)
+        inputs = [hidden, weight] + ([b] if bias else [])
+        plain = logprobs_from_logits(hidden @ weight.T + (b if bias else 0), labels, 0.7)  # MKL's products
+        fast = linear_logprobs(hidden, weight, b, labels, 0.7, chunk_rows=4)  # 4 chunks: ∂W summed over them
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
         g = torch.randn(2, 7)
-        (a,), (b,) = torch.autograd.grad((fast * g).sum(), [hidden]), torch.autograd.grad((dense * g).sum(), [hidden])
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-        with torch.inference_mode():  # a trainable head in a sampling loop: packed for the loop, same logits
-            decoding = Fp32Head(head).decoding()
-            assert decoding.packed is not None and Fp32Head(head).packed is None
-            torch.testing.assert_close(decoding(hidden[0]), head(hidden[0]), atol=1e-5, rtol=0)
+        for a, c in zip(torch.autograd.grad((fast * g).sum(), inputs), torch.autograd.grad((plain * g).sum(), inputs)):
+            torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
 
 
 def test_fused_head_logprobs_equal_the_plain_route_in_value_and_gradient():

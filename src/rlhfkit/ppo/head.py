@@ -2,19 +2,17 @@
 
 PPO's ratio compares the same token's log-prob from passes of different shapes (the rollout's, a
 minibatch's), so logits are always made in fp32: bf16 logits near 30 are 0.125 apart, ~0.2–0.5 nats at
-temperature 0.7. On the CPU a frozen head's fp32 weight is also kept prepacked for oneDNN's fp32 matmul,
-which on the 2-core benchmark machine ran the 49k × 576 head 2–4× faster than the default BLAS route
-(8 rows: 24 → 5 ms; 128 rows: 87 → 39 ms; the backward's 128 × 49k · 49k × 576: 53 → 39 ms), with the
-same fp32 arithmetic (results agree to summation order, ~1e-6).
+temperature 0.7. On the CPU the head's fp32 product (49k × 576, the largest of the model) goes through
+oneDNN (:mod:`rlhfkit.models.cpu_linear`): on the 2-core benchmark machine 8 rows 12.8 → 4.4 ms, 256 rows
+105 → 49 ms, the same fp32 arithmetic in another summation order.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
+from rlhfkit.models import cpu_linear
 from rlhfkit.ppo.losses import linear_logprobs, logprobs_from_logits
 
 
@@ -42,38 +40,6 @@ def _cached(lm_head, attr: str, make):
     return cached[1]
 
 
-@functools.cache
-def onednn_linear_available() -> bool:
-    """Whether torch's oneDNN ops for a prepacked fp32 linear layer exist and run here (CPU builds with mkldnn)."""
-    try:
-        w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(3, 2))
-        out = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), w, None, "none", [], "")
-        return bool(torch.equal(out, torch.full((1, 3), 2.0)))
-    except (AttributeError, RuntimeError):
-        return False
-
-
-class PackedWeight:
-    """A head weight (V, H) in fp32, prepacked for oneDNN: ``logits(h)`` = h·Wᵀ + b, ``grad_input(g)`` = g·W.
-
-    The backward's packing (of Wᵀ) is made on its first use, so passes without gradients never pay for it.
-    """
-
-    def __init__(self, weight: Tensor, bias: Tensor | None):
-        self.weight, self.bias = weight, None if bias is None else bias.detach().float()
-        self.forward_packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().float())
-        self.backward_packed = None
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(hidden, self.forward_packed, self.bias, "none", [], "")
-
-    def grad_input(self, grad_logits: Tensor) -> Tensor:
-        if self.backward_packed is None:
-            with torch.inference_mode(False):
-                self.backward_packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach().float().t().contiguous())
-        return torch.ops.mkldnn._linear_pointwise(grad_logits, self.backward_packed, None, "none", [], "")
-
-
 def plain_linear(lm_head) -> bool:
     """A bare ``nn.Linear`` (no wrapper, no hooks such as DDP's or FSDP's): its maths may bypass the module."""
     return type(lm_head) is torch.nn.Linear and not lm_head._forward_hooks and not lm_head._forward_pre_hooks
@@ -82,40 +48,24 @@ def plain_linear(lm_head) -> bool:
 class Fp32Head:
     """``lm_head`` as fp32 logits from (possibly bf16) hidden states, autocast disabled; also the fused
     per-token log-probs (:func:`~rlhfkit.ppo.losses.linear_logprobs`) when the head is a plain linear layer.
-
-    ``decoding``: the head of a sampling loop (no gradients, many calls on one unchanged weight). A
-    trainable head is then packed too, once for this object, as it is called ~once per generated token.
+    A plain head's fp32 product goes through oneDNN on the CPU (:mod:`rlhfkit.models.cpu_linear`).
     """
 
-    def __init__(self, lm_head, decoding: bool = False):
+    def __init__(self, lm_head):
         self.lm_head = lm_head
-        self.packed = None
-        if lm_head.weight.device.type == "cpu" and plain_linear(lm_head) and onednn_linear_available():
-            if not lm_head.weight.requires_grad:
-                self.packed = _cached(lm_head, "_rlhfkit_packed", lambda: PackedWeight(lm_head.weight, lm_head.bias))
-            elif decoding:
-                self.packed = PackedWeight(lm_head.weight, lm_head.bias)
-
-    def decoding(self) -> "Fp32Head":
-        """This head for a sampling loop (see the class)."""
-        return Fp32Head(self.lm_head, decoding=True)
 
     def __call__(self, hidden: Tensor) -> Tensor:
         lm_head = self.lm_head
         with torch.autocast(hidden.device.type, enabled=False):
-            if self.packed is not None and not (torch.is_grad_enabled() and (hidden.requires_grad or lm_head.weight.requires_grad)):
-                return self.packed.logits(hidden.float())  # no gradient through it: the packed op has no backward
-            if lm_head.weight.dtype == torch.float32:
+            if not plain_linear(lm_head):
                 return lm_head(hidden.float())  # the module itself, hooks (FSDP, DDP) and all
             bias = None if lm_head.bias is None else lm_head.bias.float()
-            return torch.nn.functional.linear(hidden.float(), fp32_weight(lm_head), bias)  # a bf16 base's frozen head
+            return cpu_linear.linear(hidden.float(), fp32_weight(lm_head), bias)
 
     def logprobs(self, hidden: Tensor, labels: Tensor, temperature: float) -> Tensor:
         """log softmax(logits / temperature)[labels], (B, R), the same numbers as from ``self(hidden)``."""
         if not plain_linear(self.lm_head):
             return logprobs_from_logits(self(hidden), labels, temperature)  # a wrapped head: through its module
-        if self.packed is not None and not self.lm_head.weight.requires_grad:
-            return linear_logprobs(hidden, None, None, labels, temperature, packed=self.packed)
         return linear_logprobs(hidden, fp32_weight(self.lm_head), self.lm_head.bias, labels, temperature)
 
 

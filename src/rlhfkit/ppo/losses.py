@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rlhfkit.models import cpu_linear
+from rlhfkit.models.cpu_linear import onednn_mm
 from rlhfkit.ppo.advantages import masked_mean, masked_var
 
 # exp() of arguments below about −87 (a result under fp32's smallest normal number) takes a slow path in
@@ -113,15 +115,16 @@ class LinearLogprobs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, temperature: float, chunk_rows: int, packed=None):
+    def forward(ctx, hidden, weight, bias, labels, temperature: float, chunk_rows: int):
         keep = any(ctx.needs_input_grad[:3])
+        dnn = cpu_linear.applies(hidden, weight)  # fp32 on the CPU: oneDNN's products
         out = hidden.new_empty(hidden.shape[0])
         lse = hidden.new_empty(hidden.shape[0])
         scratch, buffers = None, []
         for s in range(0, hidden.shape[0], chunk_rows):
             h = hidden[s : s + chunk_rows]
-            if packed is not None:
-                logits = packed.logits(h)
+            if dnn:
+                logits = onednn_mm(h, weight, bias)
             else:
                 logits = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
             if temperature != 1.0:
@@ -135,7 +138,7 @@ class LinearLogprobs(torch.autograd.Function):
             if keep:
                 buffers.append(logits)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
-        ctx.buffers, ctx.temperature, ctx.chunk_rows, ctx.packed = buffers, temperature, chunk_rows, packed
+        ctx.buffers, ctx.temperature, ctx.chunk_rows, ctx.dnn = buffers, temperature, chunk_rows, dnn
         return out
 
     @staticmethod
@@ -145,7 +148,7 @@ class LinearLogprobs(torch.autograd.Function):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_w = None
         grad_b = torch.zeros_like(bias) if need_b else None
         g = (grad_out.to(hidden.dtype) / ctx.temperature)[:, None]  # ∂/∂logits of logits/T
         with torch.autocast(hidden.device.type, enabled=False):
@@ -154,33 +157,35 @@ class LinearLogprobs(torch.autograd.Function):
                 e = s + p.shape[0]
                 p.sub_(lse[s:e, None]).clamp_(min=EXP_FLOOR).exp_().mul_(-g[s:e])  # softmax · (−g/T)
                 p.scatter_add_(1, labels[s:e, None], g[s:e])  # + one-hot · g/T
-                if need_h and ctx.packed is not None:
-                    grad_h[s:e] = ctx.packed.grad_input(p)
+                if need_h and ctx.dnn:
+                    grad_h[s:e] = onednn_mm(p, weight.t())
                 elif need_h:
                     torch.mm(p, weight, out=grad_h[s:e])
-                if need_w:
+                if need_w and ctx.dnn and grad_w is None:  # the first chunk's product is the gradient: no zeros + add
+                    grad_w = onednn_mm(p.t(), hidden[s:e].t())
+                elif need_w:
+                    if grad_w is None:
+                        grad_w = torch.zeros_like(weight)
                     grad_w.addmm_(p.t(), hidden[s:e])
                 if need_b:
                     grad_b += p.sum(0)
                 ctx.buffers[i] = None
         ctx.buffers = None
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None
 
 
 def linear_logprobs(hidden: Tensor, weight: Tensor | None, bias: Tensor | None, labels: Tensor, temperature: float = 1.0,
-                    chunk_rows: int = 256, packed=None) -> Tensor:
+                    chunk_rows: int = 256) -> Tensor:
     """log softmax((hidden · Wᵀ + b) / T)[label]: (...,) for hidden (..., H), labels (...); fp32, autocast off.
 
     Rows go through ``chunk_rows`` at a time (256 × 49k logits = 50 MB), so no (rows, vocab) tensor of the
     whole batch is built; see :class:`LinearLogprobs` for the gradient.
-    ``packed``: a frozen W (and b) as an object with ``logits(h)`` = h·Wᵀ + b and ``grad_input(g)`` = g·W
-    (:class:`~rlhfkit.ppo.head.PackedWeight`), used instead of ``weight`` and ``bias``, which are then None.
     """
     shape = labels.shape
     with torch.autocast(hidden.device.type, enabled=False):
         flat = hidden.reshape(-1, hidden.shape[-1]).float()
-        out = LinearLogprobs.apply(flat, None if weight is None else weight.float(), None if bias is None else bias.float(),
-                                   labels.reshape(-1).long(), temperature, chunk_rows, packed)
+        out = LinearLogprobs.apply(flat, weight.float(), None if bias is None else bias.float(),
+                                   labels.reshape(-1).long(), temperature, chunk_rows)
     return out.reshape(shape)
 
 

@@ -120,7 +120,6 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
     from transformers import DynamicCache
 
     backbone, lm_head = causal_parts(model)
-    lm_head = lm_head.decoding()
     batch = query.shape[0]
     cache = DynamicCache()
     ids, width = query, query.shape[1]

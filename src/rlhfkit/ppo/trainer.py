@@ -30,6 +30,7 @@ from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_stat
 from rlhfkit.config import ConfigError, PPOConfig, save_config, to_dict
 from rlhfkit.data.formats import prompt_messages, read_records
 from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.models.cpu_linear import use_onednn_linears
 from rlhfkit.models.loading import add_lora, disable_dropout, load_causal_lm, load_sequence_classifier, load_tokenizer, set_threads
 from rlhfkit.ppo.advantages import (AdaptiveKLController, FixedKLController, gae, kl_penalty_rewards, leave_one_out, masked_mean,
                                      masked_whiten)
@@ -178,6 +179,15 @@ def build_value(cfg: PPOConfig, policy, tok, reward, ckpt: Path | None):
     if not can_be_value_model(classifier):
         raise ValueError(f"value_model: {kind}: not a decoder classifier with a linear score head")
     return ValueModel(classifier, mean, std), None, kind
+
+
+def fast_cpu_linears(*models) -> None:
+    """Every fp32 linear layer of ``models`` but the LM head through oneDNN (see :mod:`rlhfkit.models.cpu_linear`);
+    the head keeps its own route (:mod:`rlhfkit.ppo.head`)."""
+    for model in models:
+        if model is not None:
+            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            use_onednn_linears(model, skip=() if head is None else (head,))
 
 
 def trainable(module) -> list[torch.nn.Parameter]:
@@ -436,6 +446,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
     for module in (policy, reference, value_model, value_head, reward.model):  # every pass runs on the one device
         if module is not None:
             module.to(device)
+    if device.type == "cpu":
+        fast_cpu_linears(policy, reference, value_model, reward.model)
     lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 3e-6)
     value_module = value_model if value_model is not None else value_head
     policy_params, value_params = trainable(policy), trainable(value_module)
