@@ -1,7 +1,7 @@
 """PPO speed and memory vs TRL 1.12.0's PPOTrainer, in one run, alternating, on the same work.
 
 One command (creates the peer venv on first use, then measures both sides and writes the table):
-  .venv/bin/python bench/ppo_vs_trl.py            (= --updates 3 --rounds 2 --threads 1, the RESULTS.md run)
+  .venv/bin/python bench/ppo_vs_trl.py --threads 2   (the RESULTS.md runs; defaults --updates 3 --rounds 2 --threads 1)
 Options: --updates N (per side per configuration; the median skips the first), --rounds R (each round runs
 ours-A, peer-A, ours-B in turn), --threads T (torch threads, both sides; 1 because on the shared 2 cores two
 OpenMP threads stall), --generate (our sampler vs model.generate, tokens/s at batch 8).
@@ -172,12 +172,12 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def table(rows: dict[str, dict], peer_key: str = "peer A") -> str:
-    peer = rows[peer_key]
+    peer = rows.get(peer_key)  # None when the run left the peer out: no ratios
     lines = ["| run | s / update (median) | samples / s | generated tokens / s | peak RSS (GiB) | "
              "s / update ours/peer | samples/s ours/peer | peak RSS ours/peer |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        ratio = "—" if name == peer_key else (f"{r['s_per_update'] / peer['s_per_update']:.2f} | "
+        ratio = "— | — | —" if peer is None or name == peer_key else (f"{r['s_per_update'] / peer['s_per_update']:.2f} | "
                                              f"{r['samples_per_s'] / peer['samples_per_s']:.2f} | "
                                              f"{r['peak_rss_gib'] / peer['peak_rss_gib']:.2f}")
         if name == peer_key:
@@ -259,13 +259,42 @@ def instrument() -> list[dict]:
 
 
 PHASES = ["generation", "reference pass", "value pass", "reward pass", "training"]
-# The 2 cores' best matmul rates measured here (torch 2.13, 2048² matmuls, 2 threads): fp32 ~200 GFLOP/s through
-# oneDNN (MKL's default route reached 130-156), bf16 ~370 GFLOP/s (AVX512-BF16).
-ROOFLINE = {"fp32": 200e9, "bf16": 370e9}
 
 
-def profile_table(runs: dict[str, list[dict]]) -> str:
-    """Median seconds per phase (updates after the first) and the update's FLOPs at the roofline of its precision."""
+def measure_roofline(threads: int) -> dict[str, float]:
+    """This machine's best matmul rates (FLOP/s; 2048² products, best of 10) in fp32 through oneDNN, fp32
+    through torch's default BLAS route (MKL) and bf16: the rooflines the profile compares with.
+
+    Measured, not assumed: on the 2-core VMs this bench ran on, fp32 ranged 200-460 GFLOP/s by processor
+    (MKL runs its AVX2 code on AMD processors, oneDNN AVX-512).
+    """
+    import torch
+
+    from rlhfkit.models.cpu_linear import onednn_linear_available, onednn_mm
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+
+    def rate(fn) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(10):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        return 2 * 2048**3 / best
+
+    mkl = rate(lambda: a @ b)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    out = {"fp32_blas": mkl, "fp32": rate(lambda: onednn_mm(a, b)) if onednn_linear_available() else mkl,
+           "bf16": rate(lambda: a16 @ b16)}
+    print("roofline (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in out.items()), flush=True)
+    return out
+
+
+def profile_table(runs: dict[str, list[dict]], roofline: dict[str, float]) -> str:
+    """Median seconds per phase (updates after the first) and the update's FLOPs at the roofline of its precision
+    (the peer's fp32 at the best fp32 rate too, though its products take the default BLAS route)."""
     from rlhfkit.models.loading import load_causal_lm
 
     config = load_causal_lm("default").config
@@ -283,14 +312,14 @@ def profile_table(runs: dict[str, list[dict]]) -> str:
                              name.startswith("ours B"), peer=False)["total"]
         lines.append(f"| {name} | " + " | ".join(f"{med[k]:.1f}" for k in PHASES) +
                      f" | {step_s - sum(med.values()):.1f} | {step_s:.1f} | {flops / 1e12:.2f} | "
-                     f"{flops / ROOFLINE[rs[0].get('precision', 'fp32')]:.1f} | "
+                     f"{flops / roofline[rs[0].get('precision', 'fp32')]:.1f} | "
                      f"{flops / step_s / 1e9:.0f} |")
         if name == "ours A" and "peer A" in runs:  # the peer's same work: logits at every position, no trimming
             peer_s = statistics.median(s for r in runs["peer A"] for s in r["seconds"][1:])
             peer = update_flops(config, SETTINGS["batch_size"], round(p), SETTINGS["max_new_tokens"], SETTINGS["ppo_epochs"],
                                 False, peer=True)["total"]
             peer_row = (f"| peer A | " + " | ".join("—" for _ in PHASES) + f" | — | {peer_s:.1f} | {peer / 1e12:.2f} | "
-                        f"{peer / ROOFLINE['fp32']:.1f} | {peer / peer_s / 1e9:.0f} |")
+                        f"{peer / roofline['fp32']:.1f} | {peer / peer_s / 1e9:.0f} |")
     return "\n".join(lines + ([peer_row] if "peer_row" in locals() else []))
 
 
@@ -308,6 +337,7 @@ def generation_bench(repeats: int, new_tokens: int) -> None:
     from rlhfkit.data.tokenize import encode_prompt, left_pad
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     from rlhfkit.ppo.rollout import sample
+    from rlhfkit.ppo.trainer import fast_cpu_linears
 
     torch.set_num_threads(SETTINGS["threads"])
     tok = load_tokenizer("default")
@@ -316,10 +346,12 @@ def generation_bench(repeats: int, new_tokens: int) -> None:
     q, qm = left_pad([encode_prompt(tok, prompt_messages(r), True) for r in records], tok.pad_token_id)
     # what the rollout samples from under precision bf16 with LoRA: the base weights in bf16 (logits fp32)
     model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    ours = copy.deepcopy(model)  # as the trainer sets the policy up on the CPU: fp32 products through oneDNN
+    fast_cpu_linears(ours)
     times = {"ours": [], "ours_bf16": [], "generate": []}
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        s = sample(model, q, qm, new_tokens, 0.7, eos_id=-1, pad_id=tok.pad_token_id)
+        s = sample(ours, q, qm, new_tokens, 0.7, eos_id=-1, pad_id=tok.pad_token_id)
         t1 = time.perf_counter()
         sb = sample(model_bf16, q, qm, new_tokens, 0.7, eos_id=-1, pad_id=tok.pad_token_id)
         t2 = time.perf_counter()
@@ -366,6 +398,7 @@ def main() -> None:
         return generation_bench(args.rounds + 1, SETTINGS["max_new_tokens"])
     paths = prepare(ROOT / "bench" / "out" / "ppo_vs_trl-models")
     peer_python = ensure_peer_venv(PEER_VENV)
+    roofline = measure_roofline(args.threads)
     runs: dict[str, list[dict]] = {}
     names = {"A": "ours A", "peer": "peer A", "B": "ours B", "Bbf16": "ours B bf16", "Brecipe": "ours B recipe"}
     t0 = time.perf_counter()
@@ -374,10 +407,11 @@ def main() -> None:
             kind, config = ("peer", "A") if c == "peer" else ("ours", c)
             runs.setdefault(names[c], []).append(side(kind, config, paths, args.updates, f"{c}-{rnd}", peer_python))
     rows = {k: summarise(v) for k, v in runs.items()}
-    text = table(rows) + "\n\nPer-phase seconds of our update (median of updates after the first):\n\n" + profile_table(runs)
+    text = table(rows) + "\n\nPer-phase seconds of our update (median of updates after the first):\n\n" + profile_table(runs, roofline)
+    text += "\n\nRoofline (GFLOP/s, 2048² matmuls): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in roofline.items())
     print(text)
     (OUT / "table.md").write_text(text + "\n")
-    (OUT / "results.json").write_text(json.dumps({"runs": runs, "rows": rows, "wall_s": time.perf_counter() - t0}, indent=1))
+    (OUT / "results.json").write_text(json.dumps({"runs": runs, "rows": rows, "roofline": roofline, "wall_s": time.perf_counter() - t0}, indent=1))
 
 
 if __name__ == "__main__":

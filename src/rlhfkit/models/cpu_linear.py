@@ -10,11 +10,13 @@ sums of 576 unit-variance products). bf16 matmuls (autocast) already go through 
 :func:`use_onednn_linears` switches a model's plain ``nn.Linear`` layers to :class:`OneDNNLinear`, a
 subclass with the same parameters, state dict and hooks, whose forward takes this route whenever it
 applies (CPU, fp32 input and weight, autocast off, both matrix sides ≥ ``MIN_DIM``) and ``F.linear`` else.
+``RLHFKIT_CPU_MATMUL=blas`` in the environment keeps every product on torch's default route.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 from torch import Tensor
@@ -24,7 +26,9 @@ MIN_DIM = 64  # narrower products (LoRA's rank-16 factors, 1-output heads) ran a
 
 @functools.cache
 def onednn_linear_available() -> bool:
-    """Whether torch's oneDNN linear ops exist and run here (CPU builds with mkldnn)."""
+    """Whether torch's oneDNN linear ops exist and run here (CPU builds with mkldnn) and are not switched off."""
+    if os.environ.get("RLHFKIT_CPU_MATMUL", "").lower() == "blas":
+        return False
     try:
         w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(3, 2))
         out = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), w, None, "none", [], "")
