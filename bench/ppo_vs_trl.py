@@ -222,7 +222,8 @@ def update_flops(config, batch: int, prompt: int, response: int, epochs: int, lo
 def instrument() -> list[dict]:
     """Time each phase of our update by wrapping the functions the trainer calls; returns the per-update list.
 
-    generation = rollout.sample; reference pass = rollout.forward_tokens (the rollout's only call of it);
+    generation = rollout.sample; reference pass = rollout.forward_tokens: the reference's log-probs, and under
+    bf16 also the policy's own (recomputed in one full pass so the PPO ratio starts at 1);
     value pass = ValueModel.forward under inference mode; reward pass = ModelReward.score (decode,
     re-tokenise, score); training = trainer.optimise (4 epochs, backward, optimiser steps).
     """
