@@ -5,7 +5,8 @@
 ``bf16``: bf16 autocast over fp32 weights (SFT's ``precision: bf16``); ``bf16-base`` (LoRA only): the frozen
 base weights themselves in bf16 under autocast, the adapters fp32 (what PPO's LoRA policy does under bf16).
 
-Prints the median seconds per optimiser step (after one warm-up step) and the peak RSS.
+fp32 products go through oneDNN as in ``rlhf sft`` on the CPU; ``RLHFKIT_CPU_MATMUL=blas`` measures torch's
+default BLAS route instead. Prints the median seconds per optimiser step (after one warm-up step) and the peak RSS.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import torch
 
 from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right
+from rlhfkit.models.cpu_linear import use_onednn_linears
 from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
 from rlhfkit.precision import autocast
 from rlhfkit.sft import response_loss
@@ -38,6 +40,7 @@ def main() -> None:
     model = load_causal_lm("default", dtype=torch.bfloat16 if args.precision == "bf16-base" else torch.float32)
     if args.lora:
         model = add_lora(model, targets=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+    use_onednn_linears(model)  # as train_sft does on the CPU (RLHFKIT_CPU_MATMUL=blas: torch's default route)
     model.train()
     g = torch.Generator().manual_seed(0)
     # 64 prompt tokens (masked) + 192 response tokens per example: the loss covers the response.

@@ -36,6 +36,7 @@ from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_stat
 from rlhfkit.config import ConfigError, RewardConfig, save_config, to_dict
 from rlhfkit.data.formats import detect_kind, feedback_to_pairs, prompt_messages, ratings_to_pairs, read_records
 from rlhfkit.data.tokenize import encode_prompt, position_ids_from_mask, uses_chat_template
+from rlhfkit.models.cpu_linear import use_onednn_linears
 from rlhfkit.precision import autocast, resolve_precision
 from rlhfkit.tracking import truncate_metrics
 
@@ -505,6 +506,8 @@ def train_reward(cfg: RewardConfig) -> dict:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(cfg, optimizer)
     # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
+    if accelerator.device.type == "cpu" and not dist.is_sharded(accelerator):
+        use_onednn_linears(model)  # fp32 products through oneDNN (models/cpu_linear.py); bf16 is oneDNN's already
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
     if world > 1:

@@ -24,6 +24,7 @@ from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_stat
 from rlhfkit.config import ConfigError, SFTConfig, save_config, to_dict
 from rlhfkit.data.formats import read_records, sft_pair
 from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right, encode_sft
+from rlhfkit.models.cpu_linear import use_onednn_linears
 from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer, set_threads
 from rlhfkit.precision import autocast, resolve_precision
 from rlhfkit.tracking import truncate_metrics
@@ -163,6 +164,8 @@ def train_sft(cfg: SFTConfig) -> dict:
     scheduler = make_scheduler(cfg, optimizer)
     # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
     # The scheduler stays unprepared: it steps once per optimiser step whatever the number of processes.
+    if accelerator.device.type == "cpu" and not dist.is_sharded(accelerator):
+        use_onednn_linears(model)  # fp32 products through oneDNN (models/cpu_linear.py); bf16 is oneDNN's already
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
     start = 0
