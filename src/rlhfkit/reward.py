@@ -505,9 +505,9 @@ def train_reward(cfg: RewardConfig) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(cfg, optimizer)
-    # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
     if accelerator.device.type == "cpu" and not dist.is_sharded(accelerator):
         use_onednn_linears(model)  # fp32 products through oneDNN (models/cpu_linear.py); bf16 is oneDNN's already
+    # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
     if world > 1:

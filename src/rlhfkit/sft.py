@@ -162,10 +162,10 @@ def train_sft(cfg: SFTConfig) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(cfg, optimizer)
-    # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
-    # The scheduler stays unprepared: it steps once per optimiser step whatever the number of processes.
     if accelerator.device.type == "cpu" and not dist.is_sharded(accelerator):
         use_onednn_linears(model)  # fp32 products through oneDNN (models/cpu_linear.py); bf16 is oneDNN's already
+    # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
+    # The scheduler stays unprepared: it steps once per optimiser step whatever the number of processes.
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
     start = 0

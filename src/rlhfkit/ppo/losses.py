@@ -174,7 +174,7 @@ class LinearLogprobs(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None
 
 
-def linear_logprobs(hidden: Tensor, weight: Tensor | None, bias: Tensor | None, labels: Tensor, temperature: float = 1.0,
+def linear_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, temperature: float = 1.0,
                     chunk_rows: int = 256) -> Tensor:
     """log softmax((hidden · Wᵀ + b) / T)[label]: (...,) for hidden (..., H), labels (...); fp32, autocast off.
 
