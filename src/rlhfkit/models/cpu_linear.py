@@ -29,11 +29,9 @@ def onednn_linear_available() -> bool:
     """Whether torch's oneDNN linear ops exist and run here (CPU builds with mkldnn) and are not switched off."""
     if os.environ.get("RLHFKIT_CPU_MATMUL", "").lower() == "blas":
         return False
-    try:
-        w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(3, 2))
-        out = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), w, None, "none", [], "")
-        plain = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), torch.ones(3, 2).t().contiguous().t(), None, "none", [], "")
-        return bool(torch.equal(out, torch.full((1, 3), 2.0)) and torch.equal(plain, out))
+    try:  # a transposed view as the weight: the backward's products pass such views
+        out = onednn_mm(torch.ones(1, 2), torch.ones(2, 3).t())
+        return bool(torch.equal(out, torch.full((1, 3), 2.0)))
     except (AttributeError, RuntimeError):
         return False
 
@@ -63,8 +61,6 @@ class OneDNNLinearFn(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         flat, weight = ctx.saved_tensors
         g = grad.reshape(-1, weight.shape[0])
-        if g.dtype != torch.float32:
-            g = g.float()
         grad_x = onednn_mm(g, weight.t()).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
         grad_w = onednn_mm(g.t(), flat.t()) if ctx.needs_input_grad[1] else None
         grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None

@@ -20,10 +20,10 @@ def fp32_weight(lm_head) -> Tensor:
     """An fp32 copy of a bf16 head's weight, made once and kept while the weight is unchanged.
 
     Casting the 49k × 576 head on every decoding step cost as much as the bf16 weights saved.
-    A weight that trains (``requires_grad``) is cast each call, so that its gradient flows.
+    An fp32 weight is itself; a weight that trains (``requires_grad``) is cast each call, so that its gradient flows.
     """
     weight = lm_head.weight
-    if weight.requires_grad:
+    if weight.dtype == torch.float32 or weight.requires_grad:
         return weight.float()
     return _cached(lm_head, "_rlhfkit_fp32", lambda: weight.detach().float())
 
