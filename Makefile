@@ -1,4 +1,5 @@
 # rlhfkit: `make demo` runs the tutor pipeline on the shipped model; `make test` runs the test suite.
+SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,8 +24,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rlhf pipeline --recipe tutor --output runs/demo --budget-minutes 17
 
+# The services the browser and PostgreSQL tests use: installed and started as root, else named as skipped.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	. scripts/test-services.sh && $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -42,6 +42,20 @@ def test_unknown_stage_override_is_named(tmp_path):
         run_pipeline(PipelineConfig(recipe="tutor", output=str(tmp_path / "unused"), overrides={"ppx": {}}))
 
 
+def test_a_rerun_continues_the_budget_instead_of_starting_it_again(tmp_path, monkeypatch):
+    import rlhfkit.pipeline as pipeline
+
+    now = {"t": 1000.0}
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: now["t"])
+    first = pipeline.BudgetClock(tmp_path)
+    now["t"] += 300  # five minutes into the run, a stage ends (or is interrupted)
+    first.save()
+    now["t"] += 3600  # an hour later, the rerun
+    rerun = pipeline.BudgetClock(tmp_path)
+    now["t"] += 60
+    assert rerun.seconds() == pytest.approx(360)
+
+
 @pytest.mark.slow
 def test_pipeline_end_to_end_on_the_tiny_model_resumes_an_interrupted_stage(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
@@ -62,8 +76,11 @@ def test_pipeline_end_to_end_on_the_tiny_model_resumes_an_interrupted_stage(tmp_
         run_pipeline(cfg)
     monkeypatch.setattr(sft, "response_loss", real)
     assert not (out / "sft" / ".done.json").exists()
+    spent = json.loads((out / "budget_clock.json").read_text())["spent_s"]
+    assert spent > 0  # the interrupted run's time counts against the budget of the rerun
 
     result = run_pipeline(cfg)
+    assert json.loads((out / "budget_clock.json").read_text())["spent_s"] > spent
     assert [r["step"] for r in read_metrics(out / "sft" / "metrics.jsonl")] == [1, 2, 3, 4]
     for stage in ("sft", "sample", "feedback", "rm", "ppo", "eval"):
         assert (out / stage / ".done.json").exists(), stage

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import signal
+import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -50,6 +53,39 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.rename(path)
     if old.exists():
         shutil.rmtree(old)
+
+
+class ForcedStop(KeyboardInterrupt):
+    """A second Ctrl-C while a step was finishing: stop at once, writing no checkpoint (the last one stays)."""
+
+
+@contextmanager
+def step_completes() -> Iterator[None]:
+    """Run the block to its end even when Ctrl-C comes, then raise ``KeyboardInterrupt``.
+
+    Wrap an optimiser step with everything that belongs to it (the step count, its evaluation, its log
+    line, its checkpoint): a checkpoint written on Ctrl-C then names the step its weights are at, and
+    ``--resume`` repeats nothing. A second Ctrl-C raises ``ForcedStop`` at once. Signals reach the main
+    thread only, so elsewhere the block runs unguarded.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum, frame):
+        if pending:
+            raise ForcedStop
+        pending.append(signum)
+        print("\nstopping after this step (Ctrl-C again to stop now, keeping the last checkpoint)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def find_checkpoint(path: str | Path) -> Path | None:

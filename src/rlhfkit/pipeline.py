@@ -109,6 +109,24 @@ def run_stage(name: str, folder: Path, fn: Callable[[], Any]) -> Any:
     return result
 
 
+class BudgetClock:
+    """Minutes of the budget spent by this run folder, across reruns: a rerun continues the budget, not a new one.
+
+    Saved to ``budget_clock.json`` whenever a stage ends, however it ends (finished, failed, Ctrl-C).
+    """
+
+    def __init__(self, out: Path):
+        self.path = out / "budget_clock.json"
+        self.before = json.loads(self.path.read_text(encoding="utf-8"))["spent_s"] if self.path.exists() else 0.0
+        self.t0 = time.monotonic()
+
+    def seconds(self) -> float:
+        return self.before + time.monotonic() - self.t0
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps({"spent_s": round(self.seconds(), 1)}), encoding="utf-8")
+
+
 @dataclass
 class PipelineConfig:
     """The whole pipeline for one recipe."""
@@ -184,11 +202,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for stage in cfg.overrides:
         if stage not in ("sft", "sample", "feedback", "rm", "ppo", "eval"):
             raise ConfigError(f"overrides: {stage}: unknown stage (sft, sample, feedback, rm, ppo, eval)")
-    t_start = time.monotonic()
     recipe = load_recipe(cfg.recipe)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
+    clock = BudgetClock(out)
+
+    def timed_stage(name: str, folder: Path, fn: Callable[[], Any]) -> Any:
+        try:
+            return run_stage(name, folder, fn)
+        finally:
+            clock.save()  # however the stage ended
+
     factor = (cfg.budget_minutes / recipe.budget_minutes) if cfg.budget_minutes else 1.0
     sections = {k: {**getattr(recipe, k), **cfg.overrides.get(k, {})} for k in ("sft", "sample", "feedback", "rm", "ppo", "eval")}
     sec = {k: scale_counts(v, SCALED.get(k, []), factor) for k, v in sections.items()}
@@ -200,7 +225,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     sft_dir = out / "sft"
     sft_cfg = stage_config(SFTConfig, sec["sft"], where, model=cfg.model, data=str(recipe.folder / "sft.jsonl"),
                            output=str(sft_dir), resume=True, **common)
-    run_stage("sft", sft_dir, lambda: train_sft(sft_cfg))
+    timed_stage("sft", sft_dir, lambda: train_sft(sft_cfg))
 
     # A LoRA SFT run is merged (merge_lora) so that PPO's own adapters sit on the SFT weights and
     # "adapters off" is the SFT model: the reference then costs no second copy of the weights.
@@ -213,14 +238,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         candidates, feedback = rd / "candidates.jsonl", rd / "feedback.jsonl"
         sample_cfg = stage_config(SampleConfig, sec["sample"], where, model=policy, prompts=str(recipe.folder / "prompts.jsonl"),
                                   output=str(candidates), seed=cfg.seed + r, threads=cfg.threads)
-        run_stage(f"sample (round {r})", rd / "sample", lambda: sample_candidates(sample_cfg))
+        timed_stage(f"sample (round {r})", rd / "sample", lambda: sample_candidates(sample_cfg))
         if cfg.feedback == "simulated":
             sim = {k: v for k, v in sec["feedback"].items() if k != "kinds"}
             sim_cfg = stage_config(SimulateConfig, sim, where, judge=recipe.judge, candidates=str(candidates),
                                    output=str(feedback), seed=cfg.seed + r)
-            run_stage(f"feedback (round {r}, simulated)", rd / "feedback", lambda: simulate_feedback(sim_cfg))
+            timed_stage(f"feedback (round {r}, simulated)", rd / "feedback", lambda: simulate_feedback(sim_cfg))
         else:
-            run_stage(f"feedback (round {r}, app)", rd / "feedback", lambda: app_feedback(cfg, recipe, candidates, feedback, r))
+            timed_stage(f"feedback (round {r}, app)", rd / "feedback", lambda: app_feedback(cfg, recipe, candidates, feedback, r))
         feedback_files.append(feedback)
         # The reward model trains on every round's feedback so far.
         all_feedback = rd / "feedback_all.jsonl"
@@ -228,7 +253,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             write_records(all_feedback, [rec for f in feedback_files for rec in read_records(f, "auto")])
         rm_cfg = stage_config(RewardConfig, sec["rm"], where, data=str(all_feedback), output=str(rd / "rm"),
                               resume=True, **common)
-        run_stage(f"reward model (round {r})", rd / "rm", lambda: train_reward(rm_cfg))
+        timed_stage(f"reward model (round {r})", rd / "rm", lambda: train_reward(rm_cfg))
         if cfg.feedback == "simulated":
             rm_gold_check(rd / "rm", candidates, recipe.judge)
         ppo_cfg = stage_config(PPOConfig, sec["ppo"], where, policy=policy, reward=str(rd / "rm"),
@@ -238,11 +263,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             budget = cfg.budget_minutes or recipe.budget_minutes
             # the recipe's reserve scales with its eval prompts (max_prompts is a scaled count)
             reserve = cfg.eval_reserve_minutes if cfg.eval_reserve_minutes is not None else recipe.eval_reserve_minutes * factor
-            ppo_cfg.time_budget_minutes = ppo_minutes(budget, (time.monotonic() - t_start) / 60,
+            ppo_cfg.time_budget_minutes = ppo_minutes(budget, clock.seconds() / 60,
                                                       reserve, cfg.rounds - r + 1)
             console.print(f"pipeline: PPO (round {r}) gets at most {ppo_cfg.time_budget_minutes:.1f} min of the "
                           f"{budget:g}-minute budget ({ppo_cfg.max_steps} updates planned)")
-        run_stage(f"PPO (round {r})", rd / "ppo", lambda: train_ppo(ppo_cfg))
+        timed_stage(f"PPO (round {r})", rd / "ppo", lambda: train_ppo(ppo_cfg))
         policy = str(rd / "ppo")
 
     last_rm = round_dir(out, cfg.rounds) / "rm"
@@ -256,7 +281,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                             prompts=str(recipe.folder / "eval.jsonl"), output=str(out / "eval"), reference=reference,
                             judge=recipe.judge, reward=str(last_rm), best_of=cfg.best_of or None,
                             sft_data=str(sft_heldout) if sft_heldout.exists() else None, **common)
-    run_stage("eval", out / "eval", lambda: evaluate_models(eval_cfg))
+    timed_stage("eval", out / "eval", lambda: evaluate_models(eval_cfg))
     report = build_report(out)
     ev = json.loads((out / "eval" / "eval.json").read_text(encoding="utf-8"))
     lines = summary_lines(ev)
