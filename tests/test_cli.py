@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import write_jsonl
 
 
@@ -42,3 +44,43 @@ def test_unknown_config_key_is_rejected_by_name(tmp_path, memorise_file):
     cfg.write_text("learning_rate: 0.1\n")
     proc = rlhf("sft", "--config", str(cfg), "--data", str(memorise_file), check=False)
     assert proc.returncode == 2 and "learning_rate: unknown key for SFTConfig" in proc.stderr
+
+
+def the_error_line(proc) -> str:
+    """The one ``error:`` line of a run that failed on its input, checking there is no traceback."""
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def test_a_nan_score_stops_rm_train_with_one_line_and_leaves_the_run_folder_as_it_was(tmp_path):
+    ratings = write_jsonl(tmp_path / "ratings.jsonl", ['{"prompt": "p", "response": "a", "score": NaN}',
+                                                       {"prompt": "p", "response": "b", "score": 2}])
+    out = tmp_path / "rm"
+    out.mkdir()
+    (out / "reward_stats.json").write_text('{"mean": 0.1, "std": 1.0}')  # what an earlier run saved
+    proc = rlhf("rm", "train", "--model", "tiny", "--data", str(ratings), "--output", str(out),
+                "--set", "rating_loss=regression", check=False)
+    assert the_error_line(proc) == f"error: {ratings}:1: score: expected a finite number, got NaN"
+    assert [p.name for p in out.iterdir()] == ["reward_stats.json"]
+    assert (out / "reward_stats.json").read_text() == '{"mean": 0.1, "std": 1.0}'
+
+
+@pytest.mark.parametrize("command, content, error", [
+    pytest.param("sft --model tiny --data {path} --output {out}", b"", "{path}: no records", id="sft-empty"),
+    pytest.param("ppo --policy tiny --reward judge:length --prompts {path} --output {out}", b'{"prompt": "caf\xe9"}\n',
+                 "{path}:1: invalid UTF-8 at byte 16", id="ppo-latin1"),
+    pytest.param("eval --model tiny --prompts {path} --output {out}", b'{"prompt": "a\\udc80"}\n',
+                 "{path}:1: prompt: text is not valid Unicode (lone surrogate)", id="eval-lone-surrogate"),
+    pytest.param("rm train --model tiny --data {path} --output {out}", b'{"messages": [1, 2]}\n',
+                 "{path}:1: messages[0]: expected an object with role and content, got int", id="rm-messages-not-objects"),
+    pytest.param("feedback import --db {out}/f.db --project p --candidates {path}", b"\n", "{path}: no records",
+                 id="import-blank"),
+])
+def test_every_stage_refuses_a_bad_file_with_one_line_that_names_it(tmp_path, command, content, error):
+    path, out = tmp_path / "input.jsonl", tmp_path / "out"
+    path.write_bytes(content)
+    out.mkdir()
+    proc = rlhf(*command.format(path=path, out=out).split(), check=False)
+    assert the_error_line(proc) == "error: " + error.format(path=path)

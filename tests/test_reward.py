@@ -154,10 +154,15 @@ def rm_cfg(data, out, **kw) -> RewardConfig:
     return RewardConfig(**base)
 
 
+def token_preference_accuracy(tmp_path, seed: int = 0) -> float:
+    """Held-out pair accuracy of a tiny reward model trained 60 steps on the token-preference data."""
+    last = train_reward(rm_cfg(token_preference_data(tmp_path), tmp_path / "rm", seed=seed))
+    return last["eval_accuracy"]
+
+
 def test_a_tiny_reward_model_learns_a_token_preference_to_95_percent_held_out(tmp_path):
-    data = token_preference_data(tmp_path)
-    last = train_reward(rm_cfg(data, tmp_path / "rm"))
-    assert last["eval_accuracy"] >= 0.95, last
+    assert token_preference_accuracy(tmp_path) >= 0.95
+    data = tmp_path / "prefs.jsonl"
     rows = read_metrics(tmp_path / "rm" / "metrics.jsonl")
     assert {"loss", "accuracy", "time_step_s", "eval_accuracy", "eval_loss", "reward_gap"} <= set(rows[-1])
     assert rows[-1]["loss"] < rows[0]["loss"]
@@ -233,6 +238,40 @@ def test_malformed_feedback_is_reported_with_file_line_and_field(tmp_path):
         train_reward(rm_cfg(bad, tmp_path / "rm"))
 
 
+def test_a_non_finite_loss_stops_training_before_the_update_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    data = token_preference_data(tmp_path, n_prompts=16)
+    real, calls = reward.batch_loss, {"n": 0}
+
+    def nan_at_step_3(*args, **kwargs):
+        calls["n"] += 1
+        loss, metrics = real(*args, **kwargs)
+        return (loss * float("nan"), {**metrics, "loss": float("nan")}) if calls["n"] == 3 else (loss, metrics)
+
+    monkeypatch.setattr(reward, "batch_loss", nan_at_step_3)
+    out = tmp_path / "rm"
+    with pytest.raises(reward.RewardHealthError, match="^step 3: loss, grad_norm is NaN/inf: stopped before updating"):
+        train_reward(rm_cfg(data, out, max_steps=4, save_every=2))
+    assert reward.load_state(out / "checkpoint")[0]["step"] == 2
+    assert all(w.isfinite().all() for w in load_file(out / "checkpoint" / "model" / "model.safetensors").values())
+    assert not (out / "model.safetensors").exists() and not (out / "reward_stats.json").exists()
+
+
+def test_stats_with_nan_are_refused_when_a_reward_model_loads(tmp_path):
+    stats = tmp_path / "reward_stats.json"
+    stats.write_text('{"mean": 0.5, "std": NaN, "n": 4, "policy": "data"}')  # as older versions wrote them
+    with pytest.raises(RecordError, match=f"^{stats}: std: expected a finite number, got NaN$"):
+        reward.load_stats(stats)
+
+
+def test_rm_eval_on_feedback_without_pairs_is_an_error_not_a_nan_accuracy(tmp_path):
+    ties = write_jsonl(tmp_path / "ties.jsonl", [{"prompt": "p", "response": "a", "score": 3},
+                                                 {"prompt": "p", "response": "b", "score": 3}])
+    with pytest.raises(RecordError, match=f"^{ties}: no pairs to evaluate"):
+        reward.eval_file("tiny-minilm", str(ties))
+
+
 def test_cli_train_eval_and_score(tmp_path):
     data = token_preference_data(tmp_path, n_prompts=16)
     out = tmp_path / "rm"
@@ -255,3 +294,35 @@ def test_bf16_autocast_reward_training_learns_the_preference_and_saves_fp32_weig
     assert last["eval_accuracy"] >= 0.9, last
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    data = token_preference_data(tmp_path, n_prompts=32)
+    kw = dict(max_steps=8, eval_every=2)
+    train_reward(rm_cfg(data, tmp_path / "full", **kw))
+    calls = {"n": 0}
+    real = reward.evaluate_groups
+
+    def ctrl_c_in_second_evaluation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the evaluation after optimiser step 4 has already run
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reward, "evaluate_groups", ctrl_c_in_second_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward(rm_cfg(data, tmp_path / "part", **kw))
+    monkeypatch.setattr(reward, "evaluate_groups", real)
+    assert reward.load_state(tmp_path / "part" / "checkpoint")[0]["step"] == 4
+    train_reward(rm_cfg(data, tmp_path / "part", resume=True, **kw))
+    full, part = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("full", "part"))
+    assert [r["step"] for r in part] == list(range(1, 9))
+    for a, b in zip(full, part):
+        assert {k: v for k, v in a.items() if k != "time_step_s"} == {k: v for k, v in b.items() if k != "time_step_s"}
+    weights = [load_file(tmp_path / run / "model.safetensors") for run in ("full", "part")]
+    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])  # bit for bit

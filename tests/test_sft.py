@@ -20,11 +20,17 @@ def losses(run) -> list[float]:
     return [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
 
 
-def test_sft_on_a_memorisation_set_halves_the_training_loss(memorise_file, tmp_path):
-    train_sft(tiny_cfg(memorise_file, tmp_path / "run"))
+def memorisation_losses(memorise_file, tmp_path, seed: int = 0) -> tuple[float, float]:
+    """First and last training loss of 40 SFT steps on the eight-example memorisation set."""
+    train_sft(tiny_cfg(memorise_file, tmp_path / "run", seed=seed))
     curve = losses(tmp_path / "run")
     assert len(curve) == 40
-    assert curve[-1] <= 0.5 * curve[0]
+    return curve[0], curve[-1]
+
+
+def test_sft_on_a_memorisation_set_halves_the_training_loss(memorise_file, tmp_path):
+    first, last = memorisation_losses(memorise_file, tmp_path)
+    assert last <= 0.5 * first
     assert {"loss", "lr", "time_step_s"} <= set(read_metrics(tmp_path / "run" / "metrics.jsonl")[-1])
     # The output folder loads with plain transformers.
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
@@ -92,3 +98,34 @@ def test_bf16_autocast_sft_trains_and_keeps_fp32_weights(memorise_file, tmp_path
     assert curve[-1] <= 0.6 * curve[0]
     model = AutoModelForCausalLM.from_pretrained(out)
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # autocast: the matmuls ran bf16, the weights stayed fp32
+
+
+def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(memorise_file, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    kw = dict(max_steps=9, eval_fraction=0.25, eval_every=3)
+    train_sft(tiny_cfg(memorise_file, tmp_path / "full", **kw))
+    calls = {"n": 0}
+    real = sft.evaluate
+
+    def ctrl_c_in_second_evaluation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the evaluation after optimiser step 6 has already run
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "evaluate", ctrl_c_in_second_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(tiny_cfg(memorise_file, tmp_path / "part", **kw))
+    monkeypatch.setattr(sft, "evaluate", real)
+    assert sft.load_state(tmp_path / "part" / "checkpoint")[0]["step"] == 6
+    train_sft(tiny_cfg(memorise_file, tmp_path / "part", resume=True, **kw))
+    full, part = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("full", "part"))
+    assert [r["step"] for r in part] == list(range(1, 10))
+    for a, b in zip(full, part):
+        assert {k: v for k, v in a.items() if k != "time_step_s"} == {k: v for k, v in b.items() if k != "time_step_s"}
+    weights = [load_file(tmp_path / run / "model.safetensors") for run in ("full", "part")]
+    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])  # bit for bit

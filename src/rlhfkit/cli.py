@@ -146,9 +146,12 @@ def feedback_serve(
     host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="Port to listen on (default 8000)."),
     admin_token_file: Optional[str] = typer.Option(None, help="Admin token file (default: beside the SQLite file)."),
+    max_body: int = typer.Option(1024 * 1024, "--max-body", min=1024, help="Largest request body in bytes (else 413)."),
     config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
 ):
     """Run the annotation app (the page at /, the API at /api). Admin token: $RLHFKIT_ADMIN_TOKEN or a file."""
+    import logging
+
     import uvicorn
 
     from rlhfkit.feedback.app import create_app
@@ -156,8 +159,10 @@ def feedback_serve(
 
     cfg = _feedback_cfg(config, set_, db=db, host=host, port=port, admin_token_file=admin_token_file, seed=seed)
     token, where = load_admin_token(cfg.db, Path(cfg.admin_token_file) if cfg.admin_token_file else None)
+    # The audit log (failed logins: address and reason, never the token) goes to stderr with the time.
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.WARNING)
     typer.echo(f"feedback app on http://{cfg.host}:{cfg.port}/  database {cfg.db}  admin token in {where}", err=True)
-    uvicorn.run(create_app(cfg.db, token), host=cfg.host, port=cfg.port, log_level="warning")
+    uvicorn.run(create_app(cfg.db, token, max_body=max_body), host=cfg.host, port=cfg.port, log_level="warning")
 
 
 @feedback_app.command("import")
@@ -174,18 +179,14 @@ def feedback_import(
 ):
     """Load candidates into a project as tasks (creates the project; prompts already there are skipped)."""
     from rlhfkit.feedback.db import Database
-    from rlhfkit.feedback.importer import import_candidates
+    from rlhfkit.feedback.importer import import_candidates, read_guidelines
 
     cfg = _feedback_cfg(config, set_, db=db, project=project, kinds=kinds, gold=gold, guidelines=guidelines,
                         annotators_per_task=annotators_per_task, max_held=max_held, hold_minutes=hold_minutes, seed=seed)
     _need_project(cfg)
     if candidates is None:
         fail("--candidates is required (a JSONL file from `rlhf sample`)")
-    text = None
-    if cfg.guidelines:
-        if not Path(cfg.guidelines).exists():
-            fail(f"--guidelines: {cfg.guidelines}: no such file")
-        text = Path(cfg.guidelines).read_text(encoding="utf-8")
+    text = read_guidelines(cfg.guidelines) if cfg.guidelines else None
     database = Database(cfg.db)
     try:
         counts = import_candidates(database, cfg.project, candidates, cfg.kinds, gold=cfg.gold, guidelines=text,
@@ -232,9 +233,14 @@ def feedback_add_annotator(
     from sqlalchemy import select
 
     from rlhfkit.feedback.auth import create_annotator
+    from rlhfkit.feedback.checks import BadField, check_name
     from rlhfkit.feedback.db import Annotator, Database
 
     cfg = _feedback_cfg(config, set_, db=db, seed=seed)
+    try:
+        name = check_name(name, "--name")
+    except BadField as e:
+        fail(str(e))
     database = Database(cfg.db)
     with database.tx() as s:
         if s.scalar(select(Annotator).where(Annotator.name == name)) is not None:
@@ -242,6 +248,99 @@ def feedback_add_annotator(
         _, token = create_annotator(s, name)
     database.dispose()
     typer.echo(token)
+
+
+def _change_annotator(db: Optional[str], name: str, config: Optional[Path], set_: Optional[List[str]],
+                      seed: Optional[int], change: Any) -> Any:
+    """Run ``change(session, annotator)`` on the named annotator in one transaction; returns what it returns."""
+    from rlhfkit.feedback.auth import annotator_named
+    from rlhfkit.feedback.db import Database
+
+    cfg = _feedback_cfg(config, set_, db=db, seed=seed)
+    database = Database(cfg.db)
+    try:
+        with database.tx() as s:
+            ann = annotator_named(s, name)
+            if ann is None:
+                fail(f"--name: no annotator named {name!r}")
+            return change(s, ann)
+    finally:
+        database.dispose()
+
+
+NameOpt = typer.Option(..., "--name", help="The annotator's name.")
+
+
+def _takes_effect() -> str:
+    from rlhfkit.feedback.auth import TOKEN_CACHE_SECONDS
+
+    return f"a running server sees this within {TOKEN_CACHE_SECONDS:g} s"
+
+
+@feedback_app.command("disable-annotator")
+def feedback_disable_annotator(db: Optional[str] = DbOpt, name: str = NameOpt, config: Optional[Path] = ConfigOpt,
+                               seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt):
+    """Refuse an annotator's token (their answers are kept); enable-annotator lets them in again."""
+    _change_annotator(db, name, config, set_, seed, lambda s, ann: setattr(ann, "disabled", True))
+    typer.echo(f"{name}: disabled ({_takes_effect()})", err=True)
+
+
+@feedback_app.command("enable-annotator")
+def feedback_enable_annotator(db: Optional[str] = DbOpt, name: str = NameOpt, config: Optional[Path] = ConfigOpt,
+                              seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt):
+    """Let a disabled annotator log in again with their token."""
+    _change_annotator(db, name, config, set_, seed, lambda s, ann: setattr(ann, "disabled", False))
+    typer.echo(f"{name}: enabled", err=True)
+
+
+@feedback_app.command("rotate-token")
+def feedback_rotate_token(db: Optional[str] = DbOpt, name: str = NameOpt, config: Optional[Path] = ConfigOpt,
+                          seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt):
+    """Give an annotator a new token and print it (shown once); the old one stops working."""
+    from rlhfkit.feedback.auth import rotate_token
+
+    token = _change_annotator(db, name, config, set_, seed, lambda s, ann: rotate_token(ann))
+    typer.echo(f"{name}: new token below ({_takes_effect()})", err=True)
+    typer.echo(token)
+
+
+@feedback_app.command("members")
+def feedback_members(
+    db: Optional[str] = DbOpt, project: Optional[str] = ProjectOpt,
+    add: Optional[List[str]] = typer.Option(None, "--add", help="Annotator to let work on the project (repeatable)."),
+    remove: Optional[List[str]] = typer.Option(None, "--remove", help="Annotator to take off the project (repeatable)."),
+    open_to_all: Optional[bool] = typer.Option(None, "--open-to-all/--members-only",
+                                               help="Every annotator may work on it, or its members only."),
+    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+):
+    """Show or change who may work on a project. Adding a member makes the project members-only."""
+    import json
+
+    from rlhfkit.feedback import access
+    from rlhfkit.feedback.auth import annotator_named
+    from rlhfkit.feedback.db import Database, get_project
+
+    cfg = _feedback_cfg(config, set_, db=db, project=project, seed=seed)
+    _need_project(cfg)
+    database = Database(cfg.db)
+    try:
+        with database.tx() as s:
+            p = get_project(s, cfg.project)
+            if p is None:
+                fail(f"--project: no project named {cfg.project!r}")
+            for flag, names, change in (("--add", add, access.add_member), ("--remove", remove, access.remove_member)):
+                for name in names or []:
+                    ann = annotator_named(s, name)
+                    if ann is None:
+                        fail(f"{flag}: no annotator named {name!r}")
+                    change(s, p, ann)
+            if open_to_all is not None:
+                p.open_to_all = open_to_all
+            s.flush()
+            state = access.describe(s, p)
+    finally:
+        database.dispose()
+    typer.echo(json.dumps(state, ensure_ascii=False))
 
 
 @feedback_app.command("export")
@@ -253,9 +352,8 @@ def feedback_export(
     config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
 ):
     """Write the answers as DESIGN §3 records (pairs, rankings, ratings, edits) with annotator names."""
-    from rlhfkit.data.formats import write_records
     from rlhfkit.feedback.db import Database
-    from rlhfkit.feedback.export import export_records
+    from rlhfkit.feedback.export import write_export
 
     cfg = _feedback_cfg(config, set_, db=db, project=project, format=format, merge=merge, seed=seed)
     _need_project(cfg)
@@ -263,9 +361,9 @@ def feedback_export(
         fail("--output is required")
     database = Database(cfg.db)
     try:
-        n = write_records(output, export_records(database, cfg.project, cfg.format, merge=cfg.merge))
+        n = write_export(output, database, cfg.project, cfg.format, merge=cfg.merge)
     except ValueError as e:
-        fail(str(e))
+        fail(f"{e}; {output} is unchanged")
     finally:
         database.dispose()
     typer.echo(f"wrote {n} {cfg.format} records to {output}", err=True)
@@ -338,7 +436,7 @@ def rm_train(
 ):
     """Train a reward model (Bradley–Terry) from any mix of feedback; stores normalisation stats."""
     from rlhfkit.config import RewardConfig
-    from rlhfkit.reward import train_reward
+    from rlhfkit.reward import RewardHealthError, train_reward
 
     cfg = resolve(RewardConfig, config, set_, model=model, data=data, output=output, max_steps=max_steps,
                   batch_size=batch_size, lr=lr, lora=lora, eval_data=eval_data, resume=resume, report_to=report_to, seed=seed)
@@ -346,6 +444,8 @@ def rm_train(
         fail("--data is required (a feedback JSONL file)")
     try:
         train_reward(cfg)
+    except RewardHealthError as e:
+        fail(str(e), code=1)
     except ValueError as e:
         fail(str(e))
 

@@ -68,11 +68,6 @@ def length(prompts: list[dict], responses: list[str]) -> list[float]:
     return [float(len(r.split())) for r in responses]
 
 
-TUTOR_GRADE = 5.0  # US school grade a 10-year-old reads at (grades 4–5)
-TUTOR_MAX_WORDS = 120  # words beyond this count as rambling
-TUTOR_MIN_WORDS = 20  # shorter answers get proportionally less readability credit
-
-
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+(?:['-][a-z0-9]+)*", text.lower())
 
@@ -105,20 +100,3 @@ def keyword_coverage(text: str, keywords: list[str]) -> float:
         return all(any(w.startswith(k[: max(4, len(k) - 2)]) for w in words) for k in _words(keyword))
 
     return sum(mentioned(k) for k in keywords) / len(keywords)
-
-
-@register("tutor")
-def tutor(prompts: list[dict], responses: list[str]) -> list[float]:
-    """Explains like to a 10-year-old: readability near grade 5 + coverage of the prompt's ``keywords`` − rambling.
-
-    Score = 0.5·readability (1 at grade 5, 0 at six grades away; scaled down below 20 words)
-          + 0.5·keyword coverage − (words beyond 120) / 120.
-    """
-    scores = []
-    for p, r in zip(prompts, responses):
-        n = len(_words(r))
-        readability = max(0.0, 1.0 - abs(reading_grade(r) - TUTOR_GRADE) / 6.0) * min(1.0, n / TUTOR_MIN_WORDS)
-        coverage = keyword_coverage(r, list(p.get("keywords") or []))
-        ramble = max(0, n - TUTOR_MAX_WORDS) / TUTOR_MAX_WORDS
-        scores.append(0.5 * readability + 0.5 * coverage - ramble)
-    return scores

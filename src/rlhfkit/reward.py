@@ -32,9 +32,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlhfkit import distributed as dist
-from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything, set_rng_state
+from rlhfkit.checkpoint import (ForcedStop, atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything,
+                                set_rng_state, step_completes)
 from rlhfkit.config import ConfigError, RewardConfig, save_config, to_dict
-from rlhfkit.data.formats import detect_kind, feedback_to_pairs, prompt_messages, ratings_to_pairs, read_records
+from rlhfkit.data.formats import (RecordError, check_number, detect_kind, feedback_to_pairs, prompt_messages, ratings_to_pairs,
+                                  read_located, read_records, record_responses)
 from rlhfkit.data.tokenize import encode_prompt, position_ids_from_mask, uses_chat_template
 from rlhfkit.models.cpu_linear import use_onednn_linears
 from rlhfkit.precision import autocast, resolve_precision
@@ -295,6 +297,16 @@ def evaluate_groups(score_fn, groups: list[Group], use_margin: bool = False) -> 
 # ---------------------------------------------------------------------------------------------- scorer
 
 
+def load_stats(path: Path) -> dict | None:
+    """``reward_stats.json`` (None if absent), checked: scores are divided by its std, so a NaN must not get through."""
+    if not path.exists():
+        return None
+    stats = json.loads(path.read_text(encoding="utf-8"))
+    for key, lo in (("mean", -math.inf), ("std", 0.0)):
+        check_number(stats.get(key), key, str(path), lo, math.inf)
+    return stats
+
+
 class RewardScorer:
     """A trained reward model for PPO and evaluation: raw scores and normalised scores.
 
@@ -316,7 +328,7 @@ class RewardScorer:
         disable_dropout(model)
         tok = load_tokenizer(spec)
         folder = Path(spec)
-        stats = json.loads((folder / STATS_FILE).read_text()) if (folder / STATS_FILE).exists() else None
+        stats = load_stats(folder / STATS_FILE)
         if max_len is None and (folder / "config.yaml").exists():
             max_len = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("max_len")
         return cls(model, tok, stats, int(max_len or 512))
@@ -412,13 +424,16 @@ def classifier_state(accelerator, module) -> dict:
     return state
 
 
-def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, accelerator=None) -> None:
-    """Weights, optimiser, schedule, RNG and step. Called on every rank: rank 0 writes, the others wait."""
+def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, accelerator=None, rng: dict | None = None) -> None:
+    """Weights, optimiser, schedule, RNG (now, or ``rng`` as taken at the step's end) and step.
+
+    Called on every rank: rank 0 writes, the others wait."""
     gathered = classifier_state(accelerator, module)
     if dist.is_main():
         with atomic_dir(out / "checkpoint") as tmp:
             classifier(accelerator, module).save_pretrained(tmp / "model", **gathered)
-            save_state(tmp, {"step": step}, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()})
+            save_state(tmp, {"step": step}, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                             "rng": rng or rng_state()})
     dist.barrier()
 
 
@@ -472,6 +487,22 @@ def load_feedback(cfg: RewardConfig) -> tuple[list[Group], list[Group]]:
     return split_groups(groups, cfg.eval_fraction, cfg.seed)
 
 
+class RewardHealthError(RuntimeError):
+    """Training stopped on a non-finite loss or gradient, before that update reached the weights."""
+
+
+def stop_if_non_finite(step: int, values: dict, out: Path) -> None:
+    """Raise RewardHealthError when any of ``values`` (loss, gradient norm; None: not measured) is NaN/inf.
+
+    Called between the backward pass and the optimiser step, so the weights and every checkpoint stay finite.
+    """
+    bad = [name for name, v in values.items() if v is not None and not math.isfinite(float(v))]
+    if bad:
+        raise RewardHealthError(f"step {step}: {', '.join(bad)} is NaN/inf: stopped before updating the weights; any "
+                                f"checkpoint in {out / 'checkpoint'} is kept as it was. Usually a learning rate too high or feedback "
+                                "with extreme scores or margins: lower lr or check the data, then resume with --resume")
+
+
 def train_reward(cfg: RewardConfig) -> dict:
     """Train a reward model as configured; returns the last logged metrics (with the final evaluation)."""
     from rlhfkit.models.loading import load_tokenizer, set_threads
@@ -492,7 +523,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     precision = resolve_precision(cfg.precision, accelerator.device.type)
     train, held = load_feedback(cfg)
     if not train:
-        raise ValueError(f"{cfg.data}: no training pairs (every record was a tie or an unchanged edit?)")
+        raise RecordError(cfg.data, None, "no training pairs (every record was a tie or an unchanged edit?)")
     n_pairs = sum(len(g.pairs) for g in train)
     console.print(f"rm: {len(train)} train prompts ({n_pairs} pairs) / {len(held)} held-out prompts "
                   f"({sum(len(g.pairs) for g in held)} pairs); precision {precision}")
@@ -538,7 +569,7 @@ def train_reward(cfg: RewardConfig) -> dict:
 
     model.train()
     last: dict = {}
-    step = start
+    step, boundary = start, rng_state()  # the last finished step, and the RNG as it left it
     columns = [TextColumn("rm"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
     try:
         with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
@@ -559,28 +590,33 @@ def train_reward(cfg: RewardConfig) -> dict:
                     [metrics["loss"], metrics.pop("n_correct"), metrics["n_pairs"], len(responses)])
                 metrics.update({"loss": loss_sum, "n_pairs": int(n_pairs),
                                 "accuracy": n_correct / n_pairs if n_pairs else float("nan")})
-                grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                metrics.update({"lr": lr, "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
-                                "examples": int(n_examples), "time_step_s": time.perf_counter() - t0})
-                done = step + 1
-                if held and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-                    ev = evaluate_groups(score_fn, held, cfg.use_margin)
-                    metrics.update({"eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "reward_gap": ev["reward_gap"]})
-                if done % cfg.log_every == 0 or done == cfg.max_steps or "eval_loss" in metrics:
-                    last = logger.log(done, metrics)
-                if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
-                    save_checkpoint(out, model, optimizer, scheduler, done, accelerator)
-                bar.update(task, completed=done, info=f"loss {metrics['loss']:.3f} acc {metrics.get('accuracy', float('nan')):.2f}")
-                step = done
-    except KeyboardInterrupt:
+                with step_completes():  # Ctrl-C from here waits for the step's log line and checkpoint
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                    stop_if_non_finite(step + 1, {"loss": loss_sum, "grad_norm": grad_norm}, out)
+                    lr = scheduler.get_last_lr()[0]
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    done = step + 1
+                    metrics.update({"lr": lr, "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+                                    "examples": int(n_examples), "time_step_s": time.perf_counter() - t0})
+                    if held and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+                        ev = evaluate_groups(score_fn, held, cfg.use_margin)
+                        metrics.update({"eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "reward_gap": ev["reward_gap"]})
+                    if done % cfg.log_every == 0 or done == cfg.max_steps or "eval_loss" in metrics:
+                        last = logger.log(done, metrics)
+                    if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+                        save_checkpoint(out, model, optimizer, scheduler, done, accelerator)
+                    bar.update(task, completed=done, info=f"loss {metrics['loss']:.3f} acc {metrics.get('accuracy', float('nan')):.2f}")
+                    step, boundary = done, rng_state()  # RNG as the next step will find it
+    except KeyboardInterrupt as stop:
         # Several processes stop at different points, so a collective save could hang: keep the last checkpoint.
-        if world == 1:
-            save_checkpoint(out, model, optimizer, scheduler, step, accelerator)
+        if world == 1 and not isinstance(stop, ForcedStop):
+            save_checkpoint(out, model, optimizer, scheduler, step, accelerator, rng=boundary)
         logger.close()
+        raise
+    except RewardHealthError:
+        logger.close()  # no checkpoint: the last one saved stays as it was
         raise
     save_checkpoint(out, model, optimizer, scheduler, step, accelerator)
     model = save_final(cfg, out, model, tok, accelerator)
@@ -590,7 +626,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     scores = score_texts(model, tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
     stats = {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 1.0, "n": len(scores), "policy": policy}
     if dist.is_main():
-        (out / STATS_FILE).write_text(json.dumps(stats, indent=1), encoding="utf-8")
+        (out / STATS_FILE).write_text(json.dumps(stats, indent=1, allow_nan=False), encoding="utf-8")
     logger.close()
     console.print(f"rm: done, {step} steps; reward model saved to {out} (reference scores mean {stats['mean']:.3f}, std {stats['std']:.3f})")
     return last
@@ -603,14 +639,11 @@ def score_file(model: str, data: str, output: str | None = None, batch_size: int
     """``rlhf rm score``: score candidates (adds "rewards") or prompt+response records (adds "reward")."""
     from rlhfkit.data.formats import write_records
 
-    records = read_records(data, "prompt")
+    located = read_located(data, "prompt")
+    records = [rec for _, rec in located]
     prompts, responses, owners = [], [], []
-    for i, rec in enumerate(records):
-        texts = rec["responses"] if isinstance(rec.get("responses"), list) else [rec.get("response")]
-        for j, text in enumerate(texts):
-            if not isinstance(text, str):
-                field = "responses" if "responses" in rec else "response"
-                raise ValueError(f"{data}: record {i + 1}: {field}: expected a string, got {type(text).__name__}")
+    for i, (where, rec) in enumerate(located):
+        for text in record_responses(rec, where):
             prompts.append(rec), responses.append(text), owners.append(i)
     scorer = RewardScorer.load(model)
     scores = scorer.score(prompts, responses, batch_size)
@@ -640,6 +673,8 @@ def eval_file(model: str, data: str, judge: str | None = None, batch_size: int =
         groups = gold_groups(read_candidates(data), judge)
     else:
         groups = build_groups(read_records(data, "auto"), "pairs")
+    if not groups:
+        raise RecordError(data, None, "no pairs to evaluate (every record was a tie, an unchanged edit or not feedback)")
     metrics = score_groups(model, groups, batch_size)
     return {"accuracy": metrics["accuracy"], "n_pairs": metrics["n_pairs"], "reward_gap": metrics["reward_gap"],
             "loss": metrics["loss"], "n_prompts": len(groups)}

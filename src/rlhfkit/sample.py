@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlhfkit.config import SampleConfig
-from rlhfkit.data.formats import RecordError, iter_records, prompt_messages, read_records, validate
+from rlhfkit.data.formats import iter_records, prompt_messages, read_records
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.generation import decode_response, generate_ids
 
@@ -42,7 +42,7 @@ def done_prompts(path: Path) -> set[str]:
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         path.write_bytes(data[: data.rfind(b"\n") + 1])
-    return {prompt_key(r) for r in iter_records(path, "prompt")}
+    return {prompt_key(r) for _, r in iter_records(path, "prompt")}
 
 
 def checkpoint_of(spec: str) -> str:
@@ -52,25 +52,8 @@ def checkpoint_of(spec: str) -> str:
 
 
 def read_candidates(path: str) -> list[dict]:
-    """Candidates records (a prompt plus ``responses``, at least 2 strings); errors name file:line:field."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = validate(json.loads(line), "prompt", where)
-            except json.JSONDecodeError as e:
-                raise RecordError(where, "(line)", f"invalid JSON: {e.msg} at column {e.colno}") from None
-            responses = rec.get("responses")
-            if not isinstance(responses, list) or len(responses) < 2:
-                raise RecordError(where, "responses", "expected a list of at least 2 strings")
-            for i, r in enumerate(responses):
-                if not isinstance(r, str):
-                    raise RecordError(where, f"responses[{i}]", f"expected a string, got {type(r).__name__}")
-            records.append(rec)
-    return records
+    """Candidates records (a prompt plus ``responses``: at least 2 different texts); errors name file:line: field."""
+    return read_records(path, "candidates")
 
 
 def candidate_record(rec: dict, responses: list[str], cfg: SampleConfig) -> dict:

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlhfkit import distributed as dist
-from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything, set_rng_state
+from rlhfkit.checkpoint import (ForcedStop, atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything,
+                                set_rng_state, step_completes)
 from rlhfkit.config import ConfigError, SFTConfig, save_config, to_dict
 from rlhfkit.data.formats import read_records, sft_pair
 from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right, encode_sft
@@ -100,13 +101,16 @@ def make_scheduler(cfg: SFTConfig, optimizer):
     return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
 
 
-def save_checkpoint(out: Path, model, optimizer, scheduler, step: int, accelerator=None) -> None:
-    """Weights, optimiser, schedule, RNG and step. Called on every rank: rank 0 writes, the others wait."""
+def save_checkpoint(out: Path, model, optimizer, scheduler, step: int, accelerator=None, rng: dict | None = None) -> None:
+    """Weights, optimiser, schedule, RNG (now, or ``rng`` as taken at the step's end) and step.
+
+    Called on every rank: rank 0 writes, the others wait."""
     gathered = dist.gathered_state(accelerator, model)
     if dist.is_main():
         with atomic_dir(out / "checkpoint") as tmp:
             dist.unwrap(accelerator, model).save_pretrained(tmp / "model", **gathered)
-            save_state(tmp, {"step": step}, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()})
+            save_state(tmp, {"step": step}, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                             "rng": rng or rng_state()})
     dist.barrier()
 
 
@@ -141,8 +145,6 @@ def train_sft(cfg: SFTConfig) -> dict:
         train_recs, eval_recs = records, read_records(cfg.eval_data, "sft")
     else:
         train_recs, eval_recs = split_records(records, cfg.eval_fraction, cfg.seed)
-    if not train_recs:
-        raise ValueError(f"{cfg.data}: no training examples")
     tok = load_tokenizer(cfg.model)
 
     def encode(recs: list[dict]) -> list[Encoded]:
@@ -188,7 +190,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     logger = dist.metrics_logger(out, cfg.report_to, config=to_dict(cfg))
     model.train()
     last: dict = {}
-    step = start
+    step, boundary = start, rng_state()  # the last finished step, and the RNG as it left it
     columns = [TextColumn("sft"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
     try:
         with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
@@ -210,29 +212,30 @@ def train_sft(cfg: SFTConfig) -> dict:
                         accelerator.backward(loss_sum * (world * n_micro) / max(n_tokens, 1))
                     total += float(loss_sum.detach())
                 total = dist.all_reduce_sum(total)
-                grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                metrics = {"loss": total / max(n_tokens, 1), "lr": lr,
-                           "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
-                           "tokens": n_tokens, "time_step_s": time.perf_counter() - t0}
-                done = step + 1
-                if held and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-                    # Every rank evaluates the whole held-out set: the same forward passes everywhere, which
-                    # sharded models need (their forwards are collective), and no reduction.
-                    metrics.update(evaluate(model, held, tok.pad_token_id, cfg.batch_size, accelerator.device))
-                if done % cfg.log_every == 0 or done == cfg.max_steps or "eval_loss" in metrics:
-                    last = logger.log(done, metrics)
-                if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
-                    save_checkpoint(out, model, optimizer, scheduler, done, accelerator)
-                bar.update(task, completed=done, info=f"loss {metrics['loss']:.3f}")
-                step = done
-    except KeyboardInterrupt:
+                with step_completes():  # Ctrl-C from here waits for the step's log line and checkpoint
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                    lr = scheduler.get_last_lr()[0]
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    done = step + 1
+                    metrics = {"loss": total / max(n_tokens, 1), "lr": lr,
+                               "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+                               "tokens": n_tokens, "time_step_s": time.perf_counter() - t0}
+                    if held and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+                        # Every rank evaluates the whole held-out set: the same forward passes everywhere, which
+                        # sharded models need (their forwards are collective), and no reduction.
+                        metrics.update(evaluate(model, held, tok.pad_token_id, cfg.batch_size, accelerator.device))
+                    if done % cfg.log_every == 0 or done == cfg.max_steps or "eval_loss" in metrics:
+                        last = logger.log(done, metrics)
+                    if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+                        save_checkpoint(out, model, optimizer, scheduler, done, accelerator)
+                    bar.update(task, completed=done, info=f"loss {metrics['loss']:.3f}")
+                    step, boundary = done, rng_state()  # RNG as the next step will find it
+    except KeyboardInterrupt as stop:
         # Several processes stop at different points, so a collective save could hang: keep the last checkpoint.
-        if world == 1:
-            save_checkpoint(out, model, optimizer, scheduler, step, accelerator)
+        if world == 1 and not isinstance(stop, ForcedStop):
+            save_checkpoint(out, model, optimizer, scheduler, step, accelerator, rng=boundary)
         logger.close()
         raise
     save_checkpoint(out, model, optimizer, scheduler, step, accelerator)

@@ -81,3 +81,34 @@ def test_win_rate_over_several_answers_per_prompt_resamples_prompts():
     assert ten["ci"][1] - ten["ci"][0] > M.win_rate(a, b, n_boot=500)["ci"][1] - M.win_rate(a, b, n_boot=500)["ci"][0]
     with pytest.raises(ValueError, match="groups of 4"):
         M.win_rate([1, 0, 1], [0, 1, 0], per_prompt=4)
+
+
+VERDICTS = ("correct", "partly", "incorrect")
+
+
+def test_grading_accuracy_counts_an_answer_without_a_verdict_as_wrong():
+    gold = ["correct", "correct", "incorrect", "partly"]
+    r = M.grading_accuracy(["correct", None, "incorrect", "correct"], gold, VERDICTS, n_boot=200)
+    assert r["accuracy"] == pytest.approx(2 / 4)
+    assert (r["n"], r["n_prompts"], r["no_label"]) == (4, 4, 1)
+    lo, hi = r["ci"]
+    assert lo <= r["accuracy"] <= hi
+
+
+def test_macro_f1_averages_the_per_verdict_f1_so_always_saying_correct_scores_low():
+    gold = ["correct"] * 6 + ["incorrect"] * 3 + ["partly"]
+    always_correct = ["correct"] * 10
+    # correct: TP 6, FP 4 → F1 12/16; incorrect and partly: no true positives → F1 0. Accuracy is 0.6 all the same.
+    assert M.macro_f1(always_correct, gold, VERDICTS) == pytest.approx((12 / 16) / 3)
+    assert M.grading_accuracy(always_correct, gold, VERDICTS, n_boot=50)["accuracy"] == pytest.approx(0.6)
+    assert M.macro_f1(gold, gold, VERDICTS) == 1.0
+    # a verdict neither side uses is left out of the mean
+    assert M.macro_f1(["correct", "incorrect"], ["correct", "incorrect"], VERDICTS) == 1.0
+
+
+def test_grading_accuracy_resamples_prompts_when_each_has_several_answers():
+    r = M.grading_accuracy(["correct", "partly", "incorrect", "incorrect"], ["correct"] * 2 + ["incorrect"] * 2,
+                           VERDICTS, n_boot=100, per_prompt=2)
+    assert (r["accuracy"], r["n_prompts"]) == (0.75, 2)
+    with pytest.raises(ValueError, match="groups of 3"):
+        M.grading_accuracy(["correct"] * 4, ["correct"] * 4, VERDICTS, per_prompt=3)

@@ -91,3 +91,13 @@ def test_reward_hacking_needs_a_gold_drop_after_its_peak_with_the_proxy_still_ri
     # A drop that is small against the curve's range is noise, not hacking.
     assert detect_reward_hacking([(0, 0.0, 0.0), (1, 0.5, 1.0), (2, 1.0, 0.99)]) is None
     assert math.isclose(detect_reward_hacking([(0, 0, 1.0), (4, 1, 0.5)])["last_kl"], 4)
+
+
+def test_without_evaluated_checkpoints_the_curve_comes_from_ppo_s_held_out_evaluations():
+    from rlhfkit.eval.report import overoptimisation_points
+
+    log = [{"step": s, "kl": s / 10, "score": s / 50, **({"eval_score": s / 40, "eval_gold": 0.5 - s / 100} if s % 5 == 0 else {})}
+           for s in range(1, 21)]
+    points, source = overoptimisation_points(log, None)
+    assert source == "PPO's held-out evaluations"
+    assert points == [(0.5, 5 / 40, 0.45), (1.0, 10 / 40, 0.4), (1.5, 15 / 40, 0.35), (2.0, 20 / 40, 0.3)]

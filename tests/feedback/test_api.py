@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy import text as sql
 
 from rlhfkit.feedback.db import MIGRATIONS, Answer, Assignment, Database, Project, Task, schema_version
 from rlhfkit.feedback.export import export_records
@@ -181,6 +183,9 @@ def test_a_task_held_too_long_goes_to_someone_else_and_its_owner_may_still_answe
     ("rank", {"ranking": [0]}, 422, "ranking"),
     ("edit", {"edited": "   "}, 422, "edited"),
     ("edit", {"edited": None}, 422, "edited"),
+    ("edit", {"edited": "\u200b"}, 422, "edited"),  # zero-width characters only: no edit at all
+    ("edit", {"edited": "\u200b\u200c\u200d\u2060\ufeff \u00ad"}, 422, "edited"),
+    ("rate", {"score": 5, "sore": 6}, 422, "sore"),  # a misspelt field is refused, not ignored
 ])
 def test_a_bad_answer_is_a_4xx_naming_the_field(fb, kind, body, status, field):
     token = fb.annotator("ann")
@@ -195,9 +200,10 @@ def test_malformed_requests_name_what_is_wrong(fb):
     r = fb.client.post(f"/api/assignments/{task['assignment_id']}/answer", json=good_answer(task, submission_id="x"),
                        headers=auth(token))
     assert r.status_code == 422 and r.json()["field"] == "submission_id"
-    r = fb.client.post(f"/api/assignments/{task['assignment_id']}/answer", content=b"{not json",
+    r = fb.client.post(f"/api/assignments/{task['assignment_id']}/answer", content=b'{"score": 5,\n not json',
                        headers={**auth(token), "Content-Type": "application/json"})
-    assert r.status_code == 422 and "JSON" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["field"] == "body"
+    assert r.json()["detail"].startswith("body: invalid JSON: ") and "(line 2, column 2)" in r.json()["detail"]
     r = fb.client.post(f"/api/assignments/{task['assignment_id']}/answer", json=[1, 2], headers=auth(token))
     assert r.status_code == 422 and r.json()["field"] == "body"
     assert fb.client.get("/api/projects/nope/next", headers=auth(token)).json()["field"] == "project"
@@ -240,3 +246,76 @@ def test_admin_sets_up_a_project_over_the_api(fb):
     names = [p["name"] for p in fb.client.get("/api/projects", headers=auth(token)).json()]
     assert names == ["demo", "fresh"]
     assert fb.client.post("/api/admin/annotators", json={"name": "ann"}, headers=auth(ADMIN)).status_code == 409
+
+
+def post_raw(fb, path: str, token: str, body: dict, method: str = "POST"):
+    """``body`` as JSON with ASCII escapes: a lone surrogate travels as the six characters \\udc80, as a client
+    that builds JSON by hand would send it (httpx itself refuses to encode one)."""
+    return fb.client.request(method, path, content=json.dumps(body).encode("ascii"),
+                             headers={**auth(token), "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("field, body", [
+    ("edited", {"edited": "a \udc80 b"}),
+    ("edited", {"edited": "a \x00 b"}),
+    ("comment", {"edited": "fine", "comment": "\ud800"}),
+    ("submission_id", {"edited": "fine", "submission_id": "sub-\udc80-0123456789"}),
+    ("\\udc80", {"edited": "fine", "\udc80": 1}),
+])
+def test_text_that_is_not_unicode_is_refused_and_the_annotators_views_and_export_keep_working(fb, field, body):
+    token = fb.annotator("ann")
+    task = _first(fb, token, "edit")
+    r = post_raw(fb, f"/api/assignments/{task['assignment_id']}/answer", token,
+                 {"submission_id": "sub-0123456789", **body})
+    assert r.status_code == 422 and r.json()["field"] == field and r.json()["detail"].startswith(field + ": ")
+    assert fb.answer(token, task, good_answer(task)).status_code == 201
+    assert fb.client.get(f"/api/assignments/{task['assignment_id']}", headers=auth(token)).status_code == 200
+    assert fb.client.get("/api/projects/demo/last", headers=auth(token)).status_code == 200
+    assert fb.client.get("/api/admin/projects/demo/export", headers=auth(ADMIN)).status_code == 200
+
+
+def test_names_and_guidelines_that_are_not_unicode_are_refused(fb):
+    r = post_raw(fb, "/api/admin/annotators", ADMIN, {"name": "ann \udc80"})
+    assert r.status_code == 422 and r.json()["field"] == "name" and "lone surrogate U+DC80" in r.json()["detail"]
+    r = post_raw(fb, "/api/admin/projects/demo", ADMIN, {"guidelines": "Be \udc80 kind."}, method="PUT")
+    assert r.status_code == 422 and r.json()["field"] == "guidelines"
+    token = fb.annotator("ann")
+    assert fb.client.get("/api/projects", headers=auth(token)).json()[0]["guidelines"] == "Be kind."
+
+
+@pytest.mark.parametrize("assignment_id", [0, -1, 2**31, 2**63, 2**64, 10**30])
+def test_an_assignment_id_out_of_range_is_404(fb, assignment_id):
+    token = fb.annotator("ann")
+    for method, path in [("GET", ""), ("POST", "/skip"), ("POST", "/answer")]:
+        r = fb.client.request(method, f"/api/assignments/{assignment_id}{path}", headers=auth(token),
+                              json={"score": 5, "submission_id": "sub-0123456789"})
+        assert r.status_code == 404 and r.json()["field"] == "assignment", (method, path, r.text)
+
+
+@pytest.mark.parametrize("key, value", [("max_held", 2**63), ("max_held", 2**31), ("annotators_per_task", 10**6),
+                                        ("hold_minutes", 2**63), ("hold_minutes", -1)])
+def test_project_settings_out_of_range_are_422_naming_the_setting(fb, key, value):
+    r = fb.client.put("/api/admin/projects/demo", json={key: value}, headers=auth(ADMIN))
+    assert r.status_code == 422 and r.json()["field"] == key
+    r = fb.client.post("/api/projects/demo/claim", json={"n": 2**63}, headers=auth(fb.annotator("ann")))
+    assert r.status_code == 422 and r.json()["field"] == "n"
+
+
+def test_an_old_database_is_upgraded_and_its_projects_stay_open_to_all(fb, db_url):
+    token = fb.annotator("ann")
+    fb.answer(token, fb.next(token))
+    fb.db.dispose()
+    old = Database(db_url)  # take it back to schema version 1, as a database made before membership existed
+    with old.engine.begin() as conn:
+        conn.execute(sql("DROP TABLE project_members"))
+        conn.execute(sql("ALTER TABLE annotators DROP COLUMN disabled"))
+        conn.execute(sql("ALTER TABLE projects DROP COLUMN open_to_all"))
+        conn.execute(sql("UPDATE schema_version SET version = 1"))
+    old.dispose()
+    again = Database(db_url)
+    assert schema_version(again.engine) == 2
+    with again.tx() as s:
+        assert s.scalar(select(Project.open_to_all)) is True
+        assert s.scalar(select(func.count()).select_from(Answer)) == 1
+    again.dispose()
+    assert fb.next(token) is not None  # the running app sees the upgraded schema

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
 from rlhfkit.data.formats import feedback_to_pairs, read_records
-from rlhfkit.feedback.db import Database
+from rlhfkit.feedback.db import Answer, Assignment, Database, Task
 from rlhfkit.feedback.export import export_records, stats
 
-from .conftest import good_answer
+from .conftest import ADMIN, auth, good_answer
 
 
 def prefer_longest(task: dict) -> dict:
@@ -117,9 +119,39 @@ def test_cli_import_stats_and_export(tmp_path, candidates, gold_file):
     out = tmp_path / "pairs.jsonl"
     r = runner.invoke(app, ["feedback", "export", "--db", db, "--project", "demo", "--output", str(out),
                             "--format", "pairs"])
-    assert r.exit_code == 0 and out.exists() and read_records(out, "preference") == []
+    assert r.exit_code == 0 and out.read_text() == ""  # nobody has answered yet: no pairs
     r = runner.invoke(app, ["feedback", "export", "--db", db, "--project", "nope", "--output", str(out)])
     assert r.exit_code == 2 and "no project named 'nope'" in r.output
     with Database(db).tx() as s:
         from rlhfkit.feedback.db import get_project
         assert get_project(s, "demo").guidelines == "Prefer correct, kind answers."
+
+
+def test_a_failed_export_names_the_record_and_leaves_the_existing_file_as_it_was(fb, db_url, tmp_path):
+    if not fb.db.is_sqlite:
+        pytest.skip("PostgreSQL itself refuses to store a lone surrogate")
+    fb.answer_all(fb.annotator("ann"))
+    with fb.db.tx() as s:  # an answer stored before text was checked on the way in
+        ans, task_id = s.execute(select(Answer, Task.id).join(Assignment, Assignment.id == Answer.assignment_id)
+                                 .join(Task, Task.id == Assignment.task_id).where(Task.kind == "edit").limit(1)).one()
+        ans.payload = {**ans.payload, "edited": "a \udc80 b"}
+    out = tmp_path / "exports" / "feedback.jsonl"
+    out.parent.mkdir()
+    out.write_text('{"kept": true}\n')
+    r = CliRunner().invoke(app, ["feedback", "export", "--db", db_url, "--project", "demo", "--output", str(out)])
+    assert r.exit_code == 2
+    assert f"task {task_id} (edit), annotator 'ann': edited: not valid Unicode: a lone surrogate U+DC80" in r.output
+    assert out.read_text() == '{"kept": true}\n' and [p.name for p in out.parent.iterdir()] == ["feedback.jsonl"]
+    r = fb.client.get("/api/admin/projects/demo/export", headers=auth(ADMIN))
+    assert r.status_code == 409 and r.json()["field"] == "export" and f"task {task_id} (edit)" in r.json()["detail"]
+
+
+def test_an_export_replaces_the_file_whole_and_keeps_its_permissions(fb, db_url, tmp_path):
+    fb.answer_all(fb.annotator("ann"))
+    out = tmp_path / "feedback.jsonl"
+    out.write_text("old\n")
+    out.chmod(0o640)
+    r = CliRunner().invoke(app, ["feedback", "export", "--db", db_url, "--project", "demo", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(read_records(out, "auto")) == len(list(export_records(fb.db, "demo"))) > 0
+    assert out.stat().st_mode & 0o777 == 0o640 and not list(tmp_path.glob(".feedback.jsonl.*"))  # no temp file left

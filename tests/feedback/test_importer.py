@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from rlhfkit.data.formats import RecordError
 from rlhfkit.feedback.db import Database, Response, Task
-from rlhfkit.feedback.importer import import_candidates, read_candidates, task_specs
+from rlhfkit.feedback.importer import import_candidates, read_candidates, read_guidelines, task_specs
 
 from .conftest import write_jsonl
 
@@ -33,8 +33,15 @@ def test_one_line_per_candidate_is_grouped_on_the_prompt(tmp_path):
     ('{"prompt": "p", "responses": ["a", "b"], "gold": {"ratings": [1]}}', "gold.ratings"),
     ('{"prompt": "p", "responses": ["a", "b"], "gold": {"ratings": [1, 9]}}', "gold.ratings[1]"),
     ('{"prompt": "p", "responses": ["a", "b"], "gold": {"best": 0}}', "gold.best"),
+    ('{"prompt": "p\\u0000", "responses": ["a"]}', "prompt"),  # NUL: PostgreSQL refuses it in text
     ('[1, 2]', "(line)"),
     ('{"prompt": ', "(line)"),
+    ('{"prompt": "p", "responses": ["", ""]}', "responses[0]"),
+    ('{"prompt": "p", "responses": ["a", " a"]}', "responses[1]"),
+    ('{"prompt": "fine", "response": "ok"}', "response"),  # a copy of line 1's response, on a line of its own
+    ('{"prompt": "p", "response": "a", "score": NaN}', "score"),
+    ('{"prompt": "p\\udc80", "responses": ["a"]}', "prompt"),
+    ('{"prompt": "p", "responses": ["a", "b"], "gold": {"ranking": [[], []]}}', "gold.ranking[0]"),
 ])
 def test_a_bad_line_is_reported_as_file_line_field(tmp_path, line, field):
     path = tmp_path / "c.jsonl"
@@ -42,6 +49,22 @@ def test_a_bad_line_is_reported_as_file_line_field(tmp_path, line, field):
     with pytest.raises(RecordError) as e:
         read_candidates(path)
     assert str(e.value).startswith(f"{path}:2: {field}: ")
+
+
+def test_an_empty_candidates_file_is_an_error_not_an_empty_project(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n")
+    with pytest.raises(RecordError, match=f"^{path}: no records$"):
+        read_candidates(path)
+
+
+def test_guidelines_that_are_not_utf8_are_reported_with_their_line(tmp_path):
+    path = tmp_path / "guide.md"
+    path.write_bytes("# Guide\nSé amable.\n".encode("latin-1"))
+    with pytest.raises(RecordError, match=f"^{path}:2: invalid UTF-8 at byte 2$"):
+        read_guidelines(path)
+    path.write_text("# Guide\nSé amable.\n", encoding="utf-8")
+    assert read_guidelines(path) == "# Guide\nSé amable.\n"
 
 
 def test_tasks_per_prompt_for_each_kind():
@@ -70,4 +93,15 @@ def test_unknown_kinds_and_a_gold_file_without_answers_are_refused(tmp_path, can
         import_candidates(db, "p", candidates, "rate,vote")
     with pytest.raises(RecordError, match="gold: missing"):
         import_candidates(db, "p", candidates, "rate", gold=candidates)
+    db.dispose()
+
+
+def test_a_project_name_or_guidelines_that_cannot_be_stored_are_refused(tmp_path, candidates):
+    db = Database(str(tmp_path / "f.db"))
+    with pytest.raises(ValueError, match="--project: not valid Unicode: a lone surrogate U\\+DC80"):
+        import_candidates(db, "demo \udc80", candidates, "rate")
+    with pytest.raises(ValueError, match="--project: may not contain '/'"):
+        import_candidates(db, "a/b", candidates, "rate")
+    with pytest.raises(ValueError, match="--guidelines: contains a NUL character"):
+        import_candidates(db, "demo", candidates, "rate", guidelines="Be kind.\x00")
     db.dispose()

@@ -180,26 +180,41 @@ def test_a_reward_model_with_another_tokenizer_scores_text_and_the_value_falls_b
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["score"] != 0.0
 
 
-@pytest.mark.slow
-def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(memorise_file, tmp_path):
+WORDS = ["apple", "banana", "cherry", "dragon", "eagle", "falcon", "grape", "harbor"]
+
+
+def rewarded_word_gain(tmp_path: Path, seed: int = 0) -> tuple[float, float]:
+    """Bananas per answer over PPO's first and last 10 of 30 updates, for a tiny policy that names one of 8 words.
+
+    SFT teaches each of four prompts all eight answers ("The word is <w>."), so the policy starts as a mixture
+    that says "banana" about one time in eight on every prompt: each update of 16 answers (4 prompts × 4,
+    leave-one-out baseline) sees the rewarded answer about twice. Full fine-tuning of the tiny model moves the
+    head's "banana" logit directly; LoRA on it learned slowly enough that the pace varied with the seed and the
+    CPU matmul route (a memorised one-word-per-prompt start, as before, left the reward to exploration luck).
+    """
     @register("banana-count")
     def banana(prompts, responses):
         return [float(r.lower().count("banana")) for r in responses]
 
-    # a tiny policy that answers with one of eight words (after a short SFT), rewarded +1 per "banana"
-    train_sft(SFTConfig(model="tiny", data=str(memorise_file), output=str(tmp_path / "sft"), max_steps=100, batch_size=4,
-                        lr=5e-3, warmup_steps=2, eval_fraction=0.0, save_every=0, report_to="none", threads=1))
-    train_ppo(PPOConfig(policy=str(tmp_path / "sft"), reward="judge:banana-count", prompts=str(memorise_file),
-                        output=str(tmp_path / "ppo"), max_steps=50, batch_size=8, num_minibatches=2,
-                        max_new_tokens=12, lr=3e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=0,
-                        report_to="none", threads=1))
+    prompts = [f"Name a word, please ({i})." for i in range(4)]
+    data = write_jsonl(tmp_path / "words.jsonl", [{"prompt": p, "completion": f"The word is {w}."} for p in prompts for w in WORDS])
+    prompt_file = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in prompts])
+    train_sft(SFTConfig(model="tiny", data=str(data), output=str(tmp_path / "sft"), max_steps=60, batch_size=8, lr=5e-3,
+                        warmup_steps=2, eval_fraction=0.0, save_every=0, report_to="none", threads=1, seed=seed))
+    train_ppo(PPOConfig(policy=str(tmp_path / "sft"), reward="judge:banana-count", prompts=str(prompt_file),
+                        output=str(tmp_path / "ppo"), max_steps=30, batch_size=16, samples_per_prompt=4, num_minibatches=2,
+                        max_new_tokens=8, lora=False, lr=1e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=0,
+                        report_to="none", threads=1, seed=seed))
     scores = [r["score"] for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl")]
-    # Bananas per answer, averaged over 80 answers at each end: 0.03–0.19 over the first 10 steps. On this sparse
-    # task the pace varies with the seed and with float rounding (seeds 0–3, last 10 steps against the first 10:
-    # +0.23 to +1.7), so the run is long enough and the bar low enough for every seed tried, and still > 4 standard
-    # errors above no change.
-    first, last = sum(scores[:10]) / 10, sum(scores[-10:]) / 10
-    assert last >= first + 0.15, scores
+    return sum(scores[:10]) / 10, sum(scores[-10:]) / 10
+
+
+@pytest.mark.slow
+def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(tmp_path):
+    first, last = rewarded_word_gain(tmp_path)
+    # two more bananas in every answer; seeds 0-9 under both CPU matmul routes clear it with room to spare
+    # (bench/learning_margins.py; figures in bench/RESULTS.md)
+    assert last >= first + 2.0, (first, last)
 
 
 def test_several_answers_per_prompt_sit_side_by_side_and_a_per_prompt_offset_is_no_reward(prompts_file, tmp_path, monkeypatch):

@@ -5,12 +5,14 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.data.formats import read_records
+from rlhfkit.judges import get_judge
+from rlhfkit.recipes.judges import VERDICTS, mark_of, verdict_of
 
 RECIPES = Path(__file__).resolve().parents[2] / "src" / "rlhfkit" / "recipes"
 
 # recipe -> minimum record counts per file
 MINIMUMS = {
-    "tutor": {"sft": 140, "prompts": 320, "eval": 48},
+    "tutor": {"sft": 140, "prompts": 480, "eval": 48},
     "sentiment": {"sft": 80, "prompts": 240, "eval": 40},
     "writer": {"sft": 90, "prompts": 200, "eval": 40},
     "support": {"sft": 90, "prompts": 200, "eval": 40},
@@ -73,3 +75,75 @@ def test_writer_rewrites_are_shorter_and_keep_the_facts():
         draft = rec["prompt"].split("\n\n", 1)[1]
         assert len(rec["reference"].split()) < len(draft.split())
         assert all(k in rec["reference"].lower() for k in rec["keywords"]), rec["prompt"][:80]
+
+
+# ---- tutor: explanation prompts and grading prompts (a student's answer with its gold verdict)
+
+SUBJECTS = {"arithmetic", "fractions", "spelling", "grammar", "science", "geography", "history", "units"}
+
+
+def grading(split: str) -> list[dict]:
+    return [r for r in load("tutor", split) if r.get("kind") == "grading"]
+
+
+@pytest.mark.parametrize("split", list(KINDS))
+def test_tutor_grading_records_carry_the_gold_fields_and_the_prompt_shows_question_key_and_answer(split):
+    for rec in grading(split):
+        where = f"tutor/{split}.jsonl: {rec['prompt'][:60]!r}"
+        for field in ("question", "answer_key", "student_answer"):
+            assert isinstance(rec.get(field), str) and rec[field].strip(), f"{where}: {field}"
+            assert rec[field] in rec["prompt"], f"{where}: the prompt lacks its {field}"
+        assert rec["verdict"] in VERDICTS, where
+        if "marks" in rec:  # a rubric: the gold mark agrees with the verdict
+            assert isinstance(rec["rubric"], str) and rec["rubric"] in rec["prompt"], where
+            assert 0 <= rec["mark"] <= rec["marks"], where
+            expected = "correct" if rec["mark"] == rec["marks"] else "incorrect" if rec["mark"] == 0 else "partly"
+            assert rec["verdict"] == expected, where
+        else:
+            assert "mark" not in rec and "rubric" not in rec, where
+
+
+@pytest.mark.parametrize("split", list(KINDS))
+def test_tutor_about_a_third_of_student_answers_are_wrong_or_partly_right_across_mixed_subjects(split):
+    records = grading(split)
+    verdicts = [r["verdict"] for r in records]
+    assert 0.25 <= 1 - verdicts.count("correct") / len(verdicts) <= 0.42, split
+    assert verdicts.count("partly") and verdicts.count("incorrect"), split
+    assert {r["topic"] for r in records} == SUBJECTS, split
+    assert sum("marks" in r for r in records) >= 0.1 * len(records), f"{split}: too few rubric questions"
+
+
+def test_tutor_eval_mixes_grading_and_explanation_prompts_about_half_and_half():
+    records = load("tutor", "eval")
+    assert 40 <= len(records) <= 56  # the eval reserve in recipe.yaml is sized for about 48 prompts
+    assert 0.4 <= len(grading("eval")) / len(records) <= 0.6
+
+
+def test_tutor_the_head_of_the_prompt_file_that_the_pipeline_samples_holds_both_kinds():
+    head = load("tutor", "prompts")[:128]  # recipe.yaml: sample.limit
+    assert 0.4 <= sum(r.get("kind") == "grading" for r in head) / len(head) <= 0.6
+
+
+def test_tutor_no_grading_question_is_in_both_training_and_eval():
+    held_out = {r["question"].lower() for r in grading("eval")}
+    for split in ("sft", "prompts"):
+        shared = held_out & {r["question"].lower() for r in grading(split)}
+        assert not shared, f"eval and {split} share {sorted(shared)[:3]}"
+
+
+def test_tutor_every_sft_grading_reply_opens_with_its_gold_verdict_and_mark():
+    for rec in grading("sft"):
+        assert verdict_of(rec["completion"]) == rec["verdict"], rec["completion"][:60]
+        if "marks" in rec:
+            assert mark_of(rec["completion"]) == (rec["mark"], rec["marks"]), rec["completion"][:60]
+
+
+@pytest.mark.parametrize("split,field", [("sft", "completion"), ("eval", "reference")])
+def test_tutor_sft_replies_and_eval_references_score_high_under_the_gold_judge(split, field):
+    judge = get_judge("tutor")
+    records = load("tutor", split)
+    for kind in ("grading", None):
+        part = [r for r in records if r.get("kind") == kind]
+        scores = judge(part, [r[field] for r in part])
+        assert sum(scores) / len(scores) >= 0.8, (split, kind)
+        assert min(scores) >= 0.5, (split, kind)

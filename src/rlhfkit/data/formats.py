@@ -1,41 +1,161 @@
 """Record formats shared by the trainers and the feedback app (DESIGN §3).
 
-Every JSONL reader goes through :func:`read_records`, which validates each line and reports problems
-as ``file:line: field: problem``. Nothing is dropped silently: one bad line stops the read with a
-:class:`RecordError` that names it.
+Every JSONL reader goes through :func:`iter_records` (or :func:`read_records`), which checks each line and
+reports a problem as ``file:line: field: problem`` (``file: problem`` for the file as a whole). Nothing is
+dropped silently: one bad line stops the read with a :class:`RecordError` that names it, and the stages
+read their data before they load a model, so a bad file fails in seconds. Whatever its kind, a line is
+- UTF-8 (no byte-order mark; CRLF line ends are fine) holding one JSON object; blank lines are skipped;
+- valid Unicode throughout: json turns an escape like ``"\udc80"`` into a lone surrogate, which no
+  tokenizer or UTF-8 writer takes;
+- finite numbers throughout: json reads ``NaN`` and ``Infinity``, which would poison training silently.
+Then each kind's check: the texts a record needs are non-blank strings, texts it compares differ, and its
+numbers are in range.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
-KINDS = ("sft", "prompt", "preference", "ranking", "rating", "edit")
+KINDS = ("sft", "prompt", "preference", "ranking", "rating", "edit", "candidates")
+ROLES = ("system", "user", "assistant")
+# Scores and margins past this are typos, not feedback; squared when ratings are z-scored, 1e308 overflows.
+NUMBER_LIMIT = 1e6
 
 
 class RecordError(ValueError):
-    """A malformed record; the message is ``file:line: field: problem``."""
+    """A malformed record or file: ``file:line: field: problem``, or ``file[:line]: problem`` without a field."""
 
-    def __init__(self, where: str, field: str, problem: str):
+    def __init__(self, where: str, field: str | None, problem: str):
         self.where, self.field, self.problem = where, field, problem
-        super().__init__(f"{where}: {field}: {problem}")
+        super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
+
+
+class _HugeLiteral(float):
+    """A number literal past a float's range (json reads 1e400 as inf); keeps its text for the error message."""
+
+    text: str
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    huge = _HugeLiteral(value)
+    huge.text = text
+    return huge
 
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _need_str(rec: dict, key: str, where: str, allow_empty: bool = False) -> str:
-    if key not in rec:
-        raise RecordError(where, key, "missing")
-    value = rec[key]
-    if not isinstance(value, str):
-        raise RecordError(where, key, f"expected a string, got {_type_name(value)}")
-    if not allow_empty and not value.strip():
-        raise RecordError(where, key, "empty string")
+def _number_text(value: float) -> str:
+    """A non-finite number as the JSON line wrote it: NaN, Infinity, -Infinity or a literal like 1e400."""
+    if isinstance(value, _HugeLiteral):
+        return value.text
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_values(value: Any, where: str) -> None:
+    """Every string (keys too) valid Unicode and every number finite, anywhere in a line; the field is its path."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:  # a loop, not recursion: a line may nest as deeply as json itself allows
+        path, v = stack.pop()
+        field = path or "(line)"
+        if isinstance(v, str) and not _is_unicode(v):
+            raise RecordError(where, field, "text is not valid Unicode (lone surrogate)")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise RecordError(where, field, f"expected a finite number, got {_number_text(v)}")
+        if isinstance(v, dict):
+            if not all(_is_unicode(k) for k in v):
+                raise RecordError(where, field, "a field name is not valid Unicode (lone surrogate)")
+            stack.extend(reversed([(f"{path}.{k}" if path else k, item) for k, item in v.items()]))
+        elif isinstance(v, list):
+            stack.extend(reversed([(f"{path}[{i}]", item) for i, item in enumerate(v)]))
+
+
+def check_number(value: Any, field: str, where: str, lo: float = -NUMBER_LIMIT, hi: float = NUMBER_LIMIT) -> float:
+    """A finite number (not a bool) from ``lo`` to ``hi``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError(where, field, f"expected a number, got {_type_name(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecordError(where, field, f"expected a finite number, got {_number_text(value)}")
+    if not lo <= value <= hi:
+        raise RecordError(where, field, f"expected a number from {lo:g} to {hi:g}, got {value!r}")
     return value
+
+
+def check_text(value: Any, field: str, where: str) -> str:
+    """A text the record needs: a string with more than whitespace in it."""
+    if not isinstance(value, str):
+        raise RecordError(where, field, f"expected a string, got {_type_name(value)}")
+    if not value.strip():
+        raise RecordError(where, field, f"expected text, got {'an empty string' if not value else 'only whitespace'}")
+    return value
+
+
+def check_texts(values: Any, field: str, where: str, at_least: int) -> list[str]:
+    """At least ``at_least`` texts that all differ (e.g. one prompt's responses: a copy can only tie with itself)."""
+    if not isinstance(values, list) or len(values) < at_least:
+        need = "a non-empty list of strings" if at_least == 1 else f"a list of at least {at_least} strings"
+        got = (f"a list of {len(values)}" if values else "an empty list") if isinstance(values, list) else _type_name(values)
+        raise RecordError(where, field, f"expected {need}, got {got}")
+    first: dict[str, int] = {}
+    for i, value in enumerate(values):
+        j = first.setdefault(check_text(value, f"{field}[{i}]", where).strip(), i)
+        if j != i:
+            raise RecordError(where, f"{field}[{i}]", f"the same text as {field}[{j}]; each response must differ")
+    return values
+
+
+def record_responses(rec: dict, where: str) -> list[str]:
+    """The texts a candidates-like record carries: ``responses`` (one or more, all different) or one ``response``."""
+    if "responses" in rec:
+        return check_texts(rec["responses"], "responses", where, 1)
+    if "response" in rec:
+        return [check_text(rec["response"], "response", where)]
+    raise RecordError(where, "responses", "missing (give responses: [...] or response: ...)")
+
+
+def check_ranking(ranking: Any, n: int, where: str, field: str = "ranking") -> None:
+    """Places best first, each an index into ``n`` responses or a tie group (a non-empty list of indices);
+    at least 2 places, no index twice. Responses left out are unranked."""
+    if not isinstance(ranking, list) or len(ranking) < 2:
+        raise RecordError(where, field, "expected a list of at least 2 places (response indices, best first)")
+    seen: set[int] = set()
+    for i, place in enumerate(ranking):
+        group = place if isinstance(place, list) else [place]
+        if not group:
+            raise RecordError(where, f"{field}[{i}]", "an empty tie group; a place needs at least one index")
+        for j in group:
+            if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < n:
+                raise RecordError(where, f"{field}[{i}]", f"expected an index in 0..{n - 1}, got {j!r}")
+            if j in seen:
+                raise RecordError(where, f"{field}[{i}]", f"index {j} appears twice")
+            seen.add(j)
+
+
+def _field(obj: dict, key: str, where: str, name: str | None = None) -> Any:
+    if key not in obj:
+        raise RecordError(where, name or key, "missing")
+    return obj[key]
+
+
+def _need_str(rec: dict, key: str, where: str) -> str:
+    return check_text(_field(rec, key, where), key, where)
 
 
 def _check_messages(rec: dict, where: str) -> list[dict]:
@@ -45,20 +165,22 @@ def _check_messages(rec: dict, where: str) -> list[dict]:
     for i, m in enumerate(msgs):
         field = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise RecordError(where, field, f"expected an object, got {_type_name(m)}")
-        role = m.get("role")
-        if role not in ("system", "user", "assistant"):
-            raise RecordError(where, f"{field}.role", f"expected system|user|assistant, got {role!r}")
-        if not isinstance(m.get("content"), str):
-            raise RecordError(where, f"{field}.content", f"expected a string, got {_type_name(m.get('content'))}")
+            raise RecordError(where, field, f"expected an object with role and content, got {_type_name(m)}")
+        role = _field(m, "role", where, f"{field}.role")
+        if role not in ROLES:
+            raise RecordError(where, f"{field}.role", f"expected {'|'.join(ROLES)}, got {role!r}")
+        check_text(_field(m, "content", where, f"{field}.content"), f"{field}.content", where)
     return msgs
+
+
+def _need_user(msgs: list[dict], where: str, what: str) -> None:
+    if not any(m["role"] == "user" for m in msgs):
+        raise RecordError(where, "messages", f"{what} needs at least one user message")
 
 
 def _check_prompt(rec: dict, where: str) -> None:
     if "messages" in rec:
-        msgs = _check_messages(rec, where)
-        if msgs[-1]["role"] == "assistant" and len(msgs) == 1:
-            raise RecordError(where, "messages", "a prompt needs at least one user message")
+        _need_user(_check_messages(rec, where), where, "a prompt")
     else:
         _need_str(rec, "prompt", where)
 
@@ -68,61 +190,55 @@ def _check_sft(rec: dict, where: str) -> None:
         msgs = _check_messages(rec, where)
         if msgs[-1]["role"] != "assistant":
             raise RecordError(where, "messages", "the last message must be the assistant's answer")
+        _need_user(msgs[:-1], where, "the prompt before the answer")
     else:
         _need_str(rec, "prompt", where)
         _need_str(rec, "completion", where)
 
 
-def _check_optional_number(rec: dict, key: str, where: str) -> None:
-    if key in rec and rec[key] is not None:
-        if isinstance(rec[key], bool) or not isinstance(rec[key], (int, float)):
-            raise RecordError(where, key, f"expected a number, got {_type_name(rec[key])}")
-
-
 def _check_preference(rec: dict, where: str) -> None:
     _check_prompt(rec, where)
-    _need_str(rec, "chosen", where, allow_empty=True)
-    _need_str(rec, "rejected", where, allow_empty=True)
-    _check_optional_number(rec, "margin", where)
+    chosen, rejected = _need_str(rec, "chosen", where), _need_str(rec, "rejected", where)
+    if chosen.strip() == rejected.strip():
+        raise RecordError(where, "rejected", "the same text as chosen; a preference needs two different responses")
+    if rec.get("margin") is not None:  # optional: how much better chosen is (Bradley–Terry with margin)
+        check_number(rec["margin"], "margin", where, lo=0.0)
 
 
 def _check_ranking(rec: dict, where: str) -> None:
     _check_prompt(rec, where)
-    responses = rec.get("responses")
-    if not isinstance(responses, list) or len(responses) < 2:
-        raise RecordError(where, "responses", f"expected a list of at least 2 strings, got {_type_name(responses)}")
-    for i, r in enumerate(responses):
-        if not isinstance(r, str):
-            raise RecordError(where, f"responses[{i}]", f"expected a string, got {_type_name(r)}")
-    ranking = rec.get("ranking")
-    if not isinstance(ranking, list) or len(ranking) < 2:
-        raise RecordError(where, "ranking", "expected a list of at least 2 response indices (best first)")
-    seen: set[int] = set()
-    for i, idx in enumerate(ranking):
-        # A tie group is a list of indices that share one place, e.g. [0, [1, 2], 3].
-        group = idx if isinstance(idx, list) else [idx]
-        for j in group:
-            if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < len(responses):
-                raise RecordError(where, f"ranking[{i}]", f"expected an index in 0..{len(responses) - 1}, got {j!r}")
-            if j in seen:
-                raise RecordError(where, f"ranking[{i}]", f"index {j} appears twice")
-            seen.add(j)
+    responses = check_texts(_field(rec, "responses", where), "responses", where, 2)
+    check_ranking(_field(rec, "ranking", where), len(responses), where)
 
 
 def _check_rating(rec: dict, where: str) -> None:
     _check_prompt(rec, where)
-    _need_str(rec, "response", where, allow_empty=True)
-    if "score" not in rec:
-        raise RecordError(where, "score", "missing")
-    _check_optional_number(rec, "score", where)
-    if rec["score"] is None:
-        raise RecordError(where, "score", "expected a number, got null")
+    _need_str(rec, "response", where)
+    check_number(_field(rec, "score", where), "score", where)
 
 
 def _check_edit(rec: dict, where: str) -> None:
     _check_prompt(rec, where)
-    _need_str(rec, "response", where, allow_empty=True)
+    _need_str(rec, "response", where)
     _need_str(rec, "edited", where)
+
+
+def _check_candidates(rec: dict, where: str) -> None:
+    _check_prompt(rec, where)
+    check_texts(_field(rec, "responses", where), "responses", where, 2)
+
+
+def _check_optional_fields(rec: dict, where: str) -> None:
+    """Optional fields some stage reads, in any record: eval's ``reference``, the judges' ``keywords`` and ``draft``."""
+    for key in ("reference", "draft"):
+        if rec.get(key) is not None:
+            check_text(rec[key], key, where)
+    if rec.get("keywords") is not None:
+        keywords = rec["keywords"]
+        if not isinstance(keywords, list):
+            raise RecordError(where, "keywords", f"expected a list of strings, got {_type_name(keywords)}")
+        for i, k in enumerate(keywords):
+            check_text(k, f"keywords[{i}]", where)
 
 
 CHECKS: dict[str, Callable[[dict, str], None]] = {
@@ -132,6 +248,7 @@ CHECKS: dict[str, Callable[[dict, str], None]] = {
     "ranking": _check_ranking,
     "rating": _check_rating,
     "edit": _check_edit,
+    "candidates": _check_candidates,
 }
 
 
@@ -145,7 +262,9 @@ def detect_kind(rec: dict) -> str:
         return "edit"
     if "score" in rec:
         return "rating"
-    if "completion" in rec or ("messages" in rec and rec["messages"] and rec["messages"][-1].get("role") == "assistant"):
+    msgs = rec.get("messages")
+    ends_with_answer = isinstance(msgs, list) and bool(msgs) and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant"
+    if "completion" in rec or ends_with_answer:
         return "sft"
     return "prompt"
 
@@ -154,34 +273,73 @@ def validate(rec: Any, kind: str, where: str) -> dict:
     """Check one record of ``kind`` ("auto" detects feedback kinds); return it or raise RecordError."""
     if not isinstance(rec, dict):
         raise RecordError(where, "(line)", f"expected a JSON object, got {_type_name(rec)}")
-    if kind == "auto":
-        kind = detect_kind(rec)
-    if kind not in CHECKS:
+    if kind != "auto" and kind not in CHECKS:
         raise ValueError(f"unknown record kind {kind!r}; expected one of {', '.join(KINDS)}")
-    CHECKS[kind](rec, where)
+    _check_values(rec, where)
+    CHECKS[detect_kind(rec) if kind == "auto" else kind](rec, where)
+    _check_optional_fields(rec, where)
     return rec
 
 
-def iter_records(path: str | Path, kind: str) -> Iterator[dict]:
-    """Yield validated records of ``kind`` from a JSONL file; blank lines are skipped."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+def open_input(path: str | Path) -> BinaryIO:
+    """An input file opened for reading bytes, or a RecordError saying why it cannot be (``file: problem``)."""
+    try:
+        return open(path, "rb")  # bytes: a bad UTF-8 sequence is then reported with its line, not as a crash
+    except FileNotFoundError:
+        raise RecordError(str(path), None, "no such file") from None
+    except IsADirectoryError:
+        raise RecordError(str(path), None, "is a folder, expected a file") from None
+    except OSError as e:
+        raise RecordError(str(path), None, f"cannot be read ({e.strerror})") from None
+
+
+def decode_line(raw: bytes, where: str) -> str:
+    """One line of an input file as text, or ``file:line: invalid UTF-8 at byte N`` (N counts from 1 in the line)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(where, None, f"invalid UTF-8 at byte {e.start + 1}") from None
+
+
+def _json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    """(``file:line``, parsed JSON) of each non-blank line, or a RecordError naming the file or line."""
+    with open_input(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raise RecordError(where, None, "starts with a UTF-8 byte-order mark (BOM); save the file as UTF-8 without one")
+            line = decode_line(raw, where)
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
-                rec = json.loads(line)
+                value = json.loads(line, parse_float=_parse_float)
             except json.JSONDecodeError as e:
-                raise RecordError(where, "(line)", f"invalid JSON: {e.msg} at column {e.colno}") from None
-            yield validate(rec, kind, where)
+                # json words one message "Invalid control character at" (it adds the position itself)
+                raise RecordError(where, "(line)", f"invalid JSON: {e.msg.removesuffix(' at')} at column {e.colno}") from None
+            except RecursionError:
+                raise RecordError(where, "(line)", "invalid JSON: nested too deeply") from None
+            except ValueError:  # the one other error json raises: an integer past Python's digit limit
+                raise RecordError(where, "(line)", "invalid JSON: a number with too many digits") from None
+            yield where, value
+
+
+def iter_records(path: str | Path, kind: str) -> Iterator[tuple[str, dict]]:
+    """(``file:line``, record) for each non-blank line of a JSONL file, validated as ``kind``."""
+    for where, value in _json_lines(Path(path)):
+        yield where, validate(value, kind, where)
+
+
+def read_located(path: str | Path, kind: str) -> list[tuple[str, dict]]:
+    """Every (``file:line``, record) of an input file (see :func:`iter_records`); a file without one is an error."""
+    located = list(iter_records(path, kind))
+    if not located:
+        raise RecordError(str(path), None, "no records")
+    return located
 
 
 def read_records(path: str | Path, kind: str) -> list[dict]:
-    """All validated records of ``kind`` from a JSONL file (see :func:`iter_records`)."""
-    return list(iter_records(path, kind))
+    """All validated records of ``kind`` from an input file, at least one (see :func:`read_located`)."""
+    return [rec for _, rec in read_located(path, kind)]
 
 
 def write_records(path: str | Path, records: Iterable[dict], append: bool = False) -> int:

@@ -63,6 +63,38 @@ def win_rate(a: Sequence[float], b: Sequence[float], tie_tol: float = 0.0, n_boo
             "losses": int((out == 0).sum()), "n": len(out), "n_prompts": len(prompts)}
 
 
+def macro_f1(predicted: Sequence[str | None], gold: Sequence[str], labels: Sequence[str]) -> float | None:
+    """Mean over ``labels`` of each label's F1, 2·TP / (2·TP + FP + FN); labels neither side uses are left out.
+
+    A prediction outside ``labels`` (None: the answer gave no label) is a miss for its gold label.
+    """
+    pairs = list(zip(predicted, gold, strict=True))
+    f1 = []
+    for label in labels:
+        tp = sum(p == label and g == label for p, g in pairs)
+        fp = sum(p == label and g != label for p, g in pairs)
+        fn = sum(p != label and g == label for p, g in pairs)
+        if tp + fp + fn:
+            f1.append(2 * tp / (2 * tp + fp + fn))
+    return mean(f1)
+
+
+def grading_accuracy(predicted: Sequence[str | None], gold: Sequence[str], labels: Sequence[str], n_boot: int = 1000,
+                     confidence: float = 0.95, seed: int = 0, per_prompt: int = 1) -> dict:
+    """Share of answers whose label (a grader's verdict) equals the gold one, with its bootstrap interval and macro-F1.
+
+    An answer without a label counts as wrong (``no_label`` says how many). ``per_prompt``: consecutive
+    answers that share a prompt; the interval resamples prompts, as :func:`win_rate` does.
+    """
+    hits = np.array([p == g for p, g in zip(predicted, gold, strict=True)], dtype=float)
+    if per_prompt < 1 or len(hits) % per_prompt:
+        raise ValueError(f"grading accuracy: {len(hits)} answers do not split into groups of {per_prompt} per prompt")
+    prompts = hits.reshape(-1, per_prompt).mean(axis=1)
+    lo, hi = bootstrap_ci(prompts, np.mean, n_boot, confidence, seed)
+    return {"accuracy": mean(hits), "ci": [lo, hi], "macro_f1": macro_f1(predicted, gold, labels),
+            "no_label": sum(p not in labels for p in predicted), "n": len(hits), "n_prompts": len(prompts)}
+
+
 def sequence_kl(logp: Sequence[Sequence[float]], ref_logp: Sequence[Sequence[float]]) -> list[float]:
     """Per answer: Σ over its tokens of log π − log π_ref (the k1 estimate of KL for a sampled answer)."""
     out = []

@@ -150,12 +150,17 @@ def plot_frontier(ppo: list[dict], ev: dict | None) -> str | None:
 def overoptimisation_points(ppo: list[dict], ev: dict | None) -> tuple[list[tuple[float, float, float]], str]:
     """(KL, proxy, gold) points sorted by KL, and where they come from.
 
-    Prefer evaluated checkpoints (same prompts, held-out); fall back to PPO logs that carry ``gold_score``.
+    Prefer evaluated checkpoints (same prompts, held-out); then PPO's own held-out evaluations (``eval_score``,
+    ``eval_gold`` at the step's training KL); last, PPO logs that carry a gold score of their rollouts.
     """
     pts = [(m["kl"], m["rm_score"], m["gold_score"]) for m in eval_points(ev)
            if not m.get("best_of") and m.get("rm_score") is not None and m.get("gold_score") is not None]
     if len(pts) >= 2:
         return sorted(pts), "evaluated checkpoints"
+    held = [(r["kl"], r["eval_score"], r["eval_gold"]) for r in ppo
+            if all(isinstance(r.get(k), (int, float)) for k in ("kl", "eval_score", "eval_gold"))]
+    if len(held) >= 2:
+        return sorted(held), "PPO's held-out evaluations"
     rows = [r for r in ppo if all(isinstance(r.get(k), (int, float)) for k in ("kl", "score", "gold_score"))]
     if len(rows) >= 2:
         kl = smooth(np.array([r["kl"] for r in rows], dtype=float))
@@ -224,10 +229,19 @@ def win_cell(w: dict | None) -> str:
             f"{w['losses']}L</small><br><small>len {fmt(w.get('len_model'), '.0f')} vs {fmt(w.get('len_reference'), '.0f')}</small>")
 
 
-EVAL_COLUMNS = [("rm_score", "RM score"), ("gold_score", "gold score"), ("kl", "KL"), ("win_rate_rm", "win vs ref (RM)"),
-                ("win_rate_gold", "win vs ref (gold)"), ("bleu", "BLEU"), ("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"),
-                ("rougeL", "ROUGE-L"), ("ppl", "perplexity"), ("response_len", "length (tokens)"),
-                ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("no_eos_frac", "no EOS")]
+def grading_cell(g: dict | None) -> str:
+    if not g:
+        return "–"
+    lo, hi = g["ci"]
+    return (f"<b>{g['accuracy']:.2f}</b> <small>[{lo:.2f}, {hi:.2f}]</small><br><small>macro-F1 "
+            f"{fmt(g['macro_f1'], '.2f')}</small><br><small>{g['n']} replies, {g['no_label']} without a verdict</small>")
+
+
+EVAL_COLUMNS = [("rm_score", "RM score"), ("gold_score", "gold score"), ("grading", "grading accuracy"), ("kl", "KL"),
+                ("win_rate_rm", "win vs ref (RM)"), ("win_rate_gold", "win vs ref (gold)"), ("bleu", "BLEU"),
+                ("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"), ("ppl", "perplexity"),
+                ("response_len", "length (tokens)"), ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"),
+                ("no_eos_frac", "no EOS")]
 
 
 def eval_table(ev: dict) -> str:
@@ -238,6 +252,7 @@ def eval_table(ev: dict) -> str:
     for r in rows:
         name = html.escape(r["name"]) + (" <small>(reference)</small>" if r.get("is_reference") else "")
         cells = [f"<td class=win>{win_cell(r.get(k))}</td>" if k.startswith("win_rate")
+                 else f"<td class=win>{grading_cell(r.get(k))}</td>" if k == "grading"
                  else f"<td>{fmt(r.get(k), '.1f' if k in ('bleu', 'response_len', 'ppl') else '.3f')}</td>" for k, _ in cols]
         body.append(f"<tr><td>{name}</td>{''.join(cells)}</tr>")
     per = ev.get("samples_per_prompt") or 1
@@ -247,7 +262,10 @@ def eval_table(ev: dict) -> str:
             f"<code>{html.escape(str(ev.get('reference', '')))}</code>; gold judge {fmt(ev.get('judge'))}. "
             "Win rates count ties as ½ (with several answers per prompt, a prompt counts the share of its answer pairs won); brackets are bootstrap 95% intervals over prompts; the lengths of both sides stand beside "
             "each win rate so that a win bought by length shows. KL is the sampled estimate Σ log π − log π_ref per "
-            "answer (best-of-N: analytic).</p>")
+            "answer (best-of-N: analytic)."
+            + (" Grading accuracy: the share of replies to grading prompts whose opening verdict is the gold one "
+               "(a reply without a verdict counts as wrong), with its interval and the macro-F1 over the verdicts."
+               if any(r.get("grading") for r in rows) else "") + "</p>")
     skipped = ev.get("skipped") or {}
     if skipped:
         note += "<p class=note>Not measured: " + "; ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in skipped.items()) + ".</p>"
@@ -304,7 +322,8 @@ td.win{white-space:nowrap} .samples td{width:30%} .samples td.prompt{width:16%;b
 
 
 def summary_lines(ev: dict) -> list[str]:
-    """Up to five plain-text lines: gold and RM score before → after, win rates with intervals, KL, best-of-N."""
+    """Up to six plain-text lines: gold, RM score and grading accuracy before → after, win rates with intervals,
+    KL, best-of-N."""
     rows = ev.get("models", [])
     ref = next((r for r in rows if r.get("is_reference")), rows[0] if rows else None)
     after = [r for r in rows if r is not ref and not r.get("best_of")]
@@ -315,6 +334,11 @@ def summary_lines(ev: dict) -> list[str]:
     for key, what in (("gold_score", f"gold score ({ev.get('judge')})"), ("rm_score", "reward-model score")):
         if new.get(key) is not None:
             lines.append(f"{what}: {ref[key]:.3f} ({ref['name']}) → {new[key]:.3f} ({new['name']})")
+    if ref.get("grading") and new.get("grading"):
+        a, b = ref["grading"], new["grading"]
+        lines.append(f"grading accuracy: {a['accuracy']:.2f} [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}] ({ref['name']}) → "
+                     f"{b['accuracy']:.2f} [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}] ({new['name']}), macro-F1 "
+                     f"{fmt(a['macro_f1'], '.2f')} → {fmt(b['macro_f1'], '.2f')}, on {b['n_prompts']} grading prompts")
     for key, what in (("win_rate_gold", "gold judge"), ("win_rate_rm", "reward model")):
         w = new.get(key)
         if w:
@@ -326,7 +350,7 @@ def summary_lines(ev: dict) -> list[str]:
     for r in rows:
         if r.get("best_of") and r.get("gold_score") is not None:
             lines.append(f"{r['name']} baseline: gold score {r['gold_score']:.3f}, KL {r['kl']:.3f}")
-    return lines[:5]
+    return lines[:6]
 
 
 def reward_hacking_verdict(hack: dict | None, points: list[tuple[float, float, float]] | None = None) -> str:

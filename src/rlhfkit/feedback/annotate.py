@@ -14,6 +14,8 @@ from typing import Any, Optional
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
+from rlhfkit.feedback.access import may_work_on
+from rlhfkit.feedback.checks import MAX_ID, is_blank
 from rlhfkit.feedback.db import Annotator, Answer, Assignment, Project, Prompt, Response, Task, now
 
 RATING_LABELS = {1: "Very poor", 2: "Poor", 3: "Somewhat poor", 4: "Acceptable", 5: "Somewhat good", 6: "Good",
@@ -94,12 +96,19 @@ def set_open(task: Task, project: Project, value: bool) -> None:
         task.is_open = value
 
 
+def check_access(s: Session, project: Project, ann: Annotator) -> None:
+    if not may_work_on(s, project, ann):
+        raise ApiError(403, "project", f"{project.name!r} is open to its members only; ask the admin to add you")
+
+
 def own_assignment(s: Session, assignment_id: int, ann: Annotator) -> Assignment:
-    a = s.get(Assignment, assignment_id)
+    # An id past the column's range names no row; asking the database would overflow its integer type.
+    a = s.get(Assignment, assignment_id) if 1 <= assignment_id <= MAX_ID else None
     if a is None:
         raise ApiError(404, "assignment", f"no assignment {assignment_id}")
     if a.annotator_id != ann.id:
         raise ApiError(403, "assignment", "belongs to another annotator")
+    check_access(s, s.get(Project, a.project_id), ann)  # removed from the project: its held tasks are closed too
     return a
 
 
@@ -170,8 +179,10 @@ def normalise_answer(kind: str, body: dict, n_responses: int, display_order: lis
         edited = body.get("edited")
         if not isinstance(edited, str):
             raise ApiError(422, "edited", f"expected a string, got {type(edited).__name__ if edited is not None else 'nothing'}")
-        if not edited.strip():
-            raise ApiError(422, "edited", "empty; keep the response text if it needs no change")
+        if is_blank(edited):
+            # Zero-width and other invisible characters count as empty: such an "edit" would train on nothing.
+            raise ApiError(422, "edited", "empty (only spaces or invisible characters); keep the response text if "
+                                          "it needs no change")
         if len(edited) > MAX_TEXT:
             raise ApiError(422, "edited", f"longer than {MAX_TEXT} characters")
         return {"edited": edited, "comment": _comment(body)}

@@ -1,8 +1,10 @@
 """The annotation web app (FastAPI): the JSON API under /api and the page under /.
 
-Auth: ``Authorization: Bearer <token>``. The admin token creates annotators and projects and reads
-stats and exports; an annotator token reads and writes only that annotator's own assignments.
-No token or an unknown one → 401; a known token on something it may not touch → 403.
+Auth: ``Authorization: Bearer <token>``, checked from the headers before any body is read (guard.py). The
+admin token manages annotators (create, disable, new token) and projects (settings, members) and reads stats
+and exports; an annotator token reads and writes only that annotator's own assignments, in the projects open
+to them. No token, an unknown or a disabled one → 401; a known token on something it may not touch → 403;
+too many bad tokens from one address → 429. A body is one JSON object of at most ``max_body`` bytes (else 413).
 Every handler is one database transaction; an answer is acknowledged only after its commit.
 """
 
@@ -11,19 +13,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from fastapi import Body, Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
+from rlhfkit.feedback import access
 from rlhfkit.feedback import annotate as ops
 from rlhfkit.feedback.annotate import ApiError
-from rlhfkit.feedback.auth import create_annotator, find_annotator, hash_token, is_admin
+from rlhfkit.feedback.auth import (TOKEN_CACHE_SECONDS, TokenCache, annotator_named, create_annotator, find_annotator,
+                                   is_admin, rotate_token)
+from rlhfkit.feedback.checks import BadField, check_name, parse_json, printable, text_problem
 from rlhfkit.feedback.db import Annotator, Database, Project, Task, get_project
+from rlhfkit.feedback.guard import MAX_BODY, Guard, LoginFailure, error_response, with_security_headers
 
 STATIC = Path(__file__).with_name("static")
+# Project settings: the range each may take (a larger value is a typo, and would overflow the INTEGER column).
+SETTINGS = {"annotators_per_task": (1, 1000), "max_held": (1, 10_000), "hold_minutes": (0, 525_600)}
+MAX_GUIDELINES = 100_000  # characters
+ANSWER_FIELDS = {"submission_id", "comment", "score", "choice", "strength", "ranking", "none_acceptable", "edited"}
 
 
 class Caller:
@@ -33,45 +46,97 @@ class Caller:
         self.admin, self.annotator_id, self.name = admin, annotator_id, name
 
 
-def _error(status: int, field: str, problem: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    detail = f"{field}: {problem}" if field else problem
-    return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
+class FeedbackApp(FastAPI):
+    """FastAPI with the security headers on every response, the server's own error pages included."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = with_security_headers(send, scope["path"])
+        await super().__call__(scope, receive, send)
 
 
-def create_app(db_url: str, admin_token: str) -> FastAPI:
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "nothing"}.get(
+        type(value), "a number")
+
+
+async def body_object(request: Request) -> dict:
+    """The body: one JSON object. Parsed here rather than by FastAPI so that errors name "body" or the field."""
+    value = parse_json(await request.body())
+    if not isinstance(value, dict):
+        raise BadField("body", f"expected a JSON object, got {_json_type(value)}")
+    return value
+
+
+async def optional_object(request: Request) -> dict:
+    """Like :func:`body_object`, but an empty body is ``{}``."""
+    return await body_object(request) if (await request.body()).strip() else {}
+
+
+def only(body: dict, allowed: set[str]) -> None:
+    """Refuse unknown fields: a misspelt setting must not be accepted and silently ignored."""
+    for key in body:
+        if key not in allowed:
+            raise ApiError(422, printable(key), f"unknown field; expected {', '.join(sorted(allowed))}")
+
+
+def create_app(db_url: str, admin_token: str, max_body: int = MAX_BODY,
+               token_cache_seconds: float = TOKEN_CACHE_SECONDS) -> FastAPI:
     db = Database(db_url)
     # No Swagger page: it loads its scripts from a CDN, and the app must work offline. The schema is served.
-    app = FastAPI(title="rlhfkit feedback", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app = FeedbackApp(title="rlhfkit feedback", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.db = db
-    known: dict[str, Caller] = {}  # token hash → annotator, so a request does not look the token up again
+    tokens = TokenCache(token_cache_seconds)
+    admin_caller = Caller(admin=True)
+
+    def lookup(token: str) -> Caller:
+        with db.tx() as s:
+            ann = find_annotator(s, token)
+            if ann is None:
+                raise LoginFailure("unknown token")
+            if ann.disabled:
+                raise LoginFailure(f"annotator {ann.name!r} is disabled; ask the admin")
+            return Caller(admin=False, annotator_id=ann.id, name=ann.name)
+
+    async def authenticate(token: str) -> Caller:
+        if is_admin(token, admin_token):
+            return admin_caller
+        known = tokens.get(token)
+        if known is None:
+            generation = tokens.generation
+            known = await run_in_threadpool(lookup, token)  # the database is synchronous: not on the event loop
+            tokens.put(token, known, generation)
+        return known
+
+    app.add_middleware(Guard, authenticate=authenticate, max_body=max_body)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError):
-        return _error(e.status, e.field, e.problem)
+        return error_response(e.status, e.field, e.problem)
+
+    @app.exception_handler(BadField)
+    async def _bad_field(_: Request, e: BadField):
+        return error_response(422, e.field, e.problem)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, e: RequestValidationError):
         first = e.errors()[0]
-        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-        return _error(422, field, first["msg"])
+        field = ".".join(str(p) for p in first["loc"] if p not in ("body", "path", "query")) or "body"
+        return error_response(422, field, first["msg"])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        path = printable(request.url.path[:200])
+        if e.status_code == 404:
+            return error_response(404, "path", f"no such page or API route: {path}")
+        if e.status_code == 405:
+            allowed = (e.headers or {}).get("Allow", "")
+            return error_response(405, "method", f"{request.method} is not allowed on {path}; use {allowed}",
+                                  e.headers)
+        return error_response(e.status_code, "", str(e.detail), e.headers)
 
     def caller(request: Request) -> Caller:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "Authorization", "missing; send 'Authorization: Bearer <token>'")
-        token = token.strip()
-        if is_admin(token, admin_token):
-            return Caller(admin=True)
-        key = hash_token(token)
-        if key not in known:  # annotators are never removed, so a token once found stays valid
-            with db.tx() as s:
-                ann = find_annotator(s, token)
-                if ann is None:
-                    raise ApiError(401, "Authorization", "unknown token")
-                known[key] = Caller(admin=False, annotator_id=ann.id, name=ann.name)
-        return known[key]
+        return request.state.caller  # put there by Guard, which lets no /api request through without it
 
     def admin(c: Caller = Depends(caller)) -> Caller:
         if not c.admin:
@@ -84,10 +149,23 @@ def create_app(db_url: str, admin_token: str) -> FastAPI:
         return c
 
     def project_or_404(s, name: str) -> Project:
-        p = get_project(s, name)
+        p = get_project(s, name) if not text_problem(name) else None
         if p is None:
             raise ApiError(404, "project", f"no project named {name!r}")
         return p
+
+    def annotator_or_404(s, name: str) -> Annotator:
+        ann = annotator_named(s, name) if not text_problem(name) else None
+        if ann is None:
+            raise ApiError(404, "annotator", f"no annotator named {name!r}")
+        return ann
+
+    def open_project(s, name: str, c: Caller) -> tuple[Project, Annotator]:
+        """The project and the calling annotator, who must be allowed to work on it."""
+        p = project_or_404(s, name)
+        ann = s.get(Annotator, c.annotator_id)
+        ops.check_access(s, p, ann)
+        return p, ann
 
     # --- the page --------------------------------------------------------------------------------
 
@@ -101,39 +179,99 @@ def create_app(db_url: str, admin_token: str) -> FastAPI:
     def healthz():
         return {"ok": True, "schema_version": db.version}
 
-    # --- admin -----------------------------------------------------------------------------------
+    # --- admin: annotators -----------------------------------------------------------------------
+
+    def annotator_row(ann: Annotator) -> dict:
+        return {"id": ann.id, "name": ann.name, "disabled": ann.disabled}
+
+    @app.get("/api/admin/annotators")
+    def list_annotators(_: Caller = Depends(admin)):
+        with db.tx() as s:
+            return [annotator_row(a) for a in s.scalars(select(Annotator).order_by(Annotator.name))]
 
     @app.post("/api/admin/annotators", status_code=201)
-    def add_annotator(body: dict = Body(...), _: Caller = Depends(admin)):
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise ApiError(422, "name", "expected a non-empty string of at most 200 characters")
+    def add_annotator(body: dict = Depends(body_object), _: Caller = Depends(admin)):
+        only(body, {"name"})
+        name = check_name(body.get("name"), "name")
         with db.tx() as s:
-            if s.scalar(select(Annotator).where(Annotator.name == name.strip())) is not None:
-                raise ApiError(409, "name", f"an annotator named {name.strip()!r} exists")
-            ann, token = create_annotator(s, name.strip())
+            if annotator_named(s, name) is not None:
+                raise ApiError(409, "name", f"an annotator named {name!r} exists")
+            ann, token = create_annotator(s, name)
             return {"id": ann.id, "name": ann.name, "token": token}
 
+    @app.patch("/api/admin/annotators/{name}")
+    def change_annotator(name: str, body: dict = Depends(body_object), _: Caller = Depends(admin)):
+        """``{"disabled": true}`` refuses the annotator's token from now on; ``false`` lets it in again."""
+        only(body, {"disabled"})
+        if not isinstance(body.get("disabled"), bool):
+            raise ApiError(422, "disabled", f"expected true or false, got {_json_type(body.get('disabled'))}")
+        with db.tx() as s:
+            ann = annotator_or_404(s, name)
+            ann.disabled = body["disabled"]
+            row = annotator_row(ann)
+        tokens.clear()  # after the commit: a request that races it looks the token up again
+        return row
+
+    @app.post("/api/admin/annotators/{name}/token")
+    def new_annotator_token(name: str, _: Caller = Depends(admin)):
+        """A new token for the annotator (shown once); the old one stops working at once."""
+        with db.tx() as s:
+            ann = annotator_or_404(s, name)
+            token = rotate_token(ann)
+            reply = {**annotator_row(ann), "token": token}
+        tokens.clear()
+        return reply
+
+    # --- admin: projects -------------------------------------------------------------------------
+
     @app.put("/api/admin/projects/{name}")
-    def put_project(name: str, body: dict = Body(...), _: Caller = Depends(admin)):
-        for key, least in (("annotators_per_task", 1), ("max_held", 1), ("hold_minutes", 0)):
-            if key in body and (not isinstance(body[key], int) or isinstance(body[key], bool) or body[key] < least):
-                raise ApiError(422, key, f"expected an integer ≥ {least}")
-        if "guidelines" in body and not isinstance(body["guidelines"], str):
-            raise ApiError(422, "guidelines", "expected a string")
+    def put_project(name: str, body: dict = Depends(body_object), _: Caller = Depends(admin)):
+        name = check_name(name, "project")
+        only(body, {*SETTINGS, "guidelines", "open_to_all"})
+        for key, (least, most) in SETTINGS.items():
+            value = body.get(key, least)
+            if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= most:
+                raise ApiError(422, key, f"expected an integer {least}..{most}, got {printable(repr(value))[:50]}")
+        if not isinstance(body.get("guidelines", ""), str) or len(body.get("guidelines", "")) > MAX_GUIDELINES:
+            raise ApiError(422, "guidelines", f"expected a string of at most {MAX_GUIDELINES} characters")
+        if not isinstance(body.get("open_to_all", True), bool):
+            raise ApiError(422, "open_to_all", "expected true (every annotator) or false (its members only)")
         with db.tx() as s:
             p = get_project(s, name)
             if p is None:
-                p = Project(name=name, guidelines="", annotators_per_task=1, max_held=5, open_tasks=0, hold_minutes=60)
+                p = Project(name=name, guidelines="", annotators_per_task=1, max_held=5, open_tasks=0, hold_minutes=60,
+                            open_to_all=True)
                 s.add(p)
             p.guidelines = body.get("guidelines", p.guidelines)
             p.max_held = body.get("max_held", p.max_held)
             p.hold_minutes = body.get("hold_minutes", p.hold_minutes)
             p.annotators_per_task = body.get("annotators_per_task", p.annotators_per_task)
+            p.open_to_all = body.get("open_to_all", p.open_to_all)
             s.flush()
             ops.refresh_open(s, p)
             return {"name": p.name, "guidelines": p.guidelines, "annotators_per_task": p.annotators_per_task,
-                    "max_held": p.max_held, "hold_minutes": p.hold_minutes}
+                    "max_held": p.max_held, "hold_minutes": p.hold_minutes, "open_to_all": p.open_to_all}
+
+    @app.get("/api/admin/projects/{name}/members")
+    def project_members(name: str, _: Caller = Depends(admin)):
+        with db.tx() as s:
+            return access.describe(s, project_or_404(s, name))
+
+    @app.put("/api/admin/projects/{name}/members/{annotator_name}")
+    def add_member(name: str, annotator_name: str, _: Caller = Depends(admin)):
+        """Let the annotator work on the project, which is then open to its members only."""
+        with db.tx() as s:
+            p = project_or_404(s, name)
+            access.add_member(s, p, annotator_or_404(s, annotator_name))
+            s.flush()
+            return access.describe(s, p)
+
+    @app.delete("/api/admin/projects/{name}/members/{annotator_name}")
+    def remove_member(name: str, annotator_name: str, _: Caller = Depends(admin)):
+        with db.tx() as s:
+            p = project_or_404(s, name)
+            access.remove_member(s, p, annotator_or_404(s, annotator_name))
+            return access.describe(s, p)
 
     @app.get("/api/admin/projects/{name}/stats")
     def project_stats(name: str, _: Caller = Depends(admin)):
@@ -145,16 +283,17 @@ def create_app(db_url: str, admin_token: str) -> FastAPI:
 
     @app.get("/api/admin/projects/{name}/export")
     def project_export(name: str, format: str = "all", _: Caller = Depends(admin)):
-        import json
-
-        from rlhfkit.feedback.export import FORMATS, export_records
+        from rlhfkit.feedback.export import FORMATS, BadRecord, export_lines
 
         if format not in FORMATS:
-            raise ApiError(422, "format", f"expected one of {', '.join(FORMATS)}, got {format!r}")
+            raise ApiError(422, "format", f"expected one of {', '.join(FORMATS)}, got {printable(format)[:50]!r}")
         with db.tx() as s:
             project_or_404(s, name)
-        lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in export_records(db, name, format))
-        return PlainTextResponse("".join(lines), media_type="application/x-ndjson")
+        try:
+            text = "".join(export_lines(db, name, format))
+        except BadRecord as e:  # stored before text was checked on the way in: say which answer it is
+            raise ApiError(409, "export", str(e)) from None
+        return PlainTextResponse(text, media_type="application/x-ndjson")
 
     # --- annotators ------------------------------------------------------------------------------
 
@@ -166,14 +305,14 @@ def create_app(db_url: str, admin_token: str) -> FastAPI:
     def projects(c: Caller = Depends(annotator)):
         with db.tx() as s:
             rows = s.execute(select(Project, func.count(Task.id)).outerjoin(Task, Task.project_id == Project.id)
+                             .where(access.visible_to(c.annotator_id))
                              .group_by(Project.id).order_by(Project.name)).all()
             return [{"name": p.name, "guidelines": p.guidelines, "tasks": n} for p, n in rows]
 
     @app.get("/api/projects/{name}")
     def project(name: str, c: Caller = Depends(annotator)):
         with db.tx() as s:
-            p = project_or_404(s, name)
-            ann = s.get(Annotator, c.annotator_id)
+            p, ann = open_project(s, name, c)
             return {"name": p.name, "guidelines": p.guidelines, "progress": ops.progress(s, p, ann),
                     "rating_labels": ops.RATING_LABELS, "strengths": list(ops.STRENGTH_MARGIN)}
 
@@ -181,28 +320,27 @@ def create_app(db_url: str, admin_token: str) -> FastAPI:
     def next_task(name: str, c: Caller = Depends(annotator)):
         """The annotator's oldest held task (claiming one if none is held); task is null when none is left."""
         with db.tx() as s:
-            p = project_or_404(s, name)
-            ann = s.get(Annotator, c.annotator_id)
+            p, ann = open_project(s, name, c)
             mine = ops.claim(s, p, ann, 1)
             return {"task": ops.task_view(s, mine[0]) if mine else None, "progress": ops.progress(s, p, ann)}
 
     @app.post("/api/projects/{name}/claim")
-    def claim(name: str, body: dict = Body(default={}), c: Caller = Depends(annotator)):
+    def claim(name: str, body: dict = Depends(optional_object), c: Caller = Depends(annotator)):
         """Hold up to ``n`` tasks at once (never more than the project's cap)."""
+        only(body, {"n"})
         n = body.get("n", 1)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ApiError(422, "n", f"expected an integer ≥ 1, got {n!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= SETTINGS["max_held"][1]:
+            raise ApiError(422, "n", f"expected an integer 1..{SETTINGS['max_held'][1]}, got {printable(repr(n))[:50]}")
         with db.tx() as s:
-            p = project_or_404(s, name)
-            ann = s.get(Annotator, c.annotator_id)
+            p, ann = open_project(s, name, c)
             return {"tasks": [ops.task_view(s, a) for a in ops.claim(s, p, ann, n)], "max_held": p.max_held}
 
     @app.get("/api/projects/{name}/last")
     def last(name: str, c: Caller = Depends(annotator)):
         """The task this annotator answered last, with their answer: the page's "back" button."""
         with db.tx() as s:
-            p = project_or_404(s, name)
-            a = ops.last_done(s, p, s.get(Annotator, c.annotator_id))
+            p, ann = open_project(s, name, c)
+            a = ops.last_done(s, p, ann)
             return {"task": ops.task_view(s, a) if a else None}
 
     @app.get("/api/assignments/{assignment_id}")
@@ -218,7 +356,9 @@ def create_app(db_url: str, admin_token: str) -> FastAPI:
             return {"assignment_id": a.id, "status": a.status}
 
     @app.post("/api/assignments/{assignment_id}/answer")
-    def answer(assignment_id: int, body: Any = Body(...), c: Caller = Depends(annotator)):
+    def answer(assignment_id: int, body: dict = Depends(body_object), c: Caller = Depends(annotator)):
+        only(body, ANSWER_FIELDS)
+
         def reply(sub: ops.Submitted) -> JSONResponse:
             out = {"answer_id": sub.answer.id, "assignment_id": assignment_id, "submission_id": sub.answer.submission_id,
                    "revision": sub.answer.revision, "duplicate": sub.duplicate}

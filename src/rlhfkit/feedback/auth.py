@@ -2,6 +2,7 @@
 
 Annotator tokens are random 256-bit strings; only their SHA-256 is stored, so a copy of the database
 does not let anyone log in. Token values are never logged or printed except once, to whoever made them.
+An annotator can be disabled (their token is refused) and their token rotated (the old one stops working).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,6 +21,7 @@ from sqlalchemy.orm import Session
 from rlhfkit.feedback.db import Annotator, sqlite_path
 
 ADMIN_TOKEN_ENV = "RLHFKIT_ADMIN_TOKEN"
+TOKEN_CACHE_SECONDS = 5.0  # how long a running server trusts a token it looked up (changes from the CLI wait this long)
 
 
 def new_token() -> str:
@@ -67,3 +70,46 @@ def create_annotator(s: Session, name: str) -> tuple[Annotator, str]:
     s.add(ann)
     s.flush()
     return ann, token
+
+
+def annotator_named(s: Session, name: str) -> Optional[Annotator]:
+    return s.scalar(select(Annotator).where(Annotator.name == name))
+
+
+def rotate_token(ann: Annotator) -> str:
+    """Give the annotator a new token (returned once); the old one stops working."""
+    token = new_token()
+    ann.token_hash = hash_token(token)
+    return token
+
+
+class TokenCache:
+    """Who a token belongs to, remembered for ``seconds`` so that most requests skip the database.
+
+    The entries expire, so a change made elsewhere (the CLI disabling an annotator or rotating a token)
+    reaches a running server within ``seconds``; the server clears the cache itself on changes it makes.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.generation = 0  # bumped by clear(): a lookup that began before a change is not remembered
+        self._entries: dict[str, tuple[float, Any]] = {}  # token hash → (expiry, caller)
+
+    def get(self, token: str) -> Any:
+        hit = self._entries.get(hash_token(token))
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, token: str, value: Any, generation: int) -> None:
+        if self.seconds <= 0 or generation != self.generation:
+            return
+        now = time.monotonic()
+        if len(self._entries) > 10_000:  # only valid tokens are kept, but drop the expired ones now and then
+            self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+        self._entries[hash_token(token)] = (now + self.seconds, value)
+
+    def clear(self) -> None:
+        # Called from handlers in worker threads: a new dict, not clear(), so that no iteration sees it change.
+        self.generation += 1
+        self._entries = {}

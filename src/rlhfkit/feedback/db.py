@@ -6,7 +6,8 @@ acknowledged answer is on disk before the reply leaves, and two writers never ra
 
 Tables: projects → prompts → responses (the candidates), tasks (a kind over some of one prompt's
 responses), annotators, assignments (a task given to one annotator, with the order it was shown in),
-answers (every submission kept: a later one is a revision, the latest is the answer).
+answers (every submission kept: a later one is a revision, the latest is the answer), project_members
+(who may work on a project that is not open to all).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Project(Base):
     max_held: Mapped[int] = mapped_column(Integer, default=5)  # cap on unanswered tasks one annotator holds
     open_tasks: Mapped[int] = mapped_column(Integer, default=0)  # tasks still wanting annotators (kept in step)
     hold_minutes: Mapped[int] = mapped_column(Integer, default=60)  # a task held unanswered longer goes back (0: never)
+    # True: every annotator may work on it (projects made before membership existed); False: its members only.
+    open_to_all: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("TRUE"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
@@ -84,7 +87,16 @@ class Annotator(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the token; the token is not kept
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("FALSE"))  # token refused
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class Member(Base):
+    """An annotator who may work on a project that is not open to all."""
+
+    __tablename__ = "project_members"
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), primary_key=True)
 
 
 class Assignment(Base):
@@ -118,7 +130,18 @@ def _m1_initial(conn) -> None:
     Base.metadata.create_all(conn)
 
 
-MIGRATIONS: list[Callable] = [_m1_initial]
+def _m2_access(conn) -> None:
+    """Revocable annotators and per-project membership. Migration 1 creates the tables of the current models,
+    so on a database made by it the columns are there already; only older databases get them added here."""
+    columns = {table: {c["name"] for c in inspect(conn).get_columns(table)} for table in ("annotators", "projects")}
+    if "disabled" not in columns["annotators"]:
+        conn.execute(text("ALTER TABLE annotators ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE"))
+    if "open_to_all" not in columns["projects"]:
+        conn.execute(text("ALTER TABLE projects ADD COLUMN open_to_all BOOLEAN NOT NULL DEFAULT TRUE"))
+    Member.__table__.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable] = [_m1_initial, _m2_access]
 
 
 def normalise_url(url: str) -> str:

@@ -7,19 +7,26 @@ Formats (each record carries the annotator's name):
   ratings  rate answers     → {"prompt", "response", "score", "annotator"}
   edits    edit answers     → {"prompt", "response", "edited", "annotator"} (the latest revision)
   all      every one of the above in one file (``read_records(path, "auto")`` tells them apart)
+A file export is written all or nothing (:func:`write_export`).
 """
 
 from __future__ import annotations
 
 import difflib
+import json
+import os
+import secrets
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 from typing import Iterator, Optional
 
 from sqlalchemy import select
 
 from rlhfkit.feedback import agreement as agr
+from rlhfkit.feedback.checks import find_bad_text
 from rlhfkit.feedback.db import Annotator, Answer, Assignment, Database, Prompt, Response, Task, get_project
 
 FORMATS = ("all", "pairs", "rankings", "ratings", "edits")
@@ -74,8 +81,8 @@ def _merged_ranking_record(prompt: dict, responses: list[str], dones: list[Done]
             "none_acceptable": sum(d.payload["none_acceptable"] for d in dones) / len(dones)}
 
 
-def export_records(db: Database, project: str, fmt: str = "all", merge: bool = True) -> Iterator[dict]:
-    """The project's answers as §3 records; gold tasks are left out (they measure annotators, not models)."""
+def _records(db: Database, project: str, fmt: str, merge: bool) -> Iterator[tuple[str, dict]]:
+    """(where it comes from, record) for each exported record: where names the task and the annotator."""
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     kinds = set(KIND_OF_FORMAT.values()) if fmt == "all" else {KIND_OF_FORMAT[fmt]}
@@ -86,28 +93,74 @@ def export_records(db: Database, project: str, fmt: str = "all", merge: bool = T
         prompt = prompts[task.prompt_id]
         responses = [texts[r] for r in task.response_ids]
         dones = sorted(answers[task.id], key=lambda d: d.annotator)
+        where = f"task {task.id} ({task.kind})"
         if task.kind == "rank":
             if merge:
                 rec = _merged_ranking_record(prompt, responses, dones)
                 if rec:
-                    yield rec
+                    yield f"{where}, annotators {[d.annotator for d in dones]!r}", rec
                 continue
             for d in dones:
                 if sum(len(g) for g in d.payload["ranking"]) >= 2:
-                    yield {**prompt, "responses": responses, "annotator": d.annotator,
-                           "ranking": [g[0] if len(g) == 1 else g for g in d.payload["ranking"]],
-                           "none_acceptable": d.payload["none_acceptable"]}
+                    yield f"{where}, annotator {d.annotator!r}", {
+                        **prompt, "responses": responses, "annotator": d.annotator,
+                        "ranking": [g[0] if len(g) == 1 else g for g in d.payload["ranking"]],
+                        "none_acceptable": d.payload["none_acceptable"]}
             continue
         for d in dones:
-            p = d.payload
+            p, by = d.payload, f"{where}, annotator {d.annotator!r}"
             if task.kind == "compare" and p["better"] is not None:
-                yield {**prompt, "chosen": responses[p["better"]], "rejected": responses[1 - p["better"]],
-                       "margin": p["margin"], "annotator": d.annotator, "strength": p["strength"]}
+                yield by, {**prompt, "chosen": responses[p["better"]], "rejected": responses[1 - p["better"]],
+                           "margin": p["margin"], "annotator": d.annotator, "strength": p["strength"]}
             elif task.kind == "rate":
-                yield {**prompt, "response": responses[0], "score": p["score"], "annotator": d.annotator}
+                yield by, {**prompt, "response": responses[0], "score": p["score"], "annotator": d.annotator}
             elif task.kind == "edit":
-                yield {**prompt, "response": responses[0], "edited": p["edited"], "annotator": d.annotator,
-                       "revisions": d.revisions}
+                yield by, {**prompt, "response": responses[0], "edited": p["edited"], "annotator": d.annotator,
+                           "revisions": d.revisions}
+
+
+def export_records(db: Database, project: str, fmt: str = "all", merge: bool = True) -> Iterator[dict]:
+    """The project's answers as §3 records; gold tasks are left out (they measure annotators, not models)."""
+    for _, rec in _records(db, project, fmt, merge):
+        yield rec
+
+
+class BadRecord(ValueError):
+    """A stored record that cannot be written as UTF-8 JSON (it came in before text was checked)."""
+
+
+def export_lines(db: Database, project: str, fmt: str = "all", merge: bool = True) -> Iterator[str]:
+    """The records as JSONL lines; a record with text that is not valid Unicode raises :class:`BadRecord` naming it."""
+    for where, rec in _records(db, project, fmt, merge):
+        bad = find_bad_text(rec)
+        if bad:
+            raise BadRecord(f"{where}: {bad[0]}: {bad[1]}; fix or remove that answer")
+        yield json.dumps(rec, ensure_ascii=False) + "\n"
+
+
+def write_export(path: str | Path, db: Database, project: str, fmt: str = "all", merge: bool = True) -> int:
+    """Write the export to ``path`` all or nothing; returns the number of records.
+
+    The lines go to a new file beside ``path`` that replaces it only once complete and on disk, so a failure
+    half-way (a bad record, a full disk) leaves an existing export as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    n = 0
+    try:
+        with tmp.open("x", encoding="utf-8") as f:
+            for line in export_lines(db, project, fmt, merge):
+                f.write(line)
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            shutil.copymode(path, tmp)  # the replacement keeps the old file's permissions
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
 
 
 # --- stats --------------------------------------------------------------------------------------------

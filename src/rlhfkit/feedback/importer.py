@@ -5,6 +5,7 @@ Accepted lines (JSONL):
   one per candidate: {"prompt" | "messages", "response": str, ...}  (grouped on the prompt)
 A line may carry ``"gold": {"ranking": [best..worst indices, ties as lists], "ratings": [1..7 per response]}``:
 its tasks become gold tasks with that known answer, mixed in among the others unseen.
+A prompt's responses are texts (not blank) that differ: annotators would otherwise compare a copy with itself.
 
 Tasks made per prompt with K responses: rate → one per response; rank → one over all K (K ≥ 2);
 compare → one per pair of responses; edit → one on the first response.
@@ -21,8 +22,10 @@ from typing import Any, Optional
 
 from sqlalchemy import select
 
-from rlhfkit.data.formats import RecordError, prompt_messages, prompt_text, validate
+from rlhfkit.data.formats import (RecordError, check_ranking, decode_line, open_input, prompt_messages, prompt_text, read_located,
+                                  record_responses)
 from rlhfkit.feedback.annotate import refresh_open
+from rlhfkit.feedback.checks import check_name, find_bad_text, text_problem
 from rlhfkit.feedback.db import KINDS, Database, Project, Prompt, Response, Task, get_project
 
 KNOWN_FIELDS = {"prompt", "messages", "responses", "response", "model", "checkpoint", "sampling", "gold"}
@@ -47,6 +50,8 @@ def _opt_str(rec: dict, key: str, where: str) -> str:
         return ""
     if not isinstance(value, str):
         raise RecordError(where, key, f"expected a string, got {type(value).__name__}")
+    if len(value) > 500:  # the width of the column
+        raise RecordError(where, key, "longer than 500 characters")
     return value
 
 
@@ -59,10 +64,7 @@ def _check_gold(gold: Any, k: int, where: str) -> dict:
     if "ranking" in gold:
         if k < 2:
             raise RecordError(where, "gold.ranking", "a ranking needs at least 2 responses")
-        try:
-            validate({"prompt": "x", "responses": ["x"] * k, "ranking": gold["ranking"]}, "ranking", where)
-        except RecordError as e:
-            raise RecordError(where, f"gold.{e.field}", e.problem) from None
+        check_ranking(gold["ranking"], k, where, "gold.ranking")
     if "ratings" in gold:
         r = gold["ratings"]
         if not isinstance(r, list) or len(r) != k:
@@ -75,50 +77,38 @@ def _check_gold(gold: Any, k: int, where: str) -> dict:
 
 def read_candidates(path: str | Path) -> list[Group]:
     """Validated prompt groups from a candidates file; a bad line raises ``file:line: field: problem``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
     groups: dict[str, Group] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(where, "(line)", f"invalid JSON: {e.msg} at column {e.colno}") from None
-            validate(rec, "prompt", where)
-            if "responses" in rec:
-                responses = rec["responses"]
-                if not isinstance(responses, list) or not responses:
-                    raise RecordError(where, "responses", "expected a non-empty list of strings")
-                for i, r in enumerate(responses):
-                    if not isinstance(r, str):
-                        raise RecordError(where, f"responses[{i}]", f"expected a string, got {type(r).__name__}")
-            elif "response" in rec:
-                if not isinstance(rec["response"], str):
-                    raise RecordError(where, "response", f"expected a string, got {type(rec['response']).__name__}")
-                responses = [rec["response"]]
-            else:
-                raise RecordError(where, "responses", "missing (give responses: [...] or response: ...)")
-            model, checkpoint = _opt_str(rec, "model", where), _opt_str(rec, "checkpoint", where)
-            prompt = {"messages": prompt_messages(rec)} if "messages" in rec else {"prompt": rec["prompt"]}
-            key = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
-            g = groups.setdefault(key, Group(record=prompt, where=where))
-            if "gold" in rec:
-                if "response" in rec:
-                    raise RecordError(where, "gold", "gold answers need the one-line-per-prompt form (responses: [...])")
-                g.gold = _check_gold(rec["gold"], len(responses), where)
-            meta = {k: v for k, v in rec.items() if k not in KNOWN_FIELDS}
-            if "sampling" in rec:
-                meta["sampling"] = rec["sampling"]
-            for r in responses:
-                g.responses.append(r)
-                g.models.append(model)
-                g.checkpoints.append(checkpoint)
-                g.metas.append(meta)
+    for where, rec in read_located(path, "prompt"):
+        bad = find_bad_text(rec)  # NUL too: PostgreSQL refuses it in text columns, and the page could not show it
+        if bad:
+            raise RecordError(where, *bad)
+        responses, field = record_responses(rec, where), "responses" if "responses" in rec else "response"
+        model, checkpoint = _opt_str(rec, "model", where), _opt_str(rec, "checkpoint", where)
+        prompt = {"messages": prompt_messages(rec)} if "messages" in rec else {"prompt": rec["prompt"]}
+        key = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+        g = groups.setdefault(key, Group(record=prompt, where=where))
+        if "gold" in rec:
+            if "response" in rec:
+                raise RecordError(where, "gold", "gold answers need the one-line-per-prompt form (responses: [...])")
+            g.gold = _check_gold(rec["gold"], len(responses), where)
+        meta = {k: v for k, v in rec.items() if k not in KNOWN_FIELDS}
+        if "sampling" in rec:
+            meta["sampling"] = rec["sampling"]
+        for r in responses:
+            # One line per candidate adds to the prompt's earlier lines: a copy there would be compared with itself.
+            if r.strip() in (seen.strip() for seen in g.responses):
+                raise RecordError(where, field, f"the same text as an earlier response to this prompt (first at {g.where})")
+            g.responses.append(r)
+            g.models.append(model)
+            g.checkpoints.append(checkpoint)
+            g.metas.append(meta)
     return list(groups.values())
+
+
+def read_guidelines(path: str | Path) -> str:
+    """A project's guidelines (UTF-8 text or Markdown); a missing or undecodable file is a ``file[:line]: problem``."""
+    with open_input(path) as f:
+        return "".join(decode_line(raw, f"{path}:{lineno}") for lineno, raw in enumerate(f, 1))
 
 
 def _gold_for(kind: str, positions: list[int], gold: Optional[dict]) -> Optional[dict]:
@@ -175,6 +165,9 @@ def import_candidates(db: Database, project: str, candidates: str | Path, kinds:
                       hold_minutes: Optional[int] = None, seed: int = 0) -> dict:
     """Create or extend ``project``; returns counts. Prompts already in the project are skipped."""
     kinds = parse_kinds(kinds)
+    project = check_name(project, "--project")  # a BadField is a ValueError: "--project: problem"
+    if guidelines is not None and text_problem(guidelines):
+        raise ValueError(f"--guidelines: {text_problem(guidelines)}")
     groups = read_candidates(candidates)
     gold_groups = read_candidates(gold) if gold else []
     for g in gold_groups:

@@ -424,13 +424,11 @@ def train_ppo(cfg: PPOConfig) -> dict:
         raise ConfigError("ppo: runs in one process or under DDP (configs/accelerate/ddp.yaml); FSDP/DeepSpeed are not supported")
     device = accelerator.device  # a GPU when there is one (one per process under DDP), else the CPU
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device.type))
-    records = read_records(cfg.prompts, "prompt")
-    if not records:
-        raise ValueError(f"{cfg.prompts}: no prompts")
+    records = read_records(cfg.prompts, "prompt")  # the data first: a bad file fails before any model loads
+    eval_records = read_records(cfg.eval_prompts, "prompt") if cfg.eval_prompts else []
     tok = load_tokenizer(cfg.policy)
     prompts = encode_prompts(cfg, tok, records)
     reward = load_reward(cfg.reward, cfg.reward_batch_size)
-    eval_records = read_records(cfg.eval_prompts, "prompt") if cfg.eval_prompts else []
     eval_ids = encode_prompts(cfg, tok, eval_records)
     judge = None
     if cfg.eval_judge:

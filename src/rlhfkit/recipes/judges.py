@@ -1,9 +1,11 @@
-"""Gold judges of the ``writer`` and ``support`` recipes (registered in :mod:`rlhfkit.judges`).
+"""Gold judges of the ``writer``, ``support`` and ``tutor`` recipes (registered in :mod:`rlhfkit.judges`).
 
 Each judge is a transparent sum of a few measurable qualities, so a reader can see why an answer
-scored what it did and what a policy could exploit. Both return scores in [−1, 1]: the positive part
-(weights summing to 1) lies in [0, 1]; penalties for copying, repetition or rudeness pull it down,
-and an empty answer scores −1. A good answer scores about 0.7 or more, a poor one below 0.3.
+scored what it did and what a policy could exploit. ``writer`` and ``support`` return scores in [−1, 1]:
+the positive part (weights summing to 1) lies in [0, 1]; penalties for copying, repetition or rudeness
+pull it down, and an empty answer scores −1. ``tutor`` returns scores in [0, 1]: its gates (the verdict,
+the guard against keyword stuffing) multiply rather than subtract. A good answer scores about 0.7 or
+more, a poor one below 0.3.
 """
 
 from __future__ import annotations
@@ -167,3 +169,128 @@ def support_score(record: dict, response: str) -> float:
 def support(prompts: list[dict], responses: list[str]) -> list[float]:
     """A support agent's reply: acknowledges, answers the topic, gives next steps, closes politely (see :func:`support_score`)."""
     return [support_score(p, r) for p, r in zip(prompts, responses)]
+
+
+# ---- tutor: explains to a 10-year-old, and marks a student's answer against the key ---------------------
+#
+# An explanation prompt carries ``keywords``: the ideas a good explanation names. A grading prompt also
+# carries its gold fields beside the ``prompt``: ``verdict`` (one of VERDICTS), ``answer_key`` and, where a
+# rubric gives marks, ``marks`` (out of) and the gold ``mark``.
+
+VERDICTS = ("correct", "partly", "incorrect")
+# The openings that state each verdict; the recipe's convention is "Correct!", "Partly right." and "Not
+# quite.". Praise tells a child they are right, so a reply opening "Well done!" gives the verdict "correct":
+# praise of a wrong answer is a wrong verdict, not a missing one. Checked in this order.
+VERDICT_OPENINGS = {
+    "partly": ["partly right", "partly correct", "partly", "half right"],
+    "incorrect": ["not quite", "not correct", "not right", "incorrect", "wrong", "no", "that's not right",
+                  "that is not right", "that's not correct", "that is not correct"],
+    "correct": ["correct", "that's correct", "that is correct", "that's right", "that is right", "right", "yes",
+                "well done", "great job", "good job", "excellent", "perfect", "spot on", "brilliant"],
+}
+MARK = re.compile(r"\bmarks?\b\W*(\d+)\s*(?:/|out of)\s*(\d+)|(\d+)\s*(?:/|out of)\s*(\d+)\s*marks?\b", re.I)
+# Words every English sentence is built with and a list of keywords lacks.
+FUNCTION_WORDS = set(
+    "a an the is are was were be been am it its it's this that that's these those there here and or but so "
+    "because if when then than to of in on at for with from by as into out up not no you your you're you've "
+    "we our i me my he she they them their his her can could will would do does did don't isn't aren't can't "
+    "has have had what which who how why very just also too all some one more most each every such let's".split())
+TERM = re.compile(r"\d+(?:[.,/:]\d+)*|[a-z]+(?:'[a-z]+)?")
+
+
+def verdict_of(response: str) -> str | None:
+    """The verdict a reply opens with ("Correct!", "Partly right.", "Not quite." or a synonym), or None."""
+    head = tokens(response)[:4]
+    for verdict, openings in VERDICT_OPENINGS.items():
+        if any(head[:len(t)] == t for t in map(tokens, openings)):
+            return verdict
+    return None
+
+
+def mark_of(response: str) -> tuple[int, int] | None:
+    """The mark a reply gives near its start ("Mark: 1/2", "1 out of 2 marks") as (mark, out of), or None."""
+    m = MARK.search(response[:120])
+    if m is None:
+        return None
+    got, out_of = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    return int(got), int(out_of)
+
+
+def terms(text: str) -> list[str]:
+    """Lower-cased words, with numbers such as 3/4, 0.7 or 3,042 kept whole."""
+    return TERM.findall(text.lower().replace("\u2019", "'"))
+
+
+def term_matches(word: str, key: str) -> bool:
+    """A number or a letter matches itself only; a word matches by its stem (the rule of :func:`keyword_coverage`)."""
+    return word == key if key[0].isdigit() or len(key) == 1 else word.startswith(key[: max(4, len(key) - 2)])
+
+
+def content_terms(phrase: str) -> list[str]:
+    found = terms(phrase)
+    return [t for t in found if t not in FUNCTION_WORDS] or found
+
+
+def names(text: str, phrase: str) -> bool:
+    """Whether ``text`` names ``phrase``: every number of it verbatim, every other content word by its stem."""
+    words = terms(text)
+    return all(any(term_matches(w, k) for w in words) for k in content_terms(phrase))
+
+
+def stuffing_guard(text: str, key_terms: set[str]) -> float:
+    """1 for plain sentences, falling to 0 for keyword lists, looping phrases or text packed with keywords.
+
+    The smallest of three signs: prose (function words are ≥ 25% of the words that are not numbers; 0 at
+    ≤ 10%), loops (1 − 2.5 × the share of repeated 3-grams) and density (words that are the prompt's
+    keywords or answer key ≤ 35% of all words; 0 at ≥ 65%). It replaces paying per keyword mentioned,
+    which the keyword list itself would win.
+    """
+    words = terms(text)
+    if not words:
+        return 0.0
+    plain = [w for w in words if not w[0].isdigit()]
+    function_share = sum(w in FUNCTION_WORDS for w in plain) / len(plain) if plain else 0.0
+    density = sum(any(term_matches(w, k) for k in key_terms) for w in words) / len(words)
+    return min(band(function_share, 0.1, 0.25, 1.0, 2.0), max(0.0, 1.0 - 2.5 * repetition(text)),
+               band(density, -1.0, 0.0, 0.35, 0.65))
+
+
+def tutor_score(record: dict, response: str) -> float:
+    """A tutor's reply to a 10-year-old, in [0, 1].
+
+    Both kinds: guard = :func:`stuffing_guard`; readable: 1 at reading grade 1–7, 0 at ≥ 12 (or ≤ −4);
+    covered: share of the prompt's ``keywords`` named (:func:`names`).
+    Explanation prompt: guard · (0.35·readable + 0.45·covered + 0.2·length), length 1 for 30–110 words,
+    0 at ≤ 8 and ≥ 220.
+    Grading prompt (the record has a ``verdict``): quality = guard · (0.25·readable + 0.45·idea + 0.15·length
+    + 0.15·mark), where idea = ½·(the answer key named) + ½·covered (a wrong answer's feedback must say what
+    is right), length is 1 for 12–60 words (0 at ≤ 3 and ≥ 120), and mark is 1 when the reply opens with the
+    gold mark or the rubric has none. Then the verdict gates it: right verdict 0.4 + 0.6·quality; none
+    0.25·quality; wrong 0.1·quality. So any reply with the right verdict outscores every reply with a wrong
+    or missing one, and praising a wrong answer scores lowest of all.
+    """
+    n = len(terms(response))
+    if n == 0:
+        return 0.0
+    keywords = list(record.get("keywords") or [])
+    key = record.get("answer_key")
+    key_terms = {t for phrase in keywords + ([key] if key else []) for t in content_terms(phrase)}
+    guard = stuffing_guard(response, key_terms)
+    readable = band(reading_grade(response), -4.0, 1.0, 7.0, 12.0)
+    covered = sum(names(response, k) for k in keywords) / len(keywords) if keywords else 1.0
+    gold = record.get("verdict")
+    if gold not in VERDICTS:
+        return guard * (0.35 * readable + 0.45 * covered + 0.2 * band(n, 8, 30, 110, 220))
+    idea = 0.5 * names(response, key) + 0.5 * covered if key else covered
+    mark = float(mark_of(response) == (record.get("mark"), record["marks"])) if record.get("marks") else 1.0
+    quality = guard * (0.25 * readable + 0.45 * idea + 0.15 * band(n, 3, 12, 60, 120) + 0.15 * mark)
+    said = verdict_of(response)
+    if said == gold:
+        return 0.4 + 0.6 * quality
+    return (0.25 if said is None else 0.1) * quality
+
+
+@register("tutor")
+def tutor(prompts: list[dict], responses: list[str]) -> list[float]:
+    """A tutor's reply to a 10-year-old: a clear explanation, or a verdict on a student's answer and its reason."""
+    return [tutor_score(p, r) for p, r in zip(prompts, responses)]
