@@ -626,7 +626,13 @@ def pipeline(
 
     cfg = resolve(PipelineConfig, config, set_, recipe=recipe, output=output, model=model, budget_minutes=budget_minutes,
                   feedback=feedback, db=db, wait=wait, rounds=rounds, best_of=best_of, seed=seed)
-    run_pipeline(cfg)
+    from rlhfkit.ppo.trainer import PPOHealthError
+    from rlhfkit.reward import RewardHealthError
+
+    try:
+        run_pipeline(cfg)
+    except (PPOHealthError, RewardHealthError) as e:  # a stage stopped on non-finite numbers: say so, keep its checkpoint
+        fail(f"{e}; rerun the pipeline to resume", code=1)
 
 
 def main() -> None:
