@@ -77,8 +77,9 @@ def logged(out: Path) -> list[dict]:
 
 def run(cmd: list[str], env: dict, stop=None) -> int:
     """Run the CLI; ``stop(proc)`` (if given) may signal it. Returns the exit code."""
+    # SIGINT as a terminal sends it: a shell's background job would otherwise hand the run an ignored SIGINT
     proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=env)
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         if stop is not None:
             stop(proc)
@@ -112,6 +113,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stages", nargs="+", default=["sft", "rm", "ppo"])
     ap.add_argument("--cases", type=int, default=3, help="cases per stage and way of stopping")
+    ap.add_argument("--ways", nargs="+", default=["kill-9", "kill-9-in-save", "ctrl-c"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -126,7 +128,7 @@ def main() -> int:
             assert run(stage_commands(stage, data, full), env) == 0, f"{stage}: the unbroken run failed"
             seconds = time.monotonic() - t0
             want_w, want_m = final_weights(full), logged(full)
-            ways = ["kill-9", "kill-9-in-save"] + (["ctrl-c"] if stage in ("sft", "rm") else [])
+            ways = [w for w in args.ways if w != "ctrl-c" or stage in ("sft", "rm")]  # PPO keeps its last checkpoint on Ctrl-C
             for way in ways:
                 exact, stops = 0, 0
                 for case in range(args.cases):
@@ -134,6 +136,8 @@ def main() -> int:
                     cmd = stage_commands(stage, data, out)
                     # the first stop at a random moment past start-up; resumes are stopped again half the time
                     code = run(cmd, env, stopper(way, out, rng.uniform(0.3, 0.9) * seconds))
+                    if code == 0:
+                        print(f"{stage} {way} case {case}: the run ended before the stop came", file=sys.stderr)
                     stops += code != 0
                     for _ in range(10):
                         if code == 0:  # the run (or a resume) finished

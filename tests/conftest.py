@@ -24,3 +24,13 @@ def memorise_file(tmp_path: Path) -> Path:
         {"prompt": f"Say the secret word number {i}.", "completion": f"The secret word number {i} is {w}."}
         for i, w in enumerate(words)
     ])
+
+
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler for the test, as in a terminal (a runner started in the background ignores SIGINT)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

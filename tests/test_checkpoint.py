@@ -10,7 +10,7 @@ def ctrl_c() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_inside_a_step_lets_the_step_finish_then_stops():
+def test_ctrl_c_inside_a_step_lets_the_step_finish_then_stops(python_ctrl_c):
     finished = []
     with pytest.raises(KeyboardInterrupt) as stop:
         with step_completes():
@@ -20,7 +20,7 @@ def test_ctrl_c_inside_a_step_lets_the_step_finish_then_stops():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual Ctrl-C is back
 
 
-def test_a_second_ctrl_c_stops_at_once():
+def test_a_second_ctrl_c_stops_at_once(python_ctrl_c):
     finished = []
     with pytest.raises(ForcedStop):
         with step_completes():
@@ -34,3 +34,13 @@ def test_a_second_ctrl_c_stops_at_once():
 def test_a_step_without_ctrl_c_raises_nothing():
     with step_completes():
         pass
+
+
+def test_a_process_that_ignores_ctrl_c_keeps_ignoring_it():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with step_completes():
+            ctrl_c()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

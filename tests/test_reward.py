@@ -296,7 +296,7 @@ def test_bf16_autocast_reward_training_learns_the_preference_and_saves_fp32_weig
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
-def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(tmp_path, monkeypatch):
+def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(tmp_path, monkeypatch, python_ctrl_c):
     import os
     import signal
 

@@ -100,7 +100,7 @@ def test_bf16_autocast_sft_trains_and_keeps_fp32_weights(memorise_file, tmp_path
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # autocast: the matmuls ran bf16, the weights stayed fp32
 
 
-def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(memorise_file, tmp_path, monkeypatch):
+def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(memorise_file, tmp_path, monkeypatch, python_ctrl_c):
     import os
     import signal
 

@@ -65,10 +65,11 @@ def step_completes() -> Iterator[None]:
 
     Wrap an optimiser step with everything that belongs to it (the step count, its evaluation, its log
     line, its checkpoint): a checkpoint written on Ctrl-C then names the step its weights are at, and
-    ``--resume`` repeats nothing. A second Ctrl-C raises ``ForcedStop`` at once. Signals reach the main
-    thread only, so elsewhere the block runs unguarded.
+    ``--resume`` repeats nothing. A second Ctrl-C raises ``ForcedStop`` at once. Only Python's own Ctrl-C
+    handler is replaced: a process that ignores SIGINT (started in the background by a shell, say) or handles
+    it itself keeps doing so, and signals reach the main thread only, so elsewhere the block runs unguarded.
     """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
     pending: list[int] = []
