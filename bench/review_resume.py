@@ -150,8 +150,10 @@ def main() -> int:
                     same = same_w and logged(out) == want_m
                     exact += same
                     if not same:
+                        got_m = logged(out)
+                        diff = next(((a, b) for a, b in zip(want_m, got_m) if a != b), (len(want_m), len(got_m)))
                         print(f"{stage} {way} case {case}: weights {'equal' if same_w else 'DIFFER'}, "
-                              f"metrics {'equal' if logged(out) == want_m else 'DIFFER'}", file=sys.stderr)
+                              f"metrics {'equal' if got_m == want_m else f'DIFFER, first: {diff}'}", file=sys.stderr)
                 table.append((stage, way, args.cases, stops, exact))
     print(f"{'stage':6} {'way of stopping':16} {'cases':>5} {'stops':>5} {'exact resumes':>13}")
     for stage, way, n, stops, exact in table:
