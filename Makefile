@@ -22,7 +22,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/rlhf pipeline --recipe tutor --output runs/demo --budget-minutes 17
+	$(BIN)/rlhf pipeline --recipe tutor --output runs/demo --budget-minutes 15
 
 # The services the browser and PostgreSQL tests use: installed and started as root, else named as skipped.
 test: $(STAMP)

@@ -7,12 +7,14 @@ Each stage trains a tiny model through the real CLI, once unbroken, then again u
 - ``ctrl-c``: SIGINT at a random moment (the run saves a checkpoint and exits; SFT and the reward model);
 
 then ``--resume`` (again and again if the resumed run is stopped too) to the end. A case is exact when the
-final weights are bit-for-bit the unbroken run's and every logged metric but the timings is equal.
+final weights are bit-for-bit the unbroken run's and every logged metric but the timings is equal. The table
+counts the resumes that started from a checkpoint (a stop before the first save leaves none to resume from).
 
     python bench/review_resume.py                  # every stage, the default number of cases
     python bench/review_resume.py --stages sft --cases 3
 
-Prints one table (cases / exact per stage and way of stopping) and exits non-zero unless every case is exact.
+Prints one table (cases / stops / resumes from a checkpoint / exact per stage and way of stopping) and exits
+non-zero unless every case is exact.
 Runs one process at a time (a 2-core machine); the default takes about 10 minutes.
 """
 
@@ -75,8 +77,8 @@ def logged(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
-def run(cmd: list[str], env: dict, stop=None) -> int:
-    """Run the CLI; ``stop(proc)`` (if given) may signal it. Returns the exit code."""
+def run(cmd: list[str], env: dict, stop=None) -> tuple[int, bool]:
+    """Run the CLI; ``stop(proc)`` (if given) may signal it. Returns the exit code and whether it resumed from a checkpoint."""
     # SIGINT as a terminal sends it: a shell's background job would otherwise hand the run an ignored SIGINT
     proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -90,7 +92,7 @@ def run(cmd: list[str], env: dict, stop=None) -> int:
             proc.wait()
     if proc.returncode not in (0, -signal.SIGKILL, 130, 1, -signal.SIGINT):
         print(err.decode(errors="replace")[-2000:], file=sys.stderr)
-    return proc.returncode
+    return proc.returncode, b": resumed from step" in err
 
 
 def stopper(way: str, out: Path, at: float):
@@ -125,17 +127,17 @@ def main() -> int:
         for stage in args.stages:
             full = Path(tmp) / f"{stage}-full"
             t0 = time.monotonic()
-            assert run(stage_commands(stage, data, full), env) == 0, f"{stage}: the unbroken run failed"
+            assert run(stage_commands(stage, data, full), env)[0] == 0, f"{stage}: the unbroken run failed"
             seconds = time.monotonic() - t0
             want_w, want_m = final_weights(full), logged(full)
             ways = [w for w in args.ways if w != "ctrl-c" or stage in ("sft", "rm")]  # PPO keeps its last checkpoint on Ctrl-C
             for way in ways:
-                exact, stops = 0, 0
+                exact, stops, from_ckpt = 0, 0, 0
                 for case in range(args.cases):
                     out = Path(tmp) / f"{stage}-{way}-{case}"
                     cmd = stage_commands(stage, data, out)
                     # the first stop at a random moment past start-up; resumes are stopped again half the time
-                    code = run(cmd, env, stopper(way, out, rng.uniform(0.3, 0.9) * seconds))
+                    code, _ = run(cmd, env, stopper(way, out, rng.uniform(0.3, 0.9) * seconds))
                     if code == 0:
                         print(f"{stage} {way} case {case}: the run ended before the stop came", file=sys.stderr)
                     stops += code != 0
@@ -143,8 +145,9 @@ def main() -> int:
                         if code == 0:  # the run (or a resume) finished
                             break
                         again = rng.random() < 0.5
-                        code = run(cmd + ["--resume"], env, stopper(way, out, rng.uniform(0.3, 0.9) * seconds) if again else None)
+                        code, resumed = run(cmd + ["--resume"], env, stopper(way, out, rng.uniform(0.3, 0.9) * seconds) if again else None)
                         stops += code != 0
+                        from_ckpt += resumed
                     got_w = final_weights(out)
                     same_w = got_w.keys() == want_w.keys() and all(got_w[k].equal(want_w[k]) for k in want_w)
                     same = same_w and logged(out) == want_m
@@ -154,11 +157,11 @@ def main() -> int:
                         diff = next(((a, b) for a, b in zip(want_m, got_m) if a != b), (len(want_m), len(got_m)))
                         print(f"{stage} {way} case {case}: weights {'equal' if same_w else 'DIFFER'}, "
                               f"metrics {'equal' if got_m == want_m else f'DIFFER, first: {diff}'}", file=sys.stderr)
-                table.append((stage, way, args.cases, stops, exact))
-    print(f"{'stage':6} {'way of stopping':16} {'cases':>5} {'stops':>5} {'exact resumes':>13}")
-    for stage, way, n, stops, exact in table:
-        print(f"{stage:6} {way:16} {n:5d} {stops:5d} {exact:13d}")
-    total, exact = sum(r[2] for r in table), sum(r[4] for r in table)
+                table.append((stage, way, args.cases, stops, from_ckpt, exact))
+    print(f"{'stage':6} {'way of stopping':16} {'cases':>5} {'stops':>5} {'from a checkpoint':>17} {'exact resumes':>13}")
+    for stage, way, n, stops, from_ckpt, exact in table:
+        print(f"{stage:6} {way:16} {n:5d} {stops:5d} {from_ckpt:17d} {exact:13d}")
+    total, exact = sum(r[2] for r in table), sum(r[5] for r in table)
     print(f"total: {total} cases, {sum(r[3] for r in table)} stops, {exact} exact resumes ({100 * exact / max(total, 1):.0f} %)")
     return 0 if exact == total else 1
 

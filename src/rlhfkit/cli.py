@@ -613,7 +613,7 @@ def pipeline(
     recipe: Optional[str] = typer.Option(None, help="Recipe name (tutor, sentiment, writer, support) or a recipe folder."),
     output: Optional[str] = typer.Option(None, help="Run folder."),
     model: Optional[str] = typer.Option(None, help="Starting model spec (default: the shipped SmolLM2)."),
-    budget_minutes: Optional[float] = typer.Option(None, help="Scale every stage to about this many minutes."),
+    budget_minutes: Optional[float] = typer.Option(None, help="End in about this many minutes: counts planned from this machine's measured speed (default: the recipe's)."),
     feedback: Optional[str] = typer.Option(None, help="simulated (gold-judge annotators) or app (the feedback app)."),
     db: Optional[str] = typer.Option(None, help="Feedback app database (with --feedback app)."),
     wait: Optional[bool] = typer.Option(None, "--wait/--no-wait", help="With --feedback app: wait for the answers or use what is there."),

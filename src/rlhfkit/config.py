@@ -414,9 +414,10 @@ class PPOConfig:
     max_grad_norm: float = 1.0  # global gradient-norm clip
     target_kl: float | None = None  # stop an update's epochs early when an epoch's mean approx-KL exceeds this
     reward_batch_size: int = 32  # responses per reward-model batch
-    eval_prompts: str | None = None  # held-out prompt JSONL scored (reward and eval_judge) before training and every eval_every steps
-    eval_judge: str | None = None  # gold judge for eval_prompts (logged as eval_gold), e.g. sentiment
+    eval_prompts: str | None = None  # held-out prompt JSONL, one answer each with a fixed seed, before training, every eval_every steps and after the last: logged as eval/rm_score, eval/gold_score, eval/kl, eval/grading_accuracy, each evaluation a row of snapshots.json
+    eval_judge: str | None = None  # gold judge for eval_prompts (logged as eval/gold_score; a check, never what picks the snapshot), e.g. sentiment
     eval_every: int = 0  # steps between held-out evaluations (0: only before training and at the end)
+    keep_snapshots: bool | None = None  # save the policy at each held-out evaluation as snapshots/step-NNNN/; None: on when that is a LoRA adapter (a few MB), off when it is a full copy of the weights (full fine-tuning, or LoRA on an adapter run, which is merged)
     time_budget_minutes: float | None = None  # stop (evaluate, checkpoint, save) when one more update of the mean length so far would end past this wall time
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, more time)
     precision: typing.Literal["auto", "fp32", "bf16"] = "fp32"  # matmuls: fp32 | bf16 autocast (fp32 weights/optimiser; rollout log-probs then come from the training pass; ~1.6× faster passes on CPUs with bf16 instructions, but small updates round away) | auto: bf16 where the hardware runs it fast

@@ -5,7 +5,9 @@ keys; the pipeline fills in the paths. Each stage writes a ``.done.json`` marker
 stage with a marker is skipped, a stage folder without one is resumed from its checkpoint. With
 ``--rounds N`` the loop sample → feedback → reward model → PPO runs again from the newest policy
 (iterated RLHF): each round's feedback is on the current policy's answers and the reward model trains on
-all rounds' feedback. ``--budget-minutes`` scales every stage's step and prompt counts.
+all rounds' feedback. ``--budget-minutes`` is kept by a planner (``budget.py``): a probe at the start and
+every finished stage measure this machine's speed, and the counts of the stages left are planned again
+before each starts, PPO getting the rest of the budget as a deadline.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ from typing import Any, Callable
 import yaml
 from rich.console import Console
 
+from rlhfkit.budget import COUNTS, Planner, count_lines
 from rlhfkit.config import (ConfigError, EvalConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig, SimulateConfig,
-                            from_dict, save_config)
+                            from_dict, save_config, to_dict)
 from rlhfkit.data.formats import read_records, write_records
 
 console = Console(stderr=True)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-# Counts a budget scales (the rest of each section is taken as written).
-SCALED = {"sft": ["max_steps"], "sample": ["limit"], "rm": ["max_steps"], "ppo": ["max_steps"], "eval": ["max_prompts"]}
+# Counts the budget's planner sets (the rest of each section is taken as written).
+SCALED = {stage: [key] for stage, key in COUNTS.items()}
 
 
 @dataclass
@@ -40,7 +43,7 @@ class Recipe:
     judge: str  # gold judge for simulated feedback and evaluation
     budget_minutes: float  # the budget the stage settings below were sized for (2-core CPU)
     description: str = ""
-    eval_reserve_minutes: float = 2.0  # minutes of the budget the recipe's eval needs (PPO's deadline leaves them)
+    dev_prompts: int = 32  # prompts.jsonl prompts held out (seeded) for PPO's snapshot evaluations, never trained on; 0: none
     sft: dict = field(default_factory=dict)
     sample: dict = field(default_factory=dict)
     feedback: dict = field(default_factory=dict)
@@ -62,7 +65,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not path.exists():
         raise ConfigError(f"{name_or_path}: no such recipe (known: {', '.join(available_recipes())})")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    known = {"judge", "budget_minutes", "eval_reserve_minutes", "description", "sft", "sample", "feedback", "rm", "ppo", "eval"}
+    known = {"judge", "budget_minutes", "dev_prompts", "description", "sft", "sample", "feedback", "rm",
+             "ppo", "eval"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown recipe key (known: {', '.join(sorted(known))})")
@@ -75,15 +79,6 @@ def load_recipe(name_or_path: str) -> Recipe:
     if folder.resolve().is_relative_to(Path.cwd()):
         folder = folder.resolve().relative_to(Path.cwd())  # run folders and reports then name no machine path
     return Recipe(name=folder.name, folder=folder, **data)
-
-
-def scale_counts(section: dict, keys: list[str], factor: float) -> dict:
-    """Multiply the step/prompt counts of a stage section by the budget factor (at least 1)."""
-    out = dict(section)
-    for key in keys:
-        if key in out and out[key]:
-            out[key] = max(1, int(math.ceil(out[key] * factor)))
-    return out
 
 
 def is_done(folder: Path) -> bool:
@@ -134,7 +129,7 @@ class PipelineConfig:
     recipe: str = "tutor"  # recipe name (recipes/<name>/) or a recipe folder
     output: str = "runs/pipeline"  # run folder: sft/, candidates.jsonl, feedback.jsonl, rm/, ppo/, eval/, report.html
     model: str = "default"  # starting model spec
-    budget_minutes: float | None = None  # scale every stage to about this many minutes (None: the recipe's own)
+    budget_minutes: float | None = None  # the run ends near this many minutes: counts planned from measured speed (None: the recipe's own)
     feedback: str = "simulated"  # simulated (gold-judge annotators) | app (the feedback app's database)
     db: str = "feedback.db"  # feedback app database (with feedback: app)
     target: int = 0  # feedback app: answers to wait for before training the reward model (0: one per task)
@@ -144,7 +139,7 @@ class PipelineConfig:
     overrides: dict = field(default_factory=dict)  # per-stage keys over the recipe's, e.g. {rm: {model: tiny-minilm}}
     best_of: int = 0  # eval: add the reference's best-of-N answers by reward-model score as a baseline
     deadline: bool = True  # PPO stops early (after an update, checkpoint saved) when the budget would be overrun
-    eval_reserve_minutes: float | None = None  # with deadline: minutes of the budget kept for eval and the report (None: the recipe's, 2 when it names none)
+    eval_reserve_minutes: float | None = None  # minutes of the budget kept for eval and the report, eval then at its count (None: planned from measured speed)
     seed: int = 0
     threads: int = 0  # torch threads (0: leave torch's default)
 
@@ -214,31 +209,44 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         finally:
             clock.save()  # however the stage ended
 
-    factor = (cfg.budget_minutes / recipe.budget_minutes) if cfg.budget_minutes else 1.0
+    budget = cfg.budget_minutes or recipe.budget_minutes
     sections = {k: {**getattr(recipe, k), **cfg.overrides.get(k, {})} for k in ("sft", "sample", "feedback", "rm", "ppo", "eval")}
-    sec = {k: scale_counts(v, SCALED.get(k, []), factor) for k, v in sections.items()}
     common = {"seed": cfg.seed, "threads": cfg.threads}
     where = str(recipe.folder / "recipe.yaml")
     console.print(f"pipeline: recipe {recipe.name} ({recipe.description.strip() or 'no description'}), "
-                  f"budget ×{factor:.2f}, output {out}")
+                  f"budget {budget:g} min, output {out}")
+    # The budget's planner: counts from this machine's measured speed (budget.py). The sections' counts are the
+    # most a stage gets, except PPO's: it gets the rest of the budget, capped only by an override's max_steps.
+    planner = Planner(out, sections, budget, cfg.rounds, ppo_cap=cfg.overrides.get("ppo", {}).get("max_steps"),
+                      deadline=cfg.deadline and sections["ppo"].get("time_budget_minutes") is None,
+                      eval_reserve_minutes=cfg.eval_reserve_minutes, n_dev=recipe.dev_prompts)
+    planner.probe(cfg.model, recipe.folder, cfg.threads)
+    sec = sections
 
     sft_dir = out / "sft"
+    if not is_done(sft_dir):
+        sec, _ = planner.plan("sft", clock.seconds(), resuming=sft_dir.exists())
     sft_cfg = stage_config(SFTConfig, sec["sft"], where, model=cfg.model, data=str(recipe.folder / "sft.jsonl"),
                            output=str(sft_dir), resume=True, **common)
     timed_stage("sft", sft_dir, lambda: train_sft(sft_cfg))
+    planner.measured("sft", sft_dir)
 
     # A LoRA SFT run is merged (merge_lora) so that PPO's own adapters sit on the SFT weights and
     # "adapters off" is the SFT model: the reference then costs no second copy of the weights.
     reference = str(sft_dir / "merged") if (sft_dir / "merged").exists() else str(sft_dir)
     policy = reference
+    train_prompts, dev_prompts = dev_split(recipe, out, cfg.seed)
     feedback_files: list[Path] = []
     for r in range(1, cfg.rounds + 1):
         rd = round_dir(out, r)
         rd.mkdir(parents=True, exist_ok=True)
         candidates, feedback = rd / "candidates.jsonl", rd / "feedback.jsonl"
-        sample_cfg = stage_config(SampleConfig, sec["sample"], where, model=policy, prompts=str(recipe.folder / "prompts.jsonl"),
+        if not is_done(rd / "sample"):
+            sec, _ = planner.plan("sample", clock.seconds(), r, resuming=(rd / "sample").exists())
+        sample_cfg = stage_config(SampleConfig, sec["sample"], where, model=policy, prompts=str(train_prompts),
                                   output=str(candidates), seed=cfg.seed + r, threads=cfg.threads)
         timed_stage(f"sample (round {r})", rd / "sample", lambda: sample_candidates(sample_cfg))
+        planner.measured("sample", rd / "sample", f"sample (round {r})", units=count_lines(candidates))
         if cfg.feedback == "simulated":
             sim = {k: v for k, v in sec["feedback"].items() if k != "kinds"}
             sim_cfg = stage_config(SimulateConfig, sim, where, judge=recipe.judge, candidates=str(candidates),
@@ -251,25 +259,35 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         all_feedback = rd / "feedback_all.jsonl"
         if not is_done(rd / "rm"):
             write_records(all_feedback, [rec for f in feedback_files for rec in read_records(f, "auto")])
+            sec, _ = planner.plan("rm", clock.seconds(), r, resuming=(rd / "rm").exists())
         rm_cfg = stage_config(RewardConfig, sec["rm"], where, data=str(all_feedback), output=str(rd / "rm"),
                               resume=True, **common)
         timed_stage(f"reward model (round {r})", rd / "rm", lambda: train_reward(rm_cfg))
+        planner.measured("rm", rd / "rm", f"rm (round {r})")
         if cfg.feedback == "simulated":
             rm_gold_check(rd / "rm", candidates, recipe.judge)
-        ppo_cfg = stage_config(PPOConfig, sec["ppo"], where, policy=policy, reward=str(rd / "rm"),
-                               prompts=str(recipe.folder / "prompts.jsonl"), output=str(rd / "ppo"),
-                               reference=reference if r > 1 else None, resume=True, **common)
+        # the dev prompts: a held-out evaluation and snapshot every eval_every updates (2 unless the recipe says),
+        # with the gold judge beside the proxy when the feedback is simulated (there the judge is who gave it)
+        ppo_cfg = stage_config(PPOConfig, {"eval_every": 2, **sec["ppo"]}, where, policy=policy, reward=str(rd / "rm"),
+                               prompts=str(train_prompts), output=str(rd / "ppo"),
+                               reference=reference if r > 1 else None, resume=True,
+                               eval_prompts=str(dev_prompts) if dev_prompts else None,
+                               eval_judge=recipe.judge if cfg.feedback == "simulated" else None, **common)
         if cfg.deadline and ppo_cfg.time_budget_minutes is None and not is_done(rd / "ppo"):
-            budget = cfg.budget_minutes or recipe.budget_minutes
-            # the recipe's reserve scales with its eval prompts (max_prompts is a scaled count)
-            reserve = cfg.eval_reserve_minutes if cfg.eval_reserve_minutes is not None else recipe.eval_reserve_minutes * factor
-            ppo_cfg.time_budget_minutes = ppo_minutes(budget, clock.seconds() / 60,
-                                                      reserve, cfg.rounds - r + 1)
+            # planned as PPO will run (its held-out evaluations included); the reserve: what comes after this PPO
+            # (later rounds, eval, the report) and PPO's own seconds outside its updates (loading, evaluations, saving)
+            _, plan = planner.plan("ppo", clock.seconds(), r, resuming=(rd / "ppo").exists(), ppo=to_dict(ppo_cfg))
+            ppo_cfg.max_steps = plan["stages"]["ppo"]["count"]
+            ppo_cfg.time_budget_minutes = ppo_minutes(plan["aim_s"] / 60, clock.seconds() / 60, plan["ppo_reserve_s"] / 60,
+                                                      cfg.rounds - r + 1, floor=0.0)  # the plan's aim: 95 % of the budget
             console.print(f"pipeline: PPO (round {r}) gets at most {ppo_cfg.time_budget_minutes:.1f} min of the "
-                          f"{budget:g}-minute budget ({ppo_cfg.max_steps} updates planned)")
+                          f"{budget:g}-minute budget (max_steps {ppo_cfg.max_steps}; the deadline ends it)")
         timed_stage(f"PPO (round {r})", rd / "ppo", lambda: train_ppo(ppo_cfg))
+        planner.measured("ppo", rd / "ppo", f"PPO (round {r})")
         policy = str(rd / "ppo")
 
+    if not is_done(out / "eval"):  # eval last: what PPO left, at most its count
+        sec, _ = planner.plan("eval", clock.seconds())
     last_rm = round_dir(out, cfg.rounds) / "rm"
     # perplexity on SFT's held-out examples: its eval_data, or the same seeded split it made, when it held any out
     sft_heldout = Path(sft_cfg.eval_data) if sft_cfg.eval_data else out / "sft_heldout.jsonl"
@@ -277,7 +295,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         _, sft_held = split_records(read_records(sft_cfg.data, "sft"), sft_cfg.eval_fraction, sft_cfg.seed)
         if sft_held:
             write_records(sft_heldout, sft_held)
-    eval_cfg = stage_config(EvalConfig, sec["eval"], where, models=[f"sft={reference}", f"ppo={policy}"],
+    eval_cfg = stage_config(EvalConfig, sec["eval"], where, models=[f"sft={reference}", f"ppo={chosen_policy(Path(policy))}"],
                             prompts=str(recipe.folder / "eval.jsonl"), output=str(out / "eval"), reference=reference,
                             judge=recipe.judge, reward=str(last_rm), best_of=cfg.best_of or None,
                             sft_data=str(sft_heldout) if sft_heldout.exists() else None, **common)
@@ -293,12 +311,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     return {"report": str(report), "summary": lines}
 
 
-def ppo_minutes(budget: float, elapsed: float, reserve: float, rounds_left: int) -> float:
-    """PPO's share of what is left of the budget: the rest less the eval reserve, split over the rounds left.
+def ppo_minutes(budget: float, elapsed: float, reserve: float, rounds_left: int, floor: float = 1.0) -> float:
+    """PPO's share of what is left of the budget: the rest less the reserve, split over the rounds left.
 
-    At least one minute, so that a run already over its budget still makes (and saves) one update.
+    At least ``floor`` minutes. PPO makes (and saves) one update whatever its deadline, so the pipeline's
+    floor is 0: a run already over its budget then spends no minute more on PPO than that one update.
     """
-    return max(1.0, (budget - elapsed - reserve) / max(rounds_left, 1))
+    return max(floor, (budget - elapsed - reserve) / max(rounds_left, 1))
 
 
 def rm_gold_check(rm_dir: Path, candidates: Path, judge: str) -> dict | None:
@@ -347,3 +366,56 @@ def print_before_after(samples_path: Path, n: int = 3) -> None:
             gold = f" (gold {row['gold_score']:.2f})" if row.get("gold_score") is not None else ""
             print(f"  {row['model']}{gold}: {' '.join(row['response'].split())}")
     print()
+
+
+def dev_split(recipe: Recipe, out: Path, seed: int) -> tuple[Path, Path | None]:
+    """(training prompts, dev prompts or None): ``recipe.dev_prompts`` of the recipe's prompts held out, seeded.
+
+    PPO evaluates its snapshots on the dev prompts and the pipeline takes one by them, so no dev prompt may be one
+    that sampling, feedback or PPO trained on. Written once into the run folder (``prompts_train.jsonl``, then
+    ``dev_prompts.jsonl``, whose presence says the split is complete) and reused by every rerun.
+    """
+    from rlhfkit.sft import split_records
+
+    train, dev = out / "prompts_train.jsonl", out / "dev_prompts.jsonl"
+    if dev.exists():
+        return train, dev
+    source = recipe.folder / "prompts.jsonl"
+    records = read_records(source, "prompt")
+    if not recipe.dev_prompts:
+        return source, None
+    if recipe.dev_prompts >= len(records):
+        raise ConfigError(f"{recipe.folder / 'recipe.yaml'}: dev_prompts: {recipe.dev_prompts} of the {len(records)} "
+                          f"prompts in {source} would leave none to train on; hold out fewer (0: none)")
+    kept, held = split_records(records, recipe.dev_prompts / len(records), seed)
+    write_records(train, kept)
+    write_records(dev.with_suffix(".tmp"), held)
+    dev.with_suffix(".tmp").replace(dev)  # whole or not at all
+    console.print(f"pipeline: {len(held)} of the recipe's {len(records)} prompts held out as PPO's dev prompts ({dev})")
+    return train, dev
+
+
+def chosen_policy(ppo_dir: Path) -> str:
+    """The PPO policy the final eval takes: the snapshot with the highest held-out proxy score (``snapshots.json``'s
+    ``chosen``; the gold judge checks that choice in the report, it never makes it). The final policy instead when
+    PPO kept no snapshots, when no update beat the start (step 0, the reference itself), or when the chosen
+    snapshot's weights were not kept."""
+    path = ppo_dir / "snapshots.json"
+    if not path.exists():
+        console.print("pipeline: PPO has no snapshots (no dev prompts): the final policy is evaluated")
+        return str(ppo_dir)
+    snaps = json.loads(path.read_text(encoding="utf-8"))
+    rows = {s["step"]: s for s in snaps["snapshots"]}
+    pick, start, last = rows[snaps["chosen"]], rows[min(rows)], max(rows)
+    why = (f"the highest held-out reward-model score of the {len(rows)} snapshots, {pick['rm_score']:.3f} "
+           f"(start {start['rm_score']:.3f})")
+    if pick["step"] == 0:
+        console.print(f"pipeline: no PPO update beat the start on the held-out proxy ({why}): the final policy "
+                      f"(step {last}) is evaluated instead")
+        return str(ppo_dir)
+    if not pick["path"]:
+        console.print(f"pipeline: PPO snapshot step {pick['step']} has {why}, but its weights were not kept "
+                      f"(keep_snapshots): the final policy (step {last}) is evaluated instead")
+        return str(ppo_dir)
+    console.print(f"pipeline: PPO snapshot step {pick['step']} of {last} is evaluated as ppo: it has {why}")
+    return str(ppo_dir / pick["path"])

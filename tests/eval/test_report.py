@@ -93,11 +93,71 @@ def test_reward_hacking_needs_a_gold_drop_after_its_peak_with_the_proxy_still_ri
     assert math.isclose(detect_reward_hacking([(0, 0, 1.0), (4, 1, 0.5)])["last_kl"], 4)
 
 
-def test_without_evaluated_checkpoints_the_curve_comes_from_ppo_s_held_out_evaluations():
+def test_without_snapshots_or_evaluated_checkpoints_the_curve_comes_from_the_held_out_evaluations_in_ppo_s_log():
     from rlhfkit.eval.report import overoptimisation_points
 
-    log = [{"step": s, "kl": s / 10, "score": s / 50, **({"eval_score": s / 40, "eval_gold": 0.5 - s / 100} if s % 5 == 0 else {})}
-           for s in range(1, 21)]
-    points, source = overoptimisation_points(log, None)
+    held = lambda s: {"eval/rm_score": s / 40, "eval/gold_score": 0.5 - s / 100, "eval/kl": s / 20}
+    log = [{"step": s, "kl": s / 10, "score": s / 50, **(held(s) if s % 5 == 0 else {})} for s in range(1, 21)]
+    points, source = overoptimisation_points(log, None, None)
     assert source == "PPO's held-out evaluations"
-    assert points == [(0.5, 5 / 40, 0.45), (1.0, 10 / 40, 0.4), (1.5, 15 / 40, 0.35), (2.0, 20 / 40, 0.3)]
+    # at the held-out KL of each evaluation, not the training batch's
+    assert points == [(0.25, 5 / 40, 0.45), (0.5, 10 / 40, 0.4), (0.75, 15 / 40, 0.35), (1.0, 20 / 40, 0.3)]
+
+
+def with_snapshots(run, proxy: list[float], gold: list[float], every: int = 2):
+    """``ppo/snapshots.json`` as PPO writes it: a held-out evaluation every ``every`` updates from step 0, KL rising
+    0.1 a snapshot, chosen by the highest proxy score."""
+    rows = [{"step": i * every, "path": f"snapshots/step-{i * every:04d}" if i else None, "rm_score": p, "gold_score": g,
+             "kl": 0.1 * i, "grading_accuracy": 0.2 + 0.01 * i} for i, (p, g) in enumerate(zip(proxy, gold))]
+    chosen = rows[proxy.index(max(proxy))]["step"]
+    (run / "ppo" / "snapshots.json").write_text(json.dumps({"chosen": chosen, "snapshots": rows}))
+    return rows, chosen
+
+
+def test_the_report_draws_every_snapshot_marks_the_one_the_proxy_chose_and_says_gold_rose_with_it(tmp_path):
+    from rlhfkit.eval.report import SNAPSHOTS, overoptimisation_points, read_snapshots
+    from rlhfkit.tracking import read_metrics
+
+    run = fake_run(tmp_path / "run", gold_after=[0.6, 0.5, 0.2])  # four evaluated checkpoints, whose gold falls
+    rows, chosen = with_snapshots(run, proxy=[0.40, 0.45, 0.50, 0.52, 0.60, 0.55], gold=[0.30, 0.31, 0.33, 0.34, 0.36, 0.35])
+    assert chosen == 8
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    points, source = overoptimisation_points(read_metrics(run / "ppo" / "metrics.jsonl"), ev, read_snapshots(run / "ppo"))
+    # every snapshot, at its held-out KL — not the four checkpoints of eval.json
+    assert source == SNAPSHOTS and points == [(r["kl"], r["rm_score"], r["gold_score"]) for r in rows]
+    html = build_report(run).read_text()
+    assert html.count(IMG) == 5
+    assert 'alt="gold and proxy against KL: 6 points (PPO snapshots, held-out prompts); chosen by proxy: step 8"' in html
+    # the table: a row per snapshot, one of them chosen
+    assert html.count("<tr class=snapshot>") == 5 and html.count("<tr class=chosen><td>8</td>") == 1
+    assert "<td>the start (the reference)</td>" in html and "<code>snapshots/step-0010</code>" in html
+    assert "<b>Gold rose with proxy:</b> +0.060 at the chosen step 8 (KL 0.40) against the start" in html
+    assert "rank correlation of proxy and gold over the 6 snapshots +1.00" in html
+    assert 'id="reward-hacking"' not in html  # the checkpoints' falling gold is not what the figure shows
+
+
+def test_the_report_says_when_proxy_rose_while_gold_fell_after_a_snapshot(tmp_path):
+    run = fake_run(tmp_path / "run", gold_after=[0.4, 0.5, 0.6])
+    _, chosen = with_snapshots(run, proxy=[0.40, 0.45, 0.50, 0.55, 0.60, 0.65], gold=[0.30, 0.33, 0.36, 0.32, 0.28, 0.25])
+    html = build_report(run).read_text()
+    assert chosen == 10 and "chosen by proxy: step 10" in html
+    assert 'id="reward-hacking"' in html
+    assert "Proxy rose while gold fell after step 4: over-optimisation." in html
+    assert "the proxy went 0.500 → 0.650 and the gold score 0.360 → 0.250" in html
+    assert "The snapshot the proxy chose, step 10 (KL 0.50), is -0.050 in gold against the start" in html
+
+
+def test_the_snapshot_sentence_names_a_proxy_gain_that_gold_did_not_share_and_a_start_nothing_beat():
+    from rlhfkit.eval.report import snapshots_verdict
+
+    def snaps(proxy, gold):
+        rows = [{"step": i, "path": None, "rm_score": p, "gold_score": g, "kl": 0.1 * i}
+                for i, (p, g) in enumerate(zip(proxy, gold))]
+        return {"chosen": rows[proxy.index(max(proxy))]["step"], "snapshots": rows}
+
+    text = snapshots_verdict(snaps([0.1, 0.3, 0.05], [0.5, 0.4, 0.45]))  # the proxy's gain did not last: no hacking curve
+    assert 'id="reward-hacking"' not in text
+    assert "Gold did not follow proxy:" in text and "step 1 (KL 0.10), +0.200 in proxy" in text and "is -0.100" in text
+    assert "rank correlation of proxy and gold over the 3 snapshots -0.50" in text
+    text = snapshots_verdict(snaps([0.5, 0.3, 0.4], [0.5, 0.5, 0.5]))
+    assert "No update beat the start on the held-out proxy" in text and "one of the scores never changed" in text

@@ -13,7 +13,8 @@ from rlhfkit.config import PPOConfig, SFTConfig
 from rlhfkit.judges import register
 from rlhfkit.models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer
 from rlhfkit.ppo.rollout import Rollout, collect, response_mask_from_eos
-from rlhfkit.ppo.trainer import JudgeReward, PPOHealthError, compute_advantages, ppo_loss, train_ppo
+from rlhfkit.ppo.health import HealthMonitor
+from rlhfkit.ppo.trainer import JudgeReward, PPOHealthError, compute_advantages, ppo_loss, rollout_metrics, train_ppo
 from rlhfkit.sft import train_sft
 from rlhfkit.tracking import read_metrics
 from tests.conftest import write_jsonl
@@ -324,3 +325,107 @@ def test_a_time_budget_stops_before_an_update_that_would_not_fit_and_saves_the_p
     train_ppo(tiny_cfg(prompts_file, tmp_path / "run", max_steps=5, time_budget_minutes=0.0001))
     assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 1  # one update always runs
     assert (tmp_path / "run" / "adapter_config.json").exists()
+
+
+def held_out_kw(prompts, gold: str, **kw) -> dict:
+    """A held-out evaluation after every update, on the training prompts (held out or not, the mechanics are the same);
+    a large LoRA step, so the tiny policy's answers (and so the scores) move from one snapshot to the next."""
+    return {"max_steps": 4, "eval_every": 1, "eval_prompts": str(prompts), "eval_judge": gold, "lr": 1e-2, **kw}
+
+
+def test_every_held_out_evaluation_is_a_numbered_snapshot_and_the_proxy_alone_chooses(prompts_file, tmp_path):
+    from rlhfkit.data.formats import read_records
+    from rlhfkit.ppo.trainer import encode_prompts, evaluate, fast_cpu_linears
+
+    @register("minus-length")
+    def minus_length(prompts, responses):  # a gold judge that disagrees with the proxy (judge:length) on every pair
+        return [-float(len(r.split())) for r in responses]
+
+    run = tmp_path / "run"
+    cfg = tiny_cfg(prompts_file, run, **held_out_kw(prompts_file, "minus-length"))
+    train_ppo(cfg)
+    snaps = json.loads((run / "snapshots.json").read_text())
+    rows = snaps["snapshots"]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert rows[0]["path"] is None  # step 0 is the start policy, which is the reference: no weights kept
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert [r["path"] for r in rows[1:]] == [f"snapshots/step-{s:04d}" for s in range(1, 5)]
+    rm, gold = [r["rm_score"] for r in rows], [r["gold_score"] for r in rows]
+    assert len(set(rm)) > 1  # the policy moved: there is a choice to make
+    assert snaps["chosen"] == rows[rm.index(max(rm))]["step"]  # the highest held-out proxy ...
+    assert snaps["chosen"] != rows[gold.index(max(gold))]["step"]  # ... whatever the gold judge says
+    assert any(r["kl"] > 0.01 for r in rows[1:])
+    # the same numbers are in the log under eval's names, at the same steps
+    log = {r["step"]: r for r in read_metrics(run / "metrics.jsonl")}
+    for row in rows:
+        logged = [log[row["step"]][f"eval/{k}"] for k in ("rm_score", "gold_score", "kl")]
+        assert logged == [row["rm_score"], row["gold_score"], row["kl"]]
+        assert "eval/grading_accuracy" not in log[row["step"]] and row["grading_accuracy"] is None  # no grading prompts
+    # each snapshot loads on its own (an adapter on the base it names) and is the policy that was evaluated
+    records = read_records(prompts_file, "prompt")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where training ran
+    for row in rows[1:]:
+        model, tok = load_causal_lm(str(run / row["path"])).to(device), load_tokenizer(str(run / row["path"]))
+        if device.type == "cpu":
+            fast_cpu_linears(model)  # the matmul route training ran on
+        held = evaluate(cfg, model, None, tok, encode_prompts(cfg, tok, records), records, JudgeReward("length"), None)
+        assert held["eval/rm_score"] == row["rm_score"] and held["eval/kl"] == pytest.approx(row["kl"], abs=1e-4)
+
+
+def test_resume_drops_the_snapshots_after_the_checkpoint_and_ends_as_an_unbroken_run(prompts_file, tmp_path):
+    from rlhfkit.ppo.trainer import snapshot_rows
+
+    calls = {"n": 0, "stop_at": None}
+
+    @register("stops-at-an-evaluation")
+    def gold(prompts, responses):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        return [float(len(r)) for r in responses]
+
+    kw = held_out_kw(prompts_file, "stops-at-an-evaluation", save_every=2)
+    train_ppo(tiny_cfg(prompts_file, tmp_path / "full", **kw))
+    run = tmp_path / "cut"
+    calls.update(n=0, stop_at=5)  # Ctrl-C in step 4's evaluation: snapshots 0-3 are written, the checkpoint is at step 2
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(tiny_cfg(prompts_file, run, **kw))
+    assert [r["step"] for r in snapshot_rows(run)] == [0, 1, 2, 3] and (run / "snapshots" / "step-0003").exists()
+    assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+    calls["stop_at"] = None
+    train_ppo(tiny_cfg(prompts_file, run, resume=True, **kw))
+    full, resumed = (json.loads((r / "snapshots.json").read_text()) for r in (tmp_path / "full", run))
+    assert [r["step"] for r in resumed["snapshots"]] == [0, 1, 2, 3, 4]  # step 3 once: the row after the checkpoint went
+    for a, b in zip(full["snapshots"], resumed["snapshots"]):
+        assert (b["path"], b["rm_score"], b["gold_score"]) == (a["path"], a["rm_score"], a["gold_score"])
+        assert b["kl"] == pytest.approx(a["kl"], abs=1e-4)
+    assert resumed["chosen"] == full["chosen"]
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == [f"step-{s:04d}" for s in range(1, 5)]  # nothing half-written
+
+
+def test_full_fine_tuning_keeps_no_snapshot_weights_unless_asked_but_still_records_every_evaluation(prompts_file, tmp_path):
+    kw = held_out_kw(prompts_file, "length", lora=False, lr=1e-3, max_steps=2)
+    train_ppo(tiny_cfg(prompts_file, tmp_path / "off", **kw))
+    rows = json.loads((tmp_path / "off" / "snapshots.json").read_text())["snapshots"]
+    assert [(r["step"], r["path"]) for r in rows] == [(0, None), (1, None), (2, None)]
+    assert not (tmp_path / "off" / "snapshots").exists()
+    train_ppo(tiny_cfg(prompts_file, tmp_path / "on", keep_snapshots=True, **kw))
+    rows = json.loads((tmp_path / "on" / "snapshots.json").read_text())["snapshots"]
+    assert [r["path"] for r in rows] == [None, "snapshots/step-0001", "snapshots/step-0002"]
+    assert (tmp_path / "on" / "snapshots" / "step-0002" / "model.safetensors").exists()  # the full weights
+
+
+def test_a_first_update_where_every_answer_misses_eos_runs_on(prompts_file):
+    # Every answer missed EOS, so every score is the −1 penalty and leave-one-out makes each reward 0; with KL 0
+    # at step 1 and a zero value head every return is 0: the explained variance is undefined, no reason to stop.
+    mask = torch.ones(4, 3, dtype=torch.long)
+    zeros = torch.zeros(4, 3)
+    r = Rollout(torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), torch.zeros(4, 3, dtype=torch.long), mask,
+                zeros, zeros, zeros, zeros, ["a", "b", "c", "d"], torch.tensor([False] * 4))
+    cfg = tiny_cfg(prompts_file, "unused", missing_eos_penalty=-1.0, samples_per_prompt=2)
+    adv = compute_advantages(cfg, r, torch.tensor([5.0, 1.0, 2.0, 3.0]), ShiftedReward(), beta=0.05)
+    assert adv["final"].tolist() == [0.0] * 4 and not adv["returns"].any()
+    metrics = rollout_metrics(r, torch.tensor([5.0, 1.0, 2.0, 3.0]), adv, 0.05)
+    assert metrics["explained_variance"] is None
+    warnings, fatal = HealthMonitor(3).check(1, metrics)
+    assert not fatal, warnings

@@ -31,7 +31,6 @@ from rlhfkit.eval import metrics as M
 from rlhfkit.generation import decode_response, generate_ids
 from rlhfkit.ppo.losses import logprobs_from_logits
 from rlhfkit.precision import sampling_copy
-from rlhfkit.recipes.judges import VERDICTS, verdict_of
 
 console = Console(stderr=True)
 
@@ -127,15 +126,6 @@ def side_by_side(model_scores: list[float], ref_scores: list[float], model: Answ
     return out
 
 
-def grading(ans: Answers, records: list[dict], cfg: EvalConfig) -> dict | None:
-    """Grading accuracy and macro-F1 of the answers to grading prompts (None when there are none)."""
-    graded = [i for i, r in enumerate(records) if r.get("verdict") in VERDICTS]
-    if not graded:
-        return None
-    return M.grading_accuracy([verdict_of(ans.texts[i]) for i in graded], [records[i]["verdict"] for i in graded],
-                              VERDICTS, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.samples_per_prompt)
-
-
 def summarise(name: str, spec: str, ans: Answers, ref: Answers, records: list[dict], cfg: EvalConfig,
               kl: float | None, kl_method: str | None, extra: dict | None = None) -> dict:
     """One model's row of eval.json; a metric that was not measured is None."""
@@ -145,7 +135,7 @@ def summarise(name: str, spec: str, ans: Answers, ref: Answers, records: list[di
         "name": name, "spec": spec, "is_reference": ans is ref, "n": len(ans.texts),
         "rm_score": M.mean(ans.rm) if ans.rm is not None else None,
         "gold_score": M.mean(ans.gold) if ans.gold is not None else None,
-        "grading": grading(ans, records, cfg),
+        "grading": M.grading(ans.texts, records, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.samples_per_prompt),
         "kl": kl, "kl_method": kl_method,
         "win_rate_rm": side_by_side(ans.rm, ref.rm, ans, ref, cfg) if ans.rm is not None else None,
         "win_rate_gold": side_by_side(ans.gold, ref.gold, ans, ref, cfg) if ans.gold is not None else None,

@@ -95,6 +95,39 @@ def grading_accuracy(predicted: Sequence[str | None], gold: Sequence[str], label
             "no_label": sum(p not in labels for p in predicted), "n": len(hits), "n_prompts": len(prompts)}
 
 
+def grading(texts: Sequence[str], records: Sequence[dict], n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+            per_prompt: int = 1) -> dict | None:
+    """:func:`grading_accuracy` of the replies to grading prompts (records with a gold ``verdict``), each reply's
+    verdict read from its opening; None when no record is a grading prompt."""
+    from rlhfkit.recipes.judges import VERDICTS, verdict_of
+
+    graded = [i for i, r in enumerate(records) if r.get("verdict") in VERDICTS]
+    if not graded:
+        return None
+    return grading_accuracy([verdict_of(texts[i]) for i in graded], [records[i]["verdict"] for i in graded], VERDICTS,
+                            n_boot, confidence, seed, per_prompt)
+
+
+def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's ρ: the Pearson correlation of the two lists' ranks (tied values share their mean rank);
+    None when fewer than two values or one list is constant (no order to compare)."""
+    if len(a) != len(b):
+        raise ValueError(f"rank correlation: {len(a)} values against {len(b)}")
+
+    def ranks(x: Sequence[float]) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        r = np.empty(len(x))
+        r[x.argsort(kind="stable")] = np.arange(len(x), dtype=float)
+        for v in np.unique(x):
+            r[x == v] = r[x == v].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def sequence_kl(logp: Sequence[Sequence[float]], ref_logp: Sequence[Sequence[float]]) -> list[float]:
     """Per answer: Σ over its tokens of log π − log π_ref (the k1 estimate of KL for a sampled answer)."""
     out = []

@@ -4,8 +4,11 @@ It reads a pipeline run folder ``runs/<name>/{sft,rm,ppo,eval}/`` (each part opt
 - training curves from each stage's ``metrics.jsonl`` (SFT loss, reward-model accuracy, PPO score, KL,
   entropy, clip fraction, value loss, response length);
 - reward against √KL (the frontier: how much reward each nat of KL bought);
-- gold against proxy score across evaluated checkpoints by √KL (Gao et al. 2022). A proxy score that keeps
-  rising while the gold score falls is reward hacking, and the report says so in words;
+- gold against proxy score by √KL (Gao et al. 2022): every PPO snapshot (``ppo/snapshots.json``: the policy on
+  held-out prompts every few updates, x = its held-out KL), the one chosen by the held-out proxy marked, with a
+  table of the snapshots and a sentence on whether gold followed proxy; without snapshots, the evaluated
+  checkpoints. A proxy score that keeps rising while the gold score falls is reward hacking, and the report
+  says so in words;
 - the eval metrics table and answers before and after for the same prompts.
 A part that is missing is named in the report instead of failing the build.
 """
@@ -22,17 +25,18 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: the Agg canvas, no global state, no display needed
 
+from rlhfkit.eval import metrics as M
 from rlhfkit.tracking import read_metrics
 
 PPO_PANELS = [("score", "score (reward model / judge)"), ("kl", "KL to reference"), ("entropy", "entropy"),
               ("clipfrac", "clip fraction"), ("value_loss", "value loss"), ("response_len", "response length")]
 
 
-def png(fig: Figure) -> str:
-    """An <img> tag holding the figure as a base64 PNG."""
+def png(fig: Figure, alt: str = "") -> str:
+    """An <img> tag holding the figure as a base64 PNG; ``alt`` says in words what it draws."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="">'
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="{html.escape(alt)}">'
 
 
 def numeric(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -147,18 +151,41 @@ def plot_frontier(ppo: list[dict], ev: dict | None) -> str | None:
     return png(fig)
 
 
-def overoptimisation_points(ppo: list[dict], ev: dict | None) -> tuple[list[tuple[float, float, float]], str]:
+SNAPSHOTS = "PPO snapshots, held-out prompts"
+
+
+def read_snapshots(ppo_dir: Path) -> dict | None:
+    """``snapshots.json`` of a PPO run folder (None when PPO had no held-out prompts)."""
+    path = ppo_dir / "snapshots.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def has_scores(row: dict) -> bool:
+    return all(isinstance(row.get(k), (int, float)) and math.isfinite(row[k]) for k in ("kl", "rm_score", "gold_score"))
+
+
+def snapshot_points(snaps: dict | None) -> list[dict]:
+    """The snapshots the gold-vs-proxy figure draws (those with a held-out KL, proxy and gold score), by KL."""
+    return sorted((s for s in (snaps or {}).get("snapshots", []) if has_scores(s)), key=lambda s: s["kl"])
+
+
+def overoptimisation_points(ppo: list[dict], ev: dict | None,
+                            snaps: dict | None = None) -> tuple[list[tuple[float, float, float]], str]:
     """(KL, proxy, gold) points sorted by KL, and where they come from.
 
-    Prefer evaluated checkpoints (same prompts, held-out); then PPO's own held-out evaluations (``eval_score``,
-    ``eval_gold`` at the step's training KL); last, PPO logs that carry a gold score of their rollouts.
+    Prefer PPO's snapshots (every held-out evaluation, at its held-out KL); then evaluated checkpoints (same
+    prompts, held-out); then the held-out evaluations in PPO's log (``eval/rm_score``, ``eval/gold_score`` at
+    ``eval/kl``); last, PPO logs that carry a gold score of their rollouts.
     """
+    drawn = snapshot_points(snaps)
+    if len(drawn) >= 2:
+        return [(s["kl"], s["rm_score"], s["gold_score"]) for s in drawn], SNAPSHOTS
     pts = [(m["kl"], m["rm_score"], m["gold_score"]) for m in eval_points(ev)
            if not m.get("best_of") and m.get("rm_score") is not None and m.get("gold_score") is not None]
     if len(pts) >= 2:
         return sorted(pts), "evaluated checkpoints"
-    held = [(r["kl"], r["eval_score"], r["eval_gold"]) for r in ppo
-            if all(isinstance(r.get(k), (int, float)) for k in ("kl", "eval_score", "eval_gold"))]
+    held = [(r["eval/kl"], r["eval/rm_score"], r["eval/gold_score"]) for r in ppo
+            if all(isinstance(r.get(k), (int, float)) for k in ("eval/kl", "eval/rm_score", "eval/gold_score"))]
     if len(held) >= 2:
         return sorted(held), "PPO's held-out evaluations"
     rows = [r for r in ppo if all(isinstance(r.get(k), (int, float)) for k in ("kl", "score", "gold_score"))]
@@ -187,16 +214,21 @@ def detect_reward_hacking(points: list[tuple[float, float, float]], min_drop: fl
     rise = points[last][1] - points[peak][1]
     span = max(gold) - min(gold)
     if rise > 0 and drop > 0 and drop >= min_drop * span:
-        return {"peak_kl": points[peak][0], "last_kl": points[last][0], "gold_peak": gold[peak], "gold_last": gold[last],
-                "proxy_peak": points[peak][1], "proxy_last": points[last][1]}
+        return {"peak": peak, "peak_kl": points[peak][0], "last_kl": points[last][0], "gold_peak": gold[peak],
+                "gold_last": gold[last], "proxy_peak": points[peak][1], "proxy_last": points[last][1]}
     return None
 
 
-def plot_overoptimisation(points: list[tuple[float, float, float]], source: str, hack: dict | None) -> str:
+def plot_overoptimisation(points: list[tuple[float, float, float]], source: str, hack: dict | None,
+                          labels: list[str] | None = None, chosen: int | None = None) -> str:
+    """Proxy and gold against √KL, a point each; ``labels`` name the points (snapshot steps), ``chosen`` is the
+    index of the point the proxy chose, marked on both curves."""
     x = np.sqrt(np.clip([p[0] for p in points], 0, None))
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
     ax.plot(x, [p[1] for p in points], "o-", color="C0", label="proxy (reward model)")
+    for xi, p, label in zip(x, points, labels or []):
+        ax.annotate(label, (xi, p[1]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7, color="C0")
     ax.set(xlabel="√KL(π ‖ π_ref)  (√nats)", ylabel="proxy score", title=f"Gold vs proxy ({source})")
     ax.tick_params(axis="y", labelcolor="C0")
     ax2 = ax.twinx()  # the two scores live on different scales
@@ -207,10 +239,17 @@ def plot_overoptimisation(points: list[tuple[float, float, float]], source: str,
         ax.axvline(math.sqrt(max(hack["peak_kl"], 0.0)), color="C3", ls="--", lw=1)
         ax2.annotate("gold peak", (math.sqrt(max(hack["peak_kl"], 0.0)), hack["gold_peak"]), color="C3",
                      textcoords="offset points", xytext=(5, -12), fontsize=8)
+    alt = f"gold and proxy against KL: {len(points)} points ({source})"
+    if chosen is not None:
+        name = labels[chosen] if labels else str(chosen)
+        ax.scatter([x[chosen]], [points[chosen][1]], marker="*", s=220, color="C2", edgecolor="k", zorder=4,
+                   label=f"chosen by proxy: step {name}")
+        ax2.scatter([x[chosen]], [points[chosen][2]], marker="*", s=220, color="C2", edgecolor="k", zorder=4)
+        alt += f"; chosen by proxy: step {name}"
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
-    return png(fig)
+    return png(fig, alt)
 
 
 def fmt(x, spec: str = ".3f") -> str:
@@ -375,6 +414,73 @@ def reward_hacking_verdict(hack: dict | None, points: list[tuple[float, float, f
             "or train the reward model on more feedback from the current policy.</p>")
 
 
+def snapshots_verdict(snaps: dict) -> str:
+    """In words, whether the gold score followed the proxy across PPO's snapshots (in step order): their rank
+    correlation, the gold score at the snapshot the proxy chose against the start's, and — when the proxy kept
+    rising after the gold peak while gold fell — the step where over-optimisation began."""
+    rows = sorted((s for s in snaps["snapshots"] if has_scores(s)), key=lambda s: s["step"])
+    start = rows[0]
+    pick = next((s for s in rows if s["step"] == snaps["chosen"]), start)
+    rho = M.rank_correlation([s["rm_score"] for s in rows], [s["gold_score"] for s in rows])
+    corr = (f"rank correlation of proxy and gold over the {len(rows)} snapshots {rho:+.2f}" if rho is not None
+            else f"no rank correlation over the {len(rows)} snapshots: one of the scores never changed")
+    gain = pick["gold_score"] - start["gold_score"]
+    at = f"step {pick['step']} (KL {pick['kl']:.2f})"
+    hack = detect_reward_hacking([(s["kl"], s["rm_score"], s["gold_score"]) for s in rows])
+    if hack is not None:
+        peak, last = rows[hack["peak"]], rows[-1]
+        return (f'<p class=warning id="reward-hacking"><b>Proxy rose while gold fell after step {peak["step"]}: '
+                f'over-optimisation.</b> From step {peak["step"]} to step {last["step"]} the proxy went '
+                f'{hack["proxy_peak"]:.3f} → {hack["proxy_last"]:.3f} and the gold score {hack["gold_peak"]:.3f} → '
+                f'{hack["gold_last"]:.3f} ({corr}). The snapshot the proxy chose, {at}, is {gain:+.3f} in gold against '
+                "the start. Take an earlier snapshot, raise the KL coefficient, or train the reward model on feedback "
+                "from the current policy.</p>")
+    if pick is start:
+        return (f"<p class=ok>No update beat the start on the held-out proxy, so the chosen snapshot is the start "
+                f"(step {start['step']}); {corr}.</p>")
+    if gain > 0:
+        return f"<p class=ok><b>Gold rose with proxy:</b> {gain:+.3f} at the chosen {at} against the start; {corr}.</p>"
+    return (f"<p class=warning><b>Gold did not follow proxy:</b> the proxy chose {at}, "
+            f"{pick['rm_score'] - start['rm_score']:+.3f} in proxy against the start, but the gold score there is "
+            f"{gain:+.3f}; {corr}. The reward model rewards something the gold judge does not.</p>")
+
+
+def snapshots_table(snaps: dict) -> str:
+    """One row per snapshot: step, held-out KL, proxy, gold, grading accuracy, where its weights are, the chosen mark."""
+    body = []
+    for s in snaps["snapshots"]:
+        weights = ("the start (the reference)" if s["step"] == 0 else f"<code>{html.escape(s['path'])}</code>" if s.get("path")
+                   else "not kept (keep_snapshots off)")
+        mine = s["step"] == snaps["chosen"]
+        body.append(f"<tr class={'chosen' if mine else 'snapshot'}><td>{s['step']}</td><td>{fmt(s.get('kl'))}</td>"
+                    f"<td>{fmt(s.get('rm_score'))}</td><td>{fmt(s.get('gold_score'))}</td>"
+                    f"<td>{fmt(s.get('grading_accuracy'), '.2f')}</td><td>{weights}</td>"
+                    f"<td>{'<b>★ chosen</b>' if mine else ''}</td></tr>")
+    return ("<table><tr><th>step</th><th>KL (held-out)</th><th>proxy (RM score)</th><th>gold score</th>"
+            f"<th>grading accuracy</th><th>weights</th><th></th></tr>{''.join(body)}</table>"
+            "<p class=note>Each row is PPO's policy at that step on the held-out dev prompts: one answer per prompt, "
+            "sampled with the same seed at every step; KL is eval's estimate Σ log π − log π_ref per answer. The chosen "
+            "snapshot has the highest held-out proxy (reward-model) score: the gold judge stands for people and checks "
+            "that choice, it never makes it.</p>")
+
+
+def gold_vs_proxy(ppo: list[dict], ev: dict | None, snaps: dict | None) -> tuple[str | None, str]:
+    """(the gold-vs-proxy figure or None, the sentence under it): every snapshot when there are snapshots with gold
+    scores, the chosen one marked; else the evaluated checkpoints or PPO's log."""
+    points, source = overoptimisation_points(ppo, ev, snaps)
+    if not points:
+        return None, ""
+    if source != SNAPSHOTS:
+        hack = detect_reward_hacking(points)
+        return plot_overoptimisation(points, source, hack), reward_hacking_verdict(hack, points)
+    drawn = snapshot_points(snaps)
+    steps = [s["step"] for s in drawn]
+    in_order = sorted(drawn, key=lambda s: s["step"])
+    hack = detect_reward_hacking([(s["kl"], s["rm_score"], s["gold_score"]) for s in in_order])
+    chosen = steps.index(snaps["chosen"]) if snaps["chosen"] in steps else None
+    return plot_overoptimisation(points, source, hack, [str(s) for s in steps], chosen), snapshots_verdict(snaps)
+
+
 def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
     """Write ``run_dir/report.html`` (or ``out_path``) from whatever stages the run folder holds; returns its path."""
     run = Path(run_dir)
@@ -408,14 +514,16 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
         parts.append(f"<p>Reward model against the gold judge <b>{html.escape(str(g['judge']))}</b> on its "
                      f"{g['held_out_prompts']} held-out prompts: {acc}.</p>")
     parts.append("<h2>PPO training</h2>" + shown(plot_ppo(ppo), "PPO curves", "no ppo/metrics.jsonl"))
-    points, source = overoptimisation_points(ppo, ev)
-    hack = detect_reward_hacking(points) if points else None
+    snaps = read_snapshots(run / "ppo")
+    figure, verdict = gold_vs_proxy(ppo, ev, snaps)
     parts.append("<h2>KL: the frontier and over-optimisation</h2><div class=grid>"
                  + shown(plot_frontier(ppo, ev), "reward against √KL",
                          "needs PPO metrics with score and kl, or evaluated checkpoints with RM scores")
-                 + shown(plot_overoptimisation(points, source, hack) if points else None, "gold vs proxy",
-                         "needs two or more evaluated checkpoints with RM and gold scores (or gold_score in the PPO log)")
-                 + "</div>" + (reward_hacking_verdict(hack, points) if points else ""))
+                 + shown(figure, "gold vs proxy", "needs two or more PPO snapshots or evaluated checkpoints with RM and "
+                                                  "gold scores (or gold_score in the PPO log)")
+                 + "</div>" + verdict)
+    if snaps:
+        parts.append("<h3>PPO snapshots</h3>" + snapshots_table(snaps))
     parts.append("<h2>Answers before and after</h2>" + shown(samples_table(samples, ev), "sample answers", "no eval/samples.jsonl"))
     if missing:
         parts.append("<h2>Missing parts</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in missing) + "</ul>")

@@ -163,6 +163,22 @@ def _seeded_init(build):
         return build()
 
 
+def own_memory(model: torch.nn.Module) -> torch.nn.Module:
+    """Move every parameter and buffer into memory of torch's own allocator (64-byte aligned), in place.
+
+    transformers leaves weights loaded from safetensors in a private memory map of the file, each at its
+    byte offset there: in a reward checkpoint ``classifier.weight`` comes right after the 4-byte
+    ``classifier.bias``, 4 bytes past a 64-byte boundary. MKL's fp32 product sums in another order for an
+    operand that is not aligned (a (6, 64)·(64, 1) head gave another last bit), so a run resumed from a
+    checkpoint logged other metrics than the unbroken run, whose weights torch allocated. Copied, a loaded
+    model has the memory layout of a freshly built one and computes bit for bit as it did.
+    """
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.data = t.data.clone()
+    return model
+
+
 def load_causal_lm(spec: str, dtype: torch.dtype = torch.float32, trainable: bool = False):
     """A causal LM for a spec; LoRA adapter folders load onto their base (as a PeftModel)."""
     from transformers import AutoModelForCausalLM
@@ -187,6 +203,7 @@ def load_causal_lm(spec: str, dtype: torch.dtype = torch.float32, trainable: boo
         model.config._name_or_path = spec
         model.name_or_path = spec
     model.config.use_cache = True
+    own_memory(model)  # a model loaded from a checkpoint computes bit for bit as the one that saved it
     # Dropout off everywhere (DESIGN §4.6): RLHF log-probs must be deterministic.
     model.eval()
     return model
@@ -212,6 +229,7 @@ def load_sequence_classifier(spec: str, num_labels: int = 1, dtype: torch.dtype 
     if model.config.pad_token_id is None:
         tok = load_tokenizer(spec)
         model.config.pad_token_id = tok.pad_token_id
+    own_memory(model)  # a model loaded from a checkpoint computes bit for bit as the one that saved it
     model.eval()
     return model
 

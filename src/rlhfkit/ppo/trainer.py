@@ -7,7 +7,10 @@ Each step reads top to bottom:
 3. ``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches: clipped policy loss + vf_coef ×
    clipped value loss, one AdamW over policy and value parameters, grad-norm clip; optional early stop
    on approximate KL;
-4. β update, metrics (``metrics.jsonl``, TensorBoard), health checks, checkpoint.
+4. β update, metrics (``metrics.jsonl``, TensorBoard), health checks, checkpoint;
+5. with ``eval_prompts``, before training, every ``eval_every`` steps and after the last: the held-out proxy, gold,
+   KL and grading accuracy (``evaluate``), a row of ``snapshots.json`` and the policy as ``snapshots/step-NNNN/``,
+   so the over-optimisation curve has a point per snapshot and a user can take the one the proxy ranks first.
 The prompts of step ``s`` are a pure function of (seed, s) and every RNG state is checkpointed, so
 ``--resume`` continues exactly as an unbroken run.
 """
@@ -17,7 +20,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
+import math
+import os
+import re
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -30,13 +38,14 @@ from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_stat
 from rlhfkit.config import ConfigError, PPOConfig, save_config, to_dict
 from rlhfkit.data.formats import prompt_messages, read_records
 from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.eval import metrics as M
 from rlhfkit.models.cpu_linear import use_onednn_linears
 from rlhfkit.models.loading import add_lora, disable_dropout, load_causal_lm, load_sequence_classifier, load_tokenizer, set_threads
 from rlhfkit.ppo.advantages import (AdaptiveKLController, FixedKLController, gae, kl_penalty_rewards, leave_one_out, masked_mean,
                                      masked_whiten)
 from rlhfkit.ppo.health import HealthMonitor
 from rlhfkit.ppo.losses import explained_variance, policy_loss, value_loss
-from rlhfkit.ppo.rollout import Rollout, collect, concat, forward_tokens
+from rlhfkit.ppo.rollout import Rollout, collect, concat, forward_tokens, model_device
 from rlhfkit.ppo.value import ValueHead, ValueModel, can_be_value_model, fold_normalisation
 from rlhfkit.precision import autocast, resolve_precision
 from rlhfkit.sft import batch_indices
@@ -318,6 +327,7 @@ def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params,
 
 def rollout_metrics(r: Rollout, scores: torch.Tensor, adv: dict, beta: float) -> dict:
     mask = r.response_mask.float()
+    ev = float(explained_variance(r.values, adv["returns"], mask))
     return {
         "score": float(scores.mean()),
         "reward": float(adv["final"].mean()),
@@ -325,7 +335,8 @@ def rollout_metrics(r: Rollout, scores: torch.Tensor, adv: dict, beta: float) ->
         "beta": beta,
         "non_score_reward": float(adv["non_score"].sum(1).mean()),
         "entropy": float(masked_mean(r.entropy, mask)),
-        "explained_variance": float(explained_variance(r.values, adv["returns"], mask)),
+        # undefined when every return is equal (e.g. every answer missed EOS at step 1, KL 0): None, not a NaN that stops the run
+        "explained_variance": ev if math.isfinite(ev) else None,
         "value_mean": float(masked_mean(r.values, mask)),
         "return_mean": float(masked_mean(adv["returns"], mask)),
         "response_len": float(mask.sum(1).mean()),
@@ -338,25 +349,94 @@ def rollout_metrics(r: Rollout, scores: torch.Tensor, adv: dict, beta: float) ->
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-@torch.no_grad()
-def evaluate(cfg: PPOConfig, policy, tok, prompts: list[list[int]], records: list[dict], reward, judge) -> dict:
-    """Mean reward (and gold judge) score of held-out prompts' samples, with its own RNG (training's is untouched)."""
-    from rlhfkit.data.tokenize import left_pad
-    from rlhfkit.ppo.rollout import model_device, sample
+HELD_OUT = ("rm_score", "gold_score", "kl", "grading_accuracy")  # eval's names; logged as eval/<name>
 
-    texts, device = [], model_device(policy)
+
+@torch.no_grad()
+def evaluate(cfg: PPOConfig, policy, reference, tok, prompts: list[list[int]], records: list[dict], reward, judge) -> dict:
+    """The policy on the held-out prompts, under eval's metric names with an ``eval/`` prefix.
+
+    One answer per prompt, sampled with the same seed at every evaluation (training's RNG is untouched), so two
+    evaluations differ by the policy alone. ``eval/rm_score``: the reward (the proxy, raw); ``eval/gold_score``:
+    the gold judge, when there is one; ``eval/kl``: eval's estimator on these answers, Σ over answer tokens of
+    log π − log π_ref averaged over answers (π_ref: the adapters-off policy, or ``reference``);
+    ``eval/grading_accuracy``: on grading prompts, the share of replies that open with the gold verdict.
+    """
+    texts, scores, logp, ref_logp = [], [], [], []
+    device = model_device(policy)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 1)
+        torch.manual_seed(cfg.seed + 1)  # sampling draws on the CPU's RNG on any device
         for i in range(0, len(prompts), cfg.batch_size):
-            q, qm = (t.to(device) for t in left_pad(prompts[i : i + cfg.batch_size], tok.pad_token_id))
-            with autocast(cfg.precision, q.device.type):
-                s = sample(policy, q, qm, cfg.max_new_tokens, cfg.temperature, tok.eos_token_id, tok.pad_token_id)
-            texts += [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip()
-                      for row, m in zip(s["response"], s["response_mask"])]
-    out = {"eval_score": float(reward.score(records, texts).mean())}
+            r, s = collect(policy, tok, prompts[i : i + cfg.batch_size], records[i : i + cfg.batch_size], reward,
+                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, reference=reference,
+                           amp=lambda: autocast(cfg.precision, device.type), recompute=cfg.precision == "bf16")
+            mask = r.response_mask.bool()
+            texts += r.texts
+            scores.append(s)
+            logp += [row[m].tolist() for row, m in zip(r.logprobs, mask)]
+            ref_logp += [row[m].tolist() for row, m in zip(r.ref_logprobs, mask)]
+    out = {"eval/rm_score": float(torch.cat(scores).mean()), "eval/kl": M.sampled_kl(logp, ref_logp)}
     if judge is not None:
-        out["eval_gold"] = sum(judge(records, texts)) / len(texts)
+        out["eval/gold_score"] = M.mean(judge(records, texts))
+    graded = M.grading(texts, records, seed=cfg.seed)
+    if graded is not None:
+        out["eval/grading_accuracy"] = graded["accuracy"]
     return out
+
+
+# ------------------------------------------------------------------------------------------------ snapshots
+
+
+def snapshot_dir(out: Path, step: int) -> Path:
+    return out / "snapshots" / f"step-{step:04d}"
+
+
+def keeps_snapshots(cfg: PPOConfig) -> bool:
+    """``keep_snapshots``, or by default: on when a snapshot is an adapter (small), off when it is a full copy."""
+    return cfg.keep_snapshots if cfg.keep_snapshots is not None else cfg.lora and not start_is_adapter(cfg)
+
+
+def snapshot_rows(out: Path) -> list[dict]:
+    path = out / "snapshots.json"
+    return json.loads(path.read_text(encoding="utf-8"))["snapshots"] if path.exists() else []
+
+
+def write_snapshots(out: Path, rows: list[dict]) -> None:
+    """``snapshots.json``: every held-out evaluation's row and ``chosen``, the step of the highest held-out
+    reward-model score (the proxy, the earliest on a tie). The gold score is a check on that choice, never its input."""
+    finite = lambda r: r["rm_score"] if r["rm_score"] is not None and math.isfinite(r["rm_score"]) else -math.inf
+    chosen = max(rows, key=finite)["step"]
+    tmp = out / "snapshots.json.tmp"
+    tmp.write_text(json.dumps({"chosen": chosen, "snapshots": rows}, indent=1), encoding="utf-8")
+    os.replace(tmp, out / "snapshots.json")  # never half-written
+
+
+def save_snapshot(cfg: PPOConfig, out: Path, step: int, policy, tok, held: dict, rows: list[dict]) -> None:
+    """Step ``step``'s held-out row in ``snapshots.json`` and (``keep_snapshots``) its policy in snapshots/step-NNNN/.
+
+    Step 0 is the start policy, which is the reference: no weights. ``path`` is relative to the PPO run folder.
+    """
+    path = None
+    if step > 0 and keeps_snapshots(cfg):
+        with atomic_dir(snapshot_dir(out, step)) as tmp:  # an interrupted save leaves no half-written snapshot
+            save_policy(standalone(cfg, policy), tmp)
+            tok.save_pretrained(tmp)
+        path = snapshot_dir(out, step).relative_to(out).as_posix()
+    rows.append({"step": step, "path": path, **{k: held.get(f"eval/{k}") for k in HELD_OUT}})
+    write_snapshots(out, rows)
+
+
+def truncate_snapshots(out: Path, last_step: int) -> list[dict]:
+    """On resume, as ``metrics.jsonl``: drop the rows and snapshot folders after ``last_step``; returns the rows kept."""
+    rows = [r for r in snapshot_rows(out) if r["step"] <= last_step]
+    for folder in (out / "snapshots").glob("step-*"):
+        if int(re.match(r"step-(\d+)", folder.name).group(1)) > last_step:
+            shutil.rmtree(folder)
+    if rows:
+        write_snapshots(out, rows)
+    else:
+        (out / "snapshots.json").unlink(missing_ok=True)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -479,14 +559,19 @@ def train_ppo(cfg: PPOConfig) -> dict:
         console.print(f"ppo: resumed from step {start}")
     elif dist.is_main() and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+    # the held-out rows so far: a resumed run keeps those up to its checkpoint's step (as its log), a fresh run none
+    snapshots = truncate_snapshots(out, start if ckpt is not None else -1) if dist.is_main() else []
     if dist.is_main():
         save_config(cfg, out)
     logger = dist.metrics_logger(out, cfg.report_to, config=to_dict(cfg))
     console.print(f"ppo: {len(records)} prompts; policy {cfg.policy} ({'LoRA' if cfg.lora else 'full'}, lr {lr:g}); "
                   f"reference: {'adapters off' if reference is None else cfg.reference or cfg.policy}; "
                   f"reward {cfg.reward}; value model: {value_kind}; precision {cfg.precision}")
-    if eval_ids and start == 0:
-        logger.log(0, evaluate(cfg, policy, tok, eval_ids, eval_records, reward, judge))
+    if eval_ids and start == 0:  # step 0: the start policy, the point every snapshot is compared with
+        held = evaluate(cfg, policy, reference, tok, eval_ids, eval_records, reward, judge)
+        logger.log(0, held)
+        if dist.is_main():
+            save_snapshot(cfg, out, 0, policy, tok, held, snapshots)
 
     def checkpoint(step: int) -> None:
         save_checkpoint(out, step, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health)
@@ -532,19 +617,23 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 metrics.update({"time_rollout_s": t1 - t0, "time_train_s": t2 - t1, "time_step_s": t2 - t0,
                                 "samples_per_s": cfg.batch_size / (t2 - t0),
                                 "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
-                if eval_ids and ((cfg.eval_every and done % cfg.eval_every == 0) or last_step):
-                    metrics.update(evaluate(cfg, policy, tok, eval_ids, eval_records, reward, judge))
+                evaluated = bool(eval_ids) and (bool(cfg.eval_every) and done % cfg.eval_every == 0 or last_step)
+                if evaluated:
+                    held = evaluate(cfg, policy, reference, tok, eval_ids, eval_records, reward, judge)
+                    metrics.update(held)
                     metrics["time_eval_s"] = time.perf_counter() - t2
                 warnings, fatal = health.check(done, metrics) if cfg.health else ([], False)
                 for w in warnings:
                     console.print(f"[yellow]ppo: step {done}: warning: {w}[/yellow]")
                 if warnings:
                     metrics["warnings"] = warnings
-                if done % cfg.log_every == 0 or last_step or warnings:
+                if done % cfg.log_every == 0 or last_step or warnings or evaluated:
                     last = logger.log(done, metrics)
                 if dist.broadcast_object(fatal):  # every rank stops together
                     raise PPOHealthError(f"step {done}: non-finite metrics; stopped; the last good checkpoint is in "
                                          f"{out / 'checkpoint'} (resume with --resume after changing the settings)")
+                if evaluated and dist.is_main():  # after the health check: a non-finite policy is never a snapshot
+                    save_snapshot(cfg, out, done, policy, tok, held, snapshots)
                 if cfg.save_every and done % cfg.save_every == 0 and not last_step:
                     checkpoint(done)
                 bar.update(task, completed=done, info=f"score {metrics['score']:.3f}  kl {metrics['kl']:.3f}  "
@@ -562,17 +651,28 @@ def train_ppo(cfg: PPOConfig) -> dict:
     dist.barrier()
     logger.close()
     console.print(f"ppo: done, {step} steps; policy saved to {out}")
+    if snapshots:
+        chosen = json.loads((out / "snapshots.json").read_text(encoding="utf-8"))["chosen"]
+        console.print(f"ppo: {len(snapshots)} held-out evaluations in {out / 'snapshots.json'}; the highest held-out "
+                      f"reward-model score (the proxy) is at step {chosen}")
     return last
+
+
+def start_is_adapter(cfg: PPOConfig) -> bool:
+    from rlhfkit.models.loading import is_adapter_dir, resolve
+
+    return cfg.policy not in ("default", "tiny") and is_adapter_dir(Path(resolve(cfg.policy)))
+
+
+def standalone(cfg: PPOConfig, policy):
+    """The policy as its folder must hold it to load on its own: LoRA adapters on the base spec they record, or
+    merged when the start was itself an adapter run (its merged base is not what the adapters' base spec names)."""
+    return copy.deepcopy(policy).merge_and_unload() if cfg.lora and start_is_adapter(cfg) else policy
 
 
 def save_final(cfg: PPOConfig, out: Path, policy, value_model, tok) -> None:
     """The policy in save_pretrained form (LoRA: the adapter on its base spec; merged when the base was an adapter run)."""
-    from rlhfkit.models.loading import is_adapter_dir, resolve
-
-    start_is_adapter = cfg.policy not in ("default", "tiny") and is_adapter_dir(Path(resolve(cfg.policy)))
-    if cfg.lora and start_is_adapter:
-        policy = copy.deepcopy(policy).merge_and_unload()
-    save_policy(policy, out)
+    save_policy(standalone(cfg, policy), out)
     tok.save_pretrained(out)
     if value_model is not None:
         value_model.classifier.save_pretrained(out / "value")
