@@ -60,7 +60,7 @@ NON_PPO_SHARE = 0.6
 # The least that keeps each stage doing its job: SFT a step past the first, one sampling batch (the reward
 # model then holds out a prompt), a few reward-model steps, a few eval prompts (PPO: one update, always).
 MINIMUM = {"sft": 3, "sample": 8, "rm": 4, "eval": 4}
-PPO_HEADROOM = 1.5  # max_steps above the updates the deadline is predicted to fit: the deadline ends PPO
+PPO_HEADROOM = 3.0  # max_steps above the updates the deadline is predicted to fit: the deadline ends PPO
 # Plans end at AIM × the budget: the rest is for the estimates' error and the seconds before the budget clock
 # starts (Python and torch imports, ~4 s); a 1.5-minute tiny-model run aimed at 100 % ended at 109 %.
 AIM = 0.95
