@@ -161,3 +161,25 @@ def test_the_snapshot_sentence_names_a_proxy_gain_that_gold_did_not_share_and_a_
     assert "rank correlation of proxy and gold over the 3 snapshots -0.50" in text
     text = snapshots_verdict(snaps([0.5, 0.3, 0.4], [0.5, 0.5, 0.5]))
     assert "No update beat the start on the held-out proxy" in text and "one of the scores never changed" in text
+
+
+def test_a_gold_change_within_two_standard_errors_is_called_noise_not_over_optimisation_or_a_gain():
+    from rlhfkit.eval.report import snapshots_verdict
+
+    def snaps(proxy, gold, se):
+        rows = [{"step": 2 * i, "path": None, "rm_score": p, "gold_score": g, "gold_se": se, "kl": 0.1 * i}
+                for i, (p, g) in enumerate(zip(proxy, gold))]
+        return {"chosen": rows[proxy.index(max(proxy))]["step"], "snapshots": rows}
+
+    # a demo's 24 dev prompts: gold 0.682 → 0.650 → 0.663 while the proxy rises, each mean ±0.03
+    proxy, gold = [-0.40, -0.32, -0.21], [0.682, 0.650, 0.663]
+    noisy = snapshots_verdict(snaps(proxy, gold, se=0.03))
+    assert 'id="reward-hacking"' not in noisy and "Gold moved within its noise:" in noisy
+    assert "(±0.085)" in noisy  # 2 · √(0.03² + 0.03²)
+    # the same curve measured ten times more precisely is over-optimisation
+    sharp = snapshots_verdict(snaps(proxy, gold, se=0.003))
+    assert 'id="reward-hacking"' in sharp and "Proxy rose while gold fell after step 0" in sharp
+    # a gain smaller than its noise is not called a gain
+    small = snapshots_verdict(snaps([0.1, 0.3], [0.50, 0.52], se=0.02))
+    assert "Gold did not move beyond its noise:" in small and "+0.020 at the chosen step 2" in small
+    assert "Gold rose with proxy:" in snapshots_verdict(snaps([0.1, 0.3], [0.50, 0.60], se=0.02))

@@ -358,8 +358,9 @@ def test_every_held_out_evaluation_is_a_numbered_snapshot_and_the_proxy_alone_ch
     # the same numbers are in the log under eval's names, at the same steps
     log = {r["step"]: r for r in read_metrics(run / "metrics.jsonl")}
     for row in rows:
-        logged = [log[row["step"]][f"eval/{k}"] for k in ("rm_score", "gold_score", "kl")]
-        assert logged == [row["rm_score"], row["gold_score"], row["kl"]]
+        logged = [log[row["step"]][f"eval/{k}"] for k in ("rm_score", "gold_score", "gold_se", "kl")]
+        assert logged == [row["rm_score"], row["gold_score"], row["gold_se"], row["kl"]]
+        assert row["gold_se"] > 0  # 8 held-out answers of different lengths: the gold mean has a standard error
         assert "eval/grading_accuracy" not in log[row["step"]] and row["grading_accuracy"] is None  # no grading prompts
     # each snapshot loads on its own (an adapter on the base it names) and is the policy that was evaluated
     records = read_records(prompts_file, "prompt")

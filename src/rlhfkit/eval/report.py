@@ -414,6 +414,20 @@ def reward_hacking_verdict(hack: dict | None, points: list[tuple[float, float, f
             "or train the reward model on more feedback from the current policy.</p>")
 
 
+def diff_se(a: dict, b: dict) -> float | None:
+    """Standard error of the gold difference of two snapshots, as if their answers were independent (a paired
+    difference on the same prompts is at most this noisy, so the test below errs on the side of "noise")."""
+    if a.get("gold_se") is None or b.get("gold_se") is None:
+        return None
+    return math.sqrt(a["gold_se"] ** 2 + b["gold_se"] ** 2)
+
+
+def within_noise(a: dict, b: dict) -> bool:
+    """Whether the gold scores of two snapshots differ by less than two standard errors (False when unknown)."""
+    se = diff_se(a, b)
+    return se is not None and abs(b["gold_score"] - a["gold_score"]) < 2 * se
+
+
 def snapshots_verdict(snaps: dict) -> str:
     """In words, whether the gold score followed the proxy across PPO's snapshots (in step order): their rank
     correlation, the gold score at the snapshot the proxy chose against the start's, and — when the proxy kept
@@ -427,6 +441,12 @@ def snapshots_verdict(snaps: dict) -> str:
     gain = pick["gold_score"] - start["gold_score"]
     at = f"step {pick['step']} (KL {pick['kl']:.2f})"
     hack = detect_reward_hacking([(s["kl"], s["rm_score"], s["gold_score"]) for s in rows])
+    if hack is not None and within_noise(rows[hack["peak"]], rows[-1]):
+        peak, last = rows[hack["peak"]], rows[-1]
+        return (f"<p class=ok><b>Gold moved within its noise:</b> from step {peak['step']} to step {last['step']} the "
+                f"proxy went {hack['proxy_peak']:.3f} → {hack['proxy_last']:.3f} and the gold score "
+                f"{hack['gold_peak']:.3f} → {hack['gold_last']:.3f}, less than two standard errors of the difference "
+                f"(±{2 * diff_se(peak, last):.3f}); {corr}. Not evidence of over-optimisation, nor of a gain.</p>")
     if hack is not None:
         peak, last = rows[hack["peak"]], rows[-1]
         return (f'<p class=warning id="reward-hacking"><b>Proxy rose while gold fell after step {peak["step"]}: '
@@ -438,6 +458,9 @@ def snapshots_verdict(snaps: dict) -> str:
     if pick is start:
         return (f"<p class=ok>No update beat the start on the held-out proxy, so the chosen snapshot is the start "
                 f"(step {start['step']}); {corr}.</p>")
+    if within_noise(start, pick):
+        return (f"<p class=ok><b>Gold did not move beyond its noise:</b> {gain:+.3f} at the chosen {at} against the "
+                f"start, within two standard errors of the difference (±{2 * diff_se(start, pick):.3f}); {corr}.</p>")
     if gain > 0:
         return f"<p class=ok><b>Gold rose with proxy:</b> {gain:+.3f} at the chosen {at} against the start; {corr}.</p>"
     return (f"<p class=warning><b>Gold did not follow proxy:</b> the proxy chose {at}, "

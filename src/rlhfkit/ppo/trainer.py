@@ -29,6 +29,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -349,7 +350,7 @@ def rollout_metrics(r: Rollout, scores: torch.Tensor, adv: dict, beta: float) ->
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-HELD_OUT = ("rm_score", "gold_score", "kl", "grading_accuracy")  # eval's names; logged as eval/<name>
+HELD_OUT = ("rm_score", "gold_score", "gold_se", "kl", "grading_accuracy")  # eval's names; logged as eval/<name>
 
 
 @torch.no_grad()
@@ -377,7 +378,10 @@ def evaluate(cfg: PPOConfig, policy, reference, tok, prompts: list[list[int]], r
             ref_logp += [row[m].tolist() for row, m in zip(r.ref_logprobs, mask)]
     out = {"eval/rm_score": float(torch.cat(scores).mean()), "eval/kl": M.sampled_kl(logp, ref_logp)}
     if judge is not None:
-        out["eval/gold_score"] = M.mean(judge(records, texts))
+        gold = judge(records, texts)
+        out["eval/gold_score"] = M.mean(gold)
+        # its standard error over the held-out answers: the report calls a gold change noise when it is within ~2 of them
+        out["eval/gold_se"] = float(np.std(gold, ddof=1) / math.sqrt(len(gold))) if len(gold) > 1 else None
     graded = M.grading(texts, records, seed=cfg.seed)
     if graded is not None:
         out["eval/grading_accuracy"] = graded["accuracy"]
