@@ -12,7 +12,7 @@ TINY = {
     "sft": {"max_steps": 4, "batch_size": 4, "save_every": 2, "max_len": 128},
     "sample": {"limit": 6, "k": 3, "max_new_tokens": 8},
     "rm": {"model": "tiny-minilm", "max_steps": 3, "eval_every": 0, "save_every": 0, "eval_fraction": 0.34},
-    "ppo": {"max_steps": 2, "batch_size": 4, "max_new_tokens": 8, "save_every": 1},
+    "ppo": {"max_steps": 2, "batch_size": 4, "max_new_tokens": 8, "save_every": 1, "eval_every": 1},
     "eval": {"max_prompts": 4, "max_new_tokens": 8, "bootstrap": 50},
 }
 
@@ -110,7 +110,7 @@ def test_pipeline_end_to_end_on_the_tiny_model_resumes_an_interrupted_stage(tmp_
                                                                                      str(out / "prompts_train.jsonl"))
     snaps = json.loads((out / "ppo" / "snapshots.json").read_text())
     rows = snaps["snapshots"]
-    assert [r["step"] for r in rows] == [0, 1, 2]  # the recipe evaluates after every update
+    assert [r["step"] for r in rows] == [0, 1, 2]  # TINY evaluates after every update
     assert all(r["gold_score"] is not None and r["grading_accuracy"] is not None for r in rows)  # tutor: grading prompts
     # the final eval's ppo is the snapshot the held-out proxy chose
     assert snaps["chosen"] == 1 and rows[1]["path"] == "snapshots/step-0001"
