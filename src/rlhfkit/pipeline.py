@@ -7,7 +7,9 @@ stage with a marker is skipped, a stage folder without one is resumed from its c
 (iterated RLHF): each round's feedback is on the current policy's answers and the reward model trains on
 all rounds' feedback. ``--budget-minutes`` is kept by a planner (``budget.py``): a probe at the start and
 every finished stage measure this machine's speed, and the counts of the stages left are planned again
-before each starts, PPO getting the rest of the budget as a deadline.
+before each starts, PPO getting the rest of the budget as a deadline. A seeded split of the recipe's prompts
+(``dev_prompts``) is held out of sampling and PPO: PPO evaluates it every ``eval_every`` updates, keeps each
+evaluation as a numbered snapshot, and the final eval takes the snapshot with the best held-out proxy score.
 """
 
 from __future__ import annotations
