@@ -402,11 +402,12 @@ def chosen_policy(ppo_dir: Path) -> str:
     ``chosen``; the gold judge checks that choice in the report, it never makes it). The final policy instead when
     PPO kept no snapshots, when no update beat the start (step 0, the reference itself), or when the chosen
     snapshot's weights were not kept."""
-    path = ppo_dir / "snapshots.json"
-    if not path.exists():
+    from rlhfkit.tracking import read_snapshots
+
+    snaps = read_snapshots(ppo_dir)
+    if snaps is None:
         console.print("pipeline: PPO has no snapshots (no dev prompts): the final policy is evaluated")
         return str(ppo_dir)
-    snaps = json.loads(path.read_text(encoding="utf-8"))
     rows = {s["step"]: s for s in snaps["snapshots"]}
     pick, start, last = rows[snaps["chosen"]], rows[min(rows)], max(rows)
     why = (f"the highest held-out reward-model score of the {len(rows)} snapshots, {pick['rm_score']:.3f} "

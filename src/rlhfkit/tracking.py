@@ -29,6 +29,13 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def read_snapshots(ppo_dir: str | Path) -> dict | None:
+    """A PPO run folder's ``snapshots.json`` ({chosen, snapshots: [row per held-out evaluation]}); None when PPO
+    had no held-out prompts."""
+    path = Path(ppo_dir) / "snapshots.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 def truncate_metrics(path: str | Path, last_step: int) -> None:
     """Drop records logged after ``last_step`` (they belong to work the checkpoint does not hold)."""
     path = Path(path)

@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: the Agg canvas, no global state, no display needed
 
 from rlhfkit.eval import metrics as M
-from rlhfkit.tracking import read_metrics
+from rlhfkit.tracking import read_metrics, read_snapshots
 
 PPO_PANELS = [("score", "score (reward model / judge)"), ("kl", "KL to reference"), ("entropy", "entropy"),
               ("clipfrac", "clip fraction"), ("value_loss", "value loss"), ("response_len", "response length")]
@@ -152,12 +152,6 @@ def plot_frontier(ppo: list[dict], ev: dict | None) -> str | None:
 
 
 SNAPSHOTS = "PPO snapshots, held-out prompts"
-
-
-def read_snapshots(ppo_dir: Path) -> dict | None:
-    """``snapshots.json`` of a PPO run folder (None when PPO had no held-out prompts)."""
-    path = ppo_dir / "snapshots.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def has_scores(row: dict) -> bool:

@@ -50,7 +50,7 @@ from rlhfkit.ppo.rollout import Rollout, collect, concat, forward_tokens, model_
 from rlhfkit.ppo.value import ValueHead, ValueModel, can_be_value_model, fold_normalisation
 from rlhfkit.precision import autocast, resolve_precision
 from rlhfkit.sft import batch_indices
-from rlhfkit.tracking import truncate_metrics
+from rlhfkit.tracking import read_snapshots, truncate_metrics
 
 console = Console(stderr=True)
 
@@ -401,8 +401,7 @@ def keeps_snapshots(cfg: PPOConfig) -> bool:
 
 
 def snapshot_rows(out: Path) -> list[dict]:
-    path = out / "snapshots.json"
-    return json.loads(path.read_text(encoding="utf-8"))["snapshots"] if path.exists() else []
+    return (read_snapshots(out) or {}).get("snapshots", [])
 
 
 def write_snapshots(out: Path, rows: list[dict]) -> None:
