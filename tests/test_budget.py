@@ -115,3 +115,21 @@ def test_a_tiny_model_run_plans_less_when_its_budget_is_smaller(tmp_path, monkey
     assert all(narrow[s] <= wide[s] for s in STAGES) and narrow["ppo"] < wide["ppo"]
     assert sum(narrow.values()) < sum(wide.values())
     assert all(row["why"] for p in plans for row in p["stages"].values())
+
+
+def test_a_damaged_plan_json_is_a_clear_error_naming_the_file_and_line_and_a_bad_dev_prompts_too(tmp_path):
+    import shutil
+
+    from rlhfkit.budget import Planner
+    from rlhfkit.config import ConfigError
+
+    (tmp_path / "plan.json").write_text('{"probe": {"load_s": 2.5,\n  "step_s": }')
+    with pytest.raises(ConfigError, match=r"plan\.json: line 2: not valid JSON"):
+        Planner(tmp_path, {}, 15)
+    assert (tmp_path / "plan.json").read_text().startswith('{"probe"')  # left as it was
+    recipe = tmp_path / "recipe"
+    shutil.copytree(load_recipe("tutor").folder, recipe)
+    text = (recipe / "recipe.yaml").read_text().replace("dev_prompts: 24", "dev_prompts: many")
+    (recipe / "recipe.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: dev_prompts: expected a whole number of prompts ≥ 0, got 'many'"):
+        load_recipe(str(recipe))

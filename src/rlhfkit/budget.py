@@ -50,6 +50,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from rlhfkit.config import ConfigError
+
 console = Console(stderr=True)
 
 STAGES = ("sft", "sample", "rm", "ppo", "eval")
@@ -544,7 +546,11 @@ class Planner:
     def __init__(self, out: Path, sections: dict, budget_minutes: float, rounds: int = 1, *, ppo_cap: int | None = None,
                  deadline: bool = True, eval_reserve_minutes: float | None = None, n_dev: int = 0):
         self.path = out / "plan.json"
-        saved = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{self.path}: line {e.lineno}: not valid JSON ({e.msg}); delete it to measure this "
+                              "machine again (the stages' own outputs are untouched)") from None
         self.saved_probe: dict | None = saved.get("probe")
         self.started: dict = saved.get("started", {})
         self.plans: list = saved.get("plans", [])

@@ -78,6 +78,9 @@ def load_recipe(name_or_path: str) -> Recipe:
     for name in ("sft.jsonl", "prompts.jsonl", "eval.jsonl"):
         if not (folder / name).exists():
             raise ConfigError(f"{folder / name}: missing recipe data file")
+    dev = data.get("dev_prompts", 0)
+    if isinstance(dev, bool) or not isinstance(dev, int) or dev < 0:
+        raise ConfigError(f"{path}: dev_prompts: expected a whole number of prompts ≥ 0, got {dev!r}")
     if folder.resolve().is_relative_to(Path.cwd()):
         folder = folder.resolve().relative_to(Path.cwd())  # run folders and reports then name no machine path
     return Recipe(name=folder.name, folder=folder, **data)
