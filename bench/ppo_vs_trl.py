@@ -399,7 +399,7 @@ def main() -> None:
     if args.generate:
         return generation_bench(args.rounds + 1, SETTINGS["max_new_tokens"])
     paths = prepare(ROOT / "bench" / "out" / "ppo_vs_trl-models")
-    peer_python = ensure_peer_venv(PEER_VENV)
+    peer_python = ensure_peer_venv(PEER_VENV) if "peer" in args.configs.split(",") else None  # ours alone: no peer venv
     roofline = measure_roofline(args.threads)
     runs: dict[str, list[dict]] = {}
     names = {"A": "ours A", "peer": "peer A", "B": "ours B", "Bbf16": "ours B bf16", "Brecipe": "ours B recipe"}
