@@ -6,7 +6,7 @@ Needs Stable-Baselines3 (it installs nothing itself):  pip install -e ".[bench]"
 
 For each seed it runs, one after the other in this process, SB3's PPO with the rl-zoo CartPole-v1
 hyper-parameters, ours with the same hyper-parameters, and ours with its defaults (CleanRL's). Every run
-is evaluated with the same routine (``rlhfkit.rl.trainer.evaluate``: deterministic actions, the same
+is evaluated with the same routine (``rlhfkit.stages.gym_ppo.evaluate``: deterministic actions, the same
 evaluation seeds) every ``--eval-every`` steps; evaluation time is excluded from the wall-clock. Torch
 uses one thread in every run. Prints a Markdown table for bench/RESULTS.md and writes the raw numbers
 as JSON (``--json``).
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rlhfkit.config import GymConfig
-from rlhfkit.rl.trainer import EVAL_SEED, evaluate, train_gym
+from rlhfkit.stages.gym_ppo import EVAL_SEED, evaluate, train_gym
 from rlhfkit.tracking import read_metrics
 
 ENV = "CartPole-v1"

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from rlhfkit.config import PPOConfig
-from rlhfkit.ppo.trainer import train_ppo
+from rlhfkit.stages.ppo import train_ppo
 from rlhfkit.tracking import read_metrics
 
 RECIPE = Path("src/rlhfkit/recipes/sentiment")

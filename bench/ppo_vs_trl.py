@@ -94,7 +94,7 @@ def ours_config(name: str, paths: dict, updates: int, output: str):
     if name == "A":
         return PPOConfig(reward=paths["rm-smollm2"], lora=False, value_model="reward", num_minibatches=1, **common)
     if name == "Brecipe":
-        from rlhfkit.pipeline import load_recipe
+        from rlhfkit.stages.pipeline import load_recipe
 
         recipe = load_recipe("tutor").ppo
         keep = {k: recipe[k] for k in ("lora", "batch_size", "samples_per_prompt", "num_minibatches", "grad_accum", "ppo_epochs",
@@ -109,8 +109,8 @@ def ours_config(name: str, paths: dict, updates: int, output: str):
 
 def ours_worker(job: dict, result: str) -> None:
     """Our trainer for ``updates`` steps; checkpoint writing is switched off (the bench measures updates)."""
-    import rlhfkit.ppo.trainer as trainer
-    from rlhfkit.precision import resolve_precision
+    import rlhfkit.stages.ppo as trainer
+    from rlhfkit.accel.precision import resolve_precision
     from rlhfkit.tracking import read_metrics
 
     trainer.save_checkpoint = lambda *a, **k: None
@@ -229,9 +229,9 @@ def instrument() -> list[dict]:
     """
     import torch
 
-    import rlhfkit.ppo.rollout as rollout
-    import rlhfkit.ppo.trainer as trainer
-    from rlhfkit.ppo.value import ValueModel
+    import rlhfkit.models.rollout as rollout
+    import rlhfkit.stages.ppo as trainer
+    from rlhfkit.models.value import ValueModel
 
     steps: list[dict] = []
     current: dict = {}
@@ -272,7 +272,7 @@ def measure_roofline(threads: int) -> dict[str, float]:
     """
     import torch
 
-    from rlhfkit.models.cpu_linear import onednn_linear_available, onednn_mm
+    from rlhfkit.accel.cpu_linear import onednn_linear_available, onednn_mm
 
     torch.set_num_threads(threads)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
@@ -338,8 +338,8 @@ def generation_bench(repeats: int, new_tokens: int) -> None:
     from rlhfkit.data.formats import prompt_messages, read_records
     from rlhfkit.data.tokenize import encode_prompt, left_pad
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-    from rlhfkit.ppo.rollout import sample
-    from rlhfkit.ppo.trainer import fast_cpu_linears
+    from rlhfkit.models.rollout import sample
+    from rlhfkit.stages.ppo import fast_cpu_linears
 
     torch.set_num_threads(SETTINGS["threads"])
     tok = load_tokenizer("default")

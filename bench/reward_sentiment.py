@@ -22,8 +22,8 @@ from rlhfkit.config import RewardConfig, SimulateConfig
 from rlhfkit.data.formats import ranking_to_pairs
 from rlhfkit.feedback.simulate import simulate_feedback
 from rlhfkit.judges import get_judge
-from rlhfkit.reward import gold_groups, prompt_key, score_groups, train_reward
-from rlhfkit.sample import read_candidates
+from rlhfkit.stages.reward_model import gold_groups, prompt_key, score_groups, train_reward
+from rlhfkit.stages.sample import read_candidates
 from rlhfkit.tracking import read_metrics
 
 

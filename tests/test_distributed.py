@@ -11,7 +11,7 @@ import torch
 from rlhfkit import distributed as dist
 from rlhfkit.config import ConfigError, SFTConfig
 from rlhfkit.data.formats import read_records
-from rlhfkit.sft import train_sft
+from rlhfkit.stages.sft import train_sft
 from rlhfkit.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,8 +155,8 @@ def rm_args(data: Path, out: Path, max_steps: int) -> list[str]:
 @ONE_PROCESS_ON_CPU
 def test_reward_model_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(tmp_path):
     from rlhfkit.config import RewardConfig
-    from rlhfkit.reward import train_reward
-    from tests.test_reward import token_preference_data
+    from rlhfkit.stages.reward_model import train_reward
+    from tests.stages.test_reward_model import token_preference_data
 
     data = token_preference_data(tmp_path, n_prompts=40, k=3)  # 3 pairs per prompt, of uneven lengths
     train_reward(RewardConfig(model="tiny-minilm", data=str(data), output=str(tmp_path / "one"), max_steps=8, batch_size=8,
@@ -177,7 +177,7 @@ def test_reward_model_under_two_gloo_processes_follows_the_one_process_curve_and
     assert got[-1]["loss"] < got[0]["loss"]
     # The saved models score alike up to a constant: a score offset gets no Bradley–Terry gradient, so Adam turns
     # float noise in the head's bias into steps of size lr (measured: bias 7e-4 apart, score gaps < 1e-5 apart).
-    from rlhfkit.reward import RewardScorer, build_groups, flatten
+    from rlhfkit.stages.reward_model import RewardScorer, build_groups, flatten
 
     prompts, responses, _ = flatten(build_groups(read_records(data, "auto")))
     a, b = RewardScorer.load(tmp_path / "one").score(prompts, responses), RewardScorer.load(two).score(prompts, responses)
@@ -188,7 +188,7 @@ def test_reward_model_under_two_gloo_processes_follows_the_one_process_curve_and
 
 
 def test_reward_model_shares_losses_add_up_to_the_whole_batch_loss():
-    from rlhfkit.reward import batch_loss, build_groups, flatten, loss_counts
+    from rlhfkit.stages.reward_model import batch_loss, build_groups, flatten, loss_counts
 
     records = [{"prompt": "p1", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]},
                {"prompt": "p2", "chosen": "x", "rejected": "y", "margin": 0.5},
@@ -223,7 +223,7 @@ def ppo_args(prompts: Path, out: Path, max_steps: int) -> list[str]:
 @ONE_PROCESS_ON_CPU
 def test_ppo_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(tmp_path):
     from rlhfkit.config import PPOConfig
-    from rlhfkit.ppo.trainer import train_ppo
+    from rlhfkit.stages.ppo import train_ppo
     from tests.conftest import write_jsonl
 
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": t} for t in PPO_PROMPTS])
@@ -252,8 +252,8 @@ def test_ppo_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(
 
 
 def test_sampling_noise_belongs_to_a_row_of_the_global_batch_whatever_the_split():
-    from rlhfkit.ppo.rollout import inverse_cdf
-    from rlhfkit.ppo.trainer import step_uniforms
+    from rlhfkit.models.rollout import inverse_cdf
+    from rlhfkit.stages.ppo import step_uniforms
 
     whole = step_uniforms(0, 3, 4, 0, 4)
     halves = [step_uniforms(0, 3, 4, 0, 2), step_uniforms(0, 3, 4, 2, 4)]
@@ -267,8 +267,8 @@ def test_sampling_noise_belongs_to_a_row_of_the_global_batch_whatever_the_split(
 
 def test_reward_and_ppo_batches_that_do_not_split_over_the_processes_are_config_errors(tmp_path, monkeypatch):
     from rlhfkit.config import PPOConfig, RewardConfig
-    from rlhfkit.ppo.trainer import train_ppo
-    from rlhfkit.reward import train_reward
+    from rlhfkit.stages.ppo import train_ppo
+    from rlhfkit.stages.reward_model import train_reward
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="batch_size: 8 prompts .* 3 processes"):

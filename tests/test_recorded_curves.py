@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.config import PPOConfig, RewardConfig, SFTConfig
-from rlhfkit.ppo.trainer import train_ppo
-from rlhfkit.reward import train_reward
-from rlhfkit.sft import train_sft
+from rlhfkit.stages.ppo import train_ppo
+from rlhfkit.stages.reward_model import train_reward
+from rlhfkit.stages.sft import train_sft
 from rlhfkit.tracking import read_metrics
 from tests.conftest import write_jsonl
-from tests.test_reward import token_preference_data
+from tests.stages.test_reward_model import token_preference_data
 
 RECORDED = Path(__file__).parent / "recorded_curves.json"
 PPO_KEYS = ["score", "kl", "policy_loss", "value_loss", "entropy", "approx_kl"]

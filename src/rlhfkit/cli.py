@@ -53,7 +53,7 @@ def sft(
 ):
     """Supervised fine-tuning (loss on response tokens only), full or LoRA."""
     from rlhfkit.config import SFTConfig
-    from rlhfkit.sft import train_sft
+    from rlhfkit.stages.sft import train_sft
 
     cfg = resolve(SFTConfig, config, set_, model=model, data=data, output=output, max_steps=max_steps,
                   batch_size=batch_size, lr=lr, lora=lora, resume=resume, report_to=report_to, seed=seed)
@@ -81,7 +81,7 @@ def generate(
     import json
 
     from rlhfkit.config import GenerateConfig
-    from rlhfkit.generation import generate_file
+    from rlhfkit.models.generation import generate_file
 
     cfg = resolve(GenerateConfig, config, set_, model=model, max_new_tokens=max_new_tokens, temperature=temperature,
                   top_p=top_p, top_k=top_k, batch_size=batch_size, chat=not no_chat, generation=generation, seed=seed)
@@ -113,7 +113,7 @@ def sample(
 ):
     """K candidate responses per prompt, with the model and sampling settings recorded (resumable)."""
     from rlhfkit.config import SampleConfig
-    from rlhfkit.sample import sample_candidates
+    from rlhfkit.stages.sample import sample_candidates
 
     cfg = resolve(SampleConfig, config, set_, model=model, prompts=prompts, k=k, output=output, max_new_tokens=max_new_tokens,
                   temperature=temperature, top_p=top_p, top_k=top_k, batch_size=batch_size, seed=seed)
@@ -436,7 +436,7 @@ def rm_train(
 ):
     """Train a reward model (Bradley–Terry) from any mix of feedback; stores normalisation stats."""
     from rlhfkit.config import RewardConfig
-    from rlhfkit.reward import RewardHealthError, train_reward
+    from rlhfkit.stages.reward_model import RewardHealthError, train_reward
 
     cfg = resolve(RewardConfig, config, set_, model=model, data=data, output=output, max_steps=max_steps,
                   batch_size=batch_size, lr=lr, lora=lora, eval_data=eval_data, resume=resume, report_to=report_to, seed=seed)
@@ -462,7 +462,7 @@ def rm_score(
     """Score responses with a reward model; prints {"n","mean","std"} of the scores as JSON."""
     import json
 
-    from rlhfkit.reward import score_file
+    from rlhfkit.stages.reward_model import score_file
 
     summary = score_file(model, data, output, batch_size, normalize)
     typer.echo(json.dumps(summary))
@@ -479,7 +479,7 @@ def rm_eval(
     """Pair accuracy, loss and reward gap of a reward model on feedback; prints JSON with "accuracy"."""
     import json
 
-    from rlhfkit.reward import eval_file
+    from rlhfkit.stages.reward_model import eval_file
 
     typer.echo(json.dumps(eval_file(model, data, judge, batch_size)))
 
@@ -503,7 +503,7 @@ def ppo(
 ):
     """PPO against a reward model or a gold judge (KL penalty, GAE, clipped losses, health checks)."""
     from rlhfkit.config import PPOConfig
-    from rlhfkit.ppo.trainer import PPOHealthError, train_ppo
+    from rlhfkit.stages.ppo import PPOHealthError, train_ppo
 
     cfg = resolve(PPOConfig, config, set_, policy=policy, reward=reward, prompts=prompts, output=output,
                   max_steps=max_steps, batch_size=batch_size, max_new_tokens=max_new_tokens, ppo_epochs=ppo_epochs,
@@ -539,7 +539,7 @@ def gym(
     import json
 
     from rlhfkit.config import GymConfig
-    from rlhfkit.rl.trainer import train_gym
+    from rlhfkit.stages.gym_ppo import train_gym
 
     cfg = resolve(GymConfig, config, set_, env_id=env_id, output=output, total_steps=total_steps,
                   eval_episodes=eval_episodes, num_envs=num_envs, lr=lr, resume=resume, report_to=report_to, seed=seed)
@@ -567,7 +567,7 @@ def eval_(
     from rich.table import Table
 
     from rlhfkit.config import EvalConfig
-    from rlhfkit.eval.evaluate import evaluate_models
+    from rlhfkit.stages.evaluate import evaluate_models
 
     cfg = resolve(EvalConfig, config, set_, models=model or None, prompts=prompts, output=output, judge=judge,
                   reward=reward, reference=reference, best_of=best_of, sft_data=sft_data,
@@ -622,12 +622,12 @@ def pipeline(
     config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
 ):
     """Every stage in order (SFT → sample → feedback → reward model → PPO → eval → report), resuming finished ones."""
-    from rlhfkit.pipeline import PipelineConfig, run_pipeline
+    from rlhfkit.stages.pipeline import PipelineConfig, run_pipeline
 
     cfg = resolve(PipelineConfig, config, set_, recipe=recipe, output=output, model=model, budget_minutes=budget_minutes,
                   feedback=feedback, db=db, wait=wait, rounds=rounds, best_of=best_of, seed=seed)
-    from rlhfkit.ppo.trainer import PPOHealthError
-    from rlhfkit.reward import RewardHealthError
+    from rlhfkit.stages.ppo import PPOHealthError
+    from rlhfkit.stages.reward_model import RewardHealthError
 
     try:
         run_pipeline(cfg)

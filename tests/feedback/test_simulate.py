@@ -6,7 +6,7 @@ from rlhfkit.data.formats import RecordError, ranking_to_pairs, read_records
 from rlhfkit.feedback.simulate import simulate_feedback
 from rlhfkit.judges import get_judge
 from tests.conftest import write_jsonl
-from tests.test_reward import cli
+from tests.stages.test_reward_model import cli
 
 
 def candidates_file(tmp_path, n_prompts=60, lengths=(1, 2, 3, 4)):

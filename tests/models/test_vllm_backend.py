@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhfkit.config import ConfigError
-from rlhfkit.generation import generate_ids, make_generator
+from rlhfkit.models.generation import generate_ids, make_generator
 from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
 from rlhfkit.models.vllm_backend import VLLMGenerator, hf_weights
 

@@ -6,7 +6,7 @@ import pytest
 
 from rlhfkit.data.formats import read_records
 from rlhfkit.judges import get_judge
-from rlhfkit.recipes.judges import VERDICTS, mark_of, verdict_of
+from rlhfkit.judges.recipes import VERDICTS, mark_of, verdict_of
 
 RECIPES = Path(__file__).resolve().parents[2] / "src" / "rlhfkit" / "recipes"
 

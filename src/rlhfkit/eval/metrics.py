@@ -99,7 +99,7 @@ def grading(texts: Sequence[str], records: Sequence[dict], n_boot: int = 1000, c
             per_prompt: int = 1) -> dict | None:
     """:func:`grading_accuracy` of the replies to grading prompts (records with a gold ``verdict``), each reply's
     verdict read from its opening; None when no record is a grading prompt."""
-    from rlhfkit.recipes.judges import VERDICTS, verdict_of
+    from rlhfkit.judges.recipes import VERDICTS, verdict_of
 
     graded = [i for i, r in enumerate(records) if r.get("verdict") in VERDICTS]
     if not graded:

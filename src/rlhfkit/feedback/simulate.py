@@ -25,7 +25,7 @@ from rich.console import Console
 
 from rlhfkit.config import SimulateConfig
 from rlhfkit.data.formats import write_records
-from rlhfkit.sample import read_candidates
+from rlhfkit.stages.sample import read_candidates
 
 console = Console(stderr=True)
 

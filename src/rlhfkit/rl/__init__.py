@@ -1,4 +1,6 @@
-"""Classic PPO on Gymnasium environments (``rlhf gym``), sharing ``rlhfkit.ppo`` losses and advantages.
+"""The RL maths, torch only: per-token rewards and advantages (``advantages.py``), the clipped losses
+(``losses.py``), health checks (``health.py``) and running statistics (``normalize.py``).
 
-``agent.py`` the MLP actor-critic, ``normalize.py`` running statistics, ``trainer.py`` the loop.
+Every stage that optimises a policy (PPO on language models, PPO on Gymnasium) imports these; they import
+no stage and no model code.
 """

@@ -1,0 +1,196 @@
+"""PPO losses and per-token quantities from logits, shared by the language-model and Gymnasium trainers.
+
+Pure functions on tensors; ``mask`` (same shape as the per-token tensors, 1 = counts) keeps padding out of
+every mean, so masked positions carry neither loss nor gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlhfkit.accel import cpu_linear
+from rlhfkit.accel.cpu_linear import onednn_mm
+from rlhfkit.rl.advantages import masked_mean, masked_var
+
+# exp() of arguments below about −87 (a result under fp32's smallest normal number) takes a slow path in
+# torch's vectorised CPU exp: ~10× the time per element. Softmax terms e^(x − max) below e^−80 ≈ 2e−35 are far
+# under fp32's resolution of a sum that is ≥ 1, so the arguments are clamped there first: the same sums, the
+# same probabilities to within 2e−35 each, and a vocabulary-wide exp that runs at full speed.
+EXP_FLOOR = -80.0
+
+
+def policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor | None = None, clip_eps: float = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate objective (Schulman et al. 2017), as a loss to minimise.
+
+    Returns ``(loss, stats)``; stats (detached 0-d tensors): clipfrac, approx_kl ((r−1) − log r, Schulman's
+    unbiased low-variance estimator), approx_kl_sq (½·(Δ log p)²), ratio_mean, ratio_max.
+    """
+    logratio = logprobs - old_logprobs
+    ratio = torch.exp(logratio)  # importance ratio π_θ / π_old
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)  # ratio clipping
+    loss = masked_mean(torch.max(pg_loss1, pg_loss2), mask)  # pessimistic bound of the two
+    with torch.no_grad():
+        valid = ratio if mask is None else ratio[mask.bool()]
+        stats = {
+            "clipfrac": masked_mean((pg_loss2 > pg_loss1).to(ratio.dtype), mask),  # share where the clip bites
+            "approx_kl": masked_mean((ratio - 1.0) - logratio, mask),
+            "approx_kl_sq": masked_mean(0.5 * logratio**2, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": valid.max() if valid.numel() else ratio.new_tensor(1.0),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor | None = None, clip_eps: float | None = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped value loss ½·max((v − R)², (clip(v) − R)²), clip(v) within ±clip_eps of the rollout value.
+
+    ``clip_eps=None`` turns value clipping off (plain ½·(v − R)²). Stats: vf_clipfrac.
+    """
+    vf_loss1 = (values - returns) ** 2
+    if clip_eps is None:
+        return 0.5 * masked_mean(vf_loss1, mask), {"vf_clipfrac": values.new_tensor(0.0)}
+    values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)  # value clipping
+    vf_loss2 = (values_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(vf_loss1, vf_loss2), mask)
+    with torch.no_grad():
+        stats = {"vf_clipfrac": masked_mean((vf_loss2 > vf_loss1).to(values.dtype), mask)}
+    return loss, stats
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of the softmax over the last dimension, per position: logsumexp(l) − Σ softmax(l)·l."""
+    logits = logits.float()
+    logits = logits - logits.max(dim=-1, keepdim=True).values  # shift: no precision loss for large logits
+    probs = torch.softmax(logits, dim=-1)
+    return logsumexp(logits) - (probs * logits).sum(dim=-1)
+
+
+def logsumexp(x: Tensor) -> Tensor:
+    """``torch.logsumexp`` over the last dimension of finite ``x``, with its exp kept off the slow path (EXP_FLOOR)."""
+    top = x.detach().amax(dim=-1, keepdim=True)
+    return (x - top).clamp(min=EXP_FLOOR).exp().sum(dim=-1).log() + top.squeeze(-1)
+
+
+def logprobs_from_logits(
+    logits: Tensor, labels: Tensor, temperature: float = 1.0, chunk_size: int = 1024
+) -> Tensor:
+    """log softmax(logits / temperature)[label] per position, shape ``labels.shape``.
+
+    logits: (..., vocab); labels: (...). Rows are processed ``chunk_size`` at a time with logsumexp, so a
+    float log-softmax of the full (batch, T, vocab) tensor is never built (vocab is ~49k).
+    The sampling temperature divides the logits here as it did in the rollout (DESIGN §4.6).
+    """
+    vocab = logits.shape[-1]
+    flat_logits = logits.reshape(-1, vocab)
+    flat_labels = labels.reshape(-1, 1)
+    out = []
+    for start in range(0, flat_logits.shape[0], chunk_size):
+        chunk = flat_logits[start : start + chunk_size].float()
+        if temperature != 1.0:
+            chunk = chunk / temperature
+        picked = chunk.gather(-1, flat_labels[start : start + chunk_size]).squeeze(-1)
+        out.append(picked - logsumexp(chunk))
+    if not out:
+        return logits.new_zeros(labels.shape, dtype=torch.float32)
+    return torch.cat(out).reshape(labels.shape)
+
+
+class LinearLogprobs(torch.autograd.Function):
+    """log softmax((hidden · Wᵀ + b) / T)[label] per row, with a hand-written backward.
+
+    The same numbers as ``logprobs_from_logits(F.linear(hidden, W, b), labels, T)``, without autograd's
+    vocabulary-wide temporaries: the plain route keeps the logits, their ÷T copy and the log-softmax's
+    intermediates, and its backward builds a zero (rows, vocab) tensor for the gather plus three more
+    elementwise passes over it. Each of those is a fresh ~25 MB allocation per 128 rows, and on a CPU a
+    fresh allocation is a page fault per 4 KB: together ~0.4 s of a 1.6 s LoRA minibatch of 4 × 92 tokens.
+    Here the forward keeps one logits buffer per chunk of rows (only when a gradient is needed) and the
+    backward turns it in place into the gradient (softmax − one-hot) · −g / T. Backward runs once (the
+    buffers are consumed), as PPO's does.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, temperature: float, chunk_rows: int):
+        keep = any(ctx.needs_input_grad[:3])
+        dnn = cpu_linear.applies(hidden, weight)  # fp32 on the CPU: oneDNN's products
+        out = hidden.new_empty(hidden.shape[0])
+        lse = hidden.new_empty(hidden.shape[0])
+        scratch, buffers = None, []
+        for s in range(0, hidden.shape[0], chunk_rows):
+            h = hidden[s : s + chunk_rows]
+            if dnn:
+                logits = onednn_mm(h, weight, bias)
+            else:
+                logits = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
+            if temperature != 1.0:
+                logits.div_(temperature)
+            top = logits.amax(-1, keepdim=True)
+            if scratch is None or scratch.shape[0] < len(h):
+                scratch = torch.empty_like(logits)
+            shifted = torch.sub(logits, top, out=scratch[: len(h)]).clamp_(min=EXP_FLOOR).exp_()
+            lse[s : s + len(h)] = top.squeeze(-1) + shifted.sum(-1).log()
+            out[s : s + len(h)] = logits.gather(1, labels[s : s + chunk_rows, None]).squeeze(1) - lse[s : s + len(h)]
+            if keep:
+                buffers.append(logits)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.buffers, ctx.temperature, ctx.chunk_rows, ctx.dnn = buffers, temperature, chunk_rows, dnn
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.buffers is None:
+            raise RuntimeError("LinearLogprobs: backward can run once (its buffers are consumed)")
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        g = (grad_out.to(hidden.dtype) / ctx.temperature)[:, None]  # ∂/∂logits of logits/T
+        with torch.autocast(hidden.device.type, enabled=False):
+            for i, s in enumerate(range(0, hidden.shape[0], ctx.chunk_rows)):
+                p = ctx.buffers[i]
+                e = s + p.shape[0]
+                p.sub_(lse[s:e, None]).clamp_(min=EXP_FLOOR).exp_().mul_(-g[s:e])  # softmax · (−g/T)
+                p.scatter_add_(1, labels[s:e, None], g[s:e])  # + one-hot · g/T
+                if need_h and ctx.dnn:
+                    grad_h[s:e] = onednn_mm(p, weight.t())
+                elif need_h:
+                    torch.mm(p, weight, out=grad_h[s:e])
+                if need_w and ctx.dnn and grad_w is None:  # the first chunk's product is the gradient: no zeros + add
+                    grad_w = onednn_mm(p.t(), hidden[s:e].t())
+                elif need_w:
+                    if grad_w is None:
+                        grad_w = torch.zeros_like(weight)
+                    grad_w.addmm_(p.t(), hidden[s:e])
+                if need_b:
+                    grad_b += p.sum(0)
+                ctx.buffers[i] = None
+        ctx.buffers = None
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def linear_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, temperature: float = 1.0,
+                    chunk_rows: int = 256) -> Tensor:
+    """log softmax((hidden · Wᵀ + b) / T)[label]: (...,) for hidden (..., H), labels (...); fp32, autocast off.
+
+    Rows go through ``chunk_rows`` at a time (256 × 49k logits = 50 MB), so no (rows, vocab) tensor of the
+    whole batch is built; see :class:`LinearLogprobs` for the gradient.
+    """
+    shape = labels.shape
+    with torch.autocast(hidden.device.type, enabled=False):
+        flat = hidden.reshape(-1, hidden.shape[-1]).float()
+        out = LinearLogprobs.apply(flat, weight.float(), None if bias is None else bias.float(),
+                                   labels.reshape(-1).long(), temperature, chunk_rows)
+    return out.reshape(shape)
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor | None = None) -> Tensor:
+    """1 − Var(R − v) / Var(R): 1 is a perfect value function, ≤ 0 no better than a constant (NaN if Var(R) = 0)."""
+    var_returns = masked_var(returns, mask, unbiased=False)
+    var_residual = masked_var(returns - values, mask, unbiased=False)
+    return torch.where(var_returns > 0, 1.0 - var_residual / var_returns, torch.full_like(var_returns, float("nan")))

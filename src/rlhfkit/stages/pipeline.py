@@ -1,0 +1,427 @@
+"""``rlhf pipeline``: SFT → sample → feedback → reward model → PPO → eval → report, one command.
+
+A recipe (``recipes/<name>/recipe.yaml``) holds one section per stage whose keys are that stage's config
+keys; the pipeline fills in the paths. Each stage writes a ``.done.json`` marker when it finishes: a
+stage with a marker is skipped, a stage folder without one is resumed from its checkpoint. With
+``--rounds N`` the loop sample → feedback → reward model → PPO runs again from the newest policy
+(iterated RLHF): each round's feedback is on the current policy's answers and the reward model trains on
+all rounds' feedback. ``--budget-minutes`` is kept by a planner (``budget.py``): a probe at the start and
+every finished stage measure this machine's speed, and the counts of the stages left are planned again
+before each starts, PPO getting the rest of the budget as a deadline. A seeded split of the recipe's prompts
+(``dev_prompts``) is held out of sampling and PPO: PPO evaluates it every ``eval_every`` updates, keeps each
+evaluation as a numbered snapshot, and the final eval takes the snapshot with the best held-out proxy score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from rich.console import Console
+
+from rlhfkit.stages.budget import COUNTS, Planner, count_lines
+from rlhfkit.config import (ConfigError, EvalConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig, SimulateConfig,
+                            from_dict, save_config, to_dict)
+from rlhfkit.data.formats import read_records, write_records
+
+console = Console(stderr=True)
+
+RECIPES_DIR = Path(__file__).parent.parent / "recipes"
+# Counts the budget's planner sets (the rest of each section is taken as written).
+SCALED = {stage: [key] for stage, key in COUNTS.items()}
+
+
+@dataclass
+class Recipe:
+    """A recipe folder: ``recipe.yaml`` plus ``sft.jsonl``, ``prompts.jsonl``, ``eval.jsonl``."""
+
+    name: str
+    folder: Path
+    judge: str  # gold judge for simulated feedback and evaluation
+    budget_minutes: float  # the budget the stage settings below were sized for (2-core CPU)
+    description: str = ""
+    dev_prompts: int = 32  # prompts.jsonl prompts held out (seeded) for PPO's snapshot evaluations, never trained on; 0: none
+    sft: dict = field(default_factory=dict)
+    sample: dict = field(default_factory=dict)
+    feedback: dict = field(default_factory=dict)
+    rm: dict = field(default_factory=dict)
+    ppo: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.parent.name for p in RECIPES_DIR.glob("*/recipe.yaml"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A recipe by name (shipped) or by folder path."""
+    folder = Path(name_or_path)
+    if not (folder / "recipe.yaml").exists():
+        folder = RECIPES_DIR / name_or_path
+    path = folder / "recipe.yaml"
+    if not path.exists():
+        raise ConfigError(f"{name_or_path}: no such recipe (known: {', '.join(available_recipes())})")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    known = {"judge", "budget_minutes", "dev_prompts", "description", "sft", "sample", "feedback", "rm",
+             "ppo", "eval"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{path}: {key}: unknown recipe key (known: {', '.join(sorted(known))})")
+    for key in ("judge", "budget_minutes"):
+        if key not in data:
+            raise ConfigError(f"{path}: {key}: missing")
+    for name in ("sft.jsonl", "prompts.jsonl", "eval.jsonl"):
+        if not (folder / name).exists():
+            raise ConfigError(f"{folder / name}: missing recipe data file")
+    dev = data.get("dev_prompts", 0)
+    if isinstance(dev, bool) or not isinstance(dev, int) or dev < 0:
+        raise ConfigError(f"{path}: dev_prompts: expected a whole number of prompts ≥ 0, got {dev!r}")
+    if folder.resolve().is_relative_to(Path.cwd()):
+        folder = folder.resolve().relative_to(Path.cwd())  # run folders and reports then name no machine path
+    return Recipe(name=folder.name, folder=folder, **data)
+
+
+def is_done(folder: Path) -> bool:
+    return (folder / ".done.json").exists()
+
+
+def mark_done(folder: Path, info: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".done.json").write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
+
+
+def run_stage(name: str, folder: Path, fn: Callable[[], Any]) -> Any:
+    """Run one stage unless its marker says it finished; time it and mark it done."""
+    if is_done(folder):
+        console.print(f"[green]pipeline: {name}: done already ({folder}), skipped[/green]")
+        return None
+    resumed = folder.exists()
+    console.rule(f"pipeline: {name}" + (" (resuming)" if resumed else ""))
+    t0 = time.perf_counter()
+    result = fn()
+    mark_done(folder, {"stage": name, "seconds": round(time.perf_counter() - t0, 1)})
+    console.print(f"pipeline: {name} finished in {time.perf_counter() - t0:.0f} s")
+    return result
+
+
+class BudgetClock:
+    """Minutes of the budget spent by this run folder, across reruns: a rerun continues the budget, not a new one.
+
+    Saved to ``budget_clock.json`` whenever a stage ends, however it ends (finished, failed, Ctrl-C).
+    """
+
+    def __init__(self, out: Path):
+        self.path = out / "budget_clock.json"
+        self.before = json.loads(self.path.read_text(encoding="utf-8"))["spent_s"] if self.path.exists() else 0.0
+        self.t0 = time.monotonic()
+
+    def seconds(self) -> float:
+        return self.before + time.monotonic() - self.t0
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps({"spent_s": round(self.seconds(), 1)}), encoding="utf-8")
+
+
+@dataclass
+class PipelineConfig:
+    """The whole pipeline for one recipe."""
+
+    recipe: str = "tutor"  # recipe name (recipes/<name>/) or a recipe folder
+    output: str = "runs/pipeline"  # run folder: sft/, candidates.jsonl, feedback.jsonl, rm/, ppo/, eval/, report.html
+    model: str = "default"  # starting model spec
+    budget_minutes: float | None = None  # the run ends near this many minutes: counts planned from measured speed (None: the recipe's own)
+    feedback: str = "simulated"  # simulated (gold-judge annotators) | app (the feedback app's database)
+    db: str = "feedback.db"  # feedback app database (with feedback: app)
+    target: int = 0  # feedback app: answers to wait for before training the reward model (0: one per task)
+    wait: bool = True  # feedback app: wait for the target (False: use the answers already there)
+    poll_seconds: float = 10.0  # feedback app: seconds between progress checks while waiting
+    rounds: int = 1  # sample → feedback → reward model → PPO rounds (iterated RLHF)
+    overrides: dict = field(default_factory=dict)  # per-stage keys over the recipe's, e.g. {rm: {model: tiny-minilm}}
+    best_of: int = 0  # eval: add the reference's best-of-N answers by reward-model score as a baseline
+    deadline: bool = True  # PPO stops early (after an update, checkpoint saved) when the budget would be overrun
+    eval_reserve_minutes: float | None = None  # minutes of the budget kept for eval and the report, eval then at its count (None: planned from measured speed)
+    seed: int = 0
+    threads: int = 0  # torch threads (0: leave torch's default)
+
+
+def stage_config(cls: type, section: dict, where: str, **fixed: Any):
+    """A stage config from a recipe section plus the pipeline's paths (which win)."""
+    return from_dict(cls, {**section, **{k: v for k, v in fixed.items() if v is not None}}, where)
+
+
+def round_dir(out: Path, r: int) -> Path:
+    """Round 1 lives in the run folder itself (so the report finds rm/ and ppo/); later rounds in round<r>/."""
+    return out if r == 1 else out / f"round{r}"
+
+
+def app_feedback(cfg: PipelineConfig, recipe: Recipe, candidates: Path, feedback: Path, round_no: int) -> None:
+    """Feedback from people: import the candidates into the app, wait for answers, export them."""
+    from rlhfkit.feedback.db import Database
+    from rlhfkit.feedback.export import export_records, stats
+    from rlhfkit.feedback.importer import import_candidates
+
+    project = f"{recipe.name}-{Path(cfg.output).name}-r{round_no}"
+    kinds = recipe.feedback.get("kinds", ["rank", "compare"])
+    db = Database(cfg.db)
+    marker = feedback.with_suffix(".imported")
+    if not marker.exists():
+        import_candidates(db, project, candidates, kinds)
+        marker.write_text(project)
+    console.print(f"pipeline: annotate project [bold]{project}[/bold]: start the app with "
+                  f"`rlhf feedback serve --db {cfg.db}` and open http://127.0.0.1:8000/ with an annotator token "
+                  f"(`rlhf feedback add-annotator --db {cfg.db} ...`)")
+    while cfg.wait:
+        st = stats(db, project)
+        done, total = st.get("answers", 0), cfg.target or st.get("tasks", 0)
+        console.print(f"pipeline: feedback {done}/{total} answers")
+        if done >= total:
+            break
+        time.sleep(cfg.poll_seconds)
+    n = write_records(feedback, export_records(db, project))
+    if n == 0:
+        raise RuntimeError(f"project {project}: no answers to export yet; annotate some tasks or rerun with --no-wait later")
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    """Run (or resume) every stage; returns the evaluation summary."""
+    from rlhfkit.stages.evaluate import evaluate_models
+    from rlhfkit.eval.report import build_report, summary_lines
+    from rlhfkit.feedback.simulate import simulate_feedback
+    from rlhfkit.stages.ppo import train_ppo
+    from rlhfkit.stages.reward_model import train_reward
+    from rlhfkit.stages.sample import sample_candidates
+    from rlhfkit.stages.sft import split_records, train_sft
+
+    if cfg.feedback not in ("simulated", "app"):
+        raise ConfigError(f"feedback: expected simulated or app, got {cfg.feedback!r}")
+    for stage in cfg.overrides:
+        if stage not in ("sft", "sample", "feedback", "rm", "ppo", "eval"):
+            raise ConfigError(f"overrides: {stage}: unknown stage (sft, sample, feedback, rm, ppo, eval)")
+    recipe = load_recipe(cfg.recipe)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    clock = BudgetClock(out)
+
+    def timed_stage(name: str, folder: Path, fn: Callable[[], Any]) -> Any:
+        try:
+            return run_stage(name, folder, fn)
+        finally:
+            clock.save()  # however the stage ended
+
+    budget = cfg.budget_minutes or recipe.budget_minutes
+    sections = {k: {**getattr(recipe, k), **cfg.overrides.get(k, {})} for k in ("sft", "sample", "feedback", "rm", "ppo", "eval")}
+    common = {"seed": cfg.seed, "threads": cfg.threads}
+    where = str(recipe.folder / "recipe.yaml")
+    console.print(f"pipeline: recipe {recipe.name} ({recipe.description.strip() or 'no description'}), "
+                  f"budget {budget:g} min, output {out}")
+    # The budget's planner: counts from this machine's measured speed (budget.py). The sections' counts are the
+    # most a stage gets, except PPO's: it gets the rest of the budget, capped only by an override's max_steps.
+    planner = Planner(out, sections, budget, cfg.rounds, ppo_cap=cfg.overrides.get("ppo", {}).get("max_steps"),
+                      deadline=cfg.deadline and sections["ppo"].get("time_budget_minutes") is None,
+                      eval_reserve_minutes=cfg.eval_reserve_minutes, n_dev=recipe.dev_prompts)
+    planner.probe(cfg.model, recipe.folder, cfg.threads)
+    sec = sections
+
+    sft_dir = out / "sft"
+    if not is_done(sft_dir):
+        sec, _ = planner.plan("sft", clock.seconds(), resuming=sft_dir.exists())
+    sft_cfg = stage_config(SFTConfig, sec["sft"], where, model=cfg.model, data=str(recipe.folder / "sft.jsonl"),
+                           output=str(sft_dir), resume=True, **common)
+    timed_stage("sft", sft_dir, lambda: train_sft(sft_cfg))
+    planner.measured("sft", sft_dir)
+
+    # A LoRA SFT run is merged (merge_lora) so that PPO's own adapters sit on the SFT weights and
+    # "adapters off" is the SFT model: the reference then costs no second copy of the weights.
+    reference = str(sft_dir / "merged") if (sft_dir / "merged").exists() else str(sft_dir)
+    policy = reference
+    train_prompts, dev_prompts = dev_split(recipe, out, cfg.seed)
+    feedback_files: list[Path] = []
+    for r in range(1, cfg.rounds + 1):
+        rd = round_dir(out, r)
+        rd.mkdir(parents=True, exist_ok=True)
+        candidates, feedback = rd / "candidates.jsonl", rd / "feedback.jsonl"
+        if not is_done(rd / "sample"):
+            sec, _ = planner.plan("sample", clock.seconds(), r, resuming=(rd / "sample").exists())
+        sample_cfg = stage_config(SampleConfig, sec["sample"], where, model=policy, prompts=str(train_prompts),
+                                  output=str(candidates), seed=cfg.seed + r, threads=cfg.threads)
+        timed_stage(f"sample (round {r})", rd / "sample", lambda: sample_candidates(sample_cfg))
+        planner.measured("sample", rd / "sample", f"sample (round {r})", units=count_lines(candidates))
+        if cfg.feedback == "simulated":
+            sim = {k: v for k, v in sec["feedback"].items() if k != "kinds"}
+            sim_cfg = stage_config(SimulateConfig, sim, where, judge=recipe.judge, candidates=str(candidates),
+                                   output=str(feedback), seed=cfg.seed + r)
+            timed_stage(f"feedback (round {r}, simulated)", rd / "feedback", lambda: simulate_feedback(sim_cfg))
+        else:
+            timed_stage(f"feedback (round {r}, app)", rd / "feedback", lambda: app_feedback(cfg, recipe, candidates, feedback, r))
+        feedback_files.append(feedback)
+        # The reward model trains on every round's feedback so far.
+        all_feedback = rd / "feedback_all.jsonl"
+        if not is_done(rd / "rm"):
+            write_records(all_feedback, [rec for f in feedback_files for rec in read_records(f, "auto")])
+            sec, _ = planner.plan("rm", clock.seconds(), r, resuming=(rd / "rm").exists())
+        rm_cfg = stage_config(RewardConfig, sec["rm"], where, data=str(all_feedback), output=str(rd / "rm"),
+                              resume=True, **common)
+        timed_stage(f"reward model (round {r})", rd / "rm", lambda: train_reward(rm_cfg))
+        planner.measured("rm", rd / "rm", f"rm (round {r})")
+        if cfg.feedback == "simulated":
+            rm_gold_check(rd / "rm", candidates, recipe.judge)
+        # the dev prompts: a held-out evaluation and snapshot every eval_every updates (2 unless the recipe says),
+        # with the gold judge beside the proxy when the feedback is simulated (there the judge is who gave it)
+        ppo_cfg = stage_config(PPOConfig, {"eval_every": 2, **sec["ppo"]}, where, policy=policy, reward=str(rd / "rm"),
+                               prompts=str(train_prompts), output=str(rd / "ppo"),
+                               reference=reference if r > 1 else None, resume=True,
+                               eval_prompts=str(dev_prompts) if dev_prompts else None,
+                               eval_judge=recipe.judge if cfg.feedback == "simulated" else None, **common)
+        if cfg.deadline and ppo_cfg.time_budget_minutes is None and not is_done(rd / "ppo"):
+            # planned as PPO will run (its held-out evaluations included); the reserve: what comes after this PPO
+            # (later rounds, eval, the report) and PPO's own seconds outside its updates (loading, evaluations, saving)
+            _, plan = planner.plan("ppo", clock.seconds(), r, resuming=(rd / "ppo").exists(), ppo=to_dict(ppo_cfg))
+            ppo_cfg.max_steps = plan["stages"]["ppo"]["count"]
+            ppo_cfg.time_budget_minutes = ppo_minutes(plan["aim_s"] / 60, clock.seconds() / 60, plan["ppo_reserve_s"] / 60,
+                                                      cfg.rounds - r + 1, floor=0.0)  # the plan's aim: 95 % of the budget
+            console.print(f"pipeline: PPO (round {r}) gets at most {ppo_cfg.time_budget_minutes:.1f} min of the "
+                          f"{budget:g}-minute budget (max_steps {ppo_cfg.max_steps}; the deadline ends it)")
+        timed_stage(f"PPO (round {r})", rd / "ppo", lambda: train_ppo(ppo_cfg))
+        planner.measured("ppo", rd / "ppo", f"PPO (round {r})")
+        policy = str(rd / "ppo")
+
+    if not is_done(out / "eval"):  # eval last: what PPO left, at most its count
+        sec, _ = planner.plan("eval", clock.seconds())
+    last_rm = round_dir(out, cfg.rounds) / "rm"
+    # perplexity on SFT's held-out examples: its eval_data, or the same seeded split it made, when it held any out
+    sft_heldout = Path(sft_cfg.eval_data) if sft_cfg.eval_data else out / "sft_heldout.jsonl"
+    if not sft_cfg.eval_data:
+        _, sft_held = split_records(read_records(sft_cfg.data, "sft"), sft_cfg.eval_fraction, sft_cfg.seed)
+        if sft_held:
+            write_records(sft_heldout, sft_held)
+    eval_cfg = stage_config(EvalConfig, sec["eval"], where, models=[f"sft={reference}", f"ppo={chosen_policy(Path(policy))}"],
+                            prompts=str(recipe.folder / "eval.jsonl"), output=str(out / "eval"), reference=reference,
+                            judge=recipe.judge, reward=str(last_rm), best_of=cfg.best_of or None,
+                            sft_data=str(sft_heldout) if sft_heldout.exists() else None, **common)
+    timed_stage("eval", out / "eval", lambda: evaluate_models(eval_cfg))
+    report = build_report(out)
+    ev = json.loads((out / "eval" / "eval.json").read_text(encoding="utf-8"))
+    lines = summary_lines(ev)
+    console.rule("pipeline: done")
+    print_before_after(out / "eval" / "samples.jsonl", n=3)
+    print(f"report: {report}")
+    for line in lines:
+        print(line)
+    return {"report": str(report), "summary": lines}
+
+
+def ppo_minutes(budget: float, elapsed: float, reserve: float, rounds_left: int, floor: float = 1.0) -> float:
+    """PPO's share of what is left of the budget: the rest less the reserve, split over the rounds left.
+
+    At least ``floor`` minutes. PPO makes (and saves) one update whatever its deadline, so the pipeline's
+    floor is 0: a run already over its budget then spends no minute more on PPO than that one update.
+    """
+    return max(floor, (budget - elapsed - reserve) / max(rounds_left, 1))
+
+
+def rm_gold_check(rm_dir: Path, candidates: Path, judge: str) -> dict | None:
+    """The reward model's pair accuracy against the GOLD judge on its held-out prompts' candidates.
+
+    The figure that says whether PPO has something true to climb (simulated feedback only: there the gold
+    judge exists). Written to ``rm/gold_check.json`` and printed; computed once.
+    """
+    from rlhfkit.stages.reward_model import gold_groups, prompt_key, score_groups
+    from rlhfkit.stages.sample import read_candidates
+
+    path = rm_dir / "gold_check.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    split = rm_dir / "split.json"
+    if not split.exists():
+        return None
+    held = {prompt_key(p) for p in json.loads(split.read_text(encoding="utf-8")).get("eval_prompts", [])}
+    records = [c for c in read_candidates(candidates) if prompt_key(c) in held]
+    if not records:
+        return None
+    groups = gold_groups(records, judge)
+    out = {"judge": judge, "held_out_prompts": len(records), "gold_pairs": 0, "gold_accuracy": None}
+    if groups:
+        res = score_groups(rm_dir, groups, batch_size=32)
+        out.update(gold_pairs=res["n_pairs"], gold_accuracy=res["accuracy"])
+    path.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    acc = "no pairs whose gold scores differ" if out["gold_accuracy"] is None else \
+        f"pair accuracy {out['gold_accuracy']:.2f} ({out['gold_pairs']} pairs)"
+    console.print(f"pipeline: reward model vs the gold judge {judge!r} on {len(records)} held-out prompts: {acc}")
+    return out
+
+
+def print_before_after(samples_path: Path, n: int = 3) -> None:
+    """The first ``n`` held-out prompts with the answer of each evaluated model."""
+    from rlhfkit.tracking import read_metrics
+
+    by_prompt: dict[int, list[dict]] = {}
+    for rec in read_metrics(samples_path):  # a plain JSONL reader
+        if not rec.get("sample"):  # each model's first answer to the prompt
+            by_prompt.setdefault(rec["index"], []).append(rec)
+    for index in sorted(by_prompt)[:n]:
+        rows = by_prompt[index]
+        print(f"\nprompt: {rows[0]['prompt']}")
+        for row in rows:
+            gold = f" (gold {row['gold_score']:.2f})" if row.get("gold_score") is not None else ""
+            print(f"  {row['model']}{gold}: {' '.join(row['response'].split())}")
+    print()
+
+
+def dev_split(recipe: Recipe, out: Path, seed: int) -> tuple[Path, Path | None]:
+    """(training prompts, dev prompts or None): ``recipe.dev_prompts`` of the recipe's prompts held out, seeded.
+
+    PPO evaluates its snapshots on the dev prompts and the pipeline takes one by them, so no dev prompt may be one
+    that sampling, feedback or PPO trained on. Written once into the run folder (``prompts_train.jsonl``, then
+    ``dev_prompts.jsonl``, whose presence says the split is complete) and reused by every rerun.
+    """
+    from rlhfkit.stages.sft import split_records
+
+    train, dev = out / "prompts_train.jsonl", out / "dev_prompts.jsonl"
+    if dev.exists():
+        return train, dev
+    source = recipe.folder / "prompts.jsonl"
+    records = read_records(source, "prompt")
+    if not recipe.dev_prompts:
+        return source, None
+    if recipe.dev_prompts >= len(records):
+        raise ConfigError(f"{recipe.folder / 'recipe.yaml'}: dev_prompts: {recipe.dev_prompts} of the {len(records)} "
+                          f"prompts in {source} would leave none to train on; hold out fewer (0: none)")
+    kept, held = split_records(records, recipe.dev_prompts / len(records), seed)
+    write_records(train, kept)
+    write_records(dev.with_suffix(".tmp"), held)
+    dev.with_suffix(".tmp").replace(dev)  # whole or not at all
+    console.print(f"pipeline: {len(held)} of the recipe's {len(records)} prompts held out as PPO's dev prompts ({dev})")
+    return train, dev
+
+
+def chosen_policy(ppo_dir: Path) -> str:
+    """The PPO policy the final eval takes: the snapshot with the highest held-out proxy score (``snapshots.json``'s
+    ``chosen``; the gold judge checks that choice in the report, it never makes it). The final policy instead when
+    PPO kept no snapshots, when no update beat the start (step 0, the reference itself), or when the chosen
+    snapshot's weights were not kept."""
+    from rlhfkit.tracking import read_snapshots
+
+    snaps = read_snapshots(ppo_dir)
+    if snaps is None:
+        console.print("pipeline: PPO has no snapshots (no dev prompts): the final policy is evaluated")
+        return str(ppo_dir)
+    rows = {s["step"]: s for s in snaps["snapshots"]}
+    pick, start, last = rows[snaps["chosen"]], rows[min(rows)], max(rows)
+    why = (f"the highest held-out reward-model score of the {len(rows)} snapshots, {pick['rm_score']:.3f} "
+           f"(start {start['rm_score']:.3f})")
+    if pick["step"] == 0:
+        console.print(f"pipeline: no PPO update beat the start on the held-out proxy ({why}): the final policy "
+                      f"(step {last}) is evaluated instead")
+        return str(ppo_dir)
+    if not pick["path"]:
+        console.print(f"pipeline: PPO snapshot step {pick['step']} has {why}, but its weights were not kept "
+                      f"(keep_snapshots): the final policy (step {last}) is evaluated instead")
+        return str(ppo_dir)
+    console.print(f"pipeline: PPO snapshot step {pick['step']} of {last} is evaluated as ppo: it has {why}")
+    return str(ppo_dir / pick["path"])

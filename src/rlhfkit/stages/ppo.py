@@ -1,0 +1,681 @@
+"""PPO for language models (``rlhf ppo``): collect → rewards and advantages → optimise → log → check.
+
+Each step reads top to bottom:
+1. rollout: sample a response per prompt, reference log-probs, values, raw scores (``rollout.collect``);
+2. score normalisation with the reward model's stored stats, missing-EOS penalty, per-token k1 KL penalty,
+   GAE and masked advantage whitening (``advantages``);
+3. ``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches: clipped policy loss + vf_coef ×
+   clipped value loss, one AdamW over policy and value parameters, grad-norm clip; optional early stop
+   on approximate KL;
+4. β update, metrics (``metrics.jsonl``, TensorBoard), health checks, checkpoint;
+5. with ``eval_prompts``, before training, every ``eval_every`` steps and after the last: the held-out proxy, gold,
+   KL and grading accuracy (``evaluate``), a row of ``snapshots.json`` and the policy as ``snapshots/step-NNNN/``,
+   so the over-optimisation curve has a point per snapshot and a user can take the one the proxy ranks first.
+The prompts of step ``s`` are a pure function of (seed, s) and every RNG state is checkpointed, so
+``--resume`` continues exactly as an unbroken run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rlhfkit import distributed as dist
+from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything, set_rng_state
+from rlhfkit.config import ConfigError, PPOConfig, save_config, to_dict
+from rlhfkit.data.formats import prompt_messages, read_records
+from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.eval import metrics as M
+from rlhfkit.accel.cpu_linear import use_onednn_linears
+from rlhfkit.models.loading import add_lora, disable_dropout, load_causal_lm, load_sequence_classifier, load_tokenizer, set_threads
+from rlhfkit.rl.advantages import (AdaptiveKLController, FixedKLController, gae, kl_penalty_rewards, leave_one_out, masked_mean,
+                                     masked_whiten)
+from rlhfkit.rl.health import HealthMonitor
+from rlhfkit.rl.losses import explained_variance, policy_loss, value_loss
+from rlhfkit.models.rollout import Rollout, collect, concat, forward_tokens, model_device
+from rlhfkit.models.value import ValueHead, ValueModel, can_be_value_model, fold_normalisation
+from rlhfkit.accel.precision import autocast, resolve_precision
+from rlhfkit.stages.sft import batch_indices
+from rlhfkit.tracking import read_snapshots, truncate_metrics
+
+console = Console(stderr=True)
+
+
+class PPOHealthError(RuntimeError):
+    """The run stopped on non-finite metrics; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------------------------------------ reward
+
+
+class JudgeReward:
+    """A gold judge as the reward (``judge:NAME``): scores decoded text; no normalisation stats."""
+
+    def __init__(self, name: str):
+        from rlhfkit.judges import get_judge
+
+        self.name, self.fn, self.model, self.tokenizer, self.stats = name, get_judge(name), None, None, None
+
+    def score(self, prompts: list[dict], responses: list[str]) -> torch.Tensor:
+        return torch.tensor(self.fn(prompts, responses), dtype=torch.float32)
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores
+
+
+class ModelReward:
+    """A trained reward model (``rlhf rm train`` folder): scores decoded text with its own tokenizer."""
+
+    def __init__(self, spec: str, batch_size: int):
+        from rlhfkit.stages.reward_model import RewardScorer
+
+        self.scorer, self.batch_size = RewardScorer.load(spec), batch_size
+        self.model, self.tokenizer, self.stats = self.scorer.model, self.scorer.tokenizer, self.scorer.stats
+
+    def score(self, prompts: list[dict], responses: list[str]) -> torch.Tensor:
+        return self.scorer.score(prompts, responses, self.batch_size).float()
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.scorer.normalize(scores)
+
+
+def load_reward(spec: str, batch_size: int):
+    if not spec:
+        raise ValueError("reward: required: a reward-model folder or judge:NAME")
+    if spec.startswith("judge:"):
+        return JudgeReward(spec.split(":", 1)[1])
+    return ModelReward(spec, batch_size)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def load_start(spec: str):
+    """The starting weights; an SFT LoRA run is merged, so it is the policy's (and reference's) base."""
+    model = load_causal_lm(spec)
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def build_policy(cfg: PPOConfig, ckpt: Path | None):
+    """(policy, reference); reference None means the policy with its adapters disabled (LoRA)."""
+    start = load_start(cfg.policy)
+    if cfg.lora and cfg.precision == "bf16":
+        # The frozen base (= the reference) in bf16: decoding and every pass stream half the bytes and autocast
+        # has no fp32 weights to re-cast on each call. peft keeps the adapters — all that trains — in fp32.
+        start = start.to(torch.bfloat16)
+    if cfg.lora:
+        if ckpt is not None:
+            from peft import PeftModel
+
+            policy = PeftModel.from_pretrained(start, str(ckpt / "policy"), is_trainable=True)
+        else:
+            policy = add_lora(start, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_targets)
+    else:
+        policy = load_causal_lm(str(ckpt / "policy")) if ckpt is not None else start
+    if cfg.lora and cfg.precision == "bf16":
+        keep_input_dtype(policy)
+    reference = None
+    if cfg.reference is not None or not cfg.lora:
+        reference = load_start(cfg.reference or cfg.policy)
+        reference.requires_grad_(False)
+        disable_dropout(reference)
+    disable_dropout(policy)  # DESIGN §4.6: dropout off in every model
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        if cfg.lora:
+            policy.enable_input_require_grads()
+    return policy, reference
+
+
+def keep_input_dtype(policy) -> None:
+    """Stop peft casting each LoRA layer's bf16 input to its fp32 adapter's dtype.
+
+    Every pass of a bf16 policy runs under autocast, which casts that fp32 copy straight back to bf16 for the
+    adapter's matmul: the same numbers, but two copies of every layer's activations (and their backward) per
+    pass (about 4–7 % of a LoRA minibatch's time in a profile).
+    """
+    for module in policy.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
+
+
+def same_vocab(tok_a, tok_b) -> bool:
+    return tok_a is not None and tok_b is not None and tok_a.get_vocab() == tok_b.get_vocab()
+
+
+def build_value(cfg: PPOConfig, policy, tok, reward, ckpt: Path | None):
+    """(value_model, value_head, kind): exactly one of the two is set."""
+    kind = cfg.value_model
+    if kind == "reward":
+        reason = None
+        if reward.model is None:
+            reason = f"the reward is the judge {reward.name!r}, which has no weights"
+        elif not same_vocab(reward.tokenizer, tok):
+            reason = "the reward model's tokenizer differs from the policy's, and values are needed per policy token"
+        elif not can_be_value_model(reward.model):
+            reason = "the reward model has no per-position score head"
+        if reason:
+            console.print(f"ppo: value model: {reason}; using a value head on the policy instead (--value-model head)")
+            kind = "head"
+    if kind == "head":
+        head = ValueHead(policy.config.hidden_size)
+        return None, head, kind
+    mean, std = 0.0, 1.0
+    if ckpt is not None:
+        classifier = load_sequence_classifier(str(ckpt / "value"))  # its head comes from the trainer state
+    elif kind == "reward":
+        classifier = copy.deepcopy(reward.model)  # N+ paper: the value model starts as the reward model
+        if reward.stats:
+            mean, std = reward.stats["mean"], reward.stats["std"]
+    else:
+        if not same_vocab(load_tokenizer(kind), tok):
+            raise ValueError(f"value_model: {kind}: its tokenizer differs from the policy's; use head or reward")
+        classifier = load_sequence_classifier(kind)
+    disable_dropout(classifier)
+    if not can_be_value_model(classifier):
+        raise ValueError(f"value_model: {kind}: not a decoder classifier with a linear score head")
+    return ValueModel(classifier, mean, std), None, kind
+
+
+def fast_cpu_linears(*models) -> None:
+    """Every fp32 linear layer of ``models`` but the LM head through oneDNN (see :mod:`rlhfkit.accel.cpu_linear`);
+    the head keeps its own route (:mod:`rlhfkit.accel.head`)."""
+    for model in models:
+        if model is not None:
+            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            use_onednn_linears(model, skip=() if head is None else (head,))
+
+
+def trainable(module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+# ------------------------------------------------------------------------------------------------ one step
+
+
+def compute_advantages(cfg: PPOConfig, r: Rollout, scores: torch.Tensor, reward, beta: float) -> dict:
+    """Everything the optimisation needs from a rollout: rewards, advantages, returns (B, R)."""
+    mask = r.response_mask.float()
+    final = reward.normalize(scores)  # DESIGN §4.2: mean 0, std 1 on reference samples
+    if cfg.missing_eos_penalty is not None:
+        final = torch.where(r.has_eos, final, torch.full_like(final, cfg.missing_eos_penalty))  # DESIGN §4.3
+    if cfg.samples_per_prompt > 1 and cfg.prompt_baseline:
+        final = leave_one_out(final, cfg.samples_per_prompt)  # rows of one prompt are adjacent
+    rewards, kl, non_score = kl_penalty_rewards(r.logprobs, r.ref_logprobs, final, mask, beta)  # k1 KL per token
+    advantages, returns = gae(rewards, r.values, mask, cfg.gamma, cfg.lam)  # γ=1, λ=0.95
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)  # over the batch, padding ignored
+    return {"final": final, "rewards": rewards, "kl": kl, "non_score": non_score, "advantages": advantages, "returns": returns}
+
+
+class TrainPass(torch.nn.Module):
+    """The policy's training pass (and a value head on its hidden states) as one module's forward.
+
+    ``forward_tokens`` reads the policy's backbone and head directly, so under DDP this module is what
+    ``accelerator.prepare`` wraps: the wrapper's forward then surrounds the whole pass, as gradient sync needs.
+    """
+
+    def __init__(self, policy, value_head, temperature: float):
+        super().__init__()
+        self.policy, self.value_head, self.temperature = policy, value_head, temperature
+
+    def forward(self, query, query_mask, response, response_mask):
+        return forward_tokens(self.policy, query, query_mask, response, response_mask, self.temperature, self.value_head)
+
+
+def train_pass(policy, value_head, temperature: float):
+    """``policy`` when it already is a (possibly DDP-wrapped) :class:`TrainPass`, else one around it."""
+    return policy if isinstance(getattr(policy, "module", policy), TrainPass) else TrainPass(policy, value_head, temperature)
+
+
+def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: dict, idx: torch.Tensor,
+             backward_scale: float | None = None):
+    """Clipped policy loss + vf_coef × clipped value loss on rows ``idx``; returns (loss, stats, new log-probs).
+
+    Every mean is over response tokens only, so tokens after EOS carry no loss.
+    With ``backward_scale`` the loss × scale is back-propagated here; a separate value model then runs only
+    after the policy's graph is freed — the same gradients (the two parameter sets are disjoint) with the
+    activations of one model alive at a time instead of two.
+    """
+    mask = r.response_mask[idx].float()
+    device = r.query.device.type
+    with autocast(cfg.precision, device):
+        logprobs, values = train_pass(policy, value_head, cfg.temperature)(r.query[idx], r.query_mask[idx], r.response[idx],
+                                                                            r.response_mask[idx])
+    pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[idx], adv["advantages"][idx], mask, cfg.clip_eps)
+    split = backward_scale is not None and value_model is not None
+    if split:
+        (pg_loss * backward_scale).backward()
+    if value_model is not None:
+        with autocast(cfg.precision, device):
+            values = value_model(torch.cat([r.query[idx], r.response[idx]], 1),
+                                 torch.cat([r.query_mask[idx], r.response_mask[idx]], 1), r.query.shape[1])
+    vf_loss, vf_stats = value_loss(values, r.values[idx], adv["returns"][idx], mask, cfg.vf_clip)
+    loss = pg_loss + cfg.vf_coef * vf_loss
+    if backward_scale is not None:
+        ((cfg.vf_coef * vf_loss if split else loss) * backward_scale).backward()
+    stats = {"policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), **pg_stats, **vf_stats}
+    return loss, stats, logprobs
+
+
+def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params, r: Rollout, adv: dict,
+             accelerator=None) -> dict:
+    """ppo_epochs × num_minibatches clipped updates on one rollout; returns averaged statistics.
+
+    Under N processes ``r`` is the whole (gathered) rollout on every rank and the minibatches are the ones
+    one process would take; each rank trains on its share of each minibatch, its loss divided by the
+    minibatch's GLOBAL token count (× N, which DDP's mean over ranks undoes). Statistics are reduced over
+    ranks: means of means (equal shares), ratio_max and the log-prob mismatch by max.
+    """
+    world, me = dist.world_size(), dist.rank()
+    batch = r.query.shape[0]
+    mb_size = batch // cfg.num_minibatches
+    micro = max(1, mb_size // world // max(cfg.grad_accum, 1))
+    wrapped = [m for m in (policy, value_model) if hasattr(m, "no_sync")]  # DDP modules
+    stats: dict[str, list[float]] = {}
+    first_mismatch = None
+    epochs_done = 0
+    for epoch in range(cfg.ppo_epochs):
+        epoch_kl = []
+        perm = torch.randperm(batch)
+        for start in range(0, batch, mb_size):
+            rows = perm[start : start + mb_size]
+            tokens = r.response_mask[rows].sum().clamp(min=1)
+            mine = rows if world == 1 else rows[me * len(rows) // world : (me + 1) * len(rows) // world]
+            for m0 in range(0, len(mine), micro):
+                idx = mine[m0 : m0 + micro]
+                # token-weighted: accumulation (and N processes) = one minibatch
+                scale = float(r.response_mask[idx].sum() / tokens) * world
+                with contextlib.ExitStack() as no_sync:
+                    if m0 + micro < len(mine):  # gradients are all-reduced after the share's last micro-batch only
+                        for m in wrapped:
+                            no_sync.enter_context(accelerator.no_sync(m))
+                    _, mb_stats, logprobs = ppo_loss(cfg, policy, value_model, value_head, r, adv, idx, backward_scale=scale)
+                if first_mismatch is None:  # the classic temperature/padding bug check: the ratio must start at 1
+                    first_mismatch = float(((logprobs.detach() - r.logprobs[idx]).abs() * r.response_mask[idx]).max())
+                for k, v in mb_stats.items():
+                    stats.setdefault(k, []).append(float(v))
+                epoch_kl.append(float(mb_stats["approx_kl"]))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            stats.setdefault("grad_norm", []).append(float(grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        epochs_done = epoch + 1
+        # every rank takes the same decision: the mean over ranks
+        if cfg.target_kl is not None and dist.all_reduce_mean(sum(epoch_kl) / len(epoch_kl)) > cfg.target_kl:
+            break  # early stop on approximate KL
+    means = {k: sum(v) / len(v) for k, v in stats.items() if k != "ratio_max"}
+    out = dict(zip(means, dist.all_reduce_mean(list(means.values())))) if world > 1 else means
+    out["ratio_max"] = max(dist.gather_object(max(stats["ratio_max"])))
+    out["ppo_epochs_done"] = epochs_done
+    out["logprob_mismatch"] = max(dist.gather_object(first_mismatch))
+    return out
+
+
+def rollout_metrics(r: Rollout, scores: torch.Tensor, adv: dict, beta: float) -> dict:
+    mask = r.response_mask.float()
+    ev = float(explained_variance(r.values, adv["returns"], mask))
+    return {
+        "score": float(scores.mean()),
+        "reward": float(adv["final"].mean()),
+        "kl": float(adv["kl"].sum(1).mean()),
+        "beta": beta,
+        "non_score_reward": float(adv["non_score"].sum(1).mean()),
+        "entropy": float(masked_mean(r.entropy, mask)),
+        # undefined when every return is equal (e.g. every answer missed EOS at step 1, KL 0): None, not a NaN that stops the run
+        "explained_variance": ev if math.isfinite(ev) else None,
+        "value_mean": float(masked_mean(r.values, mask)),
+        "return_mean": float(masked_mean(adv["returns"], mask)),
+        "response_len": float(mask.sum(1).mean()),
+        "no_eos_frac": float((~r.has_eos).float().mean()),
+        "distinct_responses": len(set(r.texts)) / max(len(r.texts), 1),
+        "batch_size": len(r.texts),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+HELD_OUT = ("rm_score", "gold_score", "gold_se", "kl", "grading_accuracy")  # eval's names; logged as eval/<name>
+
+
+@torch.no_grad()
+def evaluate(cfg: PPOConfig, policy, reference, tok, prompts: list[list[int]], records: list[dict], reward, judge) -> dict:
+    """The policy on the held-out prompts, under eval's metric names with an ``eval/`` prefix.
+
+    One answer per prompt, sampled with the same seed at every evaluation (training's RNG is untouched), so two
+    evaluations differ by the policy alone. ``eval/rm_score``: the reward (the proxy, raw); ``eval/gold_score``:
+    the gold judge, when there is one; ``eval/kl``: eval's estimator on these answers, Σ over answer tokens of
+    log π − log π_ref averaged over answers (π_ref: the adapters-off policy, or ``reference``);
+    ``eval/grading_accuracy``: on grading prompts, the share of replies that open with the gold verdict.
+    """
+    texts, scores, logp, ref_logp = [], [], [], []
+    device = model_device(policy)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)  # sampling draws on the CPU's RNG on any device
+        for i in range(0, len(prompts), cfg.batch_size):
+            r, s = collect(policy, tok, prompts[i : i + cfg.batch_size], records[i : i + cfg.batch_size], reward,
+                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, reference=reference,
+                           amp=lambda: autocast(cfg.precision, device.type), recompute=cfg.precision == "bf16")
+            mask = r.response_mask.bool()
+            texts += r.texts
+            scores.append(s)
+            logp += [row[m].tolist() for row, m in zip(r.logprobs, mask)]
+            ref_logp += [row[m].tolist() for row, m in zip(r.ref_logprobs, mask)]
+    out = {"eval/rm_score": float(torch.cat(scores).mean()), "eval/kl": M.sampled_kl(logp, ref_logp)}
+    if judge is not None:
+        gold = judge(records, texts)
+        out["eval/gold_score"] = M.mean(gold)
+        # its standard error over the held-out answers: the report calls a gold change noise when it is within ~2 of them
+        out["eval/gold_se"] = float(np.std(gold, ddof=1) / math.sqrt(len(gold))) if len(gold) > 1 else None
+    graded = M.grading(texts, records, seed=cfg.seed)
+    if graded is not None:
+        out["eval/grading_accuracy"] = graded["accuracy"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ snapshots
+
+
+def snapshot_dir(out: Path, step: int) -> Path:
+    return out / "snapshots" / f"step-{step:04d}"
+
+
+def keeps_snapshots(cfg: PPOConfig) -> bool:
+    """``keep_snapshots``, or by default: on when a snapshot is an adapter (small), off when it is a full copy."""
+    return cfg.keep_snapshots if cfg.keep_snapshots is not None else cfg.lora and not start_is_adapter(cfg)
+
+
+def snapshot_rows(out: Path) -> list[dict]:
+    return (read_snapshots(out) or {}).get("snapshots", [])
+
+
+def write_snapshots(out: Path, rows: list[dict]) -> None:
+    """``snapshots.json``: every held-out evaluation's row and ``chosen``, the step of the highest held-out
+    reward-model score (the proxy, the earliest on a tie). The gold score is a check on that choice, never its input."""
+    finite = lambda r: r["rm_score"] if r["rm_score"] is not None and math.isfinite(r["rm_score"]) else -math.inf
+    chosen = max(rows, key=finite)["step"]
+    tmp = out / "snapshots.json.tmp"
+    tmp.write_text(json.dumps({"chosen": chosen, "snapshots": rows}, indent=1), encoding="utf-8")
+    os.replace(tmp, out / "snapshots.json")  # never half-written
+
+
+def save_snapshot(cfg: PPOConfig, out: Path, step: int, policy, tok, held: dict, rows: list[dict]) -> None:
+    """Step ``step``'s held-out row in ``snapshots.json`` and (``keep_snapshots``) its policy in snapshots/step-NNNN/.
+
+    Step 0 is the start policy, which is the reference: no weights. ``path`` is relative to the PPO run folder.
+    """
+    path = None
+    if step > 0 and keeps_snapshots(cfg):
+        with atomic_dir(snapshot_dir(out, step)) as tmp:  # an interrupted save leaves no half-written snapshot
+            save_policy(standalone(cfg, policy), tmp)
+            tok.save_pretrained(tmp)
+        path = snapshot_dir(out, step).relative_to(out).as_posix()
+    rows.append({"step": step, "path": path, **{k: held.get(f"eval/{k}") for k in HELD_OUT}})
+    write_snapshots(out, rows)
+
+
+def truncate_snapshots(out: Path, last_step: int) -> list[dict]:
+    """On resume, as ``metrics.jsonl``: drop the rows and snapshot folders after ``last_step``; returns the rows kept."""
+    rows = [r for r in snapshot_rows(out) if r["step"] <= last_step]
+    for folder in (out / "snapshots").glob("step-*"):
+        if int(re.match(r"step-(\d+)", folder.name).group(1)) > last_step:
+            shutil.rmtree(folder)
+    if rows:
+        write_snapshots(out, rows)
+    else:
+        (out / "snapshots.json").unlink(missing_ok=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def save_policy(policy, folder: Path) -> None:
+    """save_pretrained; a LoRA policy saves its adapter only (the embeddings are never trained here)."""
+    if hasattr(policy, "peft_config"):
+        policy.save_pretrained(folder, save_embedding_layers=False)
+    else:
+        policy.save_pretrained(folder)
+
+
+def save_checkpoint(out: Path, step: int, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health) -> None:
+    """Everything ``--resume`` needs. Called on every rank: rank 0 writes (the ranks' states are equal), the others wait."""
+    if dist.is_main():
+        write_checkpoint(out, step, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health)
+    dist.barrier()
+
+
+def write_checkpoint(out: Path, step: int, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health) -> None:
+    with atomic_dir(out / "checkpoint") as tmp:
+        save_policy(policy, tmp / "policy")
+        if value_model is not None:
+            value_model.classifier.save_pretrained(tmp / "value")
+        tensors = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "kl_ctl": kl_ctl.state_dict(),
+                   "health": health.state_dict(), "rng": rng_state()}
+        tensors["value"] = (value_head if value_head is not None else value_model.head).state_dict()
+        save_state(tmp, {"step": step, "data_cursor": step}, tensors)
+
+
+def encode_prompts(cfg: PPOConfig, tok, records: list[dict]) -> list[list[int]]:
+    return [encode_prompt(tok, prompt_messages(r), cfg.chat)[-cfg.max_prompt_len:] for r in records]
+
+
+def step_uniforms(seed: int, step: int, batch_size: int, lo: int, hi: int):
+    """Sampling noise of step ``step``: each call gives one uniform per row of the GLOBAL batch and keeps rows
+    lo..hi, so a response's randomness depends on (seed, step, its row) and not on how the batch is split."""
+    noise = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return lambda: torch.rand(batch_size, generator=noise, dtype=torch.float64)[lo:hi]
+
+
+def train_ppo(cfg: PPOConfig) -> dict:
+    """Run PPO as configured; returns the last logged metrics.
+
+    Under ``accelerate launch`` (DDP) each rank generates and scores its share of the step's prompts; the
+    shares are gathered, so every rank holds the whole rollout: advantages are whitened and metrics taken
+    over the global batch, and the KL controller sees the global KL. Each rank then trains on its share of
+    every minibatch (see ``optimise``); rank 0 alone logs and writes.
+    """
+    out = Path(cfg.output)
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    if cfg.batch_size % cfg.num_minibatches:
+        raise ValueError(f"num_minibatches: {cfg.num_minibatches} does not divide batch_size {cfg.batch_size}")
+    world, me = dist.world_size(), dist.rank()
+    if cfg.samples_per_prompt < 1 or cfg.batch_size % cfg.samples_per_prompt:
+        raise ConfigError(f"samples_per_prompt: {cfg.samples_per_prompt} does not divide batch_size {cfg.batch_size}")
+    if cfg.batch_size % (cfg.num_minibatches * world):
+        raise ConfigError(f"batch_size: {cfg.batch_size} does not split into {cfg.num_minibatches} minibatches × {world} "
+                          f"processes; use a multiple of {cfg.num_minibatches * world}")
+    console.quiet = not dist.is_main()
+    accelerator = dist.get_accelerator()
+    if dist.is_sharded(accelerator):
+        raise ConfigError("ppo: runs in one process or under DDP (configs/accelerate/ddp.yaml); FSDP/DeepSpeed are not supported")
+    device = accelerator.device  # a GPU when there is one (one per process under DDP), else the CPU
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device.type))
+    records = read_records(cfg.prompts, "prompt")  # the data first: a bad file fails before any model loads
+    eval_records = read_records(cfg.eval_prompts, "prompt") if cfg.eval_prompts else []
+    tok = load_tokenizer(cfg.policy)
+    prompts = encode_prompts(cfg, tok, records)
+    reward = load_reward(cfg.reward, cfg.reward_batch_size)
+    eval_ids = encode_prompts(cfg, tok, eval_records)
+    judge = None
+    if cfg.eval_judge:
+        from rlhfkit.judges import get_judge
+
+        judge = get_judge(cfg.eval_judge)
+
+    ckpt = find_checkpoint(out / "checkpoint") if cfg.resume else None
+    if cfg.resume and ckpt is None:
+        console.print(f"ppo: no checkpoint in {out}; starting from the beginning")
+    policy, reference = build_policy(cfg, ckpt)
+    value_model, value_head, value_kind = build_value(cfg, policy, tok, reward, ckpt)
+    for module in (policy, reference, value_model, value_head, reward.model):  # every pass runs on the one device
+        if module is not None:
+            module.to(device)
+    if device.type == "cpu":
+        fast_cpu_linears(policy, reference, value_model, reward.model)
+    lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 3e-6)
+    value_module = value_model if value_model is not None else value_head
+    policy_params, value_params = trainable(policy), trainable(value_module)
+    params = policy_params + value_params
+    optimizer = torch.optim.AdamW([{"params": policy_params, "lr": lr},
+                                   {"params": value_params, "lr": cfg.value_lr or lr}], eps=cfg.adam_eps, weight_decay=0.0,
+                                  fused=True)  # one pass over each tensor: ~3× faster steps than the for-loop AdamW on CPU
+    decay = (lambda s: max(0.0, 1.0 - s / cfg.max_steps)) if cfg.schedule == "linear" else (lambda s: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.kl_coef))
+    health = HealthMonitor(cfg.max_new_tokens)
+    # The training passes, DDP-wrapped under several processes; rollout, evaluation and saving use the plain models.
+    policy_train, value_train = TrainPass(policy, value_head, cfg.temperature), value_model
+    if world > 1:
+        policy_train = accelerator.prepare(policy_train)
+        value_train = value_model if value_model is None else accelerator.prepare(value_model)
+        console.print(f"ppo: {world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
+    start = 0
+    if ckpt is not None:
+        state, tensors = load_state(ckpt)
+        optimizer.load_state_dict(tensors["optimizer"])
+        scheduler.load_state_dict(tensors["scheduler"])
+        kl_ctl.load_state_dict(tensors["kl_ctl"])
+        health.load_state_dict(tensors["health"])
+        (value_head if value_head is not None else value_model.head).load_state_dict(tensors["value"])
+        set_rng_state(tensors["rng"])
+        start = state["step"]
+        if dist.is_main():
+            truncate_metrics(out / "metrics.jsonl", start)
+        console.print(f"ppo: resumed from step {start}")
+    elif dist.is_main() and (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+    # the held-out rows so far: a resumed run keeps those up to its checkpoint's step (as its log), a fresh run none
+    snapshots = truncate_snapshots(out, start if ckpt is not None else -1) if dist.is_main() else []
+    if dist.is_main():
+        save_config(cfg, out)
+    logger = dist.metrics_logger(out, cfg.report_to, config=to_dict(cfg))
+    console.print(f"ppo: {len(records)} prompts; policy {cfg.policy} ({'LoRA' if cfg.lora else 'full'}, lr {lr:g}); "
+                  f"reference: {'adapters off' if reference is None else cfg.reference or cfg.policy}; "
+                  f"reward {cfg.reward}; value model: {value_kind}; precision {cfg.precision}")
+    if eval_ids and start == 0:  # step 0: the start policy, the point every snapshot is compared with
+        held = evaluate(cfg, policy, reference, tok, eval_ids, eval_records, reward, judge)
+        logger.log(0, held)
+        if dist.is_main():
+            save_snapshot(cfg, out, 0, policy, tok, held, snapshots)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(out, step, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health)
+
+    last: dict = {}
+    t_start = time.perf_counter()
+    columns = [TextColumn("ppo"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
+    step = start
+    try:
+        with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
+            task = bar.add_task("ppo", total=cfg.max_steps, completed=start, info="")
+            k = cfg.samples_per_prompt  # each prompt k times, side by side
+            for step in range(start, cfg.max_steps):
+                t0 = time.perf_counter()
+                idx = [i for i in batch_indices(step, cfg.batch_size // k, len(records), cfg.seed) for _ in range(k)]  # the data cursor is the step
+                lo, hi = me * cfg.batch_size // world, (me + 1) * cfg.batch_size // world  # my share of the prompts
+                rollout, scores = collect(policy, tok, [prompts[i] for i in idx[lo:hi]], [records[i] for i in idx[lo:hi]],
+                                          reward, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                          value_model=value_model, value_head=value_head, reference=reference,
+                                          uniforms=step_uniforms(cfg.seed, step, cfg.batch_size, lo, hi)
+                                          if world > 1 or cfg.row_noise else None,  # None: the global RNG
+                                          amp=lambda: autocast(cfg.precision, device.type), recompute=cfg.precision == "bf16")
+                if world > 1:  # every rank: the whole rollout, in prompt order (gathered through the CPU)
+                    shares = dist.gather_object((rollout.to("cpu"), scores))
+                    rollout, scores = concat([r for r, _ in shares], tok.pad_token_id).to(device), torch.cat([s for _, s in shares])
+                scores = scores.to(device)
+                beta = kl_ctl.value
+                adv = compute_advantages(cfg, rollout, scores, reward, beta)
+                t1 = time.perf_counter()
+                train_stats = optimise(cfg, policy_train, value_train, value_head, optimizer, params, rollout, adv, accelerator)
+                metrics = rollout_metrics(rollout, scores, adv, beta)
+                metrics.update(train_stats)
+                metrics["lr"] = scheduler.get_last_lr()[0]
+                scheduler.step()
+                kl_ctl.update(metrics["kl"], cfg.batch_size)
+                done = step + 1
+                t2 = time.perf_counter()
+                # stop when the next update (as long as the mean one so far) would end past the budget
+                mean_update = (t2 - t_start) / (done - start)
+                out_of_time = cfg.time_budget_minutes is not None and t2 - t_start + mean_update > 60 * cfg.time_budget_minutes
+                out_of_time = dist.broadcast_object(out_of_time)  # rank 0's clock decides for all
+                last_step = done == cfg.max_steps or out_of_time
+                metrics.update({"time_rollout_s": t1 - t0, "time_train_s": t2 - t1, "time_step_s": t2 - t0,
+                                "samples_per_s": cfg.batch_size / (t2 - t0),
+                                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+                evaluated = bool(eval_ids) and (bool(cfg.eval_every) and done % cfg.eval_every == 0 or last_step)
+                if evaluated:
+                    held = evaluate(cfg, policy, reference, tok, eval_ids, eval_records, reward, judge)
+                    metrics.update(held)
+                    metrics["time_eval_s"] = time.perf_counter() - t2
+                warnings, fatal = health.check(done, metrics) if cfg.health else ([], False)
+                for w in warnings:
+                    console.print(f"[yellow]ppo: step {done}: warning: {w}[/yellow]")
+                if warnings:
+                    metrics["warnings"] = warnings
+                if done % cfg.log_every == 0 or last_step or warnings or evaluated:
+                    last = logger.log(done, metrics)
+                if dist.broadcast_object(fatal):  # every rank stops together
+                    raise PPOHealthError(f"step {done}: non-finite metrics; stopped; the last good checkpoint is in "
+                                         f"{out / 'checkpoint'} (resume with --resume after changing the settings)")
+                if evaluated and dist.is_main():  # after the health check: a non-finite policy is never a snapshot
+                    save_snapshot(cfg, out, done, policy, tok, held, snapshots)
+                if cfg.save_every and done % cfg.save_every == 0 and not last_step:
+                    checkpoint(done)
+                bar.update(task, completed=done, info=f"score {metrics['score']:.3f}  kl {metrics['kl']:.3f}  "
+                                                      f"{metrics['time_step_s']:.1f} s/step")
+                step = done
+                if out_of_time:
+                    console.print(f"ppo: time budget of {cfg.time_budget_minutes:g} min used up after step {done}")
+                    break
+    except (KeyboardInterrupt, PPOHealthError):
+        logger.close()  # no checkpoint here: a step cut short may have half-updated the weights
+        raise
+    checkpoint(step)
+    if dist.is_main():
+        save_final(cfg, out, policy, value_model, tok)
+    dist.barrier()
+    logger.close()
+    console.print(f"ppo: done, {step} steps; policy saved to {out}")
+    if snapshots:
+        chosen = json.loads((out / "snapshots.json").read_text(encoding="utf-8"))["chosen"]
+        console.print(f"ppo: {len(snapshots)} held-out evaluations in {out / 'snapshots.json'}; the highest held-out "
+                      f"reward-model score (the proxy) is at step {chosen}")
+    return last
+
+
+def start_is_adapter(cfg: PPOConfig) -> bool:
+    from rlhfkit.models.loading import is_adapter_dir, resolve
+
+    return cfg.policy not in ("default", "tiny") and is_adapter_dir(Path(resolve(cfg.policy)))
+
+
+def standalone(cfg: PPOConfig, policy):
+    """The policy as its folder must hold it to load on its own: LoRA adapters on the base spec they record, or
+    merged when the start was itself an adapter run (its merged base is not what the adapters' base spec names)."""
+    return copy.deepcopy(policy).merge_and_unload() if cfg.lora and start_is_adapter(cfg) else policy
+
+
+def save_final(cfg: PPOConfig, out: Path, policy, value_model, tok) -> None:
+    """The policy in save_pretrained form (LoRA: the adapter on its base spec; merged when the base was an adapter run)."""
+    save_policy(standalone(cfg, policy), out)
+    tok.save_pretrained(out)
+    if value_model is not None:
+        value_model.classifier.save_pretrained(out / "value")

@@ -1,0 +1,680 @@
+"""Reward model: a one-output sequence classifier trained on human feedback, and the scorer PPO uses.
+
+Feedback of every kind becomes preferences inside a *group* (one prompt and its distinct responses):
+preference pairs as given, rankings expanded to all K·(K−1)/2 pairs (tie groups give no pair between
+their members), ratings turned into pairs within the prompt (ties dropped) or regressed on z-scored
+ratings, edits as edited ≻ original. A batch is a set of groups: every pair of a prompt is in the same
+batch and each distinct response is scored once per batch. Train and validation are split by prompt.
+
+Loss (Bradley–Terry, Ouyang et al. 2022): −log σ(r_chosen − r_rejected − margin), margin optional.
+After training, the model scores reference-policy samples and stores their mean/std
+(``reward_stats.json``) so PPO can normalise scores (DESIGN §4.2).
+
+Input text (:func:`rm_inputs`, shared by training and scoring): a causal-LM backbone reads the chat
+template of the prompt followed by the response, right-padded, and pools the last non-pad token (with
+``pad_token_id`` set and position ids taken from the attention mask, left and right padding give the same
+score); an encoder (MiniLM) reads the (prompt, response) sentence pair and pools the mean of its
+non-pad tokens (``pooling: mean``, the default, as sentence-transformers does) or [CLS] (``pooling: cls``);
+the choice is saved in the model's config.json, so a reloaded model scores the same.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rlhfkit import distributed as dist
+from rlhfkit.checkpoint import (ForcedStop, atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything,
+                                set_rng_state, step_completes)
+from rlhfkit.config import ConfigError, RewardConfig, save_config, to_dict
+from rlhfkit.data.formats import (RecordError, check_number, detect_kind, feedback_to_pairs, prompt_messages, ratings_to_pairs,
+                                  read_located, read_records, record_responses)
+from rlhfkit.data.tokenize import encode_prompt, position_ids_from_mask, uses_chat_template
+from rlhfkit.accel.cpu_linear import use_onednn_linears
+from rlhfkit.accel.precision import autocast, resolve_precision
+from rlhfkit.tracking import truncate_metrics
+
+console = Console(stderr=True)
+STATS_FILE = "reward_stats.json"
+SPLIT_FILE = "split.json"
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def is_encoder_tokenizer(tok) -> bool:
+    """BERT-like tokenizers (a [CLS] token, no chat template) read (prompt, response) sentence pairs."""
+    return getattr(tok, "cls_token_id", None) is not None and not uses_chat_template(tok)
+
+
+def prompt_for_encoder(prompt: dict) -> str:
+    return "\n".join(m["content"] for m in prompt_messages(prompt) if m["role"] != "system")
+
+
+def _pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        cols = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        ids[i, cols] = torch.tensor(s, dtype=torch.long)
+        attn[i, cols] = 1
+    return ids, attn
+
+
+def rm_inputs(tokenizer, prompts: list[dict], responses: list[str], max_len: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Model inputs for (prompt record, response) pairs: the one place the reward model's text format lives.
+
+    Returns keyword arguments for the model: ``input_ids``, ``attention_mask`` (batch, width), plus
+    ``token_type_ids`` for an encoder or ``position_ids`` for a causal LM. Too long: the prompt loses
+    tokens from its start first (it keeps at least half of ``max_len``), then the response from its end.
+    """
+    if is_encoder_tokenizer(tokenizer):
+        if padding_side != "right":
+            raise ValueError("an encoder reward model pools [CLS] at position 0: use right padding")
+        enc = tokenizer([prompt_for_encoder(p) for p in prompts], list(responses), truncation="longest_first",
+                        max_length=max_len, padding=False)
+        ids, attn = _pad(enc["input_ids"], tokenizer.pad_token_id, "right")
+        types, _ = _pad(enc["token_type_ids"], 0, "right")
+        return {"input_ids": ids, "attention_mask": attn, "token_type_ids": types}
+    seqs = []
+    for p, r in zip(prompts, responses):
+        prompt_ids = encode_prompt(tokenizer, prompt_messages(p), chat=True)
+        resp_ids = tokenizer(r, add_special_tokens=False)["input_ids"]
+        keep = max(max_len - len(resp_ids), max_len // 2)
+        prompt_ids = prompt_ids[-keep:]
+        seqs.append(prompt_ids + resp_ids[: max_len - len(prompt_ids)])
+    ids, attn = _pad(seqs, tokenizer.pad_token_id, padding_side)
+    # Positions count real tokens only, so a left-padded row sees the positions a right-padded one does.
+    return {"input_ids": ids, "attention_mask": attn, "position_ids": position_ids_from_mask(attn)}
+
+
+POOLING_KEY = "rm_pooling"  # model.config attribute (saved in config.json): "mean" or "cls" for encoders
+
+
+def classifier_of(model):
+    """The plain classifier under a LoRA (peft) wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def reward_forward(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Raw scores, shape (batch,).
+
+    A causal LM's classifier pools the last token that is not ``pad_token_id``. An encoder pools [CLS]
+    through its pooler, or, when ``config.rm_pooling == "mean"``, feeds the mean of the non-pad tokens'
+    last hidden states to its classifier head, skipping the pooler (all-MiniLM-L6-v2 was trained for mean
+    pooling by sentence-transformers; its [CLS] pooler was not part of that training).
+    """
+    inner = classifier_of(model)
+    if getattr(inner.config, POOLING_KEY, "cls") != "mean":
+        return model(**inputs).logits[:, 0].float()
+    hidden = inner.base_model(**inputs).last_hidden_state  # (batch, width, hidden)
+    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, width, 1)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, hidden)
+    return inner.classifier(pooled)[:, 0].float()
+
+
+def score_texts(model, tokenizer, prompts: list[dict], responses: list[str], max_len: int, batch_size: int = 16) -> torch.Tensor:
+    """Scores of many (prompt, response) pairs in batches of similar length, without gradients; shape (n,)."""
+    out = torch.empty(len(responses))
+    order = sorted(range(len(responses)), key=lambda i: len(responses[i]))
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            inputs = rm_inputs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_len)
+            out[idx] = reward_forward(model, {k: v.to(device) for k, v in inputs.items()}).cpu()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Group:
+    """One prompt's feedback: its distinct responses and the preferences between them (indices)."""
+
+    prompt: dict  # {"prompt"} or {"messages"}
+    responses: list[str] = field(default_factory=list)
+    pairs: list[tuple[int, int, float, bool]] = field(default_factory=list)  # (chosen, rejected, margin, in the BT loss)
+    targets: dict[int, list[float]] = field(default_factory=dict)  # response index → z-scored ratings (regression)
+
+    def index(self, response: str) -> int:
+        if response not in self.responses:
+            self.responses.append(response)
+        return self.responses.index(response)
+
+
+def prompt_key(rec: dict) -> str:
+    return json.dumps(prompt_messages(rec), ensure_ascii=False, sort_keys=True)
+
+
+def build_groups(records: list[dict], rating_loss: str = "pairs") -> list[Group]:
+    """Feedback records → one Group per prompt (in first-seen order); groups with nothing to learn are dropped.
+
+    Ratings with ``rating_loss="regression"`` become regression targets (ratings z-scored over the file)
+    and their within-prompt pairs are kept for accuracy only (not in the Bradley–Terry loss).
+    """
+    groups: dict[str, Group] = {}
+    ratings: dict[str, list[dict]] = {}
+
+    def group(rec: dict) -> Group:
+        key = prompt_key(rec)
+        if key not in groups:
+            groups[key] = Group({"messages": prompt_messages(rec)} if "messages" in rec else {"prompt": rec["prompt"]})
+        return groups[key]
+
+    for rec in records:
+        g = group(rec)
+        if detect_kind(rec) == "rating":
+            ratings.setdefault(prompt_key(rec), []).append(rec)
+            continue
+        for p in feedback_to_pairs([rec]):
+            g.pairs.append((g.index(p.chosen), g.index(p.rejected), p.margin, True))
+    all_scores = [float(r["score"]) for recs in ratings.values() for r in recs]
+    mean = sum(all_scores) / max(len(all_scores), 1)
+    std = math.sqrt(sum((s - mean) ** 2 for s in all_scores) / max(len(all_scores), 1)) or 1.0
+    for key, recs in ratings.items():
+        g = groups[key]
+        for p in ratings_to_pairs(recs):
+            g.pairs.append((g.index(p.chosen), g.index(p.rejected), p.margin, rating_loss == "pairs"))
+        if rating_loss == "regression":
+            for r in recs:
+                g.targets.setdefault(g.index(r["response"]), []).append((float(r["score"]) - mean) / std)
+    return [g for g in groups.values() if g.pairs or g.targets]
+
+
+def gold_groups(records: list[dict], judge: str) -> list[Group]:
+    """Groups from candidates records ordered by a gold judge: every pair whose gold scores differ."""
+    from rlhfkit.judges import get_judge
+
+    fn = get_judge(judge)
+    groups = []
+    for rec in records:
+        responses = list(rec["responses"])
+        gold = fn([rec] * len(responses), responses)
+        g = Group({"messages": prompt_messages(rec)} if "messages" in rec else {"prompt": rec["prompt"]}, responses)
+        for i in range(len(responses)):
+            for j in range(i + 1, len(responses)):
+                if gold[i] != gold[j]:
+                    g.pairs.append((i, j, 0.0, True) if gold[i] > gold[j] else (j, i, 0.0, True))
+        if g.pairs:
+            groups.append(g)
+    return groups
+
+
+def split_groups(groups: list[Group], fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
+    """Hold out ``fraction`` of the prompts (seeded), so no prompt is on both sides."""
+    n_eval = int(round(len(groups) * fraction))
+    if n_eval == 0 or n_eval >= len(groups):
+        return groups, []
+    perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(perm[:n_eval])
+    return [g for i, g in enumerate(groups) if i not in held], [g for i, g in enumerate(groups) if i in held]
+
+
+# ---------------------------------------------------------------------------------------------- maths
+
+
+def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
+            divisor: int | None = None) -> torch.Tensor:
+    """Bradley–Terry loss −log σ(r_c − r_r − margin), mean over pairs; inputs (n_pairs,).
+
+    ``divisor``: divide the sum by this pair count instead (the whole step's, when processes share a batch).
+    """
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin
+    return -F.logsigmoid(diff).mean() if divisor is None else -F.logsigmoid(diff).sum() / divisor
+
+
+def loss_counts(groups: list[Group]) -> tuple[int, int]:
+    """(pairs in the Bradley–Terry loss, regression targets) of some groups: the divisors of their mean losses."""
+    return sum(bt for g in groups for *_, bt in g.pairs), sum(len(g.targets) for g in groups)
+
+
+def batch_loss(rewards: torch.Tensor, groups: list[Group], offsets: list[int], use_margin: bool,
+               counts: tuple[int, int] | None = None) -> tuple[torch.Tensor, dict]:
+    """Loss and pair metrics of a batch of groups; ``rewards`` (n_responses,) holds group g's responses from offsets[g].
+
+    ``counts``: :func:`loss_counts` of the whole step's batch when ``groups`` is one process's share of it;
+    the sums are divided by them, so the shares' losses add up to the whole batch's mean loss.
+    Metrics: ``n_correct`` pairs ranked right of ``n_pairs``, ``accuracy``, ``reward_gap``, ``loss``.
+    """
+    c, r, m, in_loss, reg_idx, reg_y = [], [], [], [], [], []
+    for g, off in zip(groups, offsets):
+        for ci, ri, margin, bt in g.pairs:
+            c.append(off + ci), r.append(off + ri), m.append(margin), in_loss.append(bt)
+        for i, ys in g.targets.items():
+            reg_idx.append(off + i), reg_y.append(sum(ys) / len(ys))
+    loss = rewards.sum() * 0.0
+    metrics: dict = {"n_pairs": len(c), "n_correct": 0, "accuracy": float("nan"), "reward_gap": float("nan")}
+    if c:
+        rc, rr = rewards[torch.tensor(c)], rewards[torch.tensor(r)]  # (n_pairs,)
+        mask = torch.tensor(in_loss)
+        if mask.any():
+            margin = torch.tensor(m)[mask] if use_margin else None
+            loss = loss + bt_loss(rc[mask], rr[mask], margin, None if counts is None else counts[0])
+        metrics["n_correct"] = int((rc > rr).sum())
+        metrics["accuracy"] = float((rc > rr).float().mean())
+        metrics["reward_gap"] = float((rc - rr).detach().mean())
+    if reg_idx:
+        pred, y = rewards[torch.tensor(reg_idx)], torch.tensor(reg_y)
+        # regression on ratings
+        loss = loss + (F.mse_loss(pred, y) if counts is None else F.mse_loss(pred, y, reduction="sum") / counts[1])
+    metrics["loss"] = float(loss.detach())
+    return loss, metrics
+
+
+def flatten(groups: list[Group]) -> tuple[list[dict], list[str], list[int]]:
+    """All (prompt, response) inputs of some groups, each distinct response once, and each group's offset."""
+    prompts, responses, offsets = [], [], []
+    for g in groups:
+        offsets.append(len(responses))
+        prompts.extend([g.prompt] * len(g.responses))
+        responses.extend(g.responses)
+    return prompts, responses, offsets
+
+
+def evaluate_groups(score_fn, groups: list[Group], use_margin: bool = False) -> dict:
+    """Held-out loss, pair accuracy, reward gap and pair count; ``score_fn(prompts, responses) -> (n,)``."""
+    if not groups:
+        return {"loss": float("nan"), "accuracy": float("nan"), "reward_gap": float("nan"), "n_pairs": 0}
+    prompts, responses, offsets = flatten(groups)
+    rewards = score_fn(prompts, responses)
+    _, metrics = batch_loss(rewards, groups, offsets, use_margin)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- scorer
+
+
+def load_stats(path: Path) -> dict | None:
+    """``reward_stats.json`` (None if absent), checked: scores are divided by its std, so a NaN must not get through."""
+    if not path.exists():
+        return None
+    stats = json.loads(path.read_text(encoding="utf-8"))
+    for key, lo in (("mean", -math.inf), ("std", 0.0)):
+        check_number(stats.get(key), key, str(path), lo, math.inf)
+    return stats
+
+
+class RewardScorer:
+    """A trained reward model for PPO and evaluation: raw scores and normalised scores.
+
+    ``RewardScorer.load(dir_or_spec)``; ``.score(prompts, responses)`` → raw scores (n,);
+    ``.normalize(scores)`` → (scores − mean)/std with the stats stored beside the model (identity if none).
+    """
+
+    def __init__(self, model, tokenizer, stats: dict | None = None, max_len: int = 512):
+        self.model, self.tokenizer, self.stats, self.max_len = model, tokenizer, stats, max_len
+
+    @classmethod
+    def load(cls, dir_or_spec: str | Path, max_len: int | None = None) -> "RewardScorer":
+        import yaml
+
+        from rlhfkit.models.loading import disable_dropout, load_sequence_classifier, load_tokenizer
+
+        spec = str(dir_or_spec)
+        model = load_sequence_classifier(spec)
+        disable_dropout(model)
+        tok = load_tokenizer(spec)
+        folder = Path(spec)
+        stats = load_stats(folder / STATS_FILE)
+        if max_len is None and (folder / "config.yaml").exists():
+            max_len = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("max_len")
+        return cls(model, tok, stats, int(max_len or 512))
+
+    def score(self, prompts: list[dict], responses: list[str], batch_size: int = 16) -> torch.Tensor:
+        """Raw reward-model scores of (prompt record, response) pairs, shape (n,), under inference mode."""
+        return score_texts(self.model, self.tokenizer, prompts, responses, self.max_len, batch_size)
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        if not self.stats:
+            return scores
+        return (scores - self.stats["mean"]) / max(self.stats["std"], 1e-8)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def build_model(cfg: RewardConfig, ckpt: Path | None):
+    """A fresh classifier on the backbone (LoRA optional), or the checkpoint's weights when resuming."""
+    from rlhfkit.models.loading import add_lora, disable_dropout, load_sequence_classifier
+
+    model = load_sequence_classifier(cfg.model)
+    if is_encoder_classifier(model):
+        setattr(model.config, POOLING_KEY, cfg.pooling)  # saved in config.json, read by reward_forward
+    if cfg.lora:
+        if ckpt is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(ckpt / "model"), is_trainable=True)
+        else:
+            # SEQ_CLS keeps the new score head fully trainable (peft's modules_to_save).
+            model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, task_type="SEQ_CLS")
+    elif ckpt is not None:
+        model = load_sequence_classifier(str(ckpt / "model"))
+    if cfg.trainable_layers and not cfg.lora:
+        freeze_lower(model, cfg.trainable_layers)
+    disable_dropout(model)  # DESIGN §4.6: dropout off, so a score does not depend on train/eval mode
+    return model
+
+
+def is_encoder_classifier(model) -> bool:
+    """A BERT-like classifier: a ``classifier`` head on an encoder (not a causal LM's ``score`` head)."""
+    return hasattr(model, "classifier") and not getattr(model.config, "is_decoder", False)
+
+
+def freeze_lower(model, n_top: int) -> None:
+    """Train only the top ``n_top`` transformer layers and what sits above them (final norm, pooler, head).
+
+    The embeddings stay as pretrained: with a few hundred prompts, a fully trained reward model learns
+    the training prompts' words by heart and generalises worse to held-out prompts.
+    """
+    import re
+
+    index = [int(m.group(1)) for n, _ in model.named_parameters() if (m := re.search(r"\.layers?\.(\d+)\.", n))]
+    first = max(index, default=-1) + 1 - n_top
+    for name, param in model.named_parameters():
+        m = re.search(r"\.layers?\.(\d+)\.", name)
+        param.requires_grad = not ("embed" in name or (m is not None and int(m.group(1)) < first))
+
+
+def make_scheduler(cfg: RewardConfig, optimizer):
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
+
+
+class RewardModule(torch.nn.Module):
+    """The classifier with :func:`reward_forward` as its forward: what ``accelerator.prepare`` wraps.
+
+    Mean pooling calls the encoder directly; wrapped in this module, the whole scoring pass still goes
+    through the DDP/FSDP wrapper's forward, which is what synchronises gradients across processes.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return reward_forward(self.model, inputs)
+
+
+def classifier(accelerator, module):
+    """The classifier (or its LoRA wrapper) inside a prepared :class:`RewardModule`."""
+    return dist.unwrap(accelerator, module).model
+
+
+def classifier_state(accelerator, module) -> dict:
+    """``save_pretrained`` arguments for the classifier: its gathered weights when FSDP/ZeRO shard them."""
+    state = dist.gathered_state(accelerator, module)
+    if "state_dict" in state:
+        state["state_dict"] = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+    return state
+
+
+def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, accelerator=None, rng: dict | None = None) -> None:
+    """Weights, optimiser, schedule, RNG (now, or ``rng`` as taken at the step's end) and step.
+
+    Called on every rank: rank 0 writes, the others wait."""
+    gathered = classifier_state(accelerator, module)
+    if dist.is_main():
+        with atomic_dir(out / "checkpoint") as tmp:
+            classifier(accelerator, module).save_pretrained(tmp / "model", **gathered)
+            save_state(tmp, {"step": step}, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                             "rng": rng or rng_state()})
+    dist.barrier()
+
+
+def save_final(cfg: RewardConfig, out: Path, module, tok, accelerator=None):
+    """A plain ``save_pretrained`` classifier (LoRA merged) that AutoModelForSequenceClassification loads.
+
+    Called on every rank; rank 0 writes. Returns the classifier that was saved (on other ranks: unmerged).
+    """
+    gathered = classifier_state(accelerator, module)
+    model = classifier(accelerator, module)
+    if dist.is_main():
+        if cfg.lora:
+            model = model.merge_and_unload()
+        model.save_pretrained(out, **gathered)
+        tok.save_pretrained(out)
+    dist.barrier()
+    return model
+
+
+def reference_samples(cfg: RewardConfig, groups: list[Group]) -> tuple[list[dict], list[str], str]:
+    """Reference-policy samples for reward_stats: up to ``stats_samples`` of the data's responses, or ``stats_policy``'s own samples."""
+    if not cfg.stats_policy:
+        prompts, responses, _ = flatten(groups)
+        # A seeded subset: scoring every response with a large backbone on a CPU would take longer than training.
+        keep = sorted(torch.randperm(len(responses), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.stats_samples].tolist())
+        return [prompts[i] for i in keep], [responses[i] for i in keep], f"data:{cfg.data}"
+    from rlhfkit.models.generation import generate_texts
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(cfg.stats_policy)
+    policy = load_causal_lm(cfg.stats_policy)
+    prompts = [groups[i % len(groups)].prompt for i in range(cfg.stats_samples)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        responses = generate_texts(policy, tok, prompts, cfg.stats_max_new_tokens, cfg.stats_temperature,
+                                   batch_size=16, progress=True)
+    return prompts, responses, cfg.stats_policy
+
+
+def load_feedback(cfg: RewardConfig) -> tuple[list[Group], list[Group]]:
+    """Train and held-out groups: ``eval_data``'s prompts, or a seeded share of the prompts (never both sides)."""
+    records = read_records(cfg.data, "auto")
+    other = sum(detect_kind(r) in ("sft", "prompt") for r in records)
+    if other:
+        console.print(f"rm: {cfg.data}: {other} records are not feedback (SFT or prompt records) and are not used")
+    groups = build_groups(records, cfg.rating_loss)
+    if cfg.eval_data:
+        held = build_groups(read_records(cfg.eval_data, "auto"), cfg.rating_loss)
+        keys = {prompt_key(g.prompt) for g in held}
+        return [g for g in groups if prompt_key(g.prompt) not in keys], held
+    return split_groups(groups, cfg.eval_fraction, cfg.seed)
+
+
+class RewardHealthError(RuntimeError):
+    """Training stopped on a non-finite loss or gradient, before that update reached the weights."""
+
+
+def stop_if_non_finite(step: int, values: dict, out: Path) -> None:
+    """Raise RewardHealthError when any of ``values`` (loss, gradient norm; None: not measured) is NaN/inf.
+
+    Called between the backward pass and the optimiser step, so the weights and every checkpoint stay finite.
+    """
+    bad = [name for name, v in values.items() if v is not None and not math.isfinite(float(v))]
+    if bad:
+        raise RewardHealthError(f"step {step}: {', '.join(bad)} is NaN/inf: stopped before updating the weights; any "
+                                f"checkpoint in {out / 'checkpoint'} is kept as it was. Usually a learning rate too high or feedback "
+                                "with extreme scores or margins: lower lr or check the data, then resume with --resume")
+
+
+def train_reward(cfg: RewardConfig) -> dict:
+    """Train a reward model as configured; returns the last logged metrics (with the final evaluation)."""
+    from rlhfkit.models.loading import load_tokenizer, set_threads
+    from rlhfkit.stages.sft import batch_indices
+
+    out = Path(cfg.output)
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    world, me = dist.world_size(), dist.rank()
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size: {cfg.batch_size} prompts do not split evenly over {world} processes; use a multiple of {world}")
+    console.quiet = not dist.is_main()
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Mean pooling leaves an encoder's pooler out of the graph; DDP must be told some parameters get no gradient.
+    accelerator = dist.get_accelerator(1, cfg.batch_size // world,
+                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    precision = resolve_precision(cfg.precision, accelerator.device.type)
+    train, held = load_feedback(cfg)
+    if not train:
+        raise RecordError(cfg.data, None, "no training pairs (every record was a tie or an unchanged edit?)")
+    n_pairs = sum(len(g.pairs) for g in train)
+    console.print(f"rm: {len(train)} train prompts ({n_pairs} pairs) / {len(held)} held-out prompts "
+                  f"({sum(len(g.pairs) for g in held)} pairs); precision {precision}")
+    tok = load_tokenizer(cfg.model)
+
+    ckpt = find_checkpoint(out / "checkpoint") if cfg.resume else None
+    if cfg.resume and ckpt is None:
+        console.print(f"rm: no checkpoint in {out}; starting from the beginning")
+    model = RewardModule(build_model(cfg, ckpt))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(cfg, optimizer)
+    if accelerator.device.type == "cpu" and not dist.is_sharded(accelerator):
+        use_onednn_linears(model)  # fp32 products through oneDNN (accel/cpu_linear.py); bf16 is oneDNN's already
+    # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
+    if world > 1:
+        console.print(f"rm: {world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
+    start = 0
+    if ckpt is not None:
+        if dist.is_sharded(accelerator):
+            raise ConfigError("resume: checkpoints hold rank 0's optimiser state, which FSDP/DeepSpeed shard; "
+                              "resume under DDP or one process (configs/accelerate/ddp.yaml)")
+        state, tensors = load_state(ckpt)
+        optimizer.load_state_dict(tensors["optimizer"])
+        scheduler.load_state_dict(tensors["scheduler"])
+        set_rng_state(tensors["rng"])
+        start = state["step"]
+        if dist.is_main():
+            truncate_metrics(out / "metrics.jsonl", start)
+        console.print(f"rm: resumed from step {start}")
+    elif dist.is_main() and (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+    if dist.is_main():
+        save_config(cfg, out)
+        (out / SPLIT_FILE).write_text(json.dumps({"eval_prompts": [g.prompt for g in held]}, ensure_ascii=False), encoding="utf-8")
+    logger = dist.metrics_logger(out, cfg.report_to, config=to_dict(cfg))
+
+    def score_fn(prompts, responses):
+        # Every rank scores the whole held-out set: identical passes everywhere (sharded models need them).
+        return score_texts(classifier(accelerator, model), tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
+
+    model.train()
+    last: dict = {}
+    step, boundary = start, rng_state()  # the last finished step, and the RNG as it left it
+    columns = [TextColumn("rm"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
+            task = bar.add_task("rm", total=cfg.max_steps, completed=start, info="")
+            for step in range(start, cfg.max_steps):
+                t0 = time.perf_counter()
+                batch = [train[i] for i in batch_indices(step, cfg.batch_size, len(train), cfg.seed)]  # global batch
+                counts = loss_counts(batch) if world > 1 else None  # None: plain means, as one process always did
+                mine = dist.shard(batch, me, world)  # whole groups: a prompt's pairs stay together
+                prompts, responses, offsets = flatten(mine)  # each distinct response once per batch
+                with autocast(precision, accelerator.device.type):
+                    rewards = model(**dist.to_device(rm_inputs(tok, prompts, responses, cfg.max_len), accelerator.device))
+                # Sums over my pairs ÷ the GLOBAL batch's counts: the ranks' losses add up to the one-process loss.
+                loss, metrics = batch_loss(rewards, mine, offsets, cfg.use_margin, counts)
+                metrics.pop("reward_gap")  # logged for held-out pairs only (DESIGN §8 reward-model metrics)
+                accelerator.backward(loss * world)  # × world undoes DDP's mean of the ranks' gradients
+                loss_sum, n_correct, n_pairs, n_examples = dist.all_reduce_sum(
+                    [metrics["loss"], metrics.pop("n_correct"), metrics["n_pairs"], len(responses)])
+                metrics.update({"loss": loss_sum, "n_pairs": int(n_pairs),
+                                "accuracy": n_correct / n_pairs if n_pairs else float("nan")})
+                with step_completes():  # Ctrl-C from here waits for the step's log line and checkpoint
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                    stop_if_non_finite(step + 1, {"loss": loss_sum, "grad_norm": grad_norm}, out)
+                    lr = scheduler.get_last_lr()[0]
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    done = step + 1
+                    metrics.update({"lr": lr, "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+                                    "examples": int(n_examples), "time_step_s": time.perf_counter() - t0})
+                    if held and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+                        ev = evaluate_groups(score_fn, held, cfg.use_margin)
+                        metrics.update({"eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "reward_gap": ev["reward_gap"]})
+                    if done % cfg.log_every == 0 or done == cfg.max_steps or "eval_loss" in metrics:
+                        last = logger.log(done, metrics)
+                    if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+                        save_checkpoint(out, model, optimizer, scheduler, done, accelerator)
+                    bar.update(task, completed=done, info=f"loss {metrics['loss']:.3f} acc {metrics.get('accuracy', float('nan')):.2f}")
+                    step, boundary = done, rng_state()  # RNG as the next step will find it
+    except KeyboardInterrupt as stop:
+        # Several processes stop at different points, so a collective save could hang: keep the last checkpoint.
+        if world == 1 and not isinstance(stop, ForcedStop):
+            save_checkpoint(out, model, optimizer, scheduler, step, accelerator, rng=boundary)
+        logger.close()
+        raise
+    except RewardHealthError:
+        logger.close()  # no checkpoint: the last one saved stays as it was
+        raise
+    save_checkpoint(out, model, optimizer, scheduler, step, accelerator)
+    model = save_final(cfg, out, model, tok, accelerator)
+    model.eval()
+    # Every rank scores the same samples (sharded models need identical passes); rank 0 writes the stats.
+    prompts, responses, policy = reference_samples(cfg, train + held)
+    scores = score_texts(model, tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
+    stats = {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 1.0, "n": len(scores), "policy": policy}
+    if dist.is_main():
+        (out / STATS_FILE).write_text(json.dumps(stats, indent=1, allow_nan=False), encoding="utf-8")
+    logger.close()
+    console.print(f"rm: done, {step} steps; reward model saved to {out} (reference scores mean {stats['mean']:.3f}, std {stats['std']:.3f})")
+    return last
+
+
+# ---------------------------------------------------------------------------------------------- CLI helpers
+
+
+def score_file(model: str, data: str, output: str | None = None, batch_size: int = 16, normalize: bool = False) -> dict:
+    """``rlhf rm score``: score candidates (adds "rewards") or prompt+response records (adds "reward")."""
+    from rlhfkit.data.formats import write_records
+
+    located = read_located(data, "prompt")
+    records = [rec for _, rec in located]
+    prompts, responses, owners = [], [], []
+    for i, (where, rec) in enumerate(located):
+        for text in record_responses(rec, where):
+            prompts.append(rec), responses.append(text), owners.append(i)
+    scorer = RewardScorer.load(model)
+    scores = scorer.score(prompts, responses, batch_size)
+    if normalize:
+        scores = scorer.normalize(scores)
+    if output:
+        per: dict[int, list[float]] = {}
+        for i, s in zip(owners, scores.tolist()):
+            per.setdefault(i, []).append(s)
+        write_records(output, [{**rec, "rewards": per[i]} if "responses" in rec else {**rec, "reward": per[i][0]}
+                               for i, rec in enumerate(records)])
+    n = len(scores)
+    return {"n": n, "mean": float(scores.mean()) if n else None, "std": float(scores.std()) if n > 1 else None}
+
+
+def score_groups(model: str | Path, groups: list[Group], batch_size: int = 16) -> dict:
+    """A reward model's held-out loss, pair accuracy, reward gap and pair count on ``groups``."""
+    scorer = RewardScorer.load(model)
+    return evaluate_groups(lambda p, r: scorer.score(p, r, batch_size), groups)
+
+
+def eval_file(model: str, data: str, judge: str | None = None, batch_size: int = 16) -> dict:
+    """``rlhf rm eval``: pair accuracy, loss, reward gap on a feedback file (or candidates ordered by a gold judge)."""
+    if judge:
+        from rlhfkit.stages.sample import read_candidates
+
+        groups = gold_groups(read_candidates(data), judge)
+    else:
+        groups = build_groups(read_records(data, "auto"), "pairs")
+    if not groups:
+        raise RecordError(data, None, "no pairs to evaluate (every record was a tie, an unchanged edit or not feedback)")
+    metrics = score_groups(model, groups, batch_size)
+    return {"accuracy": metrics["accuracy"], "n_pairs": metrics["n_pairs"], "reward_gap": metrics["reward_gap"],
+            "loss": metrics["loss"], "n_prompts": len(groups)}

@@ -1,0 +1,104 @@
+"""``rlhf sample``: K candidate responses per prompt, for people or simulated annotators to judge.
+
+One output line per prompt: the prompt (``prompt`` or ``messages``, as in the input), ``responses`` (K
+strings), the ``model`` spec, the ``checkpoint`` that wrote them, the ``sampling`` settings, and every other
+field of the input record copied through (e.g. a tutor prompt's ``keywords``).
+
+Resumable by prompt: prompts already in the output file are skipped and each batch is appended and
+flushed as soon as it is generated, so an interrupted run loses at most one batch. Each batch is seeded
+from (seed, index of its first prompt in the input file), so a rerun of the same file is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rlhfkit.config import SampleConfig
+from rlhfkit.data.formats import iter_records, prompt_messages, read_records
+from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.models.generation import decode_response, generate_ids
+
+console = Console(stderr=True)
+RESERVED = ("prompt", "messages", "responses", "model", "checkpoint", "sampling")
+
+
+def prompt_key(rec: dict) -> str:
+    """A prompt's identity for resuming: its chat messages (a plain prompt is one user message)."""
+    return json.dumps(prompt_messages(rec), ensure_ascii=False, sort_keys=True)
+
+
+def done_prompts(path: Path) -> set[str]:
+    """Keys of the prompts already sampled into ``path`` (a missing file → none).
+
+    A last line cut off by an interrupted write is dropped, so that prompt is sampled again.
+    """
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    return {prompt_key(r) for _, r in iter_records(path, "prompt")}
+
+
+def checkpoint_of(spec: str) -> str:
+    """What wrote the candidates: the folder for a local model, otherwise the spec itself."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+def read_candidates(path: str) -> list[dict]:
+    """Candidates records (a prompt plus ``responses``: at least 2 different texts); errors name file:line: field."""
+    return read_records(path, "candidates")
+
+
+def candidate_record(rec: dict, responses: list[str], cfg: SampleConfig) -> dict:
+    out = {"prompt": rec["prompt"]} if "messages" not in rec else {"messages": rec["messages"]}
+    out.update({"responses": responses, "model": cfg.model, "checkpoint": checkpoint_of(cfg.model),
+                "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+                             "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}})
+    out.update({k: v for k, v in rec.items() if k not in RESERVED})
+    return out
+
+
+def sample_candidates(cfg: SampleConfig) -> int:
+    """Write K candidates for every prompt not yet in ``cfg.output``; returns how many prompts were added."""
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer, set_threads
+    from rlhfkit.accel.precision import dtype_for
+
+    if cfg.k < 1:
+        raise ValueError(f"k: expected at least 1, got {cfg.k}")
+    set_threads(cfg.threads)
+    out = Path(cfg.output)
+    records = read_records(cfg.prompts, "prompt")
+    if cfg.limit:
+        records = records[: cfg.limit]
+    done = done_prompts(out)
+    todo = [(i, r) for i, r in enumerate(records) if prompt_key(r) not in done]
+    console.print(f"sample: {len(records)} prompts, {len(records) - len(todo)} already in {out}, {len(todo)} to sample (k={cfg.k})")
+    if not todo:
+        return 0
+    tok = load_tokenizer(cfg.model)
+    model = load_causal_lm(cfg.model, dtype=dtype_for(cfg.precision))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    columns = [TextColumn("sample"), BarColumn(), TextColumn("{task.completed}/{task.total} prompts"), TimeRemainingColumn()]
+    with out.open("a", encoding="utf-8") as f, Progress(*columns, console=console) as bar:
+        task = bar.add_task("sample", total=len(todo))
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start:start + cfg.batch_size]
+            torch.manual_seed(cfg.seed * 1_000_003 + batch[0][0])
+            ids = [encode_prompt(tok, prompt_messages(r), cfg.chat) for _, r in batch]
+            rows = [p for p in ids for _ in range(cfg.k)]  # K copies of each prompt, side by side
+            gen = generate_ids(model, tok, rows, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
+                               batch_size=len(rows))
+            texts = [decode_response(tok, g) for g in gen]
+            for j, (_, rec) in enumerate(batch):
+                f.write(json.dumps(candidate_record(rec, texts[j * cfg.k:(j + 1) * cfg.k], cfg), ensure_ascii=False) + "\n")
+            f.flush()
+            bar.advance(task, len(batch))
+    console.print(f"sample: wrote {len(todo)} prompts × {cfg.k} candidates to {out}")
+    return len(todo)

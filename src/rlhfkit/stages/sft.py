@@ -1,0 +1,245 @@
+"""Supervised fine-tuning: cross-entropy on response tokens only, full weights or LoRA.
+
+The loop reads top to bottom: take the step's batch → micro-batches with gradient accumulation →
+clip → optimiser and schedule step → log → evaluate / checkpoint. The batch of step ``s`` is a pure
+function of (seed, s), so ``--resume`` continues with exactly the data order of an unbroken run.
+
+Under ``accelerate launch`` (DDP, FSDP, DeepSpeed; ``configs/accelerate/``) every rank builds the same
+global batch, trains on its shard of it, and divides by the GLOBAL response-token count, so N processes
+take exactly the step one process takes on the whole batch; rank 0 alone logs and writes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rlhfkit import distributed as dist
+from rlhfkit.checkpoint import (ForcedStop, atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything,
+                                set_rng_state, step_completes)
+from rlhfkit.config import ConfigError, SFTConfig, save_config, to_dict
+from rlhfkit.data.formats import read_records, sft_pair
+from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right, encode_sft
+from rlhfkit.accel.cpu_linear import use_onednn_linears
+from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer, set_threads
+from rlhfkit.accel.precision import autocast, resolve_precision
+from rlhfkit.tracking import truncate_metrics
+
+console = Console(stderr=True)
+
+
+def split_records(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out ``fraction`` of the records (seeded); none when that rounds to zero."""
+    n_eval = int(round(len(records) * fraction))
+    if n_eval == 0 or n_eval >= len(records):
+        return records, []
+    perm = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(perm[:n_eval])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """Example indices of optimiser step ``step``: epochs of seeded permutations, read in order."""
+    out = []
+    for j in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(j, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        out.append(int(perm[pos]))
+    return out
+
+
+def response_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over response tokens and their count (for exact accumulation)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, :-1]  # position t predicts token t+1
+    labels = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
+                                             ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, int((labels != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def evaluate(model, examples: list[Encoded], pad_id: int, batch_size: int, device=None) -> dict[str, float]:
+    """Mean per-token held-out loss and perplexity."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = collate_right(examples[i:i + batch_size], pad_id)
+        loss, n = response_loss(model, batch if device is None else dist.to_device(batch, device))
+        total, count = total + float(loss), count + n
+    model.train(was_training)
+    mean = total / max(count, 1)
+    return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0))}
+
+
+def build_model(cfg: SFTConfig, ckpt: Path | None):
+    """The model to train: fresh from the spec, or the checkpoint's weights when resuming."""
+    if ckpt is not None:
+        model = load_causal_lm(str(ckpt / "model"), trainable=True)
+    else:
+        model = load_causal_lm(cfg.model)
+        if cfg.lora:
+            model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if cfg.lora:
+            model.enable_input_require_grads()
+        model.config.use_cache = False
+    return model
+
+
+def make_scheduler(cfg: SFTConfig, optimizer):
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
+
+
+def save_checkpoint(out: Path, model, optimizer, scheduler, step: int, accelerator=None, rng: dict | None = None) -> None:
+    """Weights, optimiser, schedule, RNG (now, or ``rng`` as taken at the step's end) and step.
+
+    Called on every rank: rank 0 writes, the others wait."""
+    gathered = dist.gathered_state(accelerator, model)
+    if dist.is_main():
+        with atomic_dir(out / "checkpoint") as tmp:
+            dist.unwrap(accelerator, model).save_pretrained(tmp / "model", **gathered)
+            save_state(tmp, {"step": step}, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                             "rng": rng or rng_state()})
+    dist.barrier()
+
+
+def save_final(cfg: SFTConfig, out: Path, model, tok, accelerator=None) -> None:
+    """Weights in save_pretrained form (LoRA: the adapter; with merge_lora also out/merged)."""
+    dist.save_pretrained(accelerator, model, out)
+    if dist.is_main():
+        tok.save_pretrained(out)
+        if cfg.lora and cfg.merge_lora:
+            merged = dist.unwrap(accelerator, model).merge_and_unload()
+            merged.save_pretrained(out / "merged")
+            tok.save_pretrained(out / "merged")
+    dist.barrier()
+
+
+def train_sft(cfg: SFTConfig) -> dict:
+    """Run SFT as configured; returns the last logged metrics."""
+    out = Path(cfg.output)
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    world, me = dist.world_size(), dist.rank()
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size: {cfg.batch_size} examples do not split evenly over {world} processes; use a multiple of {world}")
+    console.quiet = not dist.is_main()
+    local = cfg.batch_size // world  # this rank's share of each step's batch
+    micro = max(1, local // max(cfg.grad_accum, 1))
+    n_micro = math.ceil(local / micro)
+    accelerator = dist.get_accelerator(n_micro, micro)
+    precision = resolve_precision(cfg.precision, accelerator.device.type)
+    records = read_records(cfg.data, "sft")
+    if cfg.eval_data:
+        train_recs, eval_recs = records, read_records(cfg.eval_data, "sft")
+    else:
+        train_recs, eval_recs = split_records(records, cfg.eval_fraction, cfg.seed)
+    tok = load_tokenizer(cfg.model)
+
+    def encode(recs: list[dict]) -> list[Encoded]:
+        return [encode_sft(tok, *sft_pair(r), cfg.max_len, cfg.max_prompt_len) for r in recs]
+
+    train, held = encode(train_recs), encode(eval_recs)
+    n_trunc = sum(e.truncated for e in train + held)
+    console.print(f"sft: {len(train)} train / {len(held)} held-out examples; {n_trunc} truncated to {cfg.max_len} tokens; "
+                  f"precision {precision}")
+    if world > 1:
+        console.print(f"sft: {world} processes ({accelerator.distributed_type.value}), {local} examples each per step")
+
+    ckpt = find_checkpoint(out / "checkpoint") if cfg.resume else None
+    if cfg.resume and ckpt is None:
+        console.print(f"sft: no checkpoint in {out}; starting from the beginning")
+    model = build_model(cfg, ckpt)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(cfg, optimizer)
+    if accelerator.device.type == "cpu" and not dist.is_sharded(accelerator):
+        use_onednn_linears(model)  # fp32 products through oneDNN (accel/cpu_linear.py); bf16 is oneDNN's already
+    # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
+    # The scheduler stays unprepared: it steps once per optimiser step whatever the number of processes.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
+    start = 0
+    if ckpt is not None:
+        if dist.is_sharded(accelerator):
+            raise ConfigError("resume: checkpoints hold rank 0's optimiser state, which FSDP/DeepSpeed shard; "
+                              "resume under DDP or one process (configs/accelerate/ddp.yaml)")
+        state, tensors = load_state(ckpt)
+        optimizer.load_state_dict(tensors["optimizer"])
+        scheduler.load_state_dict(tensors["scheduler"])
+        set_rng_state(tensors["rng"])
+        start = state["step"]
+        if dist.is_main():
+            truncate_metrics(out / "metrics.jsonl", start)
+        console.print(f"sft: resumed from step {start}")
+    elif dist.is_main() and (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+    if dist.is_main():
+        save_config(cfg, out)
+    logger = dist.metrics_logger(out, cfg.report_to, config=to_dict(cfg))
+    model.train()
+    last: dict = {}
+    step, boundary = start, rng_state()  # the last finished step, and the RNG as it left it
+    columns = [TextColumn("sft"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
+            task = bar.add_task("sft", total=cfg.max_steps, completed=start, info="")
+            for step in range(start, cfg.max_steps):
+                t0 = time.perf_counter()
+                examples = [train[i] for i in batch_indices(step, cfg.batch_size, len(train), cfg.seed)]
+                n_tokens = sum(sum(l != IGNORE_INDEX for l in e.labels[1:]) for e in examples)  # global batch
+                mine = dist.shard(examples, me, world)
+                total = 0.0
+                for i in range(0, len(mine), micro):
+                    # accumulate: no gradient all-reduce before the step's last micro-batch.
+                    with accelerator.accumulate(model):
+                        batch = dist.to_device(collate_right(mine[i:i + micro], tok.pad_token_id), accelerator.device)
+                        with autocast(precision, accelerator.device.type):
+                            loss_sum, _ = response_loss(model, batch)
+                        # Normalise by the GLOBAL batch's token count: accumulation and N processes then equal one
+                        # big batch. × world undoes DDP's mean over ranks, × n_micro accelerate's ÷ accumulation steps.
+                        accelerator.backward(loss_sum * (world * n_micro) / max(n_tokens, 1))
+                    total += float(loss_sum.detach())
+                total = dist.all_reduce_sum(total)
+                with step_completes():  # Ctrl-C from here waits for the step's log line and checkpoint
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                    lr = scheduler.get_last_lr()[0]
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    done = step + 1
+                    metrics = {"loss": total / max(n_tokens, 1), "lr": lr,
+                               "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+                               "tokens": n_tokens, "time_step_s": time.perf_counter() - t0}
+                    if held and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+                        # Every rank evaluates the whole held-out set: the same forward passes everywhere, which
+                        # sharded models need (their forwards are collective), and no reduction.
+                        metrics.update(evaluate(model, held, tok.pad_token_id, cfg.batch_size, accelerator.device))
+                    if done % cfg.log_every == 0 or done == cfg.max_steps or "eval_loss" in metrics:
+                        last = logger.log(done, metrics)
+                    if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+                        save_checkpoint(out, model, optimizer, scheduler, done, accelerator)
+                    bar.update(task, completed=done, info=f"loss {metrics['loss']:.3f}")
+                    step, boundary = done, rng_state()  # RNG as the next step will find it
+    except KeyboardInterrupt as stop:
+        # Several processes stop at different points, so a collective save could hang: keep the last checkpoint.
+        if world == 1 and not isinstance(stop, ForcedStop):
+            save_checkpoint(out, model, optimizer, scheduler, step, accelerator, rng=boundary)
+        logger.close()
+        raise
+    save_checkpoint(out, model, optimizer, scheduler, step, accelerator)
+    save_final(cfg, out, model, tok, accelerator)
+    logger.close()
+    console.print(f"sft: done, {step} steps; model saved to {out}")
+    return last

@@ -1,0 +1,64 @@
+"""fp32 linear layers through oneDNN on the CPU: the same model, outputs and gradients as through F.linear."""
+
+import copy
+
+import pytest
+import torch
+
+from rlhfkit.accel import cpu_linear
+
+pytestmark = pytest.mark.skipif(not cpu_linear.onednn_linear_available(), reason="this torch build has no oneDNN linear ops")
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config)
+
+
+def test_switched_linears_give_the_same_logits_and_gradients_and_keep_the_model():
+    plain = tiny_llama()
+    fast = copy.deepcopy(plain)
+    n = cpu_linear.use_onednn_linears(fast, skip=(fast.lm_head,))
+    assert n == 2 * 7  # q, k, v, o, gate, up, down per layer; the head is skipped
+    assert type(fast.lm_head) is torch.nn.Linear
+    assert all(isinstance(m, torch.nn.Linear) for m in fast.modules() if isinstance(m, cpu_linear.OneDNNLinear))
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    ids = torch.randint(0, 128, (3, 11))
+    out_plain, out_fast = plain(ids).logits, fast(ids).logits
+    torch.testing.assert_close(out_fast, out_plain, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(out_plain)
+    (out_plain * g).sum().backward()
+    (out_fast * g).sum().backward()
+    for (name, a), (_, b) in zip(fast.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_the_route_is_taken_only_for_wide_fp32_products_without_autocast():
+    x, w = torch.randn(5, 64), torch.randn(96, 64)
+    assert cpu_linear.applies(x, w)
+    assert not cpu_linear.applies(x, torch.randn(16, 64))  # LoRA's rank-16 factor: MKL
+    assert not cpu_linear.applies(x.bfloat16(), w.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not cpu_linear.applies(x, w)  # autocast's bf16 product is oneDNN's already
+        y = cpu_linear.linear(x, w)
+    assert y.dtype == torch.bfloat16
+    bias = torch.randn(96)
+    torch.testing.assert_close(cpu_linear.linear(x, w, bias), torch.nn.functional.linear(x, w, bias), atol=1e-5, rtol=1e-5)
+
+
+def test_lora_wraps_a_switched_model_and_trains_only_its_adapters():
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_llama()
+    cpu_linear.use_onednn_linears(model, skip=(model.lm_head,))
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    base = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert type(base) is cpu_linear.OneDNNLinear
+    ids = torch.randint(0, 128, (2, 9))
+    model(ids).logits.sum().backward()
+    assert base.weight.grad is None
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight.grad is not None

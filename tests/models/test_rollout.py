@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+
+from rlhfkit.data.tokenize import encode_prompt, left_pad
+from rlhfkit.models.loading import add_lora, load_causal_lm, load_sequence_classifier, load_tokenizer
+from rlhfkit.models.rollout import collect, forward_tokens, response_mask_from_eos, sample
+from rlhfkit.stages.ppo import JudgeReward
+from rlhfkit.models.value import ValueModel
+
+TEXTS = ["Hi", "Tell me a story about a dragon who learned to bake bread in a small village.", "Why is the sky blue?"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("tiny")
+
+
+@pytest.fixture(scope="module")
+def prompts(tok):
+    return [encode_prompt(tok, [{"role": "user", "content": t}]) for t in TEXTS]
+
+
+def test_response_mask_ends_at_the_first_eos_even_though_pad_is_eos():
+    eos = 2  # SmolLM2: pad_token_id == eos_token_id, so padding cannot be told from EOS by id
+    response = torch.tensor([[5, 6, 2, 2, 2], [5, 2, 7, 2, 9], [5, 6, 7, 8, 9]])
+    assert response_mask_from_eos(response, eos).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_sampled_logprobs_equal_a_full_recompute_at_temperature_with_left_padded_prompts(tok, prompts):
+    torch.manual_seed(0)
+    model = load_causal_lm("tiny")
+    query, query_mask = left_pad(prompts, tok.pad_token_id)
+    assert len({len(p) for p in prompts}) == 3  # three different amounts of left padding
+    s = sample(model, query, query_mask, 12, 0.7, tok.eos_token_id, tok.pad_token_id)
+    with torch.no_grad():  # a training-mode pass (not inference mode), as in the PPO epochs
+        recomputed, _ = forward_tokens(model, query, query_mask, s["response"].clone(), s["response_mask"].clone(), 0.7)
+    mask = s["response_mask"].bool()
+    assert torch.exp(recomputed[mask] - s["logprobs"][mask]).sub(1).abs().max() < 1e-5  # ratio == 1
+    # at temperature 1 the log-probs are different: the temperature really divides the logits in both places
+    with torch.no_grad():
+        untempered, _ = forward_tokens(model, query, query_mask, s["response"], s["response_mask"], temperature=1.0)
+    assert (untempered[mask] - s["logprobs"][mask]).abs().max() > 1e-2
+
+
+def test_a_prompt_alone_and_inside_a_left_padded_batch_give_the_same_logprobs(tok, prompts):
+    torch.manual_seed(1)
+    model = load_causal_lm("tiny")
+    query, query_mask = left_pad(prompts, tok.pad_token_id)
+    s = sample(model, query, query_mask, 10, 0.7, tok.eos_token_id, tok.pad_token_id)
+    with torch.no_grad():
+        batch_lp, _ = forward_tokens(model, query, query_mask, s["response"], s["response_mask"], 0.7)
+    for i, p in enumerate(prompts):
+        q1, m1 = left_pad([p], tok.pad_token_id)
+        with torch.no_grad():
+            alone, _ = forward_tokens(model, q1, m1, s["response"][i : i + 1], s["response_mask"][i : i + 1], 0.7)
+        mask = s["response_mask"][i].bool()
+        torch.testing.assert_close(alone[0][mask], batch_lp[i][mask], atol=1e-5, rtol=0)
+
+
+def test_lora_reference_is_the_policy_with_adapters_disabled(tok, prompts):
+    torch.manual_seed(2)
+    base = load_causal_lm("tiny")
+    plain = load_causal_lm("tiny")  # an independent copy of the starting weights
+    policy = add_lora(base, r=4, alpha=8)
+    with torch.no_grad():  # move the adapters away from their identity init
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    r, scores = collect(policy, tok, prompts, [{"prompt": t} for t in TEXTS], JudgeReward("length"),
+                        max_new_tokens=8, temperature=0.7)
+    with torch.no_grad():
+        expected, _ = forward_tokens(plain, r.query, r.query_mask, r.response, r.response_mask, 0.7)
+    mask = r.response_mask.bool()
+    torch.testing.assert_close(r.ref_logprobs[mask], expected[mask], atol=1e-5, rtol=0)
+    assert (r.logprobs[mask] - r.ref_logprobs[mask]).abs().max() > 1e-3  # the policy itself did use its adapters
+    assert scores.shape == (3,) and r.values.shape == r.response.shape
+    assert r.values.abs().sum() == 0  # no value model given: zeros (the caller supplies one)
+
+
+def test_value_model_applies_the_normalised_reward_head_at_every_response_position(tok, prompts):
+    classifier = load_sequence_classifier("tiny")
+    mean, std = 0.3, 2.0
+    raw = load_sequence_classifier("tiny")
+    value = ValueModel(classifier, mean, std)
+    response = torch.tensor([[100, 200, 300, 400]])
+    ids = torch.tensor([prompts[1]])
+    full = torch.cat([ids, response], 1)
+    with torch.no_grad():
+        values = value(full, torch.ones_like(full), ids.shape[1])
+        for t in range(response.shape[1]):  # the value before token t = the reward model's score of the text so far
+            prefix = full[:, : ids.shape[1] + t]
+            score = raw(input_ids=prefix, attention_mask=torch.ones_like(prefix)).logits[0, 0]
+            assert values[0, t].item() == pytest.approx(((score - mean) / std).item(), abs=1e-4)

@@ -1,0 +1,135 @@
+import json
+import re
+
+import pytest
+
+import rlhfkit.stages.sft as sft
+from rlhfkit.stages.budget import AIM, COUNTS, MINIMUM, STAGES, Rates, corrected, make_plan
+from rlhfkit.stages.pipeline import PipelineConfig, load_recipe, run_pipeline
+
+ALL_LEFT = {"sft": 1, "sample": 1, "rm": 1, "ppo": 1, "eval": 1}
+
+
+def tutor_sections() -> dict:
+    recipe = load_recipe("tutor")
+    return {k: dict(getattr(recipe, k)) for k in ("sft", "sample", "feedback", "rm", "ppo", "eval")}
+
+
+def rates(slow: float = 1.0) -> Rates:
+    """Fixed rates of about the 2-core machine's size (a 135M policy, MiniLM reward model); ``slow``× every one."""
+    return Rates(load_s=3 * slow, rm_load_s=1.5 * slow, prefill_token_s=4e-4 * slow, step_s=0.05 * slow,
+                 step_row_s=0.004 * slow, train_token_s=2.75e-3 * slow, ppo_token_s=2.2e-3 * slow, train_opt_s=0.05 * slow,
+                 rm_token_s=2.1e-4 * slow, rm_opt_s=0.05 * slow, prompt_tokens=150, eval_prompt_tokens=150, sft_width=250, rm_width=250,
+                 n_prompts=464, n_eval=48, n_sft_heldout=7)
+
+
+def counts(plan: dict) -> dict:
+    return {s: row["count"] for s, row in plan["stages"].items()}
+
+
+def test_a_smaller_budget_or_a_slower_machine_gets_smaller_counts_and_fewer_ppo_updates():
+    sections = tutor_sections()
+    full = counts(make_plan(sections, rates(), 17 * 60, 10, ALL_LEFT, n_dev=32))
+    half = counts(make_plan(sections, rates(), 8 * 60, 10, ALL_LEFT, n_dev=32))
+    slow = counts(make_plan(sections, rates(slow=3.0), 17 * 60, 10, ALL_LEFT, n_dev=32))
+    assert set(full) == set(STAGES)
+    assert all(half[s] <= full[s] for s in STAGES) and half["ppo"] < full["ppo"]
+    assert all(slow[s] <= full[s] for s in STAGES) and slow["ppo"] < full["ppo"]
+    assert sum(half.values()) < sum(full.values()) and sum(slow.values()) < sum(full.values())
+    # never above the recipe's counts (PPO: what fits), never below the minimums
+    recipe = {s: sections[s][COUNTS[s]] for s in ("sft", "sample", "rm", "eval")}
+    for plan in (full, half, slow):
+        assert all(MINIMUM[s] <= plan[s] <= recipe[s] for s in recipe)
+
+
+def test_budget_beyond_the_recipes_counts_goes_to_ppo_and_the_plan_ends_within_the_budget():
+    sections = tutor_sections()
+    plan = make_plan(sections, rates(), 17 * 60, 10, ALL_LEFT, n_dev=32)
+    assert plan["predicted_end_s"] <= AIM * 17 * 60
+    hour = make_plan(sections, rates(), 60 * 60, 10, ALL_LEFT, n_dev=32)
+    assert all(hour["stages"][s]["count"] == sections[s][COUNTS[s]] for s in ("sft", "sample", "rm", "eval"))
+    assert hour["stages"]["ppo"]["count"] > 3 * plan["stages"]["ppo"]["count"]  # more than the recipe's 20, too
+    assert re.match(r"\d+\.\d\d s per SFT step \(probe\) \+ \d+ s fixed → \d+ steps", plan["stages"]["sft"]["why"])
+    # as PPO starts, its deadline is the rest less what comes after it: eval (reserved from the rates) and
+    # PPO's own seconds outside its updates
+    at_ppo = make_plan(sections, rates(), 17 * 60, 400, {"ppo": 1, "eval": 1}, n_dev=32)
+    ppo, ev = at_ppo["stages"]["ppo"], at_ppo["stages"]["eval"]
+    assert at_ppo["ppo_reserve_s"] == pytest.approx(ev["predicted_s"] + ppo["fixed_s"], abs=0.2)
+    assert at_ppo["ppo_deadline_s"] == pytest.approx(AIM * 17 * 60 - 400 - at_ppo["ppo_reserve_s"], abs=0.2)
+    assert ev["count"] == 48  # the stages before PPO took what the plan gave them: eval keeps its count
+
+
+def test_a_finished_stage_corrects_the_rates_and_the_rest_is_planned_again():
+    sections = tutor_sections()
+    r = rates()
+    before = make_plan(sections, r, 17 * 60, 10, ALL_LEFT, n_dev=32)
+    step = before["stages"]["sft"]["unit_s"]
+    # SFT ran its 15 steps at twice the probe's step time, and took 40 s more than the plan said
+    r2 = corrected(r, "sft", 15 * 2 * step + before["stages"]["sft"]["fixed_s"] + 40, [3 * step] + [2 * step] * 14, 15,
+                   sections)
+    assert r2.scale["train"] == pytest.approx(2.0) and r.scale["train"] == 1.0  # a copy: the probe's rates stay
+    left = {**ALL_LEFT, "sft": 0}
+    spent = 10 + 15 * 2 * step + before["stages"]["sft"]["fixed_s"] + 40
+    after = make_plan(sections, r2, 17 * 60, spent, left, n_dev=32)
+    assert "sft" not in after["stages"] and after["stages"]["rm"]["why"].endswith(f"fit {after['stages']['rm']['predicted_s'] / 60:.1f} min")
+    assert all(after["stages"][s]["count"] <= before["stages"][s]["count"] for s in ("sample", "rm", "eval", "ppo"))
+    assert after["stages"]["ppo"]["count"] < before["stages"]["ppo"]["count"]  # PPO's training passes cost twice too
+
+
+def test_a_resumed_stage_keeps_its_count_and_an_override_caps_ppo():
+    sections = tutor_sections()
+    plan = make_plan(sections, rates(), 17 * 60, 10, ALL_LEFT, n_dev=32, held={"sft": 11}, ppo_cap=2)
+    assert plan["stages"]["sft"]["count"] == 11 and "resumed" in plan["stages"]["sft"]["why"]
+    assert plan["stages"]["ppo"]["count"] == 2
+    fixed = make_plan(sections, rates(), 17 * 60, 10, ALL_LEFT, n_dev=32, held={"ppo": 20}, deadline=False)
+    assert fixed["stages"]["ppo"]["count"] == 20
+
+
+def test_a_tiny_model_run_plans_less_when_its_budget_is_smaller(tmp_path, monkeypatch, capsys):
+    """Two tiny-model pipeline runs, the recipe's budget and 5 minutes, stopped as SFT starts: their plan.json (probe included)."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(cfg):
+        raise Stop
+
+    monkeypatch.setattr(sft, "train_sft", stop)
+    overrides = {"rm": {"model": "tiny-minilm"}}
+    big, small = tmp_path / "big", tmp_path / "small"
+    with pytest.raises(Stop):
+        run_pipeline(PipelineConfig(recipe="tutor", output=str(big), model="tiny", overrides=overrides, threads=1))
+    err = capsys.readouterr().err
+    budget = load_recipe("tutor").budget_minutes
+    assert "pipeline: probe took" in err and f"budget plan before sft: {budget:g} min budget" in err
+    # the same measured speed for both (a second probe would differ by the machine's noise, not by the budget)
+    saved = json.loads((big / "plan.json").read_text())
+    small.mkdir()
+    (small / "plan.json").write_text(json.dumps({"probe": saved["probe"]}))
+    with pytest.raises(Stop):
+        run_pipeline(PipelineConfig(recipe="tutor", output=str(small), model="tiny", budget_minutes=5,
+                                    overrides=overrides, threads=1))
+    plans = [json.loads((folder / "plan.json").read_text())["plans"][0] for folder in (big, small)]
+    assert [p["at"] for p in plans] == ["sft/1", "sft/1"] and [p["budget_s"] for p in plans] == [budget * 60, 5 * 60]
+    wide, narrow = (counts(p) for p in plans)
+    assert all(narrow[s] <= wide[s] for s in STAGES) and narrow["ppo"] < wide["ppo"]
+    assert sum(narrow.values()) < sum(wide.values())
+    assert all(row["why"] for p in plans for row in p["stages"].values())
+
+
+def test_a_damaged_plan_json_is_a_clear_error_naming_the_file_and_line_and_a_bad_dev_prompts_too(tmp_path):
+    import shutil
+
+    from rlhfkit.stages.budget import Planner
+    from rlhfkit.config import ConfigError
+
+    (tmp_path / "plan.json").write_text('{"probe": {"load_s": 2.5,\n  "step_s": }')
+    with pytest.raises(ConfigError, match=r"plan\.json: line 2: not valid JSON"):
+        Planner(tmp_path, {}, 15)
+    assert (tmp_path / "plan.json").read_text().startswith('{"probe"')  # left as it was
+    recipe = tmp_path / "recipe"
+    shutil.copytree(load_recipe("tutor").folder, recipe)
+    text = (recipe / "recipe.yaml").read_text().replace("dev_prompts: 24", "dev_prompts: many")
+    (recipe / "recipe.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: dev_prompts: expected a whole number of prompts ≥ 0, got 'many'"):
+        load_recipe(str(recipe))

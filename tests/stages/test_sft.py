@@ -1,0 +1,131 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import rlhfkit.stages.sft as sft
+from rlhfkit.config import SFTConfig
+from rlhfkit.models.loading import load_causal_lm
+from rlhfkit.stages.sft import batch_indices, train_sft
+from rlhfkit.tracking import read_metrics
+
+
+def tiny_cfg(data, out, **kw) -> SFTConfig:
+    base = dict(model="tiny", data=str(data), output=str(out), max_steps=40, batch_size=4, lr=5e-3, warmup_steps=2,
+                eval_fraction=0.0, save_every=0, report_to="none", threads=1)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def losses(run) -> list[float]:
+    return [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
+
+
+def memorisation_losses(memorise_file, tmp_path, seed: int = 0) -> tuple[float, float]:
+    """First and last training loss of 40 SFT steps on the eight-example memorisation set."""
+    train_sft(tiny_cfg(memorise_file, tmp_path / "run", seed=seed))
+    curve = losses(tmp_path / "run")
+    assert len(curve) == 40
+    return curve[0], curve[-1]
+
+
+def test_sft_on_a_memorisation_set_halves_the_training_loss(memorise_file, tmp_path):
+    first, last = memorisation_losses(memorise_file, tmp_path)
+    assert last <= 0.5 * first
+    assert {"loss", "lr", "time_step_s"} <= set(read_metrics(tmp_path / "run" / "metrics.jsonl")[-1])
+    # The output folder loads with plain transformers.
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert model.config.num_hidden_layers == 2
+
+
+def test_batches_are_a_function_of_seed_and_step_covering_every_example_each_epoch():
+    epoch = [i for s in range(4) for i in batch_indices(s, 5, 10, seed=3)]
+    assert sorted(epoch[:10]) == list(range(10)) and sorted(epoch[10:]) == list(range(10))
+    assert batch_indices(2, 5, 10, seed=3) == batch_indices(2, 5, 10, seed=3)
+
+
+def test_resume_after_interruption_matches_an_unbroken_run(memorise_file, tmp_path, monkeypatch):
+    train_sft(tiny_cfg(memorise_file, tmp_path / "full", max_steps=12))
+
+    calls = {"n": 0}
+    real = sft.response_loss
+
+    def interrupt_at_step_8(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:  # one call per step (no accumulation): Ctrl-C during step 8
+            raise KeyboardInterrupt
+        return real(model, batch)
+
+    monkeypatch.setattr(sft, "response_loss", interrupt_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(tiny_cfg(memorise_file, tmp_path / "part", max_steps=12, save_every=5))
+    monkeypatch.setattr(sft, "response_loss", real)
+    assert len(losses(tmp_path / "part")) == 7
+    train_sft(tiny_cfg(memorise_file, tmp_path / "part", max_steps=12, resume=True))
+    assert losses(tmp_path / "part") == pytest.approx(losses(tmp_path / "full"), abs=1e-5)
+
+
+def test_gradient_accumulation_equals_one_big_batch(memorise_file, tmp_path):
+    train_sft(tiny_cfg(memorise_file, tmp_path / "one", max_steps=3))
+    train_sft(tiny_cfg(memorise_file, tmp_path / "acc", max_steps=3, grad_accum=2))
+    assert losses(tmp_path / "acc") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
+
+
+def test_lora_sft_trains_adapters_and_can_merge(memorise_file, tmp_path):
+    out = tmp_path / "lora"
+    train_sft(tiny_cfg(memorise_file, out, max_steps=15, lora=True, lr=2e-2, merge_lora=True))
+    curve = losses(out)
+    assert curve[-1] < curve[0]
+    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+    adapted = load_causal_lm(str(out))
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.allclose(adapted(ids).logits, merged(ids).logits, atol=1e-4)
+        assert not torch.allclose(load_causal_lm("tiny")(ids).logits, merged(ids).logits, atol=1e-4)
+
+
+def test_held_out_loss_and_perplexity_are_logged(memorise_file, tmp_path):
+    train_sft(tiny_cfg(memorise_file, tmp_path / "ev", max_steps=4, eval_fraction=0.25, eval_every=2))
+    rows = [r for r in read_metrics(tmp_path / "ev" / "metrics.jsonl") if "eval_loss" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert rows[0]["eval_ppl"] == pytest.approx(2.718281828 ** rows[0]["eval_loss"], rel=1e-4)
+
+
+def test_bf16_autocast_sft_trains_and_keeps_fp32_weights(memorise_file, tmp_path):
+    out = tmp_path / "bf16"
+    train_sft(tiny_cfg(memorise_file, out, max_steps=20, precision="bf16"))
+    curve = losses(out)
+    assert curve[-1] <= 0.6 * curve[0]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # autocast: the matmuls ran bf16, the weights stayed fp32
+
+
+def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(memorise_file, tmp_path, monkeypatch, python_ctrl_c):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    kw = dict(max_steps=9, eval_fraction=0.25, eval_every=3)
+    train_sft(tiny_cfg(memorise_file, tmp_path / "full", **kw))
+    calls = {"n": 0}
+    real = sft.evaluate
+
+    def ctrl_c_in_second_evaluation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the evaluation after optimiser step 6 has already run
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "evaluate", ctrl_c_in_second_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(tiny_cfg(memorise_file, tmp_path / "part", **kw))
+    monkeypatch.setattr(sft, "evaluate", real)
+    assert sft.load_state(tmp_path / "part" / "checkpoint")[0]["step"] == 6
+    train_sft(tiny_cfg(memorise_file, tmp_path / "part", resume=True, **kw))
+    full, part = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("full", "part"))
+    assert [r["step"] for r in part] == list(range(1, 10))
+    for a, b in zip(full, part):
+        assert {k: v for k, v in a.items() if k != "time_step_s"} == {k: v for k, v in b.items() if k != "time_step_s"}
+    weights = [load_file(tmp_path / run / "model.safetensors") for run in ("full", "part")]
+    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])  # bit for bit
