@@ -335,11 +335,11 @@ def generation_bench(repeats: int, new_tokens: int) -> None:
     """
     import torch
 
+    from rlhfkit.accel import speed_up
     from rlhfkit.data.formats import prompt_messages, read_records
     from rlhfkit.data.tokenize import encode_prompt, left_pad
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     from rlhfkit.models.rollout import sample
-    from rlhfkit.stages.ppo import fast_cpu_linears
 
     torch.set_num_threads(SETTINGS["threads"])
     tok = load_tokenizer("default")
@@ -349,7 +349,7 @@ def generation_bench(repeats: int, new_tokens: int) -> None:
     # what the rollout samples from under precision bf16 with LoRA: the base weights in bf16 (logits fp32)
     model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
     ours = copy.deepcopy(model)  # as the trainer sets the policy up on the CPU: fp32 products through oneDNN
-    fast_cpu_linears(ours)
+    speed_up(ours, device=torch.device("cpu"), head_apart=True)
     times = {"ours": [], "ours_bf16": [], "generate": []}
     for i in range(repeats + 1):
         t0 = time.perf_counter()

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 from rlhfkit.config import RewardConfig, SimulateConfig
-from rlhfkit.data.formats import ranking_to_pairs
+from rlhfkit.data.formats import prompt_key, ranking_to_pairs, read_records
+from rlhfkit.data.groups import gold_groups
 from rlhfkit.feedback.simulate import simulate_feedback
 from rlhfkit.judges import get_judge
-from rlhfkit.stages.reward_model import gold_groups, prompt_key, score_groups, train_reward
-from rlhfkit.stages.sample import read_candidates
+from rlhfkit.stages.reward_model import score_groups, train_reward
 from rlhfkit.tracking import read_metrics
 
 
@@ -65,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
 
     out = Path(args.out)
-    candidates = read_candidates(args.candidates)
+    candidates = read_records(args.candidates, "candidates")
     feedback_path = out / f"rank_T{args.temperature}_f{args.flip}_x{args.per_prompt}_s{args.seed}.jsonl"
     feedback = simulate_feedback(SimulateConfig(judge="sentiment", candidates=args.candidates, output=str(feedback_path),
                                                 kind="rank", annotators=args.annotators, per_prompt=args.per_prompt, temperature=args.temperature,

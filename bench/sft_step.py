@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right
 from rlhfkit.accel.cpu_linear import use_onednn_linears
-from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
 from rlhfkit.accel.precision import autocast
-from rlhfkit.stages.sft import response_loss
+from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right
+from rlhfkit.models.lm_loss import response_loss
+from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
 
 
 def main() -> None:

@@ -29,10 +29,9 @@ def main() -> None:
 
     torch.set_num_threads(job["threads"])
     torch.manual_seed(job["seed"])
+    import trl.experimental.ppo.ppo_trainer as ppo_module
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
-
-    import trl.experimental.ppo.ppo_trainer as ppo_module
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     tok = AutoTokenizer.from_pretrained(job["policy"])

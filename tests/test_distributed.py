@@ -177,7 +177,8 @@ def test_reward_model_under_two_gloo_processes_follows_the_one_process_curve_and
     assert got[-1]["loss"] < got[0]["loss"]
     # The saved models score alike up to a constant: a score offset gets no Bradley–Terry gradient, so Adam turns
     # float noise in the head's bias into steps of size lr (measured: bias 7e-4 apart, score gaps < 1e-5 apart).
-    from rlhfkit.stages.reward_model import RewardScorer, build_groups, flatten
+    from rlhfkit.data.groups import build_groups, flatten
+    from rlhfkit.models.reward import RewardScorer
 
     prompts, responses, _ = flatten(build_groups(read_records(data, "auto")))
     a, b = RewardScorer.load(tmp_path / "one").score(prompts, responses), RewardScorer.load(two).score(prompts, responses)
@@ -188,7 +189,8 @@ def test_reward_model_under_two_gloo_processes_follows_the_one_process_curve_and
 
 
 def test_reward_model_shares_losses_add_up_to_the_whole_batch_loss():
-    from rlhfkit.stages.reward_model import batch_loss, build_groups, flatten, loss_counts
+    from rlhfkit.data.groups import build_groups, flatten
+    from rlhfkit.stages.reward_model import batch_loss, loss_counts
 
     records = [{"prompt": "p1", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]},
                {"prompt": "p2", "chosen": "x", "rejected": "y", "margin": 0.5},
@@ -252,7 +254,7 @@ def test_ppo_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(
 
 
 def test_sampling_noise_belongs_to_a_row_of_the_global_batch_whatever_the_split():
-    from rlhfkit.models.rollout import inverse_cdf
+    from rlhfkit.accel.sampler import inverse_cdf
     from rlhfkit.stages.ppo import step_uniforms
 
     whole = step_uniforms(0, 3, 4, 0, 4)

@@ -6,8 +6,8 @@ import torch
 from rlhfkit.data.tokenize import encode_prompt, left_pad, position_ids_from_mask
 from rlhfkit.models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer
 from rlhfkit.models.rollout import Rollout, causal_parts, response_hidden, sample, token_logprobs
-from rlhfkit.stages.ppo import ppo_loss
 from rlhfkit.models.value import ValueModel
+from rlhfkit.stages.ppo import ppo_loss
 from tests.stages.test_ppo import tiny_cfg
 
 TEXTS = ["Hi", "Tell me a story about a dragon who learned to bake bread.", "Why is the sky blue?"]
@@ -68,7 +68,7 @@ def test_policy_then_value_backward_gives_the_joint_backward_gradients(tmp_path)
 
 
 def test_logits_are_fp32_under_bf16_autocast_and_a_frozen_bf16_head_is_cast_once():
-    from rlhfkit.models.rollout import fp32_logits
+    from rlhfkit.accel.head import fp32_logits
 
     cache = "_rlhfkit_fp32"
     torch.manual_seed(0)
@@ -92,7 +92,8 @@ def test_logits_are_fp32_under_bf16_autocast_and_a_frozen_bf16_head_is_cast_once
 
 def test_the_fused_head_through_onednn_gives_the_plain_routes_log_probs_and_gradients():
     from rlhfkit.accel import cpu_linear
-    from rlhfkit.rl.losses import linear_logprobs, logprobs_from_logits
+    from rlhfkit.accel.head import linear_logprobs
+    from rlhfkit.rl.losses import logprobs_from_logits
 
     if not cpu_linear.onednn_linear_available():
         pytest.skip("this torch build has no oneDNN linear ops")
@@ -113,7 +114,8 @@ def test_the_fused_head_through_onednn_gives_the_plain_routes_log_probs_and_grad
 
 
 def test_fused_head_logprobs_equal_the_plain_route_in_value_and_gradient():
-    from rlhfkit.rl.losses import linear_logprobs, logprobs_from_logits
+    from rlhfkit.accel.head import linear_logprobs
+    from rlhfkit.rl.losses import logprobs_from_logits
 
     torch.manual_seed(0)
     for bias in (False, True):
@@ -169,7 +171,7 @@ def test_logsumexp_and_the_sampler_keep_exp_off_its_slow_path_without_changing_t
 
 
 def test_short_cpu_sequences_take_the_math_attention_kernel_and_match_the_default():
-    from rlhfkit.models.rollout import MATH_ATTENTION_MAX_TOKENS, short_sequence_attention
+    from rlhfkit.accel.attention import MATH_ATTENTION_MAX_TOKENS, short_sequence_attention
 
     short, long = torch.zeros(2, 10, dtype=torch.long), torch.zeros(2, MATH_ATTENTION_MAX_TOKENS + 1, dtype=torch.long)
     assert type(short_sequence_attention(long)).__name__ == "nullcontext"
@@ -189,7 +191,7 @@ def test_short_cpu_sequences_take_the_math_attention_kernel_and_match_the_defaul
 def test_every_stage_keeps_freed_memory_for_reuse_on_glibc(monkeypatch):
     import platform
 
-    from rlhfkit.models.loading import keep_freed_memory
+    from rlhfkit.accel.runtime import keep_freed_memory
 
     keep_freed_memory.cache_clear()
     monkeypatch.setenv("RLHFKIT_KEEP_FREED_MEMORY", "0")
@@ -200,7 +202,7 @@ def test_every_stage_keeps_freed_memory_for_reuse_on_glibc(monkeypatch):
 
 
 def test_the_two_level_inverse_cdf_draws_the_tokens_a_whole_row_cumulative_sum_draws():
-    from rlhfkit.models.rollout import inverse_cdf
+    from rlhfkit.accel.sampler import inverse_cdf
 
     torch.manual_seed(0)
     for vocab in (49152, 1000, 7):  # whole blocks, a padded last block, fewer tokens than a block

@@ -1,7 +1,6 @@
 import pytest
 
-from rlhfkit.data.formats import (RecordError, feedback_to_pairs, ranking_to_pairs, ratings_to_pairs, read_records,
-                                  validate)
+from rlhfkit.data.formats import RecordError, feedback_to_pairs, ranking_to_pairs, ratings_to_pairs, read_records, validate
 from tests.conftest import write_jsonl
 
 

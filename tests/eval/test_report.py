@@ -115,8 +115,8 @@ def with_snapshots(run, proxy: list[float], gold: list[float], every: int = 2):
 
 
 def test_the_report_draws_every_snapshot_marks_the_one_the_proxy_chose_and_says_gold_rose_with_it(tmp_path):
-    from rlhfkit.eval.report import SNAPSHOTS, overoptimisation_points, read_snapshots
-    from rlhfkit.tracking import read_metrics
+    from rlhfkit.eval.report import SNAPSHOTS, overoptimisation_points
+    from rlhfkit.tracking import read_metrics, read_snapshots
 
     run = fake_run(tmp_path / "run", gold_after=[0.6, 0.5, 0.2])  # four evaluated checkpoints, whose gold falls
     rows, chosen = with_snapshots(run, proxy=[0.40, 0.45, 0.50, 0.52, 0.60, 0.55], gold=[0.30, 0.31, 0.33, 0.34, 0.36, 0.35])

@@ -6,8 +6,14 @@ import math
 
 import pytest
 
-from rlhfkit.feedback.agreement import (bradley_terry, krippendorff_alpha, merge_rankings, pair_preferences,
-                                        pairwise_agreement, ranking_units)
+from rlhfkit.feedback.agreement import (
+    bradley_terry,
+    krippendorff_alpha,
+    merge_rankings,
+    pair_preferences,
+    pairwise_agreement,
+    ranking_units,
+)
 
 # Krippendorff's reliability data example (3 coders, 15 units, missing values); reference values from the
 # `krippendorff` package: nominal 0.691358..., interval 0.810844...

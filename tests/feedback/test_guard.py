@@ -7,7 +7,6 @@ import re
 import socket
 
 import httpx
-
 from fastapi.testclient import TestClient
 
 from rlhfkit.feedback.app import STATIC, create_app

@@ -1,4 +1,5 @@
 import math
+
 import pytest
 
 from rlhfkit.config import SimulateConfig

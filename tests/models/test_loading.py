@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.data.tokenize import encode_prompt
-from rlhfkit.models.generation import generate_ids, generate_texts
 from rlhfkit.models import loading
+from rlhfkit.models.generation import generate_ids, generate_texts
 from rlhfkit.models.loading import ModelSpecError, load_causal_lm, load_tokenizer
 
 

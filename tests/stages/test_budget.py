@@ -120,8 +120,8 @@ def test_a_tiny_model_run_plans_less_when_its_budget_is_smaller(tmp_path, monkey
 def test_a_damaged_plan_json_is_a_clear_error_naming_the_file_and_line_and_a_bad_dev_prompts_too(tmp_path):
     import shutil
 
-    from rlhfkit.stages.budget import Planner
     from rlhfkit.config import ConfigError
+    from rlhfkit.stages.budget import Planner
 
     (tmp_path / "plan.json").write_text('{"probe": {"load_s": 2.5,\n  "step_s": }')
     with pytest.raises(ConfigError, match=r"plan\.json: line 2: not valid JSON"):

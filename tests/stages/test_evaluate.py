@@ -1,12 +1,11 @@
 import json
 
 import pytest
-
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
-from rlhfkit.stages.evaluate import best_of_indices, model_list, parse_model_arg, response_logprobs, unique_labels
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.stages.evaluate import best_of_indices, model_list, parse_model_arg, response_logprobs, unique_labels
 from tests.conftest import write_jsonl
 
 ROW_KEYS = {"name", "spec", "is_reference", "n", "rm_score", "gold_score", "kl", "kl_method", "win_rate_rm",
@@ -79,8 +78,8 @@ def test_best_of_n_picks_the_highest_score_in_each_prompts_group():
 
 def test_best_of_n_baseline_is_evaluated_beside_the_reference_with_its_analytic_kl(tmp_path):
     from rlhfkit.config import EvalConfig
+    from rlhfkit.models.reward import RewardScorer
     from rlhfkit.stages.evaluate import evaluate_models
-    from rlhfkit.stages.reward_model import RewardScorer
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Question {i}?"} for i in range(3)])
     cfg = EvalConfig(models=["tiny"], prompts=str(prompts), output=str(tmp_path / "eval"), reward="tiny",

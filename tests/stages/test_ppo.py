@@ -334,8 +334,9 @@ def held_out_kw(prompts, gold: str, **kw) -> dict:
 
 
 def test_every_held_out_evaluation_is_a_numbered_snapshot_and_the_proxy_alone_chooses(prompts_file, tmp_path):
+    from rlhfkit.accel import speed_up
     from rlhfkit.data.formats import read_records
-    from rlhfkit.stages.ppo import encode_prompts, evaluate, fast_cpu_linears
+    from rlhfkit.stages.ppo import encode_prompts, evaluate
 
     @register("minus-length")
     def minus_length(prompts, responses):  # a gold judge that disagrees with the proxy (judge:length) on every pair
@@ -368,7 +369,7 @@ def test_every_held_out_evaluation_is_a_numbered_snapshot_and_the_proxy_alone_ch
     for row in rows[1:]:
         model, tok = load_causal_lm(str(run / row["path"])).to(device), load_tokenizer(str(run / row["path"]))
         if device.type == "cpu":
-            fast_cpu_linears(model)  # the matmul route training ran on
+            speed_up(model, device=torch.device("cpu"), head_apart=True)  # the matmul route training ran on
         held = evaluate(cfg, model, None, tok, encode_prompts(cfg, tok, records), records, JudgeReward("length"), None)
         assert held["eval/rm_score"] == row["rm_score"] and held["eval/kl"] == pytest.approx(row["kl"], abs=1e-4)
 

@@ -6,12 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
+import rlhfkit.models.reward as reward_model
 import rlhfkit.stages.reward_model as reward
 from rlhfkit.config import RewardConfig
-from rlhfkit.data.formats import RecordError
-from rlhfkit.models.loading import load_sequence_classifier, load_tokenizer
-from rlhfkit.stages.reward_model import (RewardScorer, batch_loss, bt_loss, build_groups, flatten, prompt_key, reward_forward,
-                            rm_inputs, split_groups, train_reward)
+from rlhfkit.data.formats import RecordError, prompt_key
+from rlhfkit.data.groups import build_groups, flatten
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.reward import RewardScorer, build_reward_model, load_stats, score_texts
+from rlhfkit.stages.reward_model import batch_loss, bt_loss, train_reward
 from rlhfkit.tracking import read_metrics
 from tests.conftest import write_jsonl
 
@@ -38,48 +40,6 @@ def test_bradley_terry_loss_on_hand_computed_values():
     assert float(bt_loss(chosen, rejected, torch.tensor([1.0, 0.5]))) == pytest.approx(expected_m)
 
 
-def test_a_ranking_of_k_becomes_k_choose_2_pairs_in_one_group_and_ties_give_none():
-    (g,) = build_groups([{"prompt": "p", "responses": ["a", "b", "c", "d"], "ranking": [2, 0, 3, 1]}])
-    assert g.responses == ["c", "a", "d", "b"]
-    assert [(g.responses[c], g.responses[r]) for c, r, _, _ in g.pairs] == [
-        ("c", "a"), ("c", "d"), ("c", "b"), ("a", "d"), ("a", "b"), ("d", "b")]
-    (tied,) = build_groups([{"prompt": "p", "responses": ["a", "b", "c", "d"], "ranking": [0, [1, 2], 3]}])
-    pairs = {(tied.responses[c], tied.responses[r]) for c, r, _, _ in tied.pairs}
-    assert len(pairs) == 5 and ("b", "c") not in pairs and ("c", "b") not in pairs
-
-
-def test_ratings_become_pairs_within_a_prompt_with_ties_dropped_or_regression_targets():
-    recs = [{"prompt": "p", "response": "a", "score": 6}, {"prompt": "p", "response": "b", "score": 2},
-            {"prompt": "p", "response": "c", "score": 6}, {"prompt": "q", "response": "d", "score": 4}]
-    groups = build_groups(recs, "pairs")
-    assert len(groups) == 1  # q has one rating: nothing to compare
-    (g,) = groups
-    assert sorted((g.responses[c], g.responses[r], m) for c, r, m, _ in g.pairs) == [("a", "b", 4.0), ("c", "b", 4.0)]
-    reg = build_groups(recs, "regression")
-    assert len(reg) == 2 and all(not bt for g in reg for *_, bt in g.pairs)  # pairs kept for accuracy only
-    z = {g.responses[i]: ys[0] for g in reg for i, ys in g.targets.items()}
-    assert z["a"] == z["c"] == pytest.approx(1.5 / math.sqrt(2.75)) and z["a"] > z["d"] > z["b"]  # z-scored over the file
-
-
-def test_edits_make_the_edited_text_win_and_unchanged_edits_are_dropped():
-    groups = build_groups([{"prompt": "p", "response": "meh", "edited": "much better"},
-                           {"prompt": "q", "response": "fine", "edited": "fine"}])
-    assert len(groups) == 1 and groups[0].responses[groups[0].pairs[0][0]] == "much better"
-
-
-def test_split_is_by_prompt_so_no_prompt_is_on_both_sides():
-    recs = []
-    for i in range(40):  # several records per prompt: two annotators' rankings and a preference
-        for _ in range(2):
-            recs.append({"prompt": f"p{i}", "responses": ["a", "b", "c"], "ranking": [0, 1, 2]})
-        recs.append({"messages": [{"role": "user", "content": f"p{i}"}], "chosen": "x", "rejected": "y"})
-    groups = build_groups(recs)
-    assert len(groups) == 40 and all(len(g.pairs) == 7 for g in groups)  # a plain prompt is the same as its message
-    train, held = split_groups(groups, 0.25, seed=3)
-    assert len(held) == 10 and len(train) == 30
-    assert not {prompt_key(g.prompt) for g in train} & {prompt_key(g.prompt) for g in held}
-
-
 def test_a_batch_scores_each_distinct_response_once_and_indexes_pairs_by_group():
     groups = build_groups([{"prompt": "p", "responses": ["a", "b", "c"], "ranking": [0, 1, 2]},
                            {"prompt": "p", "responses": ["c", "a", "b"], "ranking": [1, 0, 2]},
@@ -90,43 +50,6 @@ def test_a_batch_scores_each_distinct_response_once_and_indexes_pairs_by_group()
     loss, m = batch_loss(rewards, groups, offsets, use_margin=False)
     assert m["n_pairs"] == 7 and m["accuracy"] == pytest.approx(5 / 7)
     assert float(loss) == pytest.approx(float(bt_loss(torch.tensor([3., 3, 2, 2, 2, 3, 0]), torch.tensor([2., 1, 1, 3, 1, 1, 5]))))
-
-
-@pytest.mark.parametrize("spec", ["tiny", "tiny-minilm"])
-def test_scores_do_not_depend_on_padding(spec):
-    tok, model = load_tokenizer(spec), load_sequence_classifier(spec)
-    prompts = [{"prompt": "The movie was"}, {"messages": [{"role": "user", "content": "A much longer prompt with many more words in it"}]}]
-    responses = ["great", "terrible, boring and far too long for anyone to sit through"]
-    with torch.no_grad():
-        batched = reward_forward(model, rm_inputs(tok, prompts, responses, 128))
-        alone = torch.cat([reward_forward(model, rm_inputs(tok, [p], [r], 128)) for p, r in zip(prompts, responses)])
-        assert torch.allclose(batched, alone, atol=1e-5)
-        if spec == "tiny":  # a causal LM pools the last non-pad token with positions from the mask
-            left = reward_forward(model, rm_inputs(tok, prompts, responses, 128, padding_side="left"))
-            assert torch.allclose(left, alone, atol=1e-5)
-    assert model.config.pad_token_id == tok.pad_token_id
-
-
-def test_mean_pooling_ignores_padding_and_the_pooler_and_a_saved_model_scores_the_same(tmp_path):
-    tok, model = load_tokenizer("tiny-minilm"), reward.build_model(RewardConfig(model="tiny-minilm", pooling="mean"), None)
-    model.eval()
-    prompts = [{"prompt": "The movie was"}, {"messages": [{"role": "user", "content": "A much longer prompt with many more words in it"}]}]
-    responses = ["great", "terrible, boring and far too long for anyone to sit through"]
-    with torch.no_grad():
-        batched = reward_forward(model, rm_inputs(tok, prompts, responses, 128))
-        alone = torch.cat([reward_forward(model, rm_inputs(tok, [p], [r], 128)) for p, r in zip(prompts, responses)])
-        assert torch.allclose(batched, alone, atol=1e-5)  # the short row's pad tokens are not averaged in
-        # The score is the head on the mean of the last hidden states; the [CLS] pooler plays no part.
-        one = rm_inputs(tok, prompts[:1], responses[:1], 128)
-        assert torch.allclose(model.classifier(model.bert(**one).last_hidden_state.mean(1))[:, 0], alone[:1], atol=1e-5)
-        cls_model = reward.build_model(RewardConfig(model="tiny-minilm", pooling="cls"), None).eval()
-        assert not torch.allclose(reward_forward(cls_model, rm_inputs(tok, prompts, responses, 128)), batched, atol=1e-3)
-        model.bert.pooler.dense.weight.add_(1.0)
-        assert torch.allclose(reward_forward(model, rm_inputs(tok, prompts, responses, 128)), batched, atol=1e-6)
-    model.save_pretrained(tmp_path / "rm")
-    tok.save_pretrained(tmp_path / "rm")
-    scorer = RewardScorer.load(tmp_path / "rm")  # the pooling choice travels in config.json
-    assert torch.allclose(scorer.score(prompts, responses), batched, atol=1e-5)
 
 
 def token_preference_data(tmp_path, n_prompts=120, k=2, seed=0):
@@ -190,14 +113,14 @@ def test_lora_on_a_causal_lm_backbone_is_merged_into_a_plain_classifier(tmp_path
     assert model.config.pad_token_id == load_tokenizer("tiny").pad_token_id
     scorer = RewardScorer.load(tmp_path / "rm")
     # The saved (merged) model reproduces the held-out metrics measured on the adapter model during training.
-    held = reward.build_groups([json.loads(x) for x in data.read_text().splitlines()])
+    held = build_groups([json.loads(x) for x in data.read_text().splitlines()])
     held = [g for g in held if prompt_key(g.prompt) in {prompt_key(p) for p in json.loads((tmp_path / "rm" / "split.json").read_text())["eval_prompts"]}]
     ev = reward.evaluate_groups(lambda p, r: scorer.score(p, r), held)
     assert ev["loss"] == pytest.approx(last["eval_loss"], abs=1e-4)
 
 
 def test_trainable_layers_keeps_the_embeddings_and_lower_layers_frozen():
-    model = reward.build_model(RewardConfig(model="tiny-minilm", trainable_layers=1), None)
+    model = build_reward_model(RewardConfig(model="tiny-minilm", trainable_layers=1), None)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trained and all(n.startswith(("bert.encoder.layer.1.", "bert.pooler.", "classifier.")) for n in trained)
     assert "classifier.weight" in trained
@@ -214,7 +137,7 @@ def test_resume_after_interruption_matches_an_unbroken_run(tmp_path, monkeypatch
     data = token_preference_data(tmp_path, n_prompts=32)
     train_reward(rm_cfg(data, tmp_path / "full", max_steps=10))
     calls = {"n": 0}
-    real = reward.reward_forward
+    real = reward_model.reward_forward
 
     def interrupt_at_step_7(model, inputs):
         calls["n"] += 1
@@ -222,10 +145,10 @@ def test_resume_after_interruption_matches_an_unbroken_run(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real(model, inputs)
 
-    monkeypatch.setattr(reward, "reward_forward", interrupt_at_step_7)
+    monkeypatch.setattr(reward_model, "reward_forward", interrupt_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         train_reward(rm_cfg(data, tmp_path / "part", max_steps=10, save_every=4))
-    monkeypatch.setattr(reward, "reward_forward", real)
+    monkeypatch.setattr(reward_model, "reward_forward", real)
     train_reward(rm_cfg(data, tmp_path / "part", max_steps=10, resume=True))
     losses = [[r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl")] for name in ("full", "part")]
     assert len(losses[1]) == 10 and losses[1] == pytest.approx(losses[0], abs=1e-5)
@@ -236,15 +159,15 @@ def test_a_model_loaded_from_a_checkpoint_scores_bit_for_bit_as_the_one_that_sav
     # classifier.weight sits 4 bytes past a 64-byte boundary, and MKL's product with such an operand sums in
     # another order: a resumed run's held-out reward_gap differed in its ninth decimal from the unbroken run's.
     cfg = RewardConfig(model="tiny-minilm")
-    tok, model = load_tokenizer("tiny-minilm"), reward.build_model(cfg, None)
+    tok, model = load_tokenizer("tiny-minilm"), build_reward_model(cfg, None)
     model.save_pretrained(tmp_path / "checkpoint" / "model")
     tok.save_pretrained(tmp_path / "checkpoint" / "model")
-    resumed, scorer = reward.build_model(cfg, tmp_path / "checkpoint"), RewardScorer.load(tmp_path / "checkpoint" / "model")
+    resumed, scorer = build_reward_model(cfg, tmp_path / "checkpoint"), RewardScorer.load(tmp_path / "checkpoint" / "model")
     prompts = [{"prompt": f"Review {i}"} for i in range(16)]
     responses = [" ".join(WORDS[i:i + 1 + i % 5]) for i in range(16)]
     for n in range(1, 17):  # MKL takes the order-changing path for some batch sizes only
-        want = reward.score_texts(model, tok, prompts[:n], responses[:n], 512, n)
-        assert torch.equal(reward.score_texts(resumed, tok, prompts[:n], responses[:n], 512, n), want), n
+        want = score_texts(model, tok, prompts[:n], responses[:n], 512, n)
+        assert torch.equal(score_texts(resumed, tok, prompts[:n], responses[:n], 512, n), want), n
         assert torch.equal(scorer.score(prompts[:n], responses[:n], n), want), n
 
 
@@ -279,7 +202,7 @@ def test_stats_with_nan_are_refused_when_a_reward_model_loads(tmp_path):
     stats = tmp_path / "reward_stats.json"
     stats.write_text('{"mean": 0.5, "std": NaN, "n": 4, "policy": "data"}')  # as older versions wrote them
     with pytest.raises(RecordError, match=f"^{stats}: std: expected a finite number, got NaN$"):
-        reward.load_stats(stats)
+        load_stats(stats)
 
 
 def test_rm_eval_on_feedback_without_pairs_is_an_error_not_a_nan_accuracy(tmp_path):

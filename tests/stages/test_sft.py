@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM
 import rlhfkit.stages.sft as sft
 from rlhfkit.config import SFTConfig
 from rlhfkit.models.loading import load_causal_lm
-from rlhfkit.stages.sft import batch_indices, train_sft
+from rlhfkit.stages.sft import train_sft
 from rlhfkit.tracking import read_metrics
 
 
@@ -35,12 +35,6 @@ def test_sft_on_a_memorisation_set_halves_the_training_loss(memorise_file, tmp_p
     # The output folder loads with plain transformers.
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     assert model.config.num_hidden_layers == 2
-
-
-def test_batches_are_a_function_of_seed_and_step_covering_every_example_each_epoch():
-    epoch = [i for s in range(4) for i in batch_indices(s, 5, 10, seed=3)]
-    assert sorted(epoch[:10]) == list(range(10)) and sorted(epoch[10:]) == list(range(10))
-    assert batch_indices(2, 5, 10, seed=3) == batch_indices(2, 5, 10, seed=3)
 
 
 def test_resume_after_interruption_matches_an_unbroken_run(memorise_file, tmp_path, monkeypatch):
@@ -109,7 +103,7 @@ def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_n
     kw = dict(max_steps=9, eval_fraction=0.25, eval_every=3)
     train_sft(tiny_cfg(memorise_file, tmp_path / "full", **kw))
     calls = {"n": 0}
-    real = sft.evaluate
+    real = sft.heldout_loss
 
     def ctrl_c_in_second_evaluation(*args, **kwargs):
         calls["n"] += 1
@@ -117,10 +111,10 @@ def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_n
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sft, "evaluate", ctrl_c_in_second_evaluation)
+    monkeypatch.setattr(sft, "heldout_loss", ctrl_c_in_second_evaluation)
     with pytest.raises(KeyboardInterrupt):
         train_sft(tiny_cfg(memorise_file, tmp_path / "part", **kw))
-    monkeypatch.setattr(sft, "evaluate", real)
+    monkeypatch.setattr(sft, "heldout_loss", real)
     assert sft.load_state(tmp_path / "part" / "checkpoint")[0]["step"] == 6
     train_sft(tiny_cfg(memorise_file, tmp_path / "part", resume=True, **kw))
     full, part = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("full", "part"))

@@ -65,3 +65,14 @@ def sampling_copy(model, precision: str, device_type: str = "cpu"):
     import copy
 
     return copy.deepcopy(model).to(torch.bfloat16)
+
+
+def keep_input_dtype(policy) -> None:
+    """Stop peft casting each LoRA layer's bf16 input to its fp32 adapter's dtype.
+
+    Every pass of a bf16 policy runs under autocast, which casts that fp32 copy straight back to bf16 for the
+    adapter's matmul: the same numbers, but two copies of every layer's activations (and their backward) per pass.
+    """
+    for module in policy.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False

@@ -354,6 +354,12 @@ def write_records(path: str | Path, records: Iterable[dict], append: bool = Fals
     return n
 
 
+def prompt_key(rec: dict) -> str:
+    """A prompt's identity (for grouping feedback, splitting, resuming): its chat messages, so a plain prompt
+    and the same text as one user message are the same prompt."""
+    return json.dumps(prompt_messages(rec), ensure_ascii=False, sort_keys=True)
+
+
 def prompt_messages(rec: dict) -> list[dict]:
     """The chat messages of a record's prompt (a plain ``prompt`` becomes one user message)."""
     if "messages" in rec:

@@ -73,16 +73,21 @@ def collate_right(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": attn}
 
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists (generation): returns (input_ids, attention_mask), both (batch, width)."""
+def pad_sequences(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token lists on the ``side`` ("left" or "right"): returns (input_ids, attention_mask), both (batch, width)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s):] = torch.tensor(s)
-            attn[i, width - len(s):] = 1
+        cols = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        ids[i, cols] = torch.tensor(s, dtype=torch.long)
+        attn[i, cols] = 1
     return ids, attn
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists (generation): returns (input_ids, attention_mask), both (batch, width)."""
+    return pad_sequences(seqs, pad_id, "left")
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

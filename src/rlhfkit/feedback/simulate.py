@@ -24,8 +24,7 @@ import numpy as np
 from rich.console import Console
 
 from rlhfkit.config import SimulateConfig
-from rlhfkit.data.formats import write_records
-from rlhfkit.stages.sample import read_candidates
+from rlhfkit.data.formats import read_records, write_records
 
 console = Console(stderr=True)
 
@@ -113,7 +112,7 @@ def simulate_feedback(cfg: SimulateConfig) -> list[dict]:
     if cfg.annotators < 1 or not 1 <= cfg.per_prompt <= cfg.annotators:
         raise ValueError(f"per_prompt: expected 1..annotators ({cfg.annotators}), got {cfg.per_prompt}")
     judge = get_judge(cfg.judge)
-    records = read_candidates(cfg.candidates)
+    records = read_records(cfg.candidates, "candidates")
     flat_prompts = [rec for rec in records for _ in rec["responses"]]
     flat = judge(flat_prompts, [r for rec in records for r in rec["responses"]])
     golds, at = [], 0

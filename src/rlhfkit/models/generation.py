@@ -119,7 +119,8 @@ def make_generator(backend: str, spec: str, tok, model=None, batch_size: int = 8
 
 def generate_file(cfg, prompt: str | None = None, prompts: str | Path | None = None, output: str | Path | None = None) -> list[dict]:
     """``rlhf generate``: answer one prompt or a prompt file; write JSONL when ``output`` is given."""
-    from rlhfkit.models.loading import load_tokenizer, set_threads
+    from rlhfkit.accel.runtime import set_threads
+    from rlhfkit.models.loading import load_tokenizer
 
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -13,8 +13,6 @@ A model spec is one of:
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import importlib.util
 import os
 import shutil
@@ -249,36 +247,3 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, targets:
     targets = [t for t in (targets or []) if t in names] or "all-linear"
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type)
     return get_peft_model(model, cfg)
-
-
-def set_threads(n: int) -> None:
-    """Every stage's runtime set-up: ``n`` torch threads (0: torch's default) and :func:`keep_freed_memory`."""
-    if n and n > 0:
-        torch.set_num_threads(n)
-    keep_freed_memory()
-
-
-# glibc's mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
-
-    By default each tensor of ≥ 128 KB–32 MB gets fresh pages from the kernel and returns them when freed, and a
-    training step frees and re-makes its activations every pass: each of their pages is faulted in (and zeroed)
-    again. On the 2-core VM the benchmarks ran on that cost ~1.6 ms per MB: writing a fresh 25 MB logits buffer
-    took ~40 ms, against ~2 ms for a reused one. With allocations below 32 MB served from the heap and the heap
-    never trimmed, a PPO LoRA minibatch faults at most a few hundred pages instead of 12,000–17,000. The peak
-    stays; memory freed after the peak is kept by the process for its next step. glibc only (Linux); elsewhere
-    a no-op (``RLHFKIT_KEEP_FREED_MEMORY=0`` turns it off).
-    Returns whether it applied.
-    """
-    if os.environ.get("RLHFKIT_KEEP_FREED_MEMORY", "1") == "0":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False

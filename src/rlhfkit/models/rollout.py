@@ -23,8 +23,10 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from rlhfkit.data.tokenize import left_pad, position_ids_from_mask
+from rlhfkit.accel.attention import short_sequence_attention
 from rlhfkit.accel.head import fp32_logits
+from rlhfkit.accel.sampler import inverse_cdf
+from rlhfkit.data.tokenize import left_pad, position_ids_from_mask
 from rlhfkit.rl.losses import EXP_FLOOR, entropy_from_logits, logprobs_from_logits
 
 
@@ -84,20 +86,6 @@ def response_hidden(backbone, input_ids: Tensor, attention_mask: Tensor, prompt_
     return out.last_hidden_state[:, prompt_width - 1 : -1]  # position t predicts token t+1
 
 
-# Up to this many tokens, SDPA's math kernel beats the CPU flash kernel (forward + backward, bf16, 9 heads
-# of 64: 4.9 vs 10.1 ms a layer at 92 tokens, equal at 256, 0.6× at 512), so short PPO sequences use it.
-MATH_ATTENTION_MAX_TOKENS = 256
-
-
-def short_sequence_attention(input_ids: Tensor):
-    """A context choosing SDPA's math kernel for short sequences on the CPU; a no-op otherwise."""
-    if input_ids.device.type != "cpu" or input_ids.shape[1] > MATH_ATTENTION_MAX_TOKENS:
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])
-
-
 def trim(query: Tensor, query_mask: Tensor, response_mask: Tensor) -> tuple[int, int]:
     """(first prompt column, response columns) that drop padding every row shares (saves compute)."""
     first = int((query_mask.sum(0) > 0).long().argmax()) if query_mask.any() else 0
@@ -155,27 +143,6 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
     if value_head is not None:
         result["values"] = torch.stack(values, dim=1)
     return result
-
-
-def inverse_cdf(probs: Tensor, u: Tensor, block: int = 256) -> Tensor:
-    """Per row, the token whose slice of the cumulative distribution holds ``u`` (B,): a sample of ``probs`` (B, V).
-
-    Two levels: the cumulative sums of blocks of ``block`` tokens find the block, then one block's cumulative
-    sum finds the token. A float64 cumulative sum of the whole (B, 49k) row took 8 ms a step at 32 rows
-    (0.3 ms this way) and picks the same tokens (no difference in 12,000 draws).
-    """
-    # float64, as torch.multinomial accumulates: a float32 sum near 1 rounds the many tiny probabilities of a
-    # large vocabulary to 0 or to one ulp, over-sampling junk tokens (KL spikes in training).
-    rows, vocab = probs.shape
-    pad = -vocab % block
-    blocks = (torch.nn.functional.pad(probs, (0, pad)) if pad else probs).view(rows, -1, block)
-    block_cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # (B, blocks)
-    x = u.double() * block_cdf[:, -1]  # scaled by the row's total: rounding never runs off the end
-    b = torch.searchsorted(block_cdf, x[:, None], right=True).squeeze(1).clamp(max=blocks.shape[1] - 1)
-    before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp(min=0)[:, None]).squeeze(1), torch.zeros_like(x))
-    inner = blocks[torch.arange(rows, device=probs.device), b].double().cumsum(-1)  # (B, block)
-    i = torch.searchsorted(inner, (x - before)[:, None], right=True).squeeze(1).clamp(max=block - 1)
-    return (b * block + i).clamp(max=vocab - 1)
 
 
 def token_logprobs(lm_head, hidden: Tensor, response: Tensor, temperature: float, with_entropy: bool = False):

@@ -13,7 +13,6 @@ model's tokenizer differs (MiniLM) or the reward is a judge, the trainer falls b
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 

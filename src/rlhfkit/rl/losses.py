@@ -1,5 +1,7 @@
 """PPO losses and per-token quantities from logits, shared by the language-model and Gymnasium trainers.
 
+Torch only: the CPU speed paths that compute the same numbers faster live in ``rlhfkit.accel``.
+
 Pure functions on tensors; ``mask`` (same shape as the per-token tensors, 1 = counts) keeps padding out of
 every mean, so masked positions carry neither loss nor gradient.
 """
@@ -9,8 +11,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlhfkit.accel import cpu_linear
-from rlhfkit.accel.cpu_linear import onednn_mm
 from rlhfkit.rl.advantages import masked_mean, masked_var
 
 # exp() of arguments below about −87 (a result under fp32's smallest normal number) takes a slow path in
@@ -99,94 +99,6 @@ def logprobs_from_logits(
     if not out:
         return logits.new_zeros(labels.shape, dtype=torch.float32)
     return torch.cat(out).reshape(labels.shape)
-
-
-class LinearLogprobs(torch.autograd.Function):
-    """log softmax((hidden · Wᵀ + b) / T)[label] per row, with a hand-written backward.
-
-    The same numbers as ``logprobs_from_logits(F.linear(hidden, W, b), labels, T)``, without autograd's
-    vocabulary-wide temporaries: the plain route keeps the logits, their ÷T copy and the log-softmax's
-    intermediates, and its backward builds a zero (rows, vocab) tensor for the gather plus three more
-    elementwise passes over it. Each of those is a fresh ~25 MB allocation per 128 rows, and on a CPU a
-    fresh allocation is a page fault per 4 KB: together ~0.4 s of a 1.6 s LoRA minibatch of 4 × 92 tokens.
-    Here the forward keeps one logits buffer per chunk of rows (only when a gradient is needed) and the
-    backward turns it in place into the gradient (softmax − one-hot) · −g / T. Backward runs once (the
-    buffers are consumed), as PPO's does.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, temperature: float, chunk_rows: int):
-        keep = any(ctx.needs_input_grad[:3])
-        dnn = cpu_linear.applies(hidden, weight)  # fp32 on the CPU: oneDNN's products
-        out = hidden.new_empty(hidden.shape[0])
-        lse = hidden.new_empty(hidden.shape[0])
-        scratch, buffers = None, []
-        for s in range(0, hidden.shape[0], chunk_rows):
-            h = hidden[s : s + chunk_rows]
-            if dnn:
-                logits = onednn_mm(h, weight, bias)
-            else:
-                logits = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
-            if temperature != 1.0:
-                logits.div_(temperature)
-            top = logits.amax(-1, keepdim=True)
-            if scratch is None or scratch.shape[0] < len(h):
-                scratch = torch.empty_like(logits)
-            shifted = torch.sub(logits, top, out=scratch[: len(h)]).clamp_(min=EXP_FLOOR).exp_()
-            lse[s : s + len(h)] = top.squeeze(-1) + shifted.sum(-1).log()
-            out[s : s + len(h)] = logits.gather(1, labels[s : s + chunk_rows, None]).squeeze(1) - lse[s : s + len(h)]
-            if keep:
-                buffers.append(logits)
-        ctx.save_for_backward(hidden, weight, bias, labels, lse)
-        ctx.buffers, ctx.temperature, ctx.chunk_rows, ctx.dnn = buffers, temperature, chunk_rows, dnn
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        if ctx.buffers is None:
-            raise RuntimeError("LinearLogprobs: backward can run once (its buffers are consumed)")
-        hidden, weight, bias, labels, lse = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = None
-        grad_b = torch.zeros_like(bias) if need_b else None
-        g = (grad_out.to(hidden.dtype) / ctx.temperature)[:, None]  # ∂/∂logits of logits/T
-        with torch.autocast(hidden.device.type, enabled=False):
-            for i, s in enumerate(range(0, hidden.shape[0], ctx.chunk_rows)):
-                p = ctx.buffers[i]
-                e = s + p.shape[0]
-                p.sub_(lse[s:e, None]).clamp_(min=EXP_FLOOR).exp_().mul_(-g[s:e])  # softmax · (−g/T)
-                p.scatter_add_(1, labels[s:e, None], g[s:e])  # + one-hot · g/T
-                if need_h and ctx.dnn:
-                    grad_h[s:e] = onednn_mm(p, weight.t())
-                elif need_h:
-                    torch.mm(p, weight, out=grad_h[s:e])
-                if need_w and ctx.dnn and grad_w is None:  # the first chunk's product is the gradient: no zeros + add
-                    grad_w = onednn_mm(p.t(), hidden[s:e].t())
-                elif need_w:
-                    if grad_w is None:
-                        grad_w = torch.zeros_like(weight)
-                    grad_w.addmm_(p.t(), hidden[s:e])
-                if need_b:
-                    grad_b += p.sum(0)
-                ctx.buffers[i] = None
-        ctx.buffers = None
-        return grad_h, grad_w, grad_b, None, None, None
-
-
-def linear_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, temperature: float = 1.0,
-                    chunk_rows: int = 256) -> Tensor:
-    """log softmax((hidden · Wᵀ + b) / T)[label]: (...,) for hidden (..., H), labels (...); fp32, autocast off.
-
-    Rows go through ``chunk_rows`` at a time (256 × 49k logits = 50 MB), so no (rows, vocab) tensor of the
-    whole batch is built; see :class:`LinearLogprobs` for the gradient.
-    """
-    shape = labels.shape
-    with torch.autocast(hidden.device.type, enabled=False):
-        flat = hidden.reshape(-1, hidden.shape[-1]).float()
-        out = LinearLogprobs.apply(flat, weight.float(), None if bias is None else bias.float(),
-                                   labels.reshape(-1).long(), temperature, chunk_rows)
-    return out.reshape(shape)
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor | None = None) -> Tensor:

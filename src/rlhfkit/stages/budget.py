@@ -354,15 +354,16 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     """Time the starting model and the reward backbone at the recipe's shapes (see the module docstring)."""
     import torch
 
+    from rlhfkit.accel import speed_up
+    from rlhfkit.accel.precision import autocast, resolve_precision, sampling_copy
+    from rlhfkit.accel.runtime import set_threads
     from rlhfkit.config import PPOConfig, RewardConfig, SampleConfig, SFTConfig, from_dict
     from rlhfkit.data.formats import prompt_messages, read_records, sft_pair
     from rlhfkit.data.tokenize import IGNORE_INDEX, collate_right, encode_prompt, encode_response, encode_sft, left_pad
     from rlhfkit.models.generation import sampling_kwargs
-    from rlhfkit.accel.cpu_linear import use_onednn_linears
-    from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer, set_threads
+    from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
+    from rlhfkit.models.reward import RewardModule, build_reward_model, rm_inputs
     from rlhfkit.models.rollout import forward_tokens
-    from rlhfkit.accel.precision import autocast, resolve_precision, sampling_copy
-    from rlhfkit.stages.reward_model import RewardModule, build_model, rm_inputs
 
     t_probe = time.perf_counter()
     set_threads(threads)
@@ -426,8 +427,7 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     # step's one-off set-up (SFT's own first step pays it too) errs on the slow side, and SFT's steps correct it.
     if sft.lora:
         lm = add_lora(lm, sft.lora_r, sft.lora_alpha, sft.lora_dropout, sft.lora_targets)
-    if device.type == "cpu":
-        use_onednn_linears(lm)
+    speed_up(lm, device=device)
     lm.to(device).train()
     precision = resolve_precision(sft.precision, device.type)
 
@@ -473,11 +473,10 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
 
     def load_rm() -> None:
         nonlocal rm_tok, rm
-        rm_tok, rm = load_tokenizer(rmc.model), RewardModule(build_model(rmc, None))
+        rm_tok, rm = load_tokenizer(rmc.model), RewardModule(build_reward_model(rmc, None))
 
     rm_load_s = timed(load_rm)
-    if device.type == "cpu":
-        use_onednn_linears(rm)
+    speed_up(rm, device=device)
     rm.to(device).train()
     rm_precision = resolve_precision(rmc.precision, device.type)
     responses = [tok.decode(encode_response(tok, sft_pair(x)[1], add_eos=False)[:smp.max_new_tokens])

@@ -24,13 +24,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from rlhfkit.accel.precision import sampling_copy
 from rlhfkit.config import ConfigError, EvalConfig, save_config
 from rlhfkit.data.formats import prompt_messages, prompt_text, read_records, sft_pair, write_records
 from rlhfkit.data.tokenize import encode_prompt, encode_sft
 from rlhfkit.eval import metrics as M
 from rlhfkit.models.generation import decode_response, generate_ids
+from rlhfkit.models.lm_loss import heldout_loss
 from rlhfkit.rl.losses import logprobs_from_logits
-from rlhfkit.accel.precision import sampling_copy
 
 console = Console(stderr=True)
 
@@ -107,10 +108,8 @@ def best_of_indices(scores: list[float], n: int) -> list[int]:
 
 def perplexity_on(model, tok, records: list[dict], cfg: EvalConfig) -> dict:
     """Per-token loss and perplexity of the SFT answers (the same measure SFT logs as eval_loss/eval_ppl)."""
-    from rlhfkit.stages.sft import evaluate
-
     examples = [encode_sft(tok, *sft_pair(r), cfg.max_len, cfg.max_prompt_len, cfg.chat) for r in records]
-    res = evaluate(model, examples, tok.pad_token_id, cfg.batch_size)
+    res = heldout_loss(model, examples, tok.pad_token_id, cfg.batch_size)
     return {"ppl": res["eval_ppl"], "eval_loss": res["eval_loss"]}
 
 
@@ -155,8 +154,9 @@ def summarise(name: str, spec: str, ans: Answers, ref: Answers, records: list[di
 
 def evaluate_models(cfg: EvalConfig) -> dict:
     """Evaluate ``cfg.models`` against ``cfg.reference``; writes eval.json and samples.jsonl; returns eval.json's dict."""
+    from rlhfkit.accel.runtime import set_threads
     from rlhfkit.judges import get_judge
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer, set_threads
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
     if not cfg.models:
         raise ConfigError("config: models: give at least one model (--model SPEC)")
@@ -178,7 +178,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     judge = get_judge(cfg.judge) if cfg.judge else None
     scorer = None
     if cfg.reward:
-        from rlhfkit.stages.reward_model import RewardScorer
+        from rlhfkit.models.reward import RewardScorer
 
         scorer = RewardScorer.load(cfg.reward)
     skipped = {}

@@ -17,11 +17,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlhfkit.config import GymConfig, ConfigError, save_config, to_dict
+from rlhfkit.config import ConfigError, GymConfig, save_config, to_dict
+from rlhfkit.data.normalize import RunningMeanStd
+from rlhfkit.models.actor_critic import ActorCritic
 from rlhfkit.rl.advantages import gae, masked_whiten
 from rlhfkit.rl.losses import explained_variance, policy_loss, value_loss
-from rlhfkit.models.actor_critic import ActorCritic
-from rlhfkit.rl.normalize import RunningMeanStd
 from rlhfkit.tracking import MetricsLogger, truncate_metrics
 
 CHECKPOINT = "checkpoint.pt"

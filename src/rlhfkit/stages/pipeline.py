@@ -15,7 +15,6 @@ evaluation as a numbered snapshot, and the final eval takes the snapshot with th
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,20 @@ from typing import Any, Callable
 import yaml
 from rich.console import Console
 
-from rlhfkit.stages.budget import COUNTS, Planner, count_lines
-from rlhfkit.config import (ConfigError, EvalConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig, SimulateConfig,
-                            from_dict, save_config, to_dict)
+from rlhfkit.config import (
+    ConfigError,
+    EvalConfig,
+    PPOConfig,
+    RewardConfig,
+    SampleConfig,
+    SFTConfig,
+    SimulateConfig,
+    from_dict,
+    save_config,
+    to_dict,
+)
 from rlhfkit.data.formats import read_records, write_records
+from rlhfkit.stages.budget import COUNTS, Planner, count_lines
 
 console = Console(stderr=True)
 
@@ -189,13 +198,14 @@ def app_feedback(cfg: PipelineConfig, recipe: Recipe, candidates: Path, feedback
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run (or resume) every stage; returns the evaluation summary."""
-    from rlhfkit.stages.evaluate import evaluate_models
+    from rlhfkit.data.splits import split_records
     from rlhfkit.eval.report import build_report, summary_lines
     from rlhfkit.feedback.simulate import simulate_feedback
+    from rlhfkit.stages.evaluate import evaluate_models
     from rlhfkit.stages.ppo import train_ppo
     from rlhfkit.stages.reward_model import train_reward
     from rlhfkit.stages.sample import sample_candidates
-    from rlhfkit.stages.sft import split_records, train_sft
+    from rlhfkit.stages.sft import train_sft
 
     if cfg.feedback not in ("simulated", "app"):
         raise ConfigError(f"feedback: expected simulated or app, got {cfg.feedback!r}")
@@ -331,8 +341,9 @@ def rm_gold_check(rm_dir: Path, candidates: Path, judge: str) -> dict | None:
     The figure that says whether PPO has something true to climb (simulated feedback only: there the gold
     judge exists). Written to ``rm/gold_check.json`` and printed; computed once.
     """
-    from rlhfkit.stages.reward_model import gold_groups, prompt_key, score_groups
-    from rlhfkit.stages.sample import read_candidates
+    from rlhfkit.data.formats import prompt_key
+    from rlhfkit.data.groups import gold_groups
+    from rlhfkit.stages.reward_model import score_groups
 
     path = rm_dir / "gold_check.json"
     if path.exists():
@@ -341,7 +352,7 @@ def rm_gold_check(rm_dir: Path, candidates: Path, judge: str) -> dict | None:
     if not split.exists():
         return None
     held = {prompt_key(p) for p in json.loads(split.read_text(encoding="utf-8")).get("eval_prompts", [])}
-    records = [c for c in read_candidates(candidates) if prompt_key(c) in held]
+    records = [c for c in read_records(candidates, "candidates") if prompt_key(c) in held]
     if not records:
         return None
     groups = gold_groups(records, judge)
@@ -380,7 +391,7 @@ def dev_split(recipe: Recipe, out: Path, seed: int) -> tuple[Path, Path | None]:
     that sampling, feedback or PPO trained on. Written once into the run folder (``prompts_train.jsonl``, then
     ``dev_prompts.jsonl``, whose presence says the split is complete) and reused by every rerun.
     """
-    from rlhfkit.stages.sft import split_records
+    from rlhfkit.data.splits import split_records
 
     train, dev = out / "prompts_train.jsonl", out / "dev_prompts.jsonl"
     if dev.exists():

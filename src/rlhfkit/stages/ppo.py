@@ -35,21 +35,29 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlhfkit import distributed as dist
+from rlhfkit.accel import speed_up
+from rlhfkit.accel.precision import autocast, keep_input_dtype, resolve_precision
+from rlhfkit.accel.runtime import set_threads
 from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything, set_rng_state
 from rlhfkit.config import ConfigError, PPOConfig, save_config, to_dict
 from rlhfkit.data.formats import prompt_messages, read_records
+from rlhfkit.data.splits import batch_indices
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.eval import metrics as M
-from rlhfkit.accel.cpu_linear import use_onednn_linears
-from rlhfkit.models.loading import add_lora, disable_dropout, load_causal_lm, load_sequence_classifier, load_tokenizer, set_threads
-from rlhfkit.rl.advantages import (AdaptiveKLController, FixedKLController, gae, kl_penalty_rewards, leave_one_out, masked_mean,
-                                     masked_whiten)
+from rlhfkit.models.loading import add_lora, disable_dropout, load_causal_lm, load_sequence_classifier, load_tokenizer
+from rlhfkit.models.rollout import Rollout, collect, concat, forward_tokens, model_device
+from rlhfkit.models.value import ValueHead, ValueModel, can_be_value_model
+from rlhfkit.rl.advantages import (
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    kl_penalty_rewards,
+    leave_one_out,
+    masked_mean,
+    masked_whiten,
+)
 from rlhfkit.rl.health import HealthMonitor
 from rlhfkit.rl.losses import explained_variance, policy_loss, value_loss
-from rlhfkit.models.rollout import Rollout, collect, concat, forward_tokens, model_device
-from rlhfkit.models.value import ValueHead, ValueModel, can_be_value_model, fold_normalisation
-from rlhfkit.accel.precision import autocast, resolve_precision
-from rlhfkit.stages.sft import batch_indices
 from rlhfkit.tracking import read_snapshots, truncate_metrics
 
 console = Console(stderr=True)
@@ -81,7 +89,7 @@ class ModelReward:
     """A trained reward model (``rlhf rm train`` folder): scores decoded text with its own tokenizer."""
 
     def __init__(self, spec: str, batch_size: int):
-        from rlhfkit.stages.reward_model import RewardScorer
+        from rlhfkit.models.reward import RewardScorer
 
         self.scorer, self.batch_size = RewardScorer.load(spec), batch_size
         self.model, self.tokenizer, self.stats = self.scorer.model, self.scorer.tokenizer, self.scorer.stats
@@ -141,18 +149,6 @@ def build_policy(cfg: PPOConfig, ckpt: Path | None):
     return policy, reference
 
 
-def keep_input_dtype(policy) -> None:
-    """Stop peft casting each LoRA layer's bf16 input to its fp32 adapter's dtype.
-
-    Every pass of a bf16 policy runs under autocast, which casts that fp32 copy straight back to bf16 for the
-    adapter's matmul: the same numbers, but two copies of every layer's activations (and their backward) per
-    pass (about 4–7 % of a LoRA minibatch's time in a profile).
-    """
-    for module in policy.modules():
-        if hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = False
-
-
 def same_vocab(tok_a, tok_b) -> bool:
     return tok_a is not None and tok_b is not None and tok_a.get_vocab() == tok_b.get_vocab()
 
@@ -189,15 +185,6 @@ def build_value(cfg: PPOConfig, policy, tok, reward, ckpt: Path | None):
     if not can_be_value_model(classifier):
         raise ValueError(f"value_model: {kind}: not a decoder classifier with a linear score head")
     return ValueModel(classifier, mean, std), None, kind
-
-
-def fast_cpu_linears(*models) -> None:
-    """Every fp32 linear layer of ``models`` but the LM head through oneDNN (see :mod:`rlhfkit.accel.cpu_linear`);
-    the head keeps its own route (:mod:`rlhfkit.accel.head`)."""
-    for model in models:
-        if model is not None:
-            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-            use_onednn_linears(model, skip=() if head is None else (head,))
 
 
 def trainable(module) -> list[torch.nn.Parameter]:
@@ -527,8 +514,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     for module in (policy, reference, value_model, value_head, reward.model):  # every pass runs on the one device
         if module is not None:
             module.to(device)
-    if device.type == "cpu":
-        fast_cpu_linears(policy, reference, value_model, reward.model)
+    speed_up(policy, reference, value_model, reward.model, device=device, head_apart=True)  # the head: accel/head.py
     lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 3e-6)
     value_module = value_model if value_model is not None else value_head
     policy_params, value_params = trainable(policy), trainable(value_module)

@@ -1,21 +1,13 @@
-"""Reward model: a one-output sequence classifier trained on human feedback, and the scorer PPO uses.
+"""Reward-model training: a one-output sequence classifier trained on human feedback.
 
-Feedback of every kind becomes preferences inside a *group* (one prompt and its distinct responses):
-preference pairs as given, rankings expanded to all K·(K−1)/2 pairs (tie groups give no pair between
-their members), ratings turned into pairs within the prompt (ties dropped) or regressed on z-scored
-ratings, edits as edited ≻ original. A batch is a set of groups: every pair of a prompt is in the same
-batch and each distinct response is scored once per batch. Train and validation are split by prompt.
+Feedback of every kind becomes preferences inside a *group* (one prompt and its distinct responses,
+``data/groups.py``). A batch is a set of groups: every pair of a prompt is in the same batch and each
+distinct response is scored once per batch. Train and validation are split by prompt.
 
-Loss (Bradley–Terry, Ouyang et al. 2022): −log σ(r_chosen − r_rejected − margin), margin optional.
-After training, the model scores reference-policy samples and stores their mean/std
-(``reward_stats.json``) so PPO can normalise scores (DESIGN §4.2).
-
-Input text (:func:`rm_inputs`, shared by training and scoring): a causal-LM backbone reads the chat
-template of the prompt followed by the response, right-padded, and pools the last non-pad token (with
-``pad_token_id`` set and position ids taken from the attention mask, left and right padding give the same
-score); an encoder (MiniLM) reads the (prompt, response) sentence pair and pools the mean of its
-non-pad tokens (``pooling: mean``, the default, as sentence-transformers does) or [CLS] (``pooling: cls``);
-the choice is saved in the model's config.json, so a reloaded model scores the same.
+Loss (Bradley–Terry, Ouyang et al. 2022): −log σ(r_chosen − r_rejected − margin), margin optional; ratings
+may instead be regressed on. After training, the model scores reference-policy samples and stores their
+mean/std (``reward_stats.json``) so PPO can normalise scores (docs/design.md §4.2). The model's input text,
+pooling and scorer live in ``models/reward.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,193 +23,29 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlhfkit import distributed as dist
-from rlhfkit.checkpoint import (ForcedStop, atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything,
-                                set_rng_state, step_completes)
-from rlhfkit.config import ConfigError, RewardConfig, save_config, to_dict
-from rlhfkit.data.formats import (RecordError, check_number, detect_kind, feedback_to_pairs, prompt_messages, ratings_to_pairs,
-                                  read_located, read_records, record_responses)
-from rlhfkit.data.tokenize import encode_prompt, position_ids_from_mask, uses_chat_template
-from rlhfkit.accel.cpu_linear import use_onednn_linears
+from rlhfkit.accel import speed_up
 from rlhfkit.accel.precision import autocast, resolve_precision
+from rlhfkit.accel.runtime import set_threads
+from rlhfkit.checkpoint import (
+    ForcedStop,
+    atomic_dir,
+    find_checkpoint,
+    load_state,
+    rng_state,
+    save_state,
+    seed_everything,
+    set_rng_state,
+    step_completes,
+)
+from rlhfkit.config import ConfigError, RewardConfig, save_config, to_dict
+from rlhfkit.data.formats import RecordError, detect_kind, prompt_key, read_located, read_records, record_responses
+from rlhfkit.data.groups import Group, build_groups, flatten, gold_groups
+from rlhfkit.data.splits import batch_indices, split_records
+from rlhfkit.models.reward import STATS_FILE, RewardModule, RewardScorer, build_reward_model, rm_inputs, score_texts
 from rlhfkit.tracking import truncate_metrics
 
 console = Console(stderr=True)
-STATS_FILE = "reward_stats.json"
 SPLIT_FILE = "split.json"
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-def is_encoder_tokenizer(tok) -> bool:
-    """BERT-like tokenizers (a [CLS] token, no chat template) read (prompt, response) sentence pairs."""
-    return getattr(tok, "cls_token_id", None) is not None and not uses_chat_template(tok)
-
-
-def prompt_for_encoder(prompt: dict) -> str:
-    return "\n".join(m["content"] for m in prompt_messages(prompt) if m["role"] != "system")
-
-
-def _pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        cols = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
-        ids[i, cols] = torch.tensor(s, dtype=torch.long)
-        attn[i, cols] = 1
-    return ids, attn
-
-
-def rm_inputs(tokenizer, prompts: list[dict], responses: list[str], max_len: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
-    """Model inputs for (prompt record, response) pairs: the one place the reward model's text format lives.
-
-    Returns keyword arguments for the model: ``input_ids``, ``attention_mask`` (batch, width), plus
-    ``token_type_ids`` for an encoder or ``position_ids`` for a causal LM. Too long: the prompt loses
-    tokens from its start first (it keeps at least half of ``max_len``), then the response from its end.
-    """
-    if is_encoder_tokenizer(tokenizer):
-        if padding_side != "right":
-            raise ValueError("an encoder reward model pools [CLS] at position 0: use right padding")
-        enc = tokenizer([prompt_for_encoder(p) for p in prompts], list(responses), truncation="longest_first",
-                        max_length=max_len, padding=False)
-        ids, attn = _pad(enc["input_ids"], tokenizer.pad_token_id, "right")
-        types, _ = _pad(enc["token_type_ids"], 0, "right")
-        return {"input_ids": ids, "attention_mask": attn, "token_type_ids": types}
-    seqs = []
-    for p, r in zip(prompts, responses):
-        prompt_ids = encode_prompt(tokenizer, prompt_messages(p), chat=True)
-        resp_ids = tokenizer(r, add_special_tokens=False)["input_ids"]
-        keep = max(max_len - len(resp_ids), max_len // 2)
-        prompt_ids = prompt_ids[-keep:]
-        seqs.append(prompt_ids + resp_ids[: max_len - len(prompt_ids)])
-    ids, attn = _pad(seqs, tokenizer.pad_token_id, padding_side)
-    # Positions count real tokens only, so a left-padded row sees the positions a right-padded one does.
-    return {"input_ids": ids, "attention_mask": attn, "position_ids": position_ids_from_mask(attn)}
-
-
-POOLING_KEY = "rm_pooling"  # model.config attribute (saved in config.json): "mean" or "cls" for encoders
-
-
-def classifier_of(model):
-    """The plain classifier under a LoRA (peft) wrapper, or the model itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def reward_forward(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Raw scores, shape (batch,).
-
-    A causal LM's classifier pools the last token that is not ``pad_token_id``. An encoder pools [CLS]
-    through its pooler, or, when ``config.rm_pooling == "mean"``, feeds the mean of the non-pad tokens'
-    last hidden states to its classifier head, skipping the pooler (all-MiniLM-L6-v2 was trained for mean
-    pooling by sentence-transformers; its [CLS] pooler was not part of that training).
-    """
-    inner = classifier_of(model)
-    if getattr(inner.config, POOLING_KEY, "cls") != "mean":
-        return model(**inputs).logits[:, 0].float()
-    hidden = inner.base_model(**inputs).last_hidden_state  # (batch, width, hidden)
-    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, width, 1)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, hidden)
-    return inner.classifier(pooled)[:, 0].float()
-
-
-def score_texts(model, tokenizer, prompts: list[dict], responses: list[str], max_len: int, batch_size: int = 16) -> torch.Tensor:
-    """Scores of many (prompt, response) pairs in batches of similar length, without gradients; shape (n,)."""
-    out = torch.empty(len(responses))
-    order = sorted(range(len(responses)), key=lambda i: len(responses[i]))
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            inputs = rm_inputs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_len)
-            out[idx] = reward_forward(model, {k: v.to(device) for k, v in inputs.items()}).cpu()
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class Group:
-    """One prompt's feedback: its distinct responses and the preferences between them (indices)."""
-
-    prompt: dict  # {"prompt"} or {"messages"}
-    responses: list[str] = field(default_factory=list)
-    pairs: list[tuple[int, int, float, bool]] = field(default_factory=list)  # (chosen, rejected, margin, in the BT loss)
-    targets: dict[int, list[float]] = field(default_factory=dict)  # response index → z-scored ratings (regression)
-
-    def index(self, response: str) -> int:
-        if response not in self.responses:
-            self.responses.append(response)
-        return self.responses.index(response)
-
-
-def prompt_key(rec: dict) -> str:
-    return json.dumps(prompt_messages(rec), ensure_ascii=False, sort_keys=True)
-
-
-def build_groups(records: list[dict], rating_loss: str = "pairs") -> list[Group]:
-    """Feedback records → one Group per prompt (in first-seen order); groups with nothing to learn are dropped.
-
-    Ratings with ``rating_loss="regression"`` become regression targets (ratings z-scored over the file)
-    and their within-prompt pairs are kept for accuracy only (not in the Bradley–Terry loss).
-    """
-    groups: dict[str, Group] = {}
-    ratings: dict[str, list[dict]] = {}
-
-    def group(rec: dict) -> Group:
-        key = prompt_key(rec)
-        if key not in groups:
-            groups[key] = Group({"messages": prompt_messages(rec)} if "messages" in rec else {"prompt": rec["prompt"]})
-        return groups[key]
-
-    for rec in records:
-        g = group(rec)
-        if detect_kind(rec) == "rating":
-            ratings.setdefault(prompt_key(rec), []).append(rec)
-            continue
-        for p in feedback_to_pairs([rec]):
-            g.pairs.append((g.index(p.chosen), g.index(p.rejected), p.margin, True))
-    all_scores = [float(r["score"]) for recs in ratings.values() for r in recs]
-    mean = sum(all_scores) / max(len(all_scores), 1)
-    std = math.sqrt(sum((s - mean) ** 2 for s in all_scores) / max(len(all_scores), 1)) or 1.0
-    for key, recs in ratings.items():
-        g = groups[key]
-        for p in ratings_to_pairs(recs):
-            g.pairs.append((g.index(p.chosen), g.index(p.rejected), p.margin, rating_loss == "pairs"))
-        if rating_loss == "regression":
-            for r in recs:
-                g.targets.setdefault(g.index(r["response"]), []).append((float(r["score"]) - mean) / std)
-    return [g for g in groups.values() if g.pairs or g.targets]
-
-
-def gold_groups(records: list[dict], judge: str) -> list[Group]:
-    """Groups from candidates records ordered by a gold judge: every pair whose gold scores differ."""
-    from rlhfkit.judges import get_judge
-
-    fn = get_judge(judge)
-    groups = []
-    for rec in records:
-        responses = list(rec["responses"])
-        gold = fn([rec] * len(responses), responses)
-        g = Group({"messages": prompt_messages(rec)} if "messages" in rec else {"prompt": rec["prompt"]}, responses)
-        for i in range(len(responses)):
-            for j in range(i + 1, len(responses)):
-                if gold[i] != gold[j]:
-                    g.pairs.append((i, j, 0.0, True) if gold[i] > gold[j] else (j, i, 0.0, True))
-        if g.pairs:
-            groups.append(g)
-    return groups
-
-
-def split_groups(groups: list[Group], fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
-    """Hold out ``fraction`` of the prompts (seeded), so no prompt is on both sides."""
-    n_eval = int(round(len(groups) * fraction))
-    if n_eval == 0 or n_eval >= len(groups):
-        return groups, []
-    perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(perm[:n_eval])
-    return [g for i, g in enumerate(groups) if i not in held], [g for i, g in enumerate(groups) if i in held]
 
 
 # ---------------------------------------------------------------------------------------------- maths
@@ -274,16 +101,6 @@ def batch_loss(rewards: torch.Tensor, groups: list[Group], offsets: list[int], u
     return loss, metrics
 
 
-def flatten(groups: list[Group]) -> tuple[list[dict], list[str], list[int]]:
-    """All (prompt, response) inputs of some groups, each distinct response once, and each group's offset."""
-    prompts, responses, offsets = [], [], []
-    for g in groups:
-        offsets.append(len(responses))
-        prompts.extend([g.prompt] * len(g.responses))
-        responses.extend(g.responses)
-    return prompts, responses, offsets
-
-
 def evaluate_groups(score_fn, groups: list[Group], use_margin: bool = False) -> dict:
     """Held-out loss, pair accuracy, reward gap and pair count; ``score_fn(prompts, responses) -> (n,)``."""
     if not groups:
@@ -294,99 +111,7 @@ def evaluate_groups(score_fn, groups: list[Group], use_margin: bool = False) -> 
     return metrics
 
 
-# ---------------------------------------------------------------------------------------------- scorer
-
-
-def load_stats(path: Path) -> dict | None:
-    """``reward_stats.json`` (None if absent), checked: scores are divided by its std, so a NaN must not get through."""
-    if not path.exists():
-        return None
-    stats = json.loads(path.read_text(encoding="utf-8"))
-    for key, lo in (("mean", -math.inf), ("std", 0.0)):
-        check_number(stats.get(key), key, str(path), lo, math.inf)
-    return stats
-
-
-class RewardScorer:
-    """A trained reward model for PPO and evaluation: raw scores and normalised scores.
-
-    ``RewardScorer.load(dir_or_spec)``; ``.score(prompts, responses)`` → raw scores (n,);
-    ``.normalize(scores)`` → (scores − mean)/std with the stats stored beside the model (identity if none).
-    """
-
-    def __init__(self, model, tokenizer, stats: dict | None = None, max_len: int = 512):
-        self.model, self.tokenizer, self.stats, self.max_len = model, tokenizer, stats, max_len
-
-    @classmethod
-    def load(cls, dir_or_spec: str | Path, max_len: int | None = None) -> "RewardScorer":
-        import yaml
-
-        from rlhfkit.models.loading import disable_dropout, load_sequence_classifier, load_tokenizer
-
-        spec = str(dir_or_spec)
-        model = load_sequence_classifier(spec)
-        disable_dropout(model)
-        tok = load_tokenizer(spec)
-        folder = Path(spec)
-        stats = load_stats(folder / STATS_FILE)
-        if max_len is None and (folder / "config.yaml").exists():
-            max_len = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("max_len")
-        return cls(model, tok, stats, int(max_len or 512))
-
-    def score(self, prompts: list[dict], responses: list[str], batch_size: int = 16) -> torch.Tensor:
-        """Raw reward-model scores of (prompt record, response) pairs, shape (n,), under inference mode."""
-        return score_texts(self.model, self.tokenizer, prompts, responses, self.max_len, batch_size)
-
-    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
-        if not self.stats:
-            return scores
-        return (scores - self.stats["mean"]) / max(self.stats["std"], 1e-8)
-
-
 # ---------------------------------------------------------------------------------------------- training
-
-
-def build_model(cfg: RewardConfig, ckpt: Path | None):
-    """A fresh classifier on the backbone (LoRA optional), or the checkpoint's weights when resuming."""
-    from rlhfkit.models.loading import add_lora, disable_dropout, load_sequence_classifier
-
-    model = load_sequence_classifier(cfg.model)
-    if is_encoder_classifier(model):
-        setattr(model.config, POOLING_KEY, cfg.pooling)  # saved in config.json, read by reward_forward
-    if cfg.lora:
-        if ckpt is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(ckpt / "model"), is_trainable=True)
-        else:
-            # SEQ_CLS keeps the new score head fully trainable (peft's modules_to_save).
-            model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, task_type="SEQ_CLS")
-    elif ckpt is not None:
-        model = load_sequence_classifier(str(ckpt / "model"))
-    if cfg.trainable_layers and not cfg.lora:
-        freeze_lower(model, cfg.trainable_layers)
-    disable_dropout(model)  # DESIGN §4.6: dropout off, so a score does not depend on train/eval mode
-    return model
-
-
-def is_encoder_classifier(model) -> bool:
-    """A BERT-like classifier: a ``classifier`` head on an encoder (not a causal LM's ``score`` head)."""
-    return hasattr(model, "classifier") and not getattr(model.config, "is_decoder", False)
-
-
-def freeze_lower(model, n_top: int) -> None:
-    """Train only the top ``n_top`` transformer layers and what sits above them (final norm, pooler, head).
-
-    The embeddings stay as pretrained: with a few hundred prompts, a fully trained reward model learns
-    the training prompts' words by heart and generalises worse to held-out prompts.
-    """
-    import re
-
-    index = [int(m.group(1)) for n, _ in model.named_parameters() if (m := re.search(r"\.layers?\.(\d+)\.", n))]
-    first = max(index, default=-1) + 1 - n_top
-    for name, param in model.named_parameters():
-        m = re.search(r"\.layers?\.(\d+)\.", name)
-        param.requires_grad = not ("embed" in name or (m is not None and int(m.group(1)) < first))
 
 
 def make_scheduler(cfg: RewardConfig, optimizer):
@@ -394,21 +119,6 @@ def make_scheduler(cfg: RewardConfig, optimizer):
 
     name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
     return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
-
-
-class RewardModule(torch.nn.Module):
-    """The classifier with :func:`reward_forward` as its forward: what ``accelerator.prepare`` wraps.
-
-    Mean pooling calls the encoder directly; wrapped in this module, the whole scoring pass still goes
-    through the DDP/FSDP wrapper's forward, which is what synchronises gradients across processes.
-    """
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        return reward_forward(self.model, inputs)
 
 
 def classifier(accelerator, module):
@@ -484,7 +194,7 @@ def load_feedback(cfg: RewardConfig) -> tuple[list[Group], list[Group]]:
         held = build_groups(read_records(cfg.eval_data, "auto"), cfg.rating_loss)
         keys = {prompt_key(g.prompt) for g in held}
         return [g for g in groups if prompt_key(g.prompt) not in keys], held
-    return split_groups(groups, cfg.eval_fraction, cfg.seed)
+    return split_records(groups, cfg.eval_fraction, cfg.seed)
 
 
 class RewardHealthError(RuntimeError):
@@ -505,8 +215,7 @@ def stop_if_non_finite(step: int, values: dict, out: Path) -> None:
 
 def train_reward(cfg: RewardConfig) -> dict:
     """Train a reward model as configured; returns the last logged metrics (with the final evaluation)."""
-    from rlhfkit.models.loading import load_tokenizer, set_threads
-    from rlhfkit.stages.sft import batch_indices
+    from rlhfkit.models.loading import load_tokenizer
 
     out = Path(cfg.output)
     set_threads(cfg.threads)
@@ -532,12 +241,12 @@ def train_reward(cfg: RewardConfig) -> dict:
     ckpt = find_checkpoint(out / "checkpoint") if cfg.resume else None
     if cfg.resume and ckpt is None:
         console.print(f"rm: no checkpoint in {out}; starting from the beginning")
-    model = RewardModule(build_model(cfg, ckpt))
+    model = RewardModule(build_reward_model(cfg, ckpt))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(cfg, optimizer)
-    if accelerator.device.type == "cpu" and not dist.is_sharded(accelerator):
-        use_onednn_linears(model)  # fp32 products through oneDNN (accel/cpu_linear.py); bf16 is oneDNN's already
+    if not dist.is_sharded(accelerator):
+        speed_up(model, device=accelerator.device)  # fp32 products through oneDNN on a CPU; bf16 is oneDNN's already
     # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
@@ -668,9 +377,7 @@ def score_groups(model: str | Path, groups: list[Group], batch_size: int = 16) -
 def eval_file(model: str, data: str, judge: str | None = None, batch_size: int = 16) -> dict:
     """``rlhf rm eval``: pair accuracy, loss, reward gap on a feedback file (or candidates ordered by a gold judge)."""
     if judge:
-        from rlhfkit.stages.sample import read_candidates
-
-        groups = gold_groups(read_candidates(data), judge)
+        groups = gold_groups(read_records(data, "candidates"), judge)
     else:
         groups = build_groups(read_records(data, "auto"), "pairs")
     if not groups:

@@ -19,17 +19,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlhfkit.config import SampleConfig
-from rlhfkit.data.formats import iter_records, prompt_messages, read_records
+from rlhfkit.data.formats import iter_records, prompt_key, prompt_messages, read_records
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.models.generation import decode_response, generate_ids
 
 console = Console(stderr=True)
 RESERVED = ("prompt", "messages", "responses", "model", "checkpoint", "sampling")
-
-
-def prompt_key(rec: dict) -> str:
-    """A prompt's identity for resuming: its chat messages (a plain prompt is one user message)."""
-    return json.dumps(prompt_messages(rec), ensure_ascii=False, sort_keys=True)
 
 
 def done_prompts(path: Path) -> set[str]:
@@ -51,11 +46,6 @@ def checkpoint_of(spec: str) -> str:
     return str(path.resolve()) if path.exists() else spec
 
 
-def read_candidates(path: str) -> list[dict]:
-    """Candidates records (a prompt plus ``responses``: at least 2 different texts); errors name file:line: field."""
-    return read_records(path, "candidates")
-
-
 def candidate_record(rec: dict, responses: list[str], cfg: SampleConfig) -> dict:
     out = {"prompt": rec["prompt"]} if "messages" not in rec else {"messages": rec["messages"]}
     out.update({"responses": responses, "model": cfg.model, "checkpoint": checkpoint_of(cfg.model),
@@ -67,8 +57,9 @@ def candidate_record(rec: dict, responses: list[str], cfg: SampleConfig) -> dict
 
 def sample_candidates(cfg: SampleConfig) -> int:
     """Write K candidates for every prompt not yet in ``cfg.output``; returns how many prompts were added."""
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer, set_threads
     from rlhfkit.accel.precision import dtype_for
+    from rlhfkit.accel.runtime import set_threads
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
     if cfg.k < 1:
         raise ValueError(f"k: expected at least 1, got {cfg.k}")

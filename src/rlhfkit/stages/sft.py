@@ -20,62 +20,29 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlhfkit import distributed as dist
-from rlhfkit.checkpoint import (ForcedStop, atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything,
-                                set_rng_state, step_completes)
+from rlhfkit.accel import speed_up
+from rlhfkit.accel.precision import autocast, resolve_precision
+from rlhfkit.accel.runtime import set_threads
+from rlhfkit.checkpoint import (
+    ForcedStop,
+    atomic_dir,
+    find_checkpoint,
+    load_state,
+    rng_state,
+    save_state,
+    seed_everything,
+    set_rng_state,
+    step_completes,
+)
 from rlhfkit.config import ConfigError, SFTConfig, save_config, to_dict
 from rlhfkit.data.formats import read_records, sft_pair
+from rlhfkit.data.splits import batch_indices, split_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right, encode_sft
-from rlhfkit.accel.cpu_linear import use_onednn_linears
-from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer, set_threads
-from rlhfkit.accel.precision import autocast, resolve_precision
+from rlhfkit.models.lm_loss import heldout_loss, response_loss
+from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
 from rlhfkit.tracking import truncate_metrics
 
 console = Console(stderr=True)
-
-
-def split_records(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out ``fraction`` of the records (seeded); none when that rounds to zero."""
-    n_eval = int(round(len(records) * fraction))
-    if n_eval == 0 or n_eval >= len(records):
-        return records, []
-    perm = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(perm[:n_eval])
-    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
-
-
-def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
-    """Example indices of optimiser step ``step``: epochs of seeded permutations, read in order."""
-    out = []
-    for j in range(step * batch_size, (step + 1) * batch_size):
-        epoch, pos = divmod(j, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        out.append(int(perm[pos]))
-    return out
-
-
-def response_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over response tokens and their count (for exact accumulation)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1]  # position t predicts token t+1
-    labels = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
-                                             ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((labels != IGNORE_INDEX).sum())
-
-
-@torch.no_grad()
-def evaluate(model, examples: list[Encoded], pad_id: int, batch_size: int, device=None) -> dict[str, float]:
-    """Mean per-token held-out loss and perplexity."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        batch = collate_right(examples[i:i + batch_size], pad_id)
-        loss, n = response_loss(model, batch if device is None else dist.to_device(batch, device))
-        total, count = total + float(loss), count + n
-    model.train(was_training)
-    mean = total / max(count, 1)
-    return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0))}
 
 
 def build_model(cfg: SFTConfig, ckpt: Path | None):
@@ -164,8 +131,8 @@ def train_sft(cfg: SFTConfig) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(cfg, optimizer)
-    if accelerator.device.type == "cpu" and not dist.is_sharded(accelerator):
-        use_onednn_linears(model)  # fp32 products through oneDNN (accel/cpu_linear.py); bf16 is oneDNN's already
+    if not dist.is_sharded(accelerator):
+        speed_up(model, device=accelerator.device)  # fp32 products through oneDNN on a CPU; bf16 is oneDNN's already
     # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
     # The scheduler stays unprepared: it steps once per optimiser step whatever the number of processes.
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -225,7 +192,7 @@ def train_sft(cfg: SFTConfig) -> dict:
                     if held and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
                         # Every rank evaluates the whole held-out set: the same forward passes everywhere, which
                         # sharded models need (their forwards are collective), and no reduction.
-                        metrics.update(evaluate(model, held, tok.pad_token_id, cfg.batch_size, accelerator.device))
+                        metrics.update(heldout_loss(model, held, tok.pad_token_id, cfg.batch_size, accelerator.device))
                     if done % cfg.log_every == 0 or done == cfg.max_steps or "eval_loss" in metrics:
                         last = logger.log(done, metrics)
                     if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
