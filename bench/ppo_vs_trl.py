@@ -113,7 +113,7 @@ def ours_worker(job: dict, result: str) -> None:
     from rlhfkit.accel.precision import resolve_precision
     from rlhfkit.tracking import read_metrics
 
-    trainer.save_checkpoint = lambda *a, **k: None
+    trainer.Run.save_checkpoint = lambda *a, **k: None
     trainer.save_final = lambda *a, **k: None
     phases = instrument()
     SETTINGS.update({k: job[k] for k in SETTINGS})

@@ -41,3 +41,47 @@ def test_set_strings_are_typed_and_resolved_config_is_saved(tmp_path):
     assert cfg.lr == 2e-5 and cfg.lora is True and cfg.lora_targets == ["q_proj", "v_proj"]
     saved = yaml.safe_load(save_config(cfg, tmp_path).read_text())
     assert saved["lr"] == 2e-5 and saved["lora_targets"] == ["q_proj", "v_proj"]
+
+
+def config_classes() -> list[type]:
+    import dataclasses
+
+    from rlhfkit import config
+
+    return [obj for obj in vars(config).values()
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == config.__name__]
+
+
+def test_the_stage_configs_are_all_found():
+    names = {cls.__name__ for cls in config_classes()}
+    assert {"SFTConfig", "GenerateConfig", "FeedbackConfig", "GymConfig", "EvalConfig", "SampleConfig",
+            "SimulateConfig", "RewardConfig", "PPOConfig"} <= names
+
+
+@pytest.mark.parametrize("cls", config_classes(), ids=lambda cls: cls.__name__)
+def test_every_config_field_carries_a_one_sentence_help(cls):
+    from dataclasses import fields
+
+    for f in fields(cls):
+        text = f.metadata.get("help")
+        assert isinstance(text, str) and text.strip(), f"{cls.__name__}.{f.name} has no metadata help"
+        assert "\n" not in text and text[0].isupper() and text.endswith("."), f"{cls.__name__}.{f.name}: {text!r}"
+
+
+def test_field_help_maps_each_field_to_its_metadata_help():
+    from dataclasses import fields
+
+    from rlhfkit.config import field_help
+
+    helps = field_help(SFTConfig)
+    assert list(helps) == [f.name for f in fields(SFTConfig)]
+    assert helps["max_steps"] == "Optimiser steps."
+
+
+def test_the_lora_targets_are_one_constant_and_each_config_gets_its_own_list():
+    from rlhfkit.config import LORA_TARGETS, PPOConfig, RewardConfig
+
+    assert SFTConfig().lora_targets == RewardConfig().lora_targets == PPOConfig().lora_targets == list(LORA_TARGETS)
+    cfg = SFTConfig()
+    cfg.lora_targets.append("lm_head")
+    assert SFTConfig().lora_targets == list(LORA_TARGETS) and "lm_head" not in LORA_TARGETS

@@ -1,16 +1,25 @@
 """The ``rlhf`` command line (DESIGN §8). Each command resolves its stage config and calls one function.
 
 Every command takes ``--config FILE.yaml``, ``--seed N`` and ``--set key=value`` (any config key);
-the named flags below are shortcuts for the keys everyone uses.
+the named flags are shortcuts for the keys everyone uses. A stage command's flags are generated from its
+config dataclass (``config_command``): each names a field and carries that field's ``metadata["help"]``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sys
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 import typer
+
+from rlhfkit.config import (EvalConfig, FeedbackConfig, GenerateConfig, GymConfig, PPOConfig, RewardConfig, SampleConfig,
+                            SFTConfig, SimulateConfig, load_config, parse_set)
 
 app = typer.Typer(help="rlhfkit: RLHF with PPO, end to end: SFT, sampling, feedback, reward model, PPO, evaluation.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -26,8 +35,6 @@ SetOpt = typer.Option(None, "--set", help="Override any config key: --set key=va
 
 def resolve(cls: type, config: Optional[Path], sets: Optional[List[str]], **flags: Any):
     """Defaults < --config file < --set < named flags."""
-    from rlhfkit.config import load_config, parse_set
-
     overrides = parse_set(sets)
     overrides.update({k: v for k, v in flags.items() if v is not None})
     return load_config(cls, config, overrides)
@@ -38,53 +45,139 @@ def fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+@dataclass(frozen=True)
+class Flag:
+    """How a config field appears on the command line when ``--field-name`` (``--x/--no-x`` for a bool) won't do."""
+
+    decls: tuple[str, ...] = ()  # the flag's spellings, e.g. ("--lora/--full",) or ("--resume",) for a bool without "off"
+    type: Any = None  # the option's type (default: from the field's annotation; lists are comma-separated text)
+    argument: bool = False  # a positional argument instead of an option
+
+
+def _is_list(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list(a) for a in typing.get_args(tp))
+    return origin in (list, tuple) or tp in (list, tuple)
+
+
+def _option_type(tp: Any) -> Any:
+    """The type typer parses a field's flag as; from_dict checks and converts it like a --set value."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return _option_type(inner)
+    if origin is typing.Literal:
+        return type(args[0])
+    if origin in (list, tuple, dict) or tp in (list, tuple, dict):
+        return str
+    return tp
+
+
+def _shown_default(value: Any, decls: tuple[str, ...]) -> str | None:
+    """The dataclass default as help shows it (None: nothing to show)."""
+    if isinstance(value, bool):
+        if len(decls) == 1 and "/" in decls[0]:
+            on, off = decls[0].split("/", 1)
+            return on if value else off
+        return None
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def config_command(cls: type, names: Sequence[str], flags: dict[str, str | Flag] | None = None) -> Callable:
+    """Generate a command's options from the fields ``names`` of the config dataclass ``cls``.
+
+    Each field becomes ``--field-name`` (a bool ``--field-name/--no-field-name``; ``flags`` renames one or makes it
+    a positional argument), typed from the field's annotation, with the field's ``metadata["help"]`` as its help
+    and the dataclass default shown. ``--config FILE`` and ``--set key=value`` are added too. The decorated
+    function keeps its own parameters (hand-written options) and gets the resolved config as ``cfg``; the
+    generated options appear where ``cfg`` stands in its signature. A flag left out is None and leaves the
+    file's (or the default) value alone: defaults < --config < --set < flags.
+    """
+    hints = typing.get_type_hints(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    flags = flags or {}
+    generated = []
+    for name in names:
+        f = by_name[name]  # a KeyError names a field the class lacks
+        help_text = f.metadata.get("help")
+        if not help_text:
+            raise TypeError(f"{cls.__name__}.{name} has no metadata help")
+        spec = flags.get(name, Flag())
+        if isinstance(spec, str):
+            spec = Flag((spec,))
+        tp = spec.type or _option_type(hints[name])
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if spec.argument:
+            info = typer.Argument(None, help=help_text, show_default=_shown_default(default, ()) or False)
+        else:
+            dash = name.replace("_", "-")
+            decls = spec.decls or ((f"--{dash}/--no-{dash}",) if tp is bool else (f"--{dash}",))
+            if tp is str and _is_list(hints[name]):
+                help_text += " Comma-separated."
+            elif _is_list(tp):
+                help_text += " Repeatable."
+            info = typer.Option(None, *decls, help=help_text, show_default=_shown_default(default, decls) or False)
+        generated.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info,
+                                           annotation=Optional[tp]))
+    common = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=ConfigOpt, annotation=Optional[Path]),
+              inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=SetOpt, annotation=Optional[List[str]])]
+
+    def decorate(func: Callable) -> Callable:
+        own = list(inspect.signature(func, eval_str=True).parameters.values())
+        at = [p.name for p in own].index("cfg")
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name != "cfg"]
+        clash = {p.name for p in params} & {p.name for p in generated + common}
+        if clash:
+            raise TypeError(f"{func.__name__}: parameters {sorted(clash)} clash with generated options")
+
+        def command(**kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name in names}
+            given = {k: v for k, v in given.items() if v is not None and v != [] and v != ()}
+            cfg = resolve(cls, kwargs.pop("config"), kwargs.pop("set_"), **given)
+            return func(cfg=cfg, **kwargs)
+
+        command.__name__, command.__qualname__, command.__doc__ = func.__name__, func.__qualname__, func.__doc__
+        command.__module__ = func.__module__
+        command.__signature__ = inspect.Signature(params[:at] + generated + params[at:] + common)
+        return command
+
+    return decorate
+
+
+LORA_FLAGS = {"lora": "--lora/--full", "resume": "--resume"}  # spellings the defaults would not give
+
+
 @app.command()
-def sft(
-    model: Optional[str] = typer.Option(None, help="Model spec: default | tiny | path | hub id."),
-    data: Optional[str] = typer.Option(None, help="SFT JSONL file."),
-    output: Optional[str] = typer.Option(None, help="Run folder."),
-    max_steps: Optional[int] = typer.Option(None, help="Optimiser steps."),
-    batch_size: Optional[int] = typer.Option(None, help="Examples per optimiser step."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="Train LoRA adapters or all weights."),
-    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue from the run folder's checkpoint."),
-    report_to: Optional[str] = typer.Option(None, help="tensorboard | wandb | mlflow | none."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
-):
+@config_command(SFTConfig, ["model", "data", "output", "max_steps", "batch_size", "lr", "lora", "resume", "report_to",
+                            "seed"], LORA_FLAGS)
+def sft(cfg):
     """Supervised fine-tuning (loss on response tokens only), full or LoRA."""
-    from rlhfkit.config import SFTConfig
     from rlhfkit.stages.sft import train_sft
 
-    cfg = resolve(SFTConfig, config, set_, model=model, data=data, output=output, max_steps=max_steps,
-                  batch_size=batch_size, lr=lr, lora=lora, resume=resume, report_to=report_to, seed=seed)
     if not cfg.data:
         fail("--data is required (an SFT JSONL file)")
     train_sft(cfg)
 
 
 @app.command()
+@config_command(GenerateConfig, ["model", "max_new_tokens", "temperature", "top_p", "top_k", "batch_size", "chat",
+                                 "generation", "seed"])
 def generate(
-    model: str = typer.Option("default", help="Model spec: default | tiny | path | hub id."),
     prompt: Optional[str] = typer.Option(None, help="One prompt."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSONL file."),
-    max_new_tokens: int = typer.Option(128, help="Tokens to generate at most."),
-    temperature: float = typer.Option(0.0, help="0 for greedy decoding."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold."),
-    top_k: int = typer.Option(0, help="Top-k sampling (0: off)."),
-    batch_size: int = typer.Option(8, help="Prompts per generation batch."),
-    no_chat: bool = typer.Option(False, "--no-chat", help="Plain completion: do not apply the chat template."),
-    generation: Optional[str] = typer.Option(None, help="Backend: transformers (default) | vllm (pip install vllm; GPU)."),
+    cfg=None,
     output: Optional[Path] = typer.Option(None, help="Write {prompt, response} JSONL here instead of printing."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
 ):
     """Answer one prompt or a JSONL file of prompts with any checkpoint."""
     import json
 
-    from rlhfkit.config import GenerateConfig
     from rlhfkit.models.generation import generate_file
 
-    cfg = resolve(GenerateConfig, config, set_, model=model, max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_p=top_p, top_k=top_k, batch_size=batch_size, chat=not no_chat, generation=generation, seed=seed)
     if (prompt is None) == (prompts is None):
         fail("give exactly one of --prompt TEXT or --prompts FILE")
     records = generate_file(cfg, prompt=prompt, prompts=prompts, output=output)
@@ -99,24 +192,12 @@ def generate(
 
 
 @app.command()
-def sample(
-    model: Optional[str] = typer.Option(None, help="Model spec: default | tiny | path | hub id."),
-    prompts: Optional[str] = typer.Option(None, help="Prompt JSONL file."),
-    k: Optional[int] = typer.Option(None, "--k", help="Candidates per prompt (default 4)."),
-    output: Optional[str] = typer.Option(None, help="Candidates JSONL (prompts already in it are skipped)."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Tokens to generate at most (default 64)."),
-    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default 1.0)."),
-    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold."),
-    top_k: Optional[int] = typer.Option(None, help="Top-k sampling (0: off)."),
-    batch_size: Optional[int] = typer.Option(None, help="Prompts per generation batch."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
-):
+@config_command(SampleConfig, ["model", "prompts", "k", "output", "max_new_tokens", "temperature", "top_p", "top_k",
+                               "batch_size", "seed"])
+def sample(cfg):
     """K candidate responses per prompt, with the model and sampling settings recorded (resumable)."""
-    from rlhfkit.config import SampleConfig
     from rlhfkit.stages.sample import sample_candidates
 
-    cfg = resolve(SampleConfig, config, set_, model=model, prompts=prompts, k=k, output=output, max_new_tokens=max_new_tokens,
-                  temperature=temperature, top_p=top_p, top_k=top_k, batch_size=batch_size, seed=seed)
     if not cfg.prompts:
         fail("--prompts is required (a prompt JSONL file)")
     try:
@@ -125,14 +206,9 @@ def sample(
         fail(str(e))
 
 
-DbOpt = typer.Option(None, "--db", help="Database: a SQLite file (default feedback.db) or postgresql://user:pw@host/db.")
-ProjectOpt = typer.Option(None, "--project", help="Project name.")
-
-
-def _feedback_cfg(config: Optional[Path], set_: Optional[List[str]], **flags: Any):
-    from rlhfkit.config import FeedbackConfig
-
-    return resolve(FeedbackConfig, config, set_, **flags)
+def feedback_command(*names: str) -> Callable:
+    """``config_command`` over FeedbackConfig; every feedback command also takes --db and --seed."""
+    return config_command(FeedbackConfig, ["db", *names, "seed"])
 
 
 def _need_project(cfg) -> None:
@@ -141,13 +217,10 @@ def _need_project(cfg) -> None:
 
 
 @feedback_app.command("serve")
+@feedback_command("host", "port", "admin_token_file")
 def feedback_serve(
-    db: Optional[str] = DbOpt,
-    host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Port to listen on (default 8000)."),
-    admin_token_file: Optional[str] = typer.Option(None, help="Admin token file (default: beside the SQLite file)."),
+    cfg,
     max_body: int = typer.Option(1024 * 1024, "--max-body", min=1024, help="Largest request body in bytes (else 413)."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
 ):
     """Run the annotation app (the page at /, the API at /api). Admin token: $RLHFKIT_ADMIN_TOKEN or a file."""
     import logging
@@ -157,7 +230,6 @@ def feedback_serve(
     from rlhfkit.feedback.app import create_app
     from rlhfkit.feedback.auth import load_admin_token
 
-    cfg = _feedback_cfg(config, set_, db=db, host=host, port=port, admin_token_file=admin_token_file, seed=seed)
     token, where = load_admin_token(cfg.db, Path(cfg.admin_token_file) if cfg.admin_token_file else None)
     # The audit log (failed logins: address and reason, never the token) goes to stderr with the time.
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.WARNING)
@@ -166,23 +238,15 @@ def feedback_serve(
 
 
 @feedback_app.command("import")
+@feedback_command("project", "kinds", "gold", "guidelines", "annotators_per_task", "max_held", "hold_minutes")
 def feedback_import(
-    db: Optional[str] = DbOpt, project: Optional[str] = ProjectOpt,
     candidates: Optional[Path] = typer.Option(None, help="Candidates JSONL from `rlhf sample`."),
-    kinds: Optional[str] = typer.Option(None, help="Task kinds to make: rate,rank,compare,edit (default all)."),
-    gold: Optional[str] = typer.Option(None, help="Candidates with known answers (\"gold\": {...}) to mix in."),
-    guidelines: Optional[str] = typer.Option(None, help="Text/Markdown file with the project's guidelines."),
-    annotators_per_task: Optional[int] = typer.Option(None, help="N: annotators per task (new project: 1)."),
-    max_held: Optional[int] = typer.Option(None, help="Cap on tasks an annotator holds at once (new project: 5)."),
-    hold_minutes: Optional[int] = typer.Option(None, help="A task held unanswered this long goes to others (new project: 60; 0: never)."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
+    cfg=None,
 ):
     """Load candidates into a project as tasks (creates the project; prompts already there are skipped)."""
     from rlhfkit.feedback.db import Database
     from rlhfkit.feedback.importer import import_candidates, read_guidelines
 
-    cfg = _feedback_cfg(config, set_, db=db, project=project, kinds=kinds, gold=gold, guidelines=guidelines,
-                        annotators_per_task=annotators_per_task, max_held=max_held, hold_minutes=hold_minutes, seed=seed)
     _need_project(cfg)
     if candidates is None:
         fail("--candidates is required (a JSONL file from `rlhf sample`)")
@@ -200,22 +264,12 @@ def feedback_import(
 
 
 @feedback_app.command("simulate")
-def feedback_simulate(
-    judge: Optional[str] = typer.Option(None, help="Gold judge: sentiment | tutor | length | a recipe's judge."),
-    candidates: Optional[str] = typer.Option(None, help="Candidates JSONL from `rlhf sample`."),
-    kind: Optional[str] = typer.Option(None, help="rate | rank | compare | edit (default rank)."),
-    output: Optional[str] = typer.Option(None, help="Feedback JSONL to write."),
-    annotators: Optional[int] = typer.Option(None, help="Simulated annotators (sim-0, sim-1, ...)."),
-    temperature: Optional[float] = typer.Option(None, help="Bradley–Terry temperature in gold-score units (0: none)."),
-    flip_rate: Optional[float] = typer.Option(None, help="Probability that a choice is reversed."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
-):
+@config_command(SimulateConfig, ["judge", "candidates", "kind", "output", "annotators", "temperature", "flip_rate",
+                                 "seed"])
+def feedback_simulate(cfg):
     """Simulated annotators: turn a gold judge's scores into noisy rate/rank/compare/edit feedback."""
-    from rlhfkit.config import SimulateConfig
     from rlhfkit.feedback.simulate import simulate_feedback
 
-    cfg = resolve(SimulateConfig, config, set_, judge=judge, candidates=candidates, kind=kind, output=output,
-                  annotators=annotators, temperature=temperature, flip_rate=flip_rate, seed=seed)
     if not cfg.candidates:
         fail("--candidates is required (a JSONL file from `rlhf sample`)")
     try:
@@ -224,11 +278,12 @@ def feedback_simulate(
         fail(str(e))
 
 
+NameOpt = typer.Option(..., "--name", help="The annotator's name.")
+
+
 @feedback_app.command("add-annotator")
-def feedback_add_annotator(
-    db: Optional[str] = DbOpt, name: str = typer.Option(..., "--name", help="The annotator's name."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
-):
+@feedback_command()
+def feedback_add_annotator(cfg, name: str = NameOpt):
     """Create an annotator and print their token (shown once; only its hash is stored)."""
     from sqlalchemy import select
 
@@ -236,7 +291,6 @@ def feedback_add_annotator(
     from rlhfkit.feedback.checks import BadField, check_name
     from rlhfkit.feedback.db import Annotator, Database
 
-    cfg = _feedback_cfg(config, set_, db=db, seed=seed)
     try:
         name = check_name(name, "--name")
     except BadField as e:
@@ -250,13 +304,11 @@ def feedback_add_annotator(
     typer.echo(token)
 
 
-def _change_annotator(db: Optional[str], name: str, config: Optional[Path], set_: Optional[List[str]],
-                      seed: Optional[int], change: Any) -> Any:
+def _change_annotator(cfg: FeedbackConfig, name: str, change: Any) -> Any:
     """Run ``change(session, annotator)`` on the named annotator in one transaction; returns what it returns."""
     from rlhfkit.feedback.auth import annotator_named
     from rlhfkit.feedback.db import Database
 
-    cfg = _feedback_cfg(config, set_, db=db, seed=seed)
     database = Database(cfg.db)
     try:
         with database.tx() as s:
@@ -268,9 +320,6 @@ def _change_annotator(db: Optional[str], name: str, config: Optional[Path], set_
         database.dispose()
 
 
-NameOpt = typer.Option(..., "--name", help="The annotator's name.")
-
-
 def _takes_effect() -> str:
     from rlhfkit.feedback.auth import TOKEN_CACHE_SECONDS
 
@@ -278,40 +327,40 @@ def _takes_effect() -> str:
 
 
 @feedback_app.command("disable-annotator")
-def feedback_disable_annotator(db: Optional[str] = DbOpt, name: str = NameOpt, config: Optional[Path] = ConfigOpt,
-                               seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt):
+@feedback_command()
+def feedback_disable_annotator(cfg, name: str = NameOpt):
     """Refuse an annotator's token (their answers are kept); enable-annotator lets them in again."""
-    _change_annotator(db, name, config, set_, seed, lambda s, ann: setattr(ann, "disabled", True))
+    _change_annotator(cfg, name, lambda s, ann: setattr(ann, "disabled", True))
     typer.echo(f"{name}: disabled ({_takes_effect()})", err=True)
 
 
 @feedback_app.command("enable-annotator")
-def feedback_enable_annotator(db: Optional[str] = DbOpt, name: str = NameOpt, config: Optional[Path] = ConfigOpt,
-                              seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt):
+@feedback_command()
+def feedback_enable_annotator(cfg, name: str = NameOpt):
     """Let a disabled annotator log in again with their token."""
-    _change_annotator(db, name, config, set_, seed, lambda s, ann: setattr(ann, "disabled", False))
+    _change_annotator(cfg, name, lambda s, ann: setattr(ann, "disabled", False))
     typer.echo(f"{name}: enabled", err=True)
 
 
 @feedback_app.command("rotate-token")
-def feedback_rotate_token(db: Optional[str] = DbOpt, name: str = NameOpt, config: Optional[Path] = ConfigOpt,
-                          seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt):
+@feedback_command()
+def feedback_rotate_token(cfg, name: str = NameOpt):
     """Give an annotator a new token and print it (shown once); the old one stops working."""
     from rlhfkit.feedback.auth import rotate_token
 
-    token = _change_annotator(db, name, config, set_, seed, lambda s, ann: rotate_token(ann))
+    token = _change_annotator(cfg, name, lambda s, ann: rotate_token(ann))
     typer.echo(f"{name}: new token below ({_takes_effect()})", err=True)
     typer.echo(token)
 
 
 @feedback_app.command("members")
+@feedback_command("project")
 def feedback_members(
-    db: Optional[str] = DbOpt, project: Optional[str] = ProjectOpt,
+    cfg,
     add: Optional[List[str]] = typer.Option(None, "--add", help="Annotator to let work on the project (repeatable)."),
     remove: Optional[List[str]] = typer.Option(None, "--remove", help="Annotator to take off the project (repeatable)."),
     open_to_all: Optional[bool] = typer.Option(None, "--open-to-all/--members-only",
                                                help="Every annotator may work on it, or its members only."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
 ):
     """Show or change who may work on a project. Adding a member makes the project members-only."""
     import json
@@ -320,7 +369,6 @@ def feedback_members(
     from rlhfkit.feedback.auth import annotator_named
     from rlhfkit.feedback.db import Database, get_project
 
-    cfg = _feedback_cfg(config, set_, db=db, project=project, seed=seed)
     _need_project(cfg)
     database = Database(cfg.db)
     try:
@@ -344,18 +392,15 @@ def feedback_members(
 
 
 @feedback_app.command("export")
+@feedback_command("project", "format", "merge")
 def feedback_export(
-    db: Optional[str] = DbOpt, project: Optional[str] = ProjectOpt,
+    cfg,
     output: Optional[Path] = typer.Option(None, help="JSONL file to write."),
-    format: Optional[str] = typer.Option(None, "--format", help="all | pairs | rankings | ratings | edits (default all)."),
-    merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="Merge a task's rankings into one (default) or one per annotator."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
 ):
     """Write the answers as DESIGN §3 records (pairs, rankings, ratings, edits) with annotator names."""
     from rlhfkit.feedback.db import Database
     from rlhfkit.feedback.export import write_export
 
-    cfg = _feedback_cfg(config, set_, db=db, project=project, format=format, merge=merge, seed=seed)
     _need_project(cfg)
     if output is None:
         fail("--output is required")
@@ -370,10 +415,10 @@ def feedback_export(
 
 
 @feedback_app.command("stats")
+@feedback_command("project")
 def feedback_stats(
-    db: Optional[str] = DbOpt, project: Optional[str] = ProjectOpt,
+    cfg,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
 ):
     """Progress per annotator (with gold accuracy) and agreement per task kind."""
     import json
@@ -381,7 +426,6 @@ def feedback_stats(
     from rlhfkit.feedback.db import Database
     from rlhfkit.feedback.export import stats
 
-    cfg = _feedback_cfg(config, set_, db=db, project=project, seed=seed)
     _need_project(cfg)
     database = Database(cfg.db)
     try:
@@ -421,25 +465,12 @@ def feedback_stats(
 
 
 @rm_app.command("train")
-def rm_train(
-    model: Optional[str] = typer.Option(None, help="Backbone spec: minilm (default) | default | tiny | tiny-minilm | path."),
-    data: Optional[str] = typer.Option(None, help="Feedback JSONL (preference, ranking, rating, edit records)."),
-    output: Optional[str] = typer.Option(None, help="Run folder (the trained reward model is saved here)."),
-    max_steps: Optional[int] = typer.Option(None, help="Optimiser steps."),
-    batch_size: Optional[int] = typer.Option(None, help="Prompts per optimiser step (with all their pairs)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="Train LoRA adapters (merged on save) or all weights."),
-    eval_data: Optional[str] = typer.Option(None, help="Held-out feedback JSONL (default: a share of the prompts)."),
-    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue from the run folder's checkpoint."),
-    report_to: Optional[str] = typer.Option(None, help="tensorboard | wandb | mlflow | none."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
-):
+@config_command(RewardConfig, ["model", "data", "output", "max_steps", "batch_size", "lr", "lora", "eval_data", "resume",
+                               "report_to", "seed"], LORA_FLAGS)
+def rm_train(cfg):
     """Train a reward model (Bradley–Terry) from any mix of feedback; stores normalisation stats."""
-    from rlhfkit.config import RewardConfig
     from rlhfkit.stages.reward_model import RewardHealthError, train_reward
 
-    cfg = resolve(RewardConfig, config, set_, model=model, data=data, output=output, max_steps=max_steps,
-                  batch_size=batch_size, lr=lr, lora=lora, eval_data=eval_data, resume=resume, report_to=report_to, seed=seed)
     if not cfg.data:
         fail("--data is required (a feedback JSONL file)")
     try:
@@ -485,30 +516,13 @@ def rm_eval(
 
 
 @app.command()
-def ppo(
-    policy: Optional[str] = typer.Option(None, help="Starting policy spec: an SFT run folder | default | tiny | path."),
-    reward: Optional[str] = typer.Option(None, help="Reward: a reward-model folder or judge:NAME."),
-    prompts: Optional[str] = typer.Option(None, help="Prompt JSONL file."),
-    output: Optional[str] = typer.Option(None, help="Run folder."),
-    max_steps: Optional[int] = typer.Option(None, help="PPO updates."),
-    batch_size: Optional[int] = typer.Option(None, help="Prompts per rollout batch."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Response length limit."),
-    ppo_epochs: Optional[int] = typer.Option(None, help="Passes over each rollout batch."),
-    num_minibatches: Optional[int] = typer.Option(None, help="Minibatches per epoch."),
-    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="Train LoRA adapters (default) or all weights."),
-    value_model: Optional[str] = typer.Option(None, help="reward (init from the reward model) | head | a model SPEC."),
-    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue from the run folder's checkpoint."),
-    report_to: Optional[str] = typer.Option(None, help="tensorboard | wandb | mlflow | none."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
-):
+@config_command(PPOConfig, ["policy", "reward", "prompts", "output", "max_steps", "batch_size", "max_new_tokens",
+                            "ppo_epochs", "num_minibatches", "lora", "value_model", "resume", "report_to", "seed"],
+                LORA_FLAGS)
+def ppo(cfg):
     """PPO against a reward model or a gold judge (KL penalty, GAE, clipped losses, health checks)."""
-    from rlhfkit.config import PPOConfig
     from rlhfkit.stages.ppo import PPOHealthError, train_ppo
 
-    cfg = resolve(PPOConfig, config, set_, policy=policy, reward=reward, prompts=prompts, output=output,
-                  max_steps=max_steps, batch_size=batch_size, max_new_tokens=max_new_tokens, ppo_epochs=ppo_epochs,
-                  num_minibatches=num_minibatches, lora=lora, value_model=value_model, resume=resume,
-                  report_to=report_to, seed=seed)
     if not cfg.prompts:
         fail("--prompts is required (a prompt JSONL file)")
     if not cfg.reward:
@@ -524,54 +538,29 @@ def ppo(
 
 
 @app.command()
-def gym(
-    env_id: Optional[str] = typer.Argument(None, help="Gymnasium environment id, e.g. CartPole-v1 or Pendulum-v1."),
-    output: Optional[str] = typer.Option(None, help="Run folder."),
-    total_steps: Optional[int] = typer.Option(None, help="Environment steps (all environments together)."),
-    eval_episodes: Optional[int] = typer.Option(None, help="Deterministic episodes at the end, written to eval.json."),
-    num_envs: Optional[int] = typer.Option(None, help="Parallel environments."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
-    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue from the run folder's checkpoint."),
-    report_to: Optional[str] = typer.Option(None, help="tensorboard | wandb | mlflow | none."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
-):
+@config_command(GymConfig, ["env_id", "output", "total_steps", "eval_episodes", "num_envs", "lr", "resume", "report_to",
+                            "seed"], {"env_id": Flag(argument=True), "resume": "--resume"})
+def gym(cfg):
     """Classic PPO on a Gymnasium environment (discrete or continuous actions) with the shared PPO maths."""
     import json
 
-    from rlhfkit.config import GymConfig
     from rlhfkit.stages.gym_ppo import train_gym
 
-    cfg = resolve(GymConfig, config, set_, env_id=env_id, output=output, total_steps=total_steps,
-                  eval_episodes=eval_episodes, num_envs=num_envs, lr=lr, resume=resume, report_to=report_to, seed=seed)
     summary = train_gym(cfg)
     typer.echo(json.dumps(summary.get("eval", summary)))
 
 
 @app.command("eval")
-def eval_(
-    model: Optional[List[str]] = typer.Option(None, "--model", help="Model spec to evaluate, or label=spec (repeatable)."),
-    prompts: Optional[str] = typer.Option(None, help="Prompt JSONL (records may carry \"reference\" answers)."),
-    output: Optional[str] = typer.Option(None, help="Folder for eval.json and samples.jsonl."),
-    judge: Optional[str] = typer.Option(None, help="Gold judge name: gold score and gold win rate."),
-    reward: Optional[str] = typer.Option(None, help="Reward-model folder: RM score and RM win rate."),
-    reference: Optional[str] = typer.Option(None, help="Reference policy for KL and win rates (default: the first --model)."),
-    best_of: Optional[int] = typer.Option(None, help="Add the reference's best-of-N answers by RM score as a baseline."),
-    sft_data: Optional[str] = typer.Option(None, help="Held-out SFT JSONL: perplexity of each model."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Tokens generated at most per answer."),
-    max_prompts: Optional[int] = typer.Option(None, help="Evaluate only the first N prompts."),
-    samples_per_prompt: Optional[int] = typer.Option(None, help="Answers per prompt and model (less sampling noise, n× the decoding)."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
-):
+@config_command(EvalConfig, ["models", "prompts", "output", "judge", "reward", "reference", "best_of", "sft_data",
+                             "max_new_tokens", "max_prompts", "samples_per_prompt", "seed"],
+                {"models": Flag(("--model",), type=List[str])})
+def eval_(cfg):
     """Checkpoints against a reference: RM and gold scores, KL, win rates with CIs, BLEU/ROUGE, perplexity."""
     from rich.console import Console
     from rich.table import Table
 
-    from rlhfkit.config import EvalConfig
     from rlhfkit.stages.evaluate import evaluate_models
 
-    cfg = resolve(EvalConfig, config, set_, models=model or None, prompts=prompts, output=output, judge=judge,
-                  reward=reward, reference=reference, best_of=best_of, sft_data=sft_data,
-                  max_new_tokens=max_new_tokens, max_prompts=max_prompts, samples_per_prompt=samples_per_prompt, seed=seed)
     if not cfg.models:
         fail("--model is required (repeat it to compare several checkpoints)")
     if not cfg.prompts:

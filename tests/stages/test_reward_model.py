@@ -8,6 +8,7 @@ from transformers import AutoModelForSequenceClassification
 
 import rlhfkit.models.reward as reward_model
 import rlhfkit.stages.reward_model as reward
+from rlhfkit.checkpoint import load_state
 from rlhfkit.config import RewardConfig
 from rlhfkit.data.formats import RecordError, prompt_key
 from rlhfkit.data.groups import build_groups, flatten
@@ -193,7 +194,7 @@ def test_a_non_finite_loss_stops_training_before_the_update_and_keeps_the_last_c
     out = tmp_path / "rm"
     with pytest.raises(reward.RewardHealthError, match="^step 3: loss, grad_norm is NaN/inf: stopped before updating"):
         train_reward(rm_cfg(data, out, max_steps=4, save_every=2))
-    assert reward.load_state(out / "checkpoint")[0]["step"] == 2
+    assert load_state(out / "checkpoint")[0]["step"] == 2
     assert all(w.isfinite().all() for w in load_file(out / "checkpoint" / "model" / "model.safetensors").values())
     assert not (out / "model.safetensors").exists() and not (out / "reward_stats.json").exists()
 
@@ -258,7 +259,7 @@ def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_n
     with pytest.raises(KeyboardInterrupt):
         train_reward(rm_cfg(data, tmp_path / "part", **kw))
     monkeypatch.setattr(reward, "evaluate_groups", real)
-    assert reward.load_state(tmp_path / "part" / "checkpoint")[0]["step"] == 4
+    assert load_state(tmp_path / "part" / "checkpoint")[0]["step"] == 4
     train_reward(rm_cfg(data, tmp_path / "part", resume=True, **kw))
     full, part = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("full", "part"))
     assert [r["step"] for r in part] == list(range(1, 9))

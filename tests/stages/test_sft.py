@@ -3,6 +3,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import rlhfkit.stages.sft as sft
+from rlhfkit.checkpoint import load_state
 from rlhfkit.config import SFTConfig
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.stages.sft import train_sft
@@ -115,7 +116,7 @@ def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_n
     with pytest.raises(KeyboardInterrupt):
         train_sft(tiny_cfg(memorise_file, tmp_path / "part", **kw))
     monkeypatch.setattr(sft, "heldout_loss", real)
-    assert sft.load_state(tmp_path / "part" / "checkpoint")[0]["step"] == 6
+    assert load_state(tmp_path / "part" / "checkpoint")[0]["step"] == 6
     train_sft(tiny_cfg(memorise_file, tmp_path / "part", resume=True, **kw))
     full, part = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("full", "part"))
     assert [r["step"] for r in part] == list(range(1, 10))

@@ -32,14 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlhfkit import distributed as dist
 from rlhfkit.accel import speed_up
 from rlhfkit.accel.precision import autocast, keep_input_dtype, resolve_precision
-from rlhfkit.accel.runtime import set_threads
-from rlhfkit.checkpoint import atomic_dir, find_checkpoint, load_state, rng_state, save_state, seed_everything, set_rng_state
-from rlhfkit.config import ConfigError, PPOConfig, save_config, to_dict
+from rlhfkit.checkpoint import atomic_dir
+from rlhfkit.config import ConfigError, PPOConfig
 from rlhfkit.data.formats import prompt_messages, read_records
 from rlhfkit.data.splits import batch_indices
 from rlhfkit.data.tokenize import encode_prompt
@@ -58,7 +56,8 @@ from rlhfkit.rl.advantages import (
 )
 from rlhfkit.rl.health import HealthMonitor
 from rlhfkit.rl.losses import explained_variance, policy_loss, value_loss
-from rlhfkit.tracking import read_snapshots, truncate_metrics
+from rlhfkit.run import Run
+from rlhfkit.tracking import read_snapshots
 
 console = Console(stderr=True)
 
@@ -440,24 +439,6 @@ def save_policy(policy, folder: Path) -> None:
         policy.save_pretrained(folder)
 
 
-def save_checkpoint(out: Path, step: int, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health) -> None:
-    """Everything ``--resume`` needs. Called on every rank: rank 0 writes (the ranks' states are equal), the others wait."""
-    if dist.is_main():
-        write_checkpoint(out, step, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health)
-    dist.barrier()
-
-
-def write_checkpoint(out: Path, step: int, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health) -> None:
-    with atomic_dir(out / "checkpoint") as tmp:
-        save_policy(policy, tmp / "policy")
-        if value_model is not None:
-            value_model.classifier.save_pretrained(tmp / "value")
-        tensors = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "kl_ctl": kl_ctl.state_dict(),
-                   "health": health.state_dict(), "rng": rng_state()}
-        tensors["value"] = (value_head if value_head is not None else value_model.head).state_dict()
-        save_state(tmp, {"step": step, "data_cursor": step}, tensors)
-
-
 def encode_prompts(cfg: PPOConfig, tok, records: list[dict]) -> list[list[int]]:
     return [encode_prompt(tok, prompt_messages(r), cfg.chat)[-cfg.max_prompt_len:] for r in records]
 
@@ -477,9 +458,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
     over the global batch, and the KL controller sees the global KL. Each rank then trains on its share of
     every minibatch (see ``optimise``); rank 0 alone logs and writes.
     """
-    out = Path(cfg.output)
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    run = Run("ppo", cfg)
+    out = run.out
     if cfg.batch_size % cfg.num_minibatches:
         raise ValueError(f"num_minibatches: {cfg.num_minibatches} does not divide batch_size {cfg.batch_size}")
     world, me = dist.world_size(), dist.rank()
@@ -488,7 +468,6 @@ def train_ppo(cfg: PPOConfig) -> dict:
     if cfg.batch_size % (cfg.num_minibatches * world):
         raise ConfigError(f"batch_size: {cfg.batch_size} does not split into {cfg.num_minibatches} minibatches × {world} "
                           f"processes; use a multiple of {cfg.num_minibatches * world}")
-    console.quiet = not dist.is_main()
     accelerator = dist.get_accelerator()
     if dist.is_sharded(accelerator):
         raise ConfigError("ppo: runs in one process or under DDP (configs/accelerate/ddp.yaml); FSDP/DeepSpeed are not supported")
@@ -506,9 +485,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
 
         judge = get_judge(cfg.eval_judge)
 
-    ckpt = find_checkpoint(out / "checkpoint") if cfg.resume else None
-    if cfg.resume and ckpt is None:
-        console.print(f"ppo: no checkpoint in {out}; starting from the beginning")
+    ckpt = run.checkpoint_to_resume()
     policy, reference = build_policy(cfg, ckpt)
     value_model, value_head, value_kind = build_value(cfg, policy, tok, reward, ckpt)
     for module in (policy, reference, value_model, value_head, reward.model):  # every pass runs on the one device
@@ -533,62 +510,55 @@ def train_ppo(cfg: PPOConfig) -> dict:
         policy_train = accelerator.prepare(policy_train)
         value_train = value_model if value_model is None else accelerator.prepare(value_model)
         console.print(f"ppo: {world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
-    start = 0
-    if ckpt is not None:
-        state, tensors = load_state(ckpt)
-        optimizer.load_state_dict(tensors["optimizer"])
-        scheduler.load_state_dict(tensors["scheduler"])
+    value_params_module = value_head if value_head is not None else value_model.head
+
+    def restore(tensors: dict) -> None:  # the checkpoint's parts beyond the optimiser, schedule and RNG
         kl_ctl.load_state_dict(tensors["kl_ctl"])
         health.load_state_dict(tensors["health"])
-        (value_head if value_head is not None else value_model.head).load_state_dict(tensors["value"])
-        set_rng_state(tensors["rng"])
-        start = state["step"]
-        if dist.is_main():
-            truncate_metrics(out / "metrics.jsonl", start)
-        console.print(f"ppo: resumed from step {start}")
-    elif dist.is_main() and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+        value_params_module.load_state_dict(tensors["value"])
+
+    def save(folder: Path | None) -> dict:  # the policy (its adapter, under LoRA), the value model and the rest
+        if folder is not None:
+            save_policy(policy, folder / "policy")
+            if value_model is not None:
+                value_model.classifier.save_pretrained(folder / "value")
+        return {"kl_ctl": kl_ctl.state_dict(), "health": health.state_dict(), "value": value_params_module.state_dict()}
+
+    start = run.begin(optimizer, scheduler, ckpt, restore=restore)
     # the held-out rows so far: a resumed run keeps those up to its checkpoint's step (as its log), a fresh run none
     snapshots = truncate_snapshots(out, start if ckpt is not None else -1) if dist.is_main() else []
-    if dist.is_main():
-        save_config(cfg, out)
-    logger = dist.metrics_logger(out, cfg.report_to, config=to_dict(cfg))
     console.print(f"ppo: {len(records)} prompts; policy {cfg.policy} ({'LoRA' if cfg.lora else 'full'}, lr {lr:g}); "
                   f"reference: {'adapters off' if reference is None else cfg.reference or cfg.policy}; "
                   f"reward {cfg.reward}; value model: {value_kind}; precision {cfg.precision}")
     if eval_ids and start == 0:  # step 0: the start policy, the point every snapshot is compared with
         held = evaluate(cfg, policy, reference, tok, eval_ids, eval_records, reward, judge)
-        logger.log(0, held)
+        run.logger.log(0, held)
         if dist.is_main():
             save_snapshot(cfg, out, 0, policy, tok, held, snapshots)
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(out, step, policy, value_model, value_head, optimizer, scheduler, kl_ctl, health)
-
-    last: dict = {}
     t_start = time.perf_counter()
-    columns = [TextColumn("ppo"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
-    step = start
-    try:
-        with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
-            task = bar.add_task("ppo", total=cfg.max_steps, completed=start, info="")
-            k = cfg.samples_per_prompt  # each prompt k times, side by side
-            for step in range(start, cfg.max_steps):
-                t0 = time.perf_counter()
-                idx = [i for i in batch_indices(step, cfg.batch_size // k, len(records), cfg.seed) for _ in range(k)]  # the data cursor is the step
-                lo, hi = me * cfg.batch_size // world, (me + 1) * cfg.batch_size // world  # my share of the prompts
-                rollout, scores = collect(policy, tok, [prompts[i] for i in idx[lo:hi]], [records[i] for i in idx[lo:hi]],
-                                          reward, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                          value_model=value_model, value_head=value_head, reference=reference,
-                                          uniforms=step_uniforms(cfg.seed, step, cfg.batch_size, lo, hi)
-                                          if world > 1 or cfg.row_noise else None,  # None: the global RNG
-                                          amp=lambda: autocast(cfg.precision, device.type), recompute=cfg.precision == "bf16")
-                if world > 1:  # every rank: the whole rollout, in prompt order (gathered through the CPU)
-                    shares = dist.gather_object((rollout.to("cpu"), scores))
-                    rollout, scores = concat([r for r, _ in shares], tok.pad_token_id).to(device), torch.cat([s for _, s in shares])
-                scores = scores.to(device)
-                beta = kl_ctl.value
-                adv = compute_advantages(cfg, rollout, scores, reward, beta)
+    k = cfg.samples_per_prompt  # each prompt k times, side by side
+    with run.loop(start, save) as loop:
+        for step in range(start, cfg.max_steps):
+            t0 = time.perf_counter()
+            # 1. rollout: sample, score, the reference's and the value model's passes
+            idx = [i for i in batch_indices(step, cfg.batch_size // k, len(records), cfg.seed) for _ in range(k)]
+            lo, hi = me * cfg.batch_size // world, (me + 1) * cfg.batch_size // world  # my share of the prompts
+            rollout, scores = collect(policy, tok, [prompts[i] for i in idx[lo:hi]], [records[i] for i in idx[lo:hi]],
+                                      reward, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                      value_model=value_model, value_head=value_head, reference=reference,
+                                      uniforms=step_uniforms(cfg.seed, step, cfg.batch_size, lo, hi)
+                                      if world > 1 or cfg.row_noise else None,  # None: the global RNG
+                                      amp=lambda: autocast(cfg.precision, device.type), recompute=cfg.precision == "bf16")
+            if world > 1:  # every rank: the whole rollout, in prompt order (gathered through the CPU)
+                shares = dist.gather_object((rollout.to("cpu"), scores))
+                rollout, scores = concat([r for r, _ in shares], tok.pad_token_id).to(device), torch.cat([s for _, s in shares])
+            scores = scores.to(device)
+            # 2. rewards and advantages (compute_advantages: normalise, EOS penalty, KL per token, GAE, whiten)
+            beta = kl_ctl.value
+            adv = compute_advantages(cfg, rollout, scores, reward, beta)
+            with loop.step(step + 1) as done:  # from the first weight update, Ctrl-C waits for the step's end
+                # 3. optimise: ppo_epochs × num_minibatches clipped policy and value updates
                 t1 = time.perf_counter()
                 train_stats = optimise(cfg, policy_train, value_train, value_head, optimizer, params, rollout, adv, accelerator)
                 metrics = rollout_metrics(rollout, scores, adv, beta)
@@ -596,16 +566,16 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 metrics["lr"] = scheduler.get_last_lr()[0]
                 scheduler.step()
                 kl_ctl.update(metrics["kl"], cfg.batch_size)
-                done = step + 1
                 t2 = time.perf_counter()
                 # stop when the next update (as long as the mean one so far) would end past the budget
                 mean_update = (t2 - t_start) / (done - start)
                 out_of_time = cfg.time_budget_minutes is not None and t2 - t_start + mean_update > 60 * cfg.time_budget_minutes
-                out_of_time = dist.broadcast_object(out_of_time)  # rank 0's clock decides for all
-                last_step = done == cfg.max_steps or out_of_time
+                loop.ending = dist.broadcast_object(out_of_time)  # rank 0's clock decides for all
+                last_step = done == cfg.max_steps or loop.ending
                 metrics.update({"time_rollout_s": t1 - t0, "time_train_s": t2 - t1, "time_step_s": t2 - t0,
                                 "samples_per_s": cfg.batch_size / (t2 - t0),
                                 "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+                # 4. held-out evaluation, health checks, log, snapshot
                 evaluated = bool(eval_ids) and (bool(cfg.eval_every) and done % cfg.eval_every == 0 or last_step)
                 if evaluated:
                     held = evaluate(cfg, policy, reference, tok, eval_ids, eval_records, reward, judge)
@@ -613,38 +583,32 @@ def train_ppo(cfg: PPOConfig) -> dict:
                     metrics["time_eval_s"] = time.perf_counter() - t2
                 warnings, fatal = health.check(done, metrics) if cfg.health else ([], False)
                 for w in warnings:
-                    console.print(f"[yellow]ppo: step {done}: warning: {w}[/yellow]")
+                    run.say(f"[yellow]step {done}: warning: {w}[/yellow]")
                 if warnings:
                     metrics["warnings"] = warnings
-                if done % cfg.log_every == 0 or last_step or warnings or evaluated:
-                    last = logger.log(done, metrics)
-                if dist.broadcast_object(fatal):  # every rank stops together
+                loop.log(done, metrics, f"score {metrics['score']:.3f}  kl {metrics['kl']:.3f}  {metrics['time_step_s']:.1f} s/step",
+                         always=last_step or bool(warnings) or evaluated)
+                if dist.broadcast_object(fatal):  # every rank stops together, keeping the last good checkpoint
                     raise PPOHealthError(f"step {done}: non-finite metrics; stopped; the last good checkpoint is in "
                                          f"{out / 'checkpoint'} (resume with --resume after changing the settings)")
                 if evaluated and dist.is_main():  # after the health check: a non-finite policy is never a snapshot
                     save_snapshot(cfg, out, done, policy, tok, held, snapshots)
-                if cfg.save_every and done % cfg.save_every == 0 and not last_step:
-                    checkpoint(done)
-                bar.update(task, completed=done, info=f"score {metrics['score']:.3f}  kl {metrics['kl']:.3f}  "
-                                                      f"{metrics['time_step_s']:.1f} s/step")
-                step = done
-                if out_of_time:
-                    console.print(f"ppo: time budget of {cfg.time_budget_minutes:g} min used up after step {done}")
-                    break
-    except (KeyboardInterrupt, PPOHealthError):
-        logger.close()  # no checkpoint here: a step cut short may have half-updated the weights
-        raise
-    checkpoint(step)
-    if dist.is_main():
-        save_final(cfg, out, policy, value_model, tok)
-    dist.barrier()
-    logger.close()
-    console.print(f"ppo: done, {step} steps; policy saved to {out}")
+            if loop.ending:
+                run.say(f"time budget of {cfg.time_budget_minutes:g} min used up after step {done}")
+                break
+
+    def save_output() -> None:
+        if dist.is_main():
+            save_final(cfg, out, policy, value_model, tok)
+        dist.barrier()
+
+    run.finish(loop.done, save_output)
+    run.say(f"done, {loop.done} steps; policy saved to {out}")
     if snapshots:
         chosen = json.loads((out / "snapshots.json").read_text(encoding="utf-8"))["chosen"]
         console.print(f"ppo: {len(snapshots)} held-out evaluations in {out / 'snapshots.json'}; the highest held-out "
                       f"reward-model score (the proxy) is at step {chosen}")
-    return last
+    return loop.last
 
 
 def start_is_adapter(cfg: PPOConfig) -> bool:

@@ -20,29 +20,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlhfkit import distributed as dist
 from rlhfkit.accel import speed_up
 from rlhfkit.accel.precision import autocast, resolve_precision
-from rlhfkit.accel.runtime import set_threads
-from rlhfkit.checkpoint import (
-    ForcedStop,
-    atomic_dir,
-    find_checkpoint,
-    load_state,
-    rng_state,
-    save_state,
-    seed_everything,
-    set_rng_state,
-    step_completes,
-)
-from rlhfkit.config import ConfigError, RewardConfig, save_config, to_dict
+from rlhfkit.config import ConfigError, RewardConfig
 from rlhfkit.data.formats import RecordError, detect_kind, prompt_key, read_located, read_records, record_responses
 from rlhfkit.data.groups import Group, build_groups, flatten, gold_groups
 from rlhfkit.data.splits import batch_indices, split_records
 from rlhfkit.models.reward import STATS_FILE, RewardModule, RewardScorer, build_reward_model, rm_inputs, score_texts
-from rlhfkit.tracking import truncate_metrics
+from rlhfkit.run import Run
 
 console = Console(stderr=True)
 SPLIT_FILE = "split.json"
@@ -134,19 +121,6 @@ def classifier_state(accelerator, module) -> dict:
     return state
 
 
-def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, accelerator=None, rng: dict | None = None) -> None:
-    """Weights, optimiser, schedule, RNG (now, or ``rng`` as taken at the step's end) and step.
-
-    Called on every rank: rank 0 writes, the others wait."""
-    gathered = classifier_state(accelerator, module)
-    if dist.is_main():
-        with atomic_dir(out / "checkpoint") as tmp:
-            classifier(accelerator, module).save_pretrained(tmp / "model", **gathered)
-            save_state(tmp, {"step": step}, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                             "rng": rng or rng_state()})
-    dist.barrier()
-
-
 def save_final(cfg: RewardConfig, out: Path, module, tok, accelerator=None):
     """A plain ``save_pretrained`` classifier (LoRA merged) that AutoModelForSequenceClassification loads.
 
@@ -217,13 +191,11 @@ def train_reward(cfg: RewardConfig) -> dict:
     """Train a reward model as configured; returns the last logged metrics (with the final evaluation)."""
     from rlhfkit.models.loading import load_tokenizer
 
-    out = Path(cfg.output)
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    run = Run("rm", cfg)
+    out = run.out
     world, me = dist.world_size(), dist.rank()
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size: {cfg.batch_size} prompts do not split evenly over {world} processes; use a multiple of {world}")
-    console.quiet = not dist.is_main()
     from accelerate.utils import DistributedDataParallelKwargs
 
     # Mean pooling leaves an encoder's pooler out of the graph; DDP must be told some parameters get no gradient.
@@ -234,13 +206,11 @@ def train_reward(cfg: RewardConfig) -> dict:
     if not train:
         raise RecordError(cfg.data, None, "no training pairs (every record was a tie or an unchanged edit?)")
     n_pairs = sum(len(g.pairs) for g in train)
-    console.print(f"rm: {len(train)} train prompts ({n_pairs} pairs) / {len(held)} held-out prompts "
-                  f"({sum(len(g.pairs) for g in held)} pairs); precision {precision}")
+    run.say(f"{len(train)} train prompts ({n_pairs} pairs) / {len(held)} held-out prompts "
+            f"({sum(len(g.pairs) for g in held)} pairs); precision {precision}")
     tok = load_tokenizer(cfg.model)
 
-    ckpt = find_checkpoint(out / "checkpoint") if cfg.resume else None
-    if cfg.resume and ckpt is None:
-        console.print(f"rm: no checkpoint in {out}; starting from the beginning")
+    ckpt = run.checkpoint_to_resume()
     model = RewardModule(build_reward_model(cfg, ckpt))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -251,94 +221,67 @@ def train_reward(cfg: RewardConfig) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
     if world > 1:
-        console.print(f"rm: {world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
-    start = 0
-    if ckpt is not None:
-        if dist.is_sharded(accelerator):
-            raise ConfigError("resume: checkpoints hold rank 0's optimiser state, which FSDP/DeepSpeed shard; "
-                              "resume under DDP or one process (configs/accelerate/ddp.yaml)")
-        state, tensors = load_state(ckpt)
-        optimizer.load_state_dict(tensors["optimizer"])
-        scheduler.load_state_dict(tensors["scheduler"])
-        set_rng_state(tensors["rng"])
-        start = state["step"]
-        if dist.is_main():
-            truncate_metrics(out / "metrics.jsonl", start)
-        console.print(f"rm: resumed from step {start}")
-    elif dist.is_main() and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+        run.say(f"{world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
+    start = run.begin(optimizer, scheduler, ckpt, accelerator)
     if dist.is_main():
-        save_config(cfg, out)
         (out / SPLIT_FILE).write_text(json.dumps({"eval_prompts": [g.prompt for g in held]}, ensure_ascii=False), encoding="utf-8")
-    logger = dist.metrics_logger(out, cfg.report_to, config=to_dict(cfg))
+
+    def save(folder: Path | None) -> None:  # the checkpoint's model/
+        gathered = classifier_state(accelerator, model)  # every rank: FSDP/ZeRO gather their shards
+        if folder is not None:
+            classifier(accelerator, model).save_pretrained(folder / "model", **gathered)
 
     def score_fn(prompts, responses):
         # Every rank scores the whole held-out set: identical passes everywhere (sharded models need them).
         return score_texts(classifier(accelerator, model), tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
 
     model.train()
-    last: dict = {}
-    step, boundary = start, rng_state()  # the last finished step, and the RNG as it left it
-    columns = [TextColumn("rm"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
-    try:
-        with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
-            task = bar.add_task("rm", total=cfg.max_steps, completed=start, info="")
-            for step in range(start, cfg.max_steps):
-                t0 = time.perf_counter()
-                batch = [train[i] for i in batch_indices(step, cfg.batch_size, len(train), cfg.seed)]  # global batch
-                counts = loss_counts(batch) if world > 1 else None  # None: plain means, as one process always did
-                mine = dist.shard(batch, me, world)  # whole groups: a prompt's pairs stay together
-                prompts, responses, offsets = flatten(mine)  # each distinct response once per batch
-                with autocast(precision, accelerator.device.type):
-                    rewards = model(**dist.to_device(rm_inputs(tok, prompts, responses, cfg.max_len), accelerator.device))
-                # Sums over my pairs ÷ the GLOBAL batch's counts: the ranks' losses add up to the one-process loss.
-                loss, metrics = batch_loss(rewards, mine, offsets, cfg.use_margin, counts)
-                metrics.pop("reward_gap")  # logged for held-out pairs only (DESIGN §8 reward-model metrics)
-                accelerator.backward(loss * world)  # × world undoes DDP's mean of the ranks' gradients
-                loss_sum, n_correct, n_pairs, n_examples = dist.all_reduce_sum(
-                    [metrics["loss"], metrics.pop("n_correct"), metrics["n_pairs"], len(responses)])
-                metrics.update({"loss": loss_sum, "n_pairs": int(n_pairs),
-                                "accuracy": n_correct / n_pairs if n_pairs else float("nan")})
-                with step_completes():  # Ctrl-C from here waits for the step's log line and checkpoint
-                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                    stop_if_non_finite(step + 1, {"loss": loss_sum, "grad_norm": grad_norm}, out)
-                    lr = scheduler.get_last_lr()[0]
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    done = step + 1
-                    metrics.update({"lr": lr, "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
-                                    "examples": int(n_examples), "time_step_s": time.perf_counter() - t0})
-                    if held and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-                        ev = evaluate_groups(score_fn, held, cfg.use_margin)
-                        metrics.update({"eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "reward_gap": ev["reward_gap"]})
-                    if done % cfg.log_every == 0 or done == cfg.max_steps or "eval_loss" in metrics:
-                        last = logger.log(done, metrics)
-                    if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
-                        save_checkpoint(out, model, optimizer, scheduler, done, accelerator)
-                    bar.update(task, completed=done, info=f"loss {metrics['loss']:.3f} acc {metrics.get('accuracy', float('nan')):.2f}")
-                    step, boundary = done, rng_state()  # RNG as the next step will find it
-    except KeyboardInterrupt as stop:
-        # Several processes stop at different points, so a collective save could hang: keep the last checkpoint.
-        if world == 1 and not isinstance(stop, ForcedStop):
-            save_checkpoint(out, model, optimizer, scheduler, step, accelerator, rng=boundary)
-        logger.close()
-        raise
-    except RewardHealthError:
-        logger.close()  # no checkpoint: the last one saved stays as it was
-        raise
-    save_checkpoint(out, model, optimizer, scheduler, step, accelerator)
-    model = save_final(cfg, out, model, tok, accelerator)
-    model.eval()
-    # Every rank scores the same samples (sharded models need identical passes); rank 0 writes the stats.
-    prompts, responses, policy = reference_samples(cfg, train + held)
-    scores = score_texts(model, tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
-    stats = {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 1.0, "n": len(scores), "policy": policy}
-    if dist.is_main():
-        (out / STATS_FILE).write_text(json.dumps(stats, indent=1, allow_nan=False), encoding="utf-8")
-    logger.close()
-    console.print(f"rm: done, {step} steps; reward model saved to {out} (reference scores mean {stats['mean']:.3f}, std {stats['std']:.3f})")
-    return last
+    with run.loop(start, save) as loop:
+        for step in range(start, cfg.max_steps):
+            t0 = time.perf_counter()
+            batch = [train[i] for i in batch_indices(step, cfg.batch_size, len(train), cfg.seed)]  # global batch
+            counts = loss_counts(batch) if world > 1 else None  # None: plain means, as one process always did
+            mine = dist.shard(batch, me, world)  # whole groups: a prompt's pairs stay together
+            prompts, responses, offsets = flatten(mine)  # each distinct response once per batch
+            with autocast(precision, accelerator.device.type):
+                rewards = model(**dist.to_device(rm_inputs(tok, prompts, responses, cfg.max_len), accelerator.device))
+            # Sums over my pairs ÷ the GLOBAL batch's counts: the ranks' losses add up to the one-process loss.
+            loss, metrics = batch_loss(rewards, mine, offsets, cfg.use_margin, counts)
+            metrics.pop("reward_gap")  # logged for held-out pairs only (docs/design.md §8, reward-model metrics)
+            accelerator.backward(loss * world)  # × world undoes DDP's mean of the ranks' gradients
+            loss_sum, n_correct, n_pairs, n_examples = dist.all_reduce_sum(
+                [metrics["loss"], metrics.pop("n_correct"), metrics["n_pairs"], len(responses)])
+            metrics.update({"loss": loss_sum, "n_pairs": int(n_pairs),
+                            "accuracy": n_correct / n_pairs if n_pairs else float("nan")})
+            with loop.step(step + 1) as done:  # Ctrl-C from here waits for the step's log line and checkpoint
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                stop_if_non_finite(done, {"loss": loss_sum, "grad_norm": grad_norm}, out)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                metrics.update({"lr": lr, "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+                                "examples": int(n_examples), "time_step_s": time.perf_counter() - t0})
+                if loop.eval_due(done, bool(held)):
+                    ev = evaluate_groups(score_fn, held, cfg.use_margin)
+                    metrics.update({"eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "reward_gap": ev["reward_gap"]})
+                loop.log(done, metrics, f"loss {metrics['loss']:.3f} acc {metrics.get('accuracy', float('nan')):.2f}",
+                         always="eval_loss" in metrics)
+
+    def save_final_and_stats() -> dict:
+        final = save_final(cfg, out, model, tok, accelerator)
+        final.eval()
+        # Every rank scores the same samples (sharded models need identical passes); rank 0 writes the stats.
+        prompts, responses, policy = reference_samples(cfg, train + held)
+        scores = score_texts(final, tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
+        stats = {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 1.0, "n": len(scores), "policy": policy}
+        if dist.is_main():
+            (out / STATS_FILE).write_text(json.dumps(stats, indent=1, allow_nan=False), encoding="utf-8")
+        return stats
+
+    stats = run.finish(loop.done, save_final_and_stats)
+    run.say(f"done, {loop.done} steps; reward model saved to {out} (reference scores mean {stats['mean']:.3f}, std {stats['std']:.3f})")
+    return loop.last
 
 
 # ---------------------------------------------------------------------------------------------- CLI helpers

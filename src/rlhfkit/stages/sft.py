@@ -16,33 +16,18 @@ import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlhfkit import distributed as dist
 from rlhfkit.accel import speed_up
 from rlhfkit.accel.precision import autocast, resolve_precision
-from rlhfkit.accel.runtime import set_threads
-from rlhfkit.checkpoint import (
-    ForcedStop,
-    atomic_dir,
-    find_checkpoint,
-    load_state,
-    rng_state,
-    save_state,
-    seed_everything,
-    set_rng_state,
-    step_completes,
-)
-from rlhfkit.config import ConfigError, SFTConfig, save_config, to_dict
+from rlhfkit.config import ConfigError, SFTConfig
 from rlhfkit.data.formats import read_records, sft_pair
 from rlhfkit.data.splits import batch_indices, split_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right, encode_sft
 from rlhfkit.models.lm_loss import heldout_loss, response_loss
 from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
-from rlhfkit.tracking import truncate_metrics
+from rlhfkit.run import Run
 
-console = Console(stderr=True)
 
 
 def build_model(cfg: SFTConfig, ckpt: Path | None):
@@ -68,19 +53,6 @@ def make_scheduler(cfg: SFTConfig, optimizer):
     return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
 
 
-def save_checkpoint(out: Path, model, optimizer, scheduler, step: int, accelerator=None, rng: dict | None = None) -> None:
-    """Weights, optimiser, schedule, RNG (now, or ``rng`` as taken at the step's end) and step.
-
-    Called on every rank: rank 0 writes, the others wait."""
-    gathered = dist.gathered_state(accelerator, model)
-    if dist.is_main():
-        with atomic_dir(out / "checkpoint") as tmp:
-            dist.unwrap(accelerator, model).save_pretrained(tmp / "model", **gathered)
-            save_state(tmp, {"step": step}, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                             "rng": rng or rng_state()})
-    dist.barrier()
-
-
 def save_final(cfg: SFTConfig, out: Path, model, tok, accelerator=None) -> None:
     """Weights in save_pretrained form (LoRA: the adapter; with merge_lora also out/merged)."""
     dist.save_pretrained(accelerator, model, out)
@@ -95,13 +67,11 @@ def save_final(cfg: SFTConfig, out: Path, model, tok, accelerator=None) -> None:
 
 def train_sft(cfg: SFTConfig) -> dict:
     """Run SFT as configured; returns the last logged metrics."""
-    out = Path(cfg.output)
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    run = Run("sft", cfg)
+    out = run.out
     world, me = dist.world_size(), dist.rank()
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size: {cfg.batch_size} examples do not split evenly over {world} processes; use a multiple of {world}")
-    console.quiet = not dist.is_main()
     local = cfg.batch_size // world  # this rank's share of each step's batch
     micro = max(1, local // max(cfg.grad_accum, 1))
     n_micro = math.ceil(local / micro)
@@ -119,14 +89,11 @@ def train_sft(cfg: SFTConfig) -> dict:
 
     train, held = encode(train_recs), encode(eval_recs)
     n_trunc = sum(e.truncated for e in train + held)
-    console.print(f"sft: {len(train)} train / {len(held)} held-out examples; {n_trunc} truncated to {cfg.max_len} tokens; "
-                  f"precision {precision}")
+    run.say(f"{len(train)} train / {len(held)} held-out examples; {n_trunc} truncated to {cfg.max_len} tokens; precision {precision}")
     if world > 1:
-        console.print(f"sft: {world} processes ({accelerator.distributed_type.value}), {local} examples each per step")
+        run.say(f"{world} processes ({accelerator.distributed_type.value}), {local} examples each per step")
 
-    ckpt = find_checkpoint(out / "checkpoint") if cfg.resume else None
-    if cfg.resume and ckpt is None:
-        console.print(f"sft: no checkpoint in {out}; starting from the beginning")
+    ckpt = run.checkpoint_to_resume()
     model = build_model(cfg, ckpt)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -137,76 +104,46 @@ def train_sft(cfg: SFTConfig) -> dict:
     # The scheduler stays unprepared: it steps once per optimiser step whatever the number of processes.
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
-    start = 0
-    if ckpt is not None:
-        if dist.is_sharded(accelerator):
-            raise ConfigError("resume: checkpoints hold rank 0's optimiser state, which FSDP/DeepSpeed shard; "
-                              "resume under DDP or one process (configs/accelerate/ddp.yaml)")
-        state, tensors = load_state(ckpt)
-        optimizer.load_state_dict(tensors["optimizer"])
-        scheduler.load_state_dict(tensors["scheduler"])
-        set_rng_state(tensors["rng"])
-        start = state["step"]
-        if dist.is_main():
-            truncate_metrics(out / "metrics.jsonl", start)
-        console.print(f"sft: resumed from step {start}")
-    elif dist.is_main() and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
-    if dist.is_main():
-        save_config(cfg, out)
-    logger = dist.metrics_logger(out, cfg.report_to, config=to_dict(cfg))
+    start = run.begin(optimizer, scheduler, ckpt, accelerator)
+
+    def save(folder: Path | None) -> None:  # the checkpoint's model/
+        gathered = dist.gathered_state(accelerator, model)  # every rank: FSDP/ZeRO gather their shards
+        if folder is not None:
+            dist.unwrap(accelerator, model).save_pretrained(folder / "model", **gathered)
+
     model.train()
-    last: dict = {}
-    step, boundary = start, rng_state()  # the last finished step, and the RNG as it left it
-    columns = [TextColumn("sft"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"), TimeRemainingColumn()]
-    try:
-        with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
-            task = bar.add_task("sft", total=cfg.max_steps, completed=start, info="")
-            for step in range(start, cfg.max_steps):
-                t0 = time.perf_counter()
-                examples = [train[i] for i in batch_indices(step, cfg.batch_size, len(train), cfg.seed)]
-                n_tokens = sum(sum(l != IGNORE_INDEX for l in e.labels[1:]) for e in examples)  # global batch
-                mine = dist.shard(examples, me, world)
-                total = 0.0
-                for i in range(0, len(mine), micro):
-                    # accumulate: no gradient all-reduce before the step's last micro-batch.
-                    with accelerator.accumulate(model):
-                        batch = dist.to_device(collate_right(mine[i:i + micro], tok.pad_token_id), accelerator.device)
-                        with autocast(precision, accelerator.device.type):
-                            loss_sum, _ = response_loss(model, batch)
-                        # Normalise by the GLOBAL batch's token count: accumulation and N processes then equal one
-                        # big batch. × world undoes DDP's mean over ranks, × n_micro accelerate's ÷ accumulation steps.
-                        accelerator.backward(loss_sum * (world * n_micro) / max(n_tokens, 1))
-                    total += float(loss_sum.detach())
-                total = dist.all_reduce_sum(total)
-                with step_completes():  # Ctrl-C from here waits for the step's log line and checkpoint
-                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                    lr = scheduler.get_last_lr()[0]
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    done = step + 1
-                    metrics = {"loss": total / max(n_tokens, 1), "lr": lr,
-                               "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
-                               "tokens": n_tokens, "time_step_s": time.perf_counter() - t0}
-                    if held and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-                        # Every rank evaluates the whole held-out set: the same forward passes everywhere, which
-                        # sharded models need (their forwards are collective), and no reduction.
-                        metrics.update(heldout_loss(model, held, tok.pad_token_id, cfg.batch_size, accelerator.device))
-                    if done % cfg.log_every == 0 or done == cfg.max_steps or "eval_loss" in metrics:
-                        last = logger.log(done, metrics)
-                    if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
-                        save_checkpoint(out, model, optimizer, scheduler, done, accelerator)
-                    bar.update(task, completed=done, info=f"loss {metrics['loss']:.3f}")
-                    step, boundary = done, rng_state()  # RNG as the next step will find it
-    except KeyboardInterrupt as stop:
-        # Several processes stop at different points, so a collective save could hang: keep the last checkpoint.
-        if world == 1 and not isinstance(stop, ForcedStop):
-            save_checkpoint(out, model, optimizer, scheduler, step, accelerator, rng=boundary)
-        logger.close()
-        raise
-    save_checkpoint(out, model, optimizer, scheduler, step, accelerator)
-    save_final(cfg, out, model, tok, accelerator)
-    logger.close()
-    console.print(f"sft: done, {step} steps; model saved to {out}")
-    return last
+    with run.loop(start, save) as loop:
+        for step in range(start, cfg.max_steps):
+            t0 = time.perf_counter()
+            examples = [train[i] for i in batch_indices(step, cfg.batch_size, len(train), cfg.seed)]
+            n_tokens = sum(sum(l != IGNORE_INDEX for l in e.labels[1:]) for e in examples)  # global batch
+            mine = dist.shard(examples, me, world)
+            total = 0.0
+            for i in range(0, len(mine), micro):
+                # accumulate: no gradient all-reduce before the step's last micro-batch.
+                with accelerator.accumulate(model):
+                    batch = dist.to_device(collate_right(mine[i:i + micro], tok.pad_token_id), accelerator.device)
+                    with autocast(precision, accelerator.device.type):
+                        loss_sum, _ = response_loss(model, batch)
+                    # Normalise by the GLOBAL batch's token count: accumulation and N processes then equal one
+                    # big batch. × world undoes DDP's mean over ranks, × n_micro accelerate's ÷ accumulation steps.
+                    accelerator.backward(loss_sum * (world * n_micro) / max(n_tokens, 1))
+                total += float(loss_sum.detach())
+            total = dist.all_reduce_sum(total)
+            with loop.step(step + 1) as done:  # Ctrl-C from here waits for the step's log line and checkpoint
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                metrics = {"loss": total / max(n_tokens, 1), "lr": lr,
+                           "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+                           "tokens": n_tokens, "time_step_s": time.perf_counter() - t0}
+                if loop.eval_due(done, bool(held)):
+                    # Every rank evaluates the whole held-out set: the same forward passes everywhere, which
+                    # sharded models need (their forwards are collective), and no reduction.
+                    metrics.update(heldout_loss(model, held, tok.pad_token_id, cfg.batch_size, accelerator.device))
+                loop.log(done, metrics, f"loss {metrics['loss']:.3f}", always="eval_loss" in metrics)
+    run.finish(loop.done, lambda: save_final(cfg, out, model, tok, accelerator))
+    run.say(f"done, {loop.done} steps; model saved to {out}")
+    return loop.last

@@ -1,0 +1,185 @@
+"""One scaffold for every trainer: seed, run folder, config copy, metrics log, progress, checkpoint/resume, Ctrl-C.
+
+A stage keeps its own loop body (what a step computes) and hands the rest to :class:`Run`::
+
+    run = Run("sft", cfg)                           # threads, seed, quiet ranks
+    ckpt = run.checkpoint_to_resume()               # --resume: the checkpoint in <output>/checkpoint, or None
+    ...build the model, optimiser, schedule...
+    start = run.begin(optimizer, scheduler, ckpt)   # resume their state and the RNG, or start a fresh log
+    with run.loop(start, save) as loop:             # progress bar; Ctrl-C saves the last finished step
+        for step in range(start, cfg.max_steps):
+            ...forward, backward...
+            with loop.step(step + 1) as done:       # Ctrl-C waits for the step's log line and checkpoint
+                ...optimiser step, metrics...
+                if loop.eval_due(done, bool(held)): ...
+                loop.log(done, metrics, info)       # every log_every steps and the last
+    run.finish(loop.done, save_final)               # the last checkpoint, the output folder; the log closed
+
+The batch of step ``s`` is a pure function of (seed, s) in every trainer, so a run resumed from the
+checkpoint of step ``s`` repeats nothing and equals an unbroken one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rlhfkit import distributed as dist
+from rlhfkit.accel.runtime import set_threads
+from rlhfkit.checkpoint import (
+    ForcedStop,
+    atomic_dir,
+    find_checkpoint,
+    load_state,
+    rng_state,
+    save_state,
+    seed_everything,
+    set_rng_state,
+    step_completes,
+)
+from rlhfkit.config import ConfigError, save_config, to_dict
+from rlhfkit.tracking import truncate_metrics
+
+console = Console(stderr=True)
+METRICS = "metrics.jsonl"
+T = TypeVar("T")
+
+
+class Run:
+    """One stage's run in ``cfg.output``: what every trainer does around its steps."""
+
+    def __init__(self, name: str, cfg):
+        self.name, self.cfg, self.out = name, cfg, Path(cfg.output)
+        set_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        console.quiet = not dist.is_main()
+        self.optimizer = self.scheduler = self.logger = None
+        self.save: Callable[[Path | None], dict | None] | None = None
+
+    def say(self, text: str) -> None:
+        console.print(f"{self.name}: {text}")
+
+    def checkpoint_to_resume(self) -> Path | None:
+        """With ``resume``: the usable checkpoint in ``<output>/checkpoint`` (None, said, when there is none)."""
+        ckpt = find_checkpoint(self.out / "checkpoint") if self.cfg.resume else None
+        if self.cfg.resume and ckpt is None:
+            self.say(f"no checkpoint in {self.out}; starting from the beginning")
+        return ckpt
+
+    def begin(self, optimizer, scheduler, ckpt: Path | None, accelerator=None,
+              restore: Callable[[dict], None] | None = None) -> int:
+        """Restore the optimiser, schedule and RNG of ``ckpt`` (and the stage's own parts: ``restore(tensors)``)
+        and cut the metrics log back to its step, or start a fresh log; save the config; open the metrics
+        logger. Returns the step to start from."""
+        self.optimizer, self.scheduler = optimizer, scheduler
+        start = 0
+        if ckpt is not None:
+            if dist.is_sharded(accelerator):
+                raise ConfigError("resume: checkpoints hold rank 0's optimiser state, which FSDP/DeepSpeed shard; "
+                                  "resume under DDP or one process (configs/accelerate/ddp.yaml)")
+            state, tensors = load_state(ckpt)
+            optimizer.load_state_dict(tensors["optimizer"])
+            scheduler.load_state_dict(tensors["scheduler"])
+            if restore is not None:
+                restore(tensors)
+            set_rng_state(tensors["rng"])
+            start = state["step"]
+            if dist.is_main():
+                truncate_metrics(self.out / METRICS, start)
+            self.say(f"resumed from step {start}")
+        elif dist.is_main() and (self.out / METRICS).exists():
+            (self.out / METRICS).unlink()  # a fresh run starts a fresh log
+        if dist.is_main():
+            save_config(self.cfg, self.out)
+        self.logger = dist.metrics_logger(self.out, self.cfg.report_to, config=to_dict(self.cfg))
+        return start
+
+    def save_checkpoint(self, step: int, rng: dict | None = None) -> None:
+        """The checkpoint of step ``step``: the stage's models and parts (``save(folder)``, called on every
+        rank: a sharded model gathers; it writes into ``folder`` and returns its other tensors), optimiser,
+        schedule, RNG (now, or ``rng`` as taken at the step's end). Rank 0 writes, the others wait."""
+        if not dist.is_main():
+            self.save(None)
+            dist.barrier()
+            return
+        with atomic_dir(self.out / "checkpoint") as tmp:
+            tensors = self.save(tmp) or {}
+            tensors.update({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                            "rng": rng or rng_state()})
+            save_state(tmp, {"step": step}, tensors)
+        dist.barrier()
+
+    @contextmanager
+    def loop(self, start: int, save: Callable[[Path | None], dict | None]) -> Iterator["Loop"]:
+        """The steps' progress bar, and Ctrl-C: the checkpoint of the last finished step (one process; several
+        stop at different points, where a collective save could hang, so they keep the last checkpoint).
+        Ctrl-C during a step (:meth:`Loop.step`) waits for the step's end.
+        ``save(folder)`` writes the stage's models into a checkpoint folder (None on the ranks that do not
+        write) and returns the other tensors to keep (see :meth:`save_checkpoint`)."""
+        self.save = save
+        columns = [TextColumn(self.name), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"),
+                   TimeRemainingColumn()]
+        loop = Loop(self, start)
+        try:
+            with Progress(*columns, console=console, transient=False, disable=not dist.is_main()) as bar:
+                loop.bar, loop.task = bar, bar.add_task(self.name, total=self.cfg.max_steps, completed=start, info="")
+                yield loop
+        except KeyboardInterrupt as stop:
+            # Between steps the weights are the last finished step's; inside one (an interrupt that did not wait
+            # for the step's end) they may not be, and the last checkpoint stays.
+            if dist.world_size() == 1 and not isinstance(stop, ForcedStop) and not loop.in_step:
+                self.save_checkpoint(loop.done, rng=loop.boundary)
+            self.logger.close()
+            raise
+        except BaseException:
+            self.logger.close()  # no checkpoint: the last one saved stays as it was
+            raise
+
+    def finish(self, step: int, save_final: Callable[[], T]) -> T:
+        """The checkpoint of the last step (a later ``--resume`` with more steps continues from it), then
+        ``save_final()`` (the stage's output folder); the log closed. Returns what ``save_final`` returns."""
+        self.save_checkpoint(step)
+        result = save_final()
+        self.logger.close()
+        return result
+
+
+class Loop:
+    """The running part of a :class:`Run`: the last finished step, its RNG, the last logged metrics."""
+
+    def __init__(self, run: Run, start: int):
+        self.run, self.cfg = run, run.cfg
+        self.done, self.boundary, self.last = start, rng_state(), {}  # the last finished step, and the RNG as it left it
+        self.bar = self.task = None
+        self.ending = False  # set by a step after which the stage stops early (a time budget)
+        self.in_step = False
+
+    @contextmanager
+    def step(self, done: int) -> Iterator[int]:
+        """Everything that belongs to optimiser step ``done`` (1-based): Ctrl-C waits for its end, then the
+        checkpoint when one is due (every ``save_every`` steps; not after the last, which :meth:`Run.finish`
+        saves: ``max_steps``, or a step that set ``ending``), and the step counts as finished."""
+        with step_completes():
+            self.in_step = True  # stays True when the block raises: its weights may be half-updated
+            yield done
+            due = self.cfg.save_every and done % self.cfg.save_every == 0
+            if due and done < self.cfg.max_steps and not self.ending:
+                self.run.save_checkpoint(done)
+            self.done, self.boundary = done, rng_state()  # RNG as the next step will find it
+            self.in_step = False
+
+    def eval_due(self, done: int, have_held_out: bool) -> bool:
+        """Every ``eval_every`` steps and after the last one, when there is held-out data."""
+        return have_held_out and ((bool(self.cfg.eval_every) and done % self.cfg.eval_every == 0) or done == self.cfg.max_steps)
+
+    def log(self, done: int, metrics: dict, info: str, always: bool = False) -> None:
+        """The step's metrics line every ``log_every`` steps, after the last one and when ``always`` (an
+        evaluation, a warning); the progress bar."""
+        if done % self.cfg.log_every == 0 or done == self.cfg.max_steps or always:
+            self.last = self.run.logger.log(done, metrics)
+        self.bar.update(self.task, completed=done, info=info)
