@@ -17,7 +17,7 @@ from rlhfkit.rl.health import HealthMonitor
 from rlhfkit.stages.ppo import JudgeReward, PPOHealthError, compute_advantages, ppo_loss, rollout_metrics, train_ppo
 from rlhfkit.stages.sft import train_sft
 from rlhfkit.tracking import read_metrics
-from tests.conftest import write_jsonl
+from tests.conftest import check_ctrl_c_during_evaluation, write_jsonl
 
 DESIGN_KEYS = {"score", "kl", "beta", "non_score_reward", "entropy", "approx_kl", "clipfrac", "policy_loss", "value_loss",
                "explained_variance", "ratio_mean", "response_len", "no_eos_frac", "time_rollout_s", "time_train_s",
@@ -431,3 +431,11 @@ def test_a_first_update_where_every_answer_misses_eos_runs_on(prompts_file):
     assert metrics["explained_variance"] is None
     warnings, fatal = HealthMonitor(3).check(1, metrics)
     assert not fatal, warnings
+
+
+def test_ctrl_c_during_a_held_out_evaluation_saves_the_update_just_taken_and_resume_repeats_nothing(prompts_file, tmp_path, monkeypatch, python_ctrl_c):
+    import rlhfkit.stages.ppo as ppo
+
+    kw = held_out_kw(prompts_file, "length", eval_every=2, max_steps=4)  # evaluations at steps 0, 2, 4: the second in update 2
+    check_ctrl_c_during_evaluation(monkeypatch, tmp_path, train_ppo, lambda out, **more: tiny_cfg(prompts_file, out, **kw, **more),
+                                   ppo, "evaluate", saved_step=2, weights="adapter_model.safetensors", tolerance=1e-5)

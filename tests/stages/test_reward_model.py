@@ -16,7 +16,7 @@ from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardScorer, build_reward_model, load_stats, score_texts
 from rlhfkit.stages.reward_model import batch_loss, bt_loss, train_reward
 from rlhfkit.tracking import read_metrics
-from tests.conftest import write_jsonl
+from tests.conftest import check_ctrl_c_during_evaluation, write_jsonl
 
 WORDS = "the a film story plot actor scene music ending camera light night day city house road water tree".split()
 
@@ -238,32 +238,7 @@ def test_bf16_autocast_reward_training_learns_the_preference_and_saves_fp32_weig
 
 
 def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(tmp_path, monkeypatch, python_ctrl_c):
-    import os
-    import signal
-
-    from safetensors.torch import load_file
-
     data = token_preference_data(tmp_path, n_prompts=32)
     kw = dict(max_steps=8, eval_every=2)
-    train_reward(rm_cfg(data, tmp_path / "full", **kw))
-    calls = {"n": 0}
-    real = reward.evaluate_groups
-
-    def ctrl_c_in_second_evaluation(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the evaluation after optimiser step 4 has already run
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(reward, "evaluate_groups", ctrl_c_in_second_evaluation)
-    with pytest.raises(KeyboardInterrupt):
-        train_reward(rm_cfg(data, tmp_path / "part", **kw))
-    monkeypatch.setattr(reward, "evaluate_groups", real)
-    assert load_state(tmp_path / "part" / "checkpoint")[0]["step"] == 4
-    train_reward(rm_cfg(data, tmp_path / "part", resume=True, **kw))
-    full, part = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("full", "part"))
-    assert [r["step"] for r in part] == list(range(1, 9))
-    for a, b in zip(full, part):
-        assert {k: v for k, v in a.items() if k != "time_step_s"} == {k: v for k, v in b.items() if k != "time_step_s"}
-    weights = [load_file(tmp_path / run / "model.safetensors") for run in ("full", "part")]
-    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])  # bit for bit
+    check_ctrl_c_during_evaluation(monkeypatch, tmp_path, train_reward, lambda out, **more: rm_cfg(data, out, **kw, **more),
+                                   reward, "evaluate_groups", saved_step=4, weights="model.safetensors")

@@ -3,11 +3,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import rlhfkit.stages.sft as sft
-from rlhfkit.checkpoint import load_state
 from rlhfkit.config import SFTConfig
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.stages.sft import train_sft
 from rlhfkit.tracking import read_metrics
+from tests.conftest import check_ctrl_c_during_evaluation
 
 
 def tiny_cfg(data, out, **kw) -> SFTConfig:
@@ -96,31 +96,6 @@ def test_bf16_autocast_sft_trains_and_keeps_fp32_weights(memorise_file, tmp_path
 
 
 def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(memorise_file, tmp_path, monkeypatch, python_ctrl_c):
-    import os
-    import signal
-
-    from safetensors.torch import load_file
-
     kw = dict(max_steps=9, eval_fraction=0.25, eval_every=3)
-    train_sft(tiny_cfg(memorise_file, tmp_path / "full", **kw))
-    calls = {"n": 0}
-    real = sft.heldout_loss
-
-    def ctrl_c_in_second_evaluation(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the evaluation after optimiser step 6 has already run
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sft, "heldout_loss", ctrl_c_in_second_evaluation)
-    with pytest.raises(KeyboardInterrupt):
-        train_sft(tiny_cfg(memorise_file, tmp_path / "part", **kw))
-    monkeypatch.setattr(sft, "heldout_loss", real)
-    assert load_state(tmp_path / "part" / "checkpoint")[0]["step"] == 6
-    train_sft(tiny_cfg(memorise_file, tmp_path / "part", resume=True, **kw))
-    full, part = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("full", "part"))
-    assert [r["step"] for r in part] == list(range(1, 10))
-    for a, b in zip(full, part):
-        assert {k: v for k, v in a.items() if k != "time_step_s"} == {k: v for k, v in b.items() if k != "time_step_s"}
-    weights = [load_file(tmp_path / run / "model.safetensors") for run in ("full", "part")]
-    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])  # bit for bit
+    check_ctrl_c_during_evaluation(monkeypatch, tmp_path, train_sft, lambda out, **more: tiny_cfg(memorise_file, out, **kw, **more),
+                                   sft, "heldout_loss", saved_step=6, weights="model.safetensors")
