@@ -1,4 +1,4 @@
-"""The ``rlhf`` command line (DESIGN §8). Each command resolves its stage config and calls one function.
+"""The ``rlhf`` command line (docs/design.md §8). Each command resolves its stage config and calls one function.
 
 Every command takes ``--config FILE.yaml``, ``--seed N`` and ``--set key=value`` (any config key);
 the named flags are shortcuts for the keys everyone uses. A stage command's flags are generated from its
@@ -397,7 +397,7 @@ def feedback_export(
     cfg,
     output: Optional[Path] = typer.Option(None, help="JSONL file to write."),
 ):
-    """Write the answers as DESIGN §3 records (pairs, rankings, ratings, edits) with annotator names."""
+    """Write the answers as docs/design.md §3 records (pairs, rankings, ratings, edits) with annotator names."""
     from rlhfkit.feedback.db import Database
     from rlhfkit.feedback.export import write_export
 

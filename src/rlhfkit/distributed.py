@@ -1,4 +1,4 @@
-"""Thin helpers over ``accelerate`` and ``torch.distributed`` shared by every trainer (DESIGN §7).
+"""Thin helpers over ``accelerate`` and ``torch.distributed`` shared by every trainer (docs/design.md §7).
 
 Nothing here is an engine: ``accelerate launch`` starts the processes, ``Accelerator.prepare`` wraps the
 model (DDP, FSDP or DeepSpeed, as the launch config says) and these functions only answer the questions a

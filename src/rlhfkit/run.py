@@ -26,10 +26,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlhfkit import distributed as dist
+from rlhfkit.accel import speed_up
 from rlhfkit.accel.runtime import set_threads
 from rlhfkit.checkpoint import (
     ForcedStop,
@@ -61,6 +63,15 @@ class Run:
         self.optimizer = self.scheduler = self.logger = None
         self.save: Callable[[Path | None], dict | None] | None = None
 
+    def processes(self, batch_size: int, what: str, per: int = 1) -> tuple[int, int]:
+        """(processes, this one's rank), after checking that ``batch_size`` ``what`` split evenly over them
+        (in ``per`` parts each: minibatches)."""
+        world = dist.world_size()
+        if batch_size % (world * per):
+            parts = f"{per} minibatches × {world} processes" if per > 1 else f"{world} processes"
+            raise ConfigError(f"batch_size: {batch_size} {what} do not split evenly over {parts}; use a multiple of {world * per}")
+        return world, dist.rank()
+
     def say(self, text: str) -> None:
         console.print(f"{self.name}: {text}")
 
@@ -70,6 +81,26 @@ class Run:
         if self.cfg.resume and ckpt is None:
             self.say(f"no checkpoint in {self.out}; starting from the beginning")
         return ckpt
+
+    def prepare(self, model, accelerator):
+        """AdamW over the trainable parameters, the learning-rate schedule, the CPU speed paths, then
+        ``accelerator.prepare`` (DDP / FSDP / DeepSpeed as ``accelerate launch`` configured; one plain process:
+        the model as it is). Returns (model, optimizer, scheduler, trainable parameters).
+
+        The schedule stays unprepared: it steps once per optimiser step whatever the number of processes.
+        """
+        from transformers import get_scheduler
+
+        cfg = self.cfg
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
+        if not dist.is_sharded(accelerator):
+            speed_up(model, device=accelerator.device)  # fp32 products through oneDNN on a CPU; bf16 is oneDNN's already
+        model, optimizer = accelerator.prepare(model, optimizer)
+        params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
+        return model, optimizer, scheduler, params
 
     def begin(self, optimizer, scheduler, ckpt: Path | None, accelerator=None,
               restore: Callable[[dict], None] | None = None) -> int:

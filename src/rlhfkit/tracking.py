@@ -1,6 +1,6 @@
 """Run-folder logging shared by every stage: ``metrics.jsonl`` plus TensorBoard / wandb / mlflow.
 
-``metrics.jsonl`` holds one JSON object per logged step (DESIGN §8). On resume the log is cut back to
+``metrics.jsonl`` holds one JSON object per logged step (docs/design.md §8). On resume the log is cut back to
 the checkpoint's step so that a resumed run's log reads as if it had never stopped.
 """
 

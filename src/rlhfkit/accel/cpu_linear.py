@@ -1,11 +1,10 @@
 """fp32 linear layers on the CPU through oneDNN instead of the default BLAS route, forward and backward.
 
 torch's CPU ``F.linear`` and ``mm`` in fp32 go to MKL's sgemm, which on AMD processors runs its AVX2 code
-path. oneDNN (shipped inside torch, ``torch.ops.mkldnn``) uses AVX-512 there: on the 2-core benchmark
-machine (AMD EPYC, family 26) a (736 × 576)·(576 × 1536) product took 7.6 ms through MKL and 3.1 ms through
-oneDNN, its two backward products 6.8 → 3.1 and 6.9 → 4.1 ms. It is the same fp32 arithmetic in another
-summation order: results agree to ~1e-6 relative (max error against float64 1.3e-4 vs MKL's 4.9e-5 on
-sums of 576 unit-variance products). bf16 matmuls (autocast) already go through oneDNN and are left alone.
+path. oneDNN (shipped inside torch, ``torch.ops.mkldnn``) uses AVX-512 where the CPU has it. It is the same
+fp32 arithmetic in another summation order: results agree to ~1e-6 relative (tests/accel/test_cpu_linear.py).
+bf16 matmuls (autocast) already go through oneDNN and are left alone. Which route is faster depends on the
+CPU (on one without AVX-512 it can be the slower one); the measurements are in bench/RESULTS.md.
 
 :func:`use_onednn_linears` switches a model's plain ``nn.Linear`` layers to :class:`OneDNNLinear`, a
 subclass with the same parameters, state dict and hooks, whose forward takes this route whenever it
@@ -20,6 +19,8 @@ import os
 
 import torch
 from torch import Tensor
+
+from rlhfkit.accel.runtime import accel_on
 
 MIN_DIM = 64  # narrower products (LoRA's rank-16 factors, 1-output heads) ran as fast or faster through MKL
 
@@ -44,7 +45,8 @@ def onednn_mm(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
 def applies(x: Tensor, weight: Tensor) -> bool:
     """Whether ``x · weightᵀ`` takes the oneDNN route (see the module's docstring)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and min(weight.shape) >= MIN_DIM and not torch.is_autocast_enabled("cpu") and onednn_linear_available())
+            and min(weight.shape) >= MIN_DIM and not torch.is_autocast_enabled("cpu") and onednn_linear_available()
+            and accel_on())
 
 
 class OneDNNLinearFn(torch.autograd.Function):
@@ -87,7 +89,7 @@ def use_onednn_linears(model: torch.nn.Module, skip: tuple[torch.nn.Module, ...]
     Nothing changes where oneDNN is not available. The switch keeps parameters, buffers, hooks and the
     state dict; ``isinstance(layer, nn.Linear)`` stays true, so peft and saving see the same model.
     """
-    if not onednn_linear_available():
+    if not onednn_linear_available() or not accel_on():
         return 0
     count = 0
     for module in model.modules():

@@ -2,9 +2,10 @@
 
 PPO's ratio compares the same token's log-prob from passes of different shapes (the rollout's, a
 minibatch's), so logits are always made in fp32: bf16 logits near 30 are 0.125 apart, ~0.2–0.5 nats at
-temperature 0.7. On the CPU the head's fp32 product (49k × 576, the largest of the model) goes through
-oneDNN (:mod:`rlhfkit.accel.cpu_linear`): on the 2-core benchmark machine 8 rows 12.8 → 4.4 ms, 256 rows
-105 → 49 ms, the same fp32 arithmetic in another summation order.
+temperature 0.7. On the CPU the head's fp32 product (vocabulary × hidden, the largest of the model) goes
+through oneDNN (:mod:`rlhfkit.accel.cpu_linear`), the same fp32 arithmetic in another summation order, and
+the per-token log-probs are fused with it (:class:`LinearLogprobs`), so no (rows, vocabulary) tensor of the
+whole batch is built. Measured speed-ups: bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from rlhfkit.accel import cpu_linear
 from rlhfkit.accel.cpu_linear import onednn_mm
+from rlhfkit.accel.runtime import accel_on
 from rlhfkit.rl.losses import EXP_FLOOR, logprobs_from_logits
 
 
@@ -128,8 +130,10 @@ def _cached(lm_head, attr: str, make):
 
 
 def plain_linear(lm_head) -> bool:
-    """A bare ``nn.Linear`` (no wrapper, no hooks such as DDP's or FSDP's): its maths may bypass the module."""
-    return type(lm_head) is torch.nn.Linear and not lm_head._forward_hooks and not lm_head._forward_pre_hooks
+    """A bare ``nn.Linear`` (no wrapper, no hooks such as DDP's or FSDP's): its maths may bypass the module.
+    With the speed paths off (``RLHFKIT_ACCEL=0``) no head is: every product and log-prob goes the plain way."""
+    return (type(lm_head) is torch.nn.Linear and not lm_head._forward_hooks and not lm_head._forward_pre_hooks
+            and accel_on())
 
 
 class Fp32Head:

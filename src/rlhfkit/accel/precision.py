@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.accel.runtime import accel_on
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -32,14 +34,15 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device_type: str = "cpu") -> str:
-    """``auto`` → ``bf16`` where the device has fast bf16 (CUDA with bf16 support, CPUs with bf16 instructions)."""
+    """``auto`` → ``bf16`` where the device has fast bf16 (CUDA with bf16 support, CPUs with bf16 instructions
+    unless the CPU speed paths are off: ``RLHFKIT_ACCEL=0``)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
     if device_type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device_type == "cpu" and cpu_has_fast_bf16() else "fp32"
+    return "bf16" if device_type == "cpu" and cpu_has_fast_bf16() and accel_on() else "fp32"
 
 
 def autocast(precision: str, device_type: str = "cpu"):
@@ -57,8 +60,8 @@ def dtype_for(precision: str, device_type: str = "cpu") -> torch.dtype:
 def sampling_copy(model, precision: str, device_type: str = "cpu"):
     """The model to sample answers from: ``model`` itself (fp32) or a bf16 copy of it.
 
-    Decoding streams every weight once per token, so bf16 weights (half the bytes) decode about 1.4–1.7×
-    faster on CPUs with bf16 instructions; scoring (log-probs, KL) keeps using the fp32 ``model``.
+    Decoding streams every weight once per token, so bf16 weights (half the bytes) decode faster on CPUs with
+    bf16 instructions (bench/RESULTS.md); scoring (log-probs, KL) keeps using the fp32 ``model``.
     """
     if dtype_for(precision, device_type) == torch.float32:
         return model

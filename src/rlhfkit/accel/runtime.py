@@ -9,6 +9,11 @@ import os
 import torch
 
 
+def accel_on() -> bool:
+    """Whether the CPU speed paths are on (the default); ``RLHFKIT_ACCEL=0`` turns every one of them off."""
+    return os.environ.get("RLHFKIT_ACCEL", "1") != "0"
+
+
 def set_threads(n: int) -> None:
     """Every stage's runtime set-up: ``n`` torch threads (0: torch's default) and :func:`keep_freed_memory`."""
     if n and n > 0:
@@ -31,7 +36,7 @@ def keep_freed_memory() -> bool:
     (Linux); elsewhere a no-op; ``RLHFKIT_KEEP_FREED_MEMORY=0`` turns it off. Returns whether it applied.
     (The page faults and times it saves are in bench/RESULTS.md, "Session 5".)
     """
-    if os.environ.get("RLHFKIT_KEEP_FREED_MEMORY", "1") == "0":
+    if os.environ.get("RLHFKIT_KEEP_FREED_MEMORY", "1") == "0" or not accel_on():
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -1,4 +1,4 @@
-"""Record formats shared by the trainers and the feedback app (DESIGN §3).
+"""Record formats shared by the trainers and the feedback app (docs/design.md §3).
 
 Every JSONL reader goes through :func:`iter_records` (or :func:`read_records`), which checks each line and
 reports a problem as ``file:line: field: problem`` (``file: problem`` for the file as a whole). Nothing is

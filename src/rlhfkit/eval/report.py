@@ -68,31 +68,33 @@ def curve(ax, x: np.ndarray, y: np.ndarray, label: str, color: str = "C0") -> No
         ax.plot(x, y, color=color, lw=2, marker="o", ms=3, label=label)
 
 
-def plot_sft(records: list[dict]) -> str | None:
-    x, y = numeric(records, "loss")
+def train_and_held_out(records: list[dict], key: str, what: str):
+    """A figure of the training curve of ``key`` with the held-out ``eval_<key>`` points, or None (not logged)."""
+    x, y = numeric(records, key)
     if not len(x):
-        return None
+        return None, None
     fig = Figure(figsize=(6, 3.4))
     ax = fig.subplots()
-    curve(ax, x, y, "train loss")
-    ex, ey = numeric(records, "eval_loss")
+    curve(ax, x, y, f"train {what}")
+    ex, ey = numeric(records, f"eval_{key}")
     if len(ex):
-        ax.plot(ex, ey, "s-", color="C3", label="held-out loss")
+        ax.plot(ex, ey, "s-", color="C3", label=f"held-out {what}")
+    return fig, ax
+
+
+def plot_sft(records: list[dict]) -> str | None:
+    fig, ax = train_and_held_out(records, "loss", "loss")
+    if fig is None:
+        return None
     ax.set(title="SFT: loss on response tokens", xlabel="step", ylabel="cross-entropy (nats/token)")
     ax.legend(), ax.grid(alpha=0.3)
     return png(fig)
 
 
 def plot_rm(records: list[dict]) -> str | None:
-    x, y = numeric(records, "accuracy")
-    if not len(x):
+    fig, ax = train_and_held_out(records, "accuracy", "accuracy")
+    if fig is None:
         return None
-    fig = Figure(figsize=(6, 3.4))
-    ax = fig.subplots()
-    curve(ax, x, y, "train accuracy")
-    ex, ey = numeric(records, "eval_accuracy")
-    if len(ex):
-        ax.plot(ex, ey, "s-", color="C3", label="held-out accuracy")
     ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
     ax.set(title="Reward model: preference accuracy", xlabel="step", ylabel="accuracy", ylim=(0, 1.02))
     ax.legend(), ax.grid(alpha=0.3)

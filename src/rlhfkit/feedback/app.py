@@ -80,13 +80,60 @@ def only(body: dict, allowed: set[str]) -> None:
             raise ApiError(422, printable(key), f"unknown field; expected {', '.join(sorted(allowed))}")
 
 
+# --- who is calling: FastAPI dependencies of the routes -------------------------------------------
+
+
+def caller(request: Request) -> Caller:
+    return request.state.caller  # put there by Guard, which lets no /api request through without it
+
+def admin(c: Caller = Depends(caller)) -> Caller:
+    if not c.admin:
+        raise ApiError(403, "Authorization", "needs the admin token")
+    return c
+
+def annotator(c: Caller = Depends(caller)) -> Caller:
+    if c.admin:
+        raise ApiError(403, "Authorization", "the admin token does not annotate; use an annotator's token")
+    return c
+
+def project_or_404(s, name: str) -> Project:
+    p = get_project(s, name) if not text_problem(name) else None
+    if p is None:
+        raise ApiError(404, "project", f"no project named {name!r}")
+    return p
+
+def annotator_or_404(s, name: str) -> Annotator:
+    ann = annotator_named(s, name) if not text_problem(name) else None
+    if ann is None:
+        raise ApiError(404, "annotator", f"no annotator named {name!r}")
+    return ann
+
+def open_project(s, name: str, c: Caller) -> tuple[Project, Annotator]:
+    """The project and the calling annotator, who must be allowed to work on it."""
+    p = project_or_404(s, name)
+    ann = s.get(Annotator, c.annotator_id)
+    ops.check_access(s, p, ann)
+    return p, ann
+
+
 def create_app(db_url: str, admin_token: str, max_body: int = MAX_BODY,
                token_cache_seconds: float = TOKEN_CACHE_SECONDS) -> FastAPI:
+    """The feedback app on the database at ``db_url``: the page, the admin API and the annotators' API."""
     db = Database(db_url)
     # No Swagger page: it loads its scripts from a CDN, and the app must work offline. The schema is served.
     app = FeedbackApp(title="rlhfkit feedback", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.db = db
-    tokens = TokenCache(token_cache_seconds)
+    tokens = TokenCache(token_cache_seconds)  # known tokens; the admin routes that change an annotator clear it
+    app.add_middleware(Guard, authenticate=authenticator(db, admin_token, tokens), max_body=max_body)
+    add_error_handlers(app)
+    add_page(app, db)
+    add_admin_routes(app, db, tokens)
+    add_annotator_routes(app, db)
+    return app
+
+
+def authenticator(db: Database, admin_token: str, tokens: TokenCache):
+    """The Guard's token check: the admin token, or an enabled annotator's (looked up, then cached a while)."""
     admin_caller = Caller(admin=True)
 
     def lookup(token: str) -> Caller:
@@ -108,7 +155,11 @@ def create_app(db_url: str, admin_token: str, max_body: int = MAX_BODY,
             tokens.put(token, known, generation)
         return known
 
-    app.add_middleware(Guard, authenticate=authenticate, max_body=max_body)
+    return authenticate
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"field", "problem"}`` JSON with its status."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError):
@@ -135,39 +186,9 @@ def create_app(db_url: str, admin_token: str, max_body: int = MAX_BODY,
                                   e.headers)
         return error_response(e.status_code, "", str(e.detail), e.headers)
 
-    def caller(request: Request) -> Caller:
-        return request.state.caller  # put there by Guard, which lets no /api request through without it
 
-    def admin(c: Caller = Depends(caller)) -> Caller:
-        if not c.admin:
-            raise ApiError(403, "Authorization", "needs the admin token")
-        return c
-
-    def annotator(c: Caller = Depends(caller)) -> Caller:
-        if c.admin:
-            raise ApiError(403, "Authorization", "the admin token does not annotate; use an annotator's token")
-        return c
-
-    def project_or_404(s, name: str) -> Project:
-        p = get_project(s, name) if not text_problem(name) else None
-        if p is None:
-            raise ApiError(404, "project", f"no project named {name!r}")
-        return p
-
-    def annotator_or_404(s, name: str) -> Annotator:
-        ann = annotator_named(s, name) if not text_problem(name) else None
-        if ann is None:
-            raise ApiError(404, "annotator", f"no annotator named {name!r}")
-        return ann
-
-    def open_project(s, name: str, c: Caller) -> tuple[Project, Annotator]:
-        """The project and the calling annotator, who must be allowed to work on it."""
-        p = project_or_404(s, name)
-        ann = s.get(Annotator, c.annotator_id)
-        ops.check_access(s, p, ann)
-        return p, ann
-
-    # --- the page --------------------------------------------------------------------------------
+def add_page(app: FastAPI, db: Database) -> None:
+    """The annotation page and the health check."""
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -179,6 +200,9 @@ def create_app(db_url: str, admin_token: str, max_body: int = MAX_BODY,
     def healthz():
         return {"ok": True, "schema_version": db.version}
 
+
+def add_admin_routes(app: FastAPI, db: Database, tokens: TokenCache) -> None:
+    """The admin API: annotators and their tokens, projects and their members, stats and export."""
     # --- admin: annotators -----------------------------------------------------------------------
 
     def annotator_row(ann: Annotator) -> dict:
@@ -295,7 +319,9 @@ def create_app(db_url: str, admin_token: str, max_body: int = MAX_BODY,
             raise ApiError(409, "export", str(e)) from None
         return PlainTextResponse(text, media_type="application/x-ndjson")
 
-    # --- annotators ------------------------------------------------------------------------------
+
+def add_annotator_routes(app: FastAPI, db: Database) -> None:
+    """The annotators' API: their projects, the next task, claims, skips and answers."""
 
     @app.get("/api/me")
     def me(c: Caller = Depends(annotator)):
@@ -375,5 +401,3 @@ def create_app(db_url: str, admin_token: str, max_body: int = MAX_BODY,
                 if sub is None:
                     raise
                 return reply(sub)
-
-    return app

@@ -1,4 +1,4 @@
-"""The feedback database: SQLAlchemy models, engine set-up and schema migrations (DESIGN §6).
+"""The feedback database: SQLAlchemy models, engine set-up and schema migrations (docs/design.md §6).
 
 One code path serves SQLite (the default, a file) and PostgreSQL (by URL). Every write runs in one
 transaction; SQLite runs in WAL mode with ``synchronous=FULL`` and ``BEGIN IMMEDIATE`` so that an

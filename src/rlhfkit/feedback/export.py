@@ -1,4 +1,4 @@
-"""Export answers as the record formats of DESIGN §3, and the project's stats (progress, agreement, gold).
+"""Export answers as the record formats of docs/design.md §3, and the project's stats (progress, agreement, gold).
 
 Formats (each record carries the annotator's name):
   pairs    compare answers  → {"prompt", "chosen", "rejected", "margin", "annotator"} (ties are left out)

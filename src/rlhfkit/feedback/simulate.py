@@ -1,4 +1,4 @@
-"""Simulated annotators: a gold judge's scores turned into human-like feedback (DESIGN §3 records).
+"""Simulated annotators: a gold judge's scores turned into human-like feedback (docs/design.md §3 records).
 
 Noise model (one for every kind of feedback):
 - an annotator *perceives* each response's quality as u = g + T·Gumbel(0, 1), where g is the gold score

@@ -202,7 +202,7 @@ def load_causal_lm(spec: str, dtype: torch.dtype = torch.float32, trainable: boo
         model.name_or_path = spec
     model.config.use_cache = True
     own_memory(model)  # a model loaded from a checkpoint computes bit for bit as the one that saved it
-    # Dropout off everywhere (DESIGN §4.6): RLHF log-probs must be deterministic.
+    # Dropout off everywhere (docs/design.md §4.6): RLHF log-probs must be deterministic.
     model.eval()
     return model
 

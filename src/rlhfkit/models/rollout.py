@@ -78,7 +78,7 @@ def response_hidden(backbone, input_ids: Tensor, attention_mask: Tensor, prompt_
     """Last hidden states at the positions that predict the response tokens: (B, R, H).
 
     Position ids come from the attention mask, so left-padded rows see the positions an unpadded prompt
-    would (DESIGN §4.7).
+    would (docs/design.md §4.7).
     """
     with short_sequence_attention(input_ids):
         out = backbone(input_ids=input_ids, attention_mask=attention_mask,
@@ -125,7 +125,7 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
         logp = torch.log_softmax(logits / temperature, dim=-1)  # one pass: the sample, its log-prob, the entropy
         probs = logp.clamp(min=EXP_FLOOR).exp()  # the clamp keeps exp off its slow path (see EXP_FLOOR)
         u = torch.rand(batch, dtype=torch.float64) if uniforms is None else uniforms()  # the CPU's RNG on any device
-        token = inverse_cdf(probs, u.to(device))  # one uniform per row: ~10× cheaper than multinomial's exponential per token
+        token = inverse_cdf(probs, u.to(device))  # one uniform per row, not multinomial's exponential per token
         token = torch.where(done, torch.full_like(token, pad_id), token)  # finished rows: padding
         tokens.append(token)
         logprobs.append(logp.gather(1, token[:, None]).squeeze(1))

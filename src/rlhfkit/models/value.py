@@ -1,4 +1,4 @@
-"""Value models for PPO on language models (DESIGN §4.8): a value for every response token.
+"""Value models for PPO on language models (docs/design.md §4.8): a value for every response token.
 
 - ``reward`` (default): a separate model initialised from the reward model's weights (N+ paper). The
   backbone runs over prompt + response and the reward model's score head is applied to every position,

@@ -1,4 +1,4 @@
-"""vLLM as an optional generation backend (DESIGN §5): fast batched sampling for PPO rollouts and ``rlhf sample``.
+"""vLLM as an optional generation backend (docs/design.md §7): fast batched sampling for PPO rollouts and ``rlhf sample``.
 
 vLLM runs its own copy of the policy, so after every PPO update the trainer pushes the policy's current
 weights into the engine with ``load_weights``: LoRA adapters are merged into the base weights first (vLLM

@@ -1,4 +1,4 @@
-"""PPO advantage maths shared by the language-model trainer and the Gymnasium trainer (DESIGN §4).
+"""PPO advantage maths shared by the language-model trainer and the Gymnasium trainer (docs/design.md §4).
 
 Pure functions on tensors. Time is the last dimension: ``(batch, T)``. A ``mask`` is 1 on positions that
 count (response tokens) and 0 on padding; a row's valid positions are a prefix. Statistics ignore masked
@@ -132,7 +132,7 @@ class AdaptiveKLController:
 def kl_penalty_rewards(
     logprobs: Tensor, ref_logprobs: Tensor, scores: Tensor, mask: Tensor, beta: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-token RLHF rewards: −β·KL on every response token, plus the score on the last one (DESIGN §4.1).
+    """Per-token RLHF rewards: −β·KL on every response token, plus the score on the last one (docs/design.md §4.1).
 
     logprobs, ref_logprobs, mask: (batch, T); scores: (batch,).
     Returns ``(rewards, kl, non_score_reward)``, each (batch, T) and 0 on padding.

@@ -14,7 +14,7 @@ from torch import Tensor
 from rlhfkit.rl.advantages import masked_mean, masked_var
 
 # exp() of arguments below about −87 (a result under fp32's smallest normal number) takes a slow path in
-# torch's vectorised CPU exp: ~10× the time per element. Softmax terms e^(x − max) below e^−80 ≈ 2e−35 are far
+# torch's vectorised CPU exp, many times slower per element. Softmax terms e^(x − max) below e^−80 ≈ 2e−35 are far
 # under fp32's resolution of a sum that is ≥ 1, so the arguments are clamped there first: the same sums, the
 # same probabilities to within 2e−35 each, and a vocabulary-wide exp that runs at full speed.
 EXP_FLOOR = -80.0
@@ -84,7 +84,7 @@ def logprobs_from_logits(
 
     logits: (..., vocab); labels: (...). Rows are processed ``chunk_size`` at a time with logsumexp, so a
     float log-softmax of the full (batch, T, vocab) tensor is never built (vocab is ~49k).
-    The sampling temperature divides the logits here as it did in the rollout (DESIGN §4.6).
+    The sampling temperature divides the logits here as it did in the rollout (docs/design.md §4.6).
     """
     vocab = logits.shape[-1]
     flat_logits = logits.reshape(-1, vocab)

@@ -67,10 +67,10 @@ PPO_HEADROOM = 3.0  # max_steps above the updates the deadline is predicted to f
 # starts (Python and torch imports, ~4 s); a 1.5-minute tiny-model run aimed at 100 % ended at 109 %.
 AIM = 0.95
 FORWARD_SHARE = 1 / 3  # a forward pass's share of a training pass (the backward costs about twice the forward)
-REPORT_S = 5.0  # the report and the summary after eval (matplotlib figures; 2–3 s measured on the 2-core machine)
+REPORT_S = 5.0  # the report and the summary after eval (matplotlib figures; bench/RESULTS.md has the measured time)
 PROBE_TOKENS = 10  # decode steps timed past the first
 PROBE_SHARE = 0.5  # of a training batch in the probe's timed steps, scaled by tokens to the batch (a few rows run far
-#                   slower per token than a batch: 2 reward-model rows took 3× a 32-row batch's time per token)
+#                   slower per token than a batch, so the probe's batch is not made tiny)
 PPO_PROBE_SHARE = 0.25  # PPO's rollout batch, the largest (32 × ~220 tokens in the tutor recipe): a quarter is enough
 PROBE_RECORDS = 64  # records read for the data's lengths
 

@@ -140,7 +140,7 @@ def build_policy(cfg: PPOConfig, ckpt: Path | None):
         reference = load_start(cfg.reference or cfg.policy)
         reference.requires_grad_(False)
         disable_dropout(reference)
-    disable_dropout(policy)  # DESIGN §4.6: dropout off in every model
+    disable_dropout(policy)  # docs/design.md §4.6: dropout off in every model
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
         if cfg.lora:
@@ -196,9 +196,9 @@ def trainable(module) -> list[torch.nn.Parameter]:
 def compute_advantages(cfg: PPOConfig, r: Rollout, scores: torch.Tensor, reward, beta: float) -> dict:
     """Everything the optimisation needs from a rollout: rewards, advantages, returns (B, R)."""
     mask = r.response_mask.float()
-    final = reward.normalize(scores)  # DESIGN §4.2: mean 0, std 1 on reference samples
+    final = reward.normalize(scores)  # docs/design.md §4.2: mean 0, std 1 on reference samples
     if cfg.missing_eos_penalty is not None:
-        final = torch.where(r.has_eos, final, torch.full_like(final, cfg.missing_eos_penalty))  # DESIGN §4.3
+        final = torch.where(r.has_eos, final, torch.full_like(final, cfg.missing_eos_penalty))  # docs/design.md §4.3
     if cfg.samples_per_prompt > 1 and cfg.prompt_baseline:
         final = leave_one_out(final, cfg.samples_per_prompt)  # rows of one prompt are adjacent
     rewards, kl, non_score = kl_penalty_rewards(r.logprobs, r.ref_logprobs, final, mask, beta)  # k1 KL per token
@@ -498,7 +498,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     params = policy_params + value_params
     optimizer = torch.optim.AdamW([{"params": policy_params, "lr": lr},
                                    {"params": value_params, "lr": cfg.value_lr or lr}], eps=cfg.adam_eps, weight_decay=0.0,
-                                  fused=True)  # one pass over each tensor: ~3× faster steps than the for-loop AdamW on CPU
+                                  fused=True)  # one pass over each tensor instead of a Python loop over them
     decay = (lambda s: max(0.0, 1.0 - s / cfg.max_steps)) if cfg.schedule == "linear" else (lambda s: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl

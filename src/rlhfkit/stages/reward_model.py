@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from rlhfkit import distributed as dist
-from rlhfkit.accel import speed_up
 from rlhfkit.accel.precision import autocast, resolve_precision
-from rlhfkit.config import ConfigError, RewardConfig
+from rlhfkit.config import RewardConfig
 from rlhfkit.data.formats import RecordError, detect_kind, prompt_key, read_located, read_records, record_responses
 from rlhfkit.data.groups import Group, build_groups, flatten, gold_groups
 from rlhfkit.data.splits import batch_indices, split_records
@@ -99,13 +98,6 @@ def evaluate_groups(score_fn, groups: list[Group], use_margin: bool = False) -> 
 
 
 # ---------------------------------------------------------------------------------------------- training
-
-
-def make_scheduler(cfg: RewardConfig, optimizer):
-    from transformers import get_scheduler
-
-    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
-    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
 
 
 def classifier(accelerator, module):
@@ -193,9 +185,7 @@ def train_reward(cfg: RewardConfig) -> dict:
 
     run = Run("rm", cfg)
     out = run.out
-    world, me = dist.world_size(), dist.rank()
-    if cfg.batch_size % world:
-        raise ConfigError(f"batch_size: {cfg.batch_size} prompts do not split evenly over {world} processes; use a multiple of {world}")
+    world, me = run.processes(cfg.batch_size, "prompts")
     from accelerate.utils import DistributedDataParallelKwargs
 
     # Mean pooling leaves an encoder's pooler out of the graph; DDP must be told some parameters get no gradient.
@@ -211,15 +201,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     tok = load_tokenizer(cfg.model)
 
     ckpt = run.checkpoint_to_resume()
-    model = RewardModule(build_reward_model(cfg, ckpt))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(cfg, optimizer)
-    if not dist.is_sharded(accelerator):
-        speed_up(model, device=accelerator.device)  # fp32 products through oneDNN on a CPU; bf16 is oneDNN's already
-    # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
+    model, optimizer, scheduler, params = run.prepare(RewardModule(build_reward_model(cfg, ckpt)), accelerator)
     if world > 1:
         run.say(f"{world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
     start = run.begin(optimizer, scheduler, ckpt, accelerator)

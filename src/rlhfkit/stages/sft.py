@@ -15,19 +15,15 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 from rlhfkit import distributed as dist
-from rlhfkit.accel import speed_up
 from rlhfkit.accel.precision import autocast, resolve_precision
-from rlhfkit.config import ConfigError, SFTConfig
+from rlhfkit.config import SFTConfig
 from rlhfkit.data.formats import read_records, sft_pair
 from rlhfkit.data.splits import batch_indices, split_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right, encode_sft
 from rlhfkit.models.lm_loss import heldout_loss, response_loss
 from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
 from rlhfkit.run import Run
-
 
 
 def build_model(cfg: SFTConfig, ckpt: Path | None):
@@ -46,13 +42,6 @@ def build_model(cfg: SFTConfig, ckpt: Path | None):
     return model
 
 
-def make_scheduler(cfg: SFTConfig, optimizer):
-    from transformers import get_scheduler
-
-    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
-    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
-
-
 def save_final(cfg: SFTConfig, out: Path, model, tok, accelerator=None) -> None:
     """Weights in save_pretrained form (LoRA: the adapter; with merge_lora also out/merged)."""
     dist.save_pretrained(accelerator, model, out)
@@ -69,9 +58,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     """Run SFT as configured; returns the last logged metrics."""
     run = Run("sft", cfg)
     out = run.out
-    world, me = dist.world_size(), dist.rank()
-    if cfg.batch_size % world:
-        raise ConfigError(f"batch_size: {cfg.batch_size} examples do not split evenly over {world} processes; use a multiple of {world}")
+    world, me = run.processes(cfg.batch_size, "examples")
     local = cfg.batch_size // world  # this rank's share of each step's batch
     micro = max(1, local // max(cfg.grad_accum, 1))
     n_micro = math.ceil(local / micro)
@@ -94,16 +81,7 @@ def train_sft(cfg: SFTConfig) -> dict:
         run.say(f"{world} processes ({accelerator.distributed_type.value}), {local} examples each per step")
 
     ckpt = run.checkpoint_to_resume()
-    model = build_model(cfg, ckpt)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(cfg, optimizer)
-    if not dist.is_sharded(accelerator):
-        speed_up(model, device=accelerator.device)  # fp32 products through oneDNN on a CPU; bf16 is oneDNN's already
-    # DDP / FSDP / DeepSpeed as `accelerate launch` configured; one plain process: the model as it is.
-    # The scheduler stays unprepared: it steps once per optimiser step whatever the number of processes.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
+    model, optimizer, scheduler, params = run.prepare(build_model(cfg, ckpt), accelerator)  # AdamW, schedule, DDP/FSDP
     start = run.begin(optimizer, scheduler, ckpt, accelerator)
 
     def save(folder: Path | None) -> None:  # the checkpoint's model/
