@@ -18,8 +18,8 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import typer
 
-from rlhfkit.config import (EvalConfig, FeedbackConfig, GenerateConfig, GymConfig, PPOConfig, RewardConfig, SampleConfig,
-                            SFTConfig, SimulateConfig, load_config, parse_set)
+from rlhfkit.config import (EvalConfig, FeedbackConfig, GenerateConfig, GymConfig, PipelineConfig, PPOConfig, RewardConfig,
+                            SampleConfig, SFTConfig, SimulateConfig, load_config, parse_set)
 
 app = typer.Typer(help="rlhfkit: RLHF with PPO, end to end: SFT, sampling, feedback, reward model, PPO, evaluation.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -598,23 +598,11 @@ def report(
 
 
 @app.command()
-def pipeline(
-    recipe: Optional[str] = typer.Option(None, help="Recipe name (tutor, sentiment, writer, support) or a recipe folder."),
-    output: Optional[str] = typer.Option(None, help="Run folder."),
-    model: Optional[str] = typer.Option(None, help="Starting model spec (default: the shipped SmolLM2)."),
-    budget_minutes: Optional[float] = typer.Option(None, help="End in about this many minutes: counts planned from this machine's measured speed (default: the recipe's)."),
-    feedback: Optional[str] = typer.Option(None, help="simulated (gold-judge annotators) or app (the feedback app)."),
-    db: Optional[str] = typer.Option(None, help="Feedback app database (with --feedback app)."),
-    wait: Optional[bool] = typer.Option(None, "--wait/--no-wait", help="With --feedback app: wait for the answers or use what is there."),
-    rounds: Optional[int] = typer.Option(None, help="Sample → feedback → reward model → PPO rounds (iterated RLHF)."),
-    best_of: Optional[int] = typer.Option(None, help="Eval: add the reference's best-of-N answers as a baseline."),
-    config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt, set_: Optional[List[str]] = SetOpt,
-):
+@config_command(PipelineConfig, ["recipe", "output", "model", "budget_minutes", "feedback", "db", "wait", "rounds", "best_of",
+                                 "seed"])
+def pipeline(cfg):
     """Every stage in order (SFT → sample → feedback → reward model → PPO → eval → report), resuming finished ones."""
-    from rlhfkit.stages.pipeline import PipelineConfig, run_pipeline
-
-    cfg = resolve(PipelineConfig, config, set_, recipe=recipe, output=output, model=model, budget_minutes=budget_minutes,
-                  feedback=feedback, db=db, wait=wait, rounds=rounds, best_of=best_of, seed=seed)
+    from rlhfkit.stages.pipeline import run_pipeline
     from rlhfkit.stages.ppo import PPOHealthError
     from rlhfkit.stages.reward_model import RewardHealthError
 

@@ -301,7 +301,7 @@ class GymConfig:
     report_to: typing.Literal["tensorboard", "wandb", "mlflow", "none"] = field(default="tensorboard", metadata={
         "help": "Tracker that also receives the metrics: tensorboard | wandb | mlflow | none."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
-    resume: bool = field(default=False, metadata={"help": "Continue from output/checkpoint.pt if it exists."})
+    resume: bool = field(default=False, metadata={"help": "Continue from output/checkpoint/ if it exists."})
     threads: int = field(default=1, metadata={"help": "Torch threads (1 suits these small MLPs best)."})
 
 
@@ -561,3 +561,33 @@ class PPOConfig:
     seed: int = field(default=0, metadata={"help": "Random seed."})
     resume: bool = field(default=False, metadata={"help": "Continue from output/checkpoint if it exists."})
     threads: int = field(default=0, metadata={"help": "Torch threads (0: leave torch's default)."})
+
+
+@dataclass
+class PipelineConfig:
+    """The whole pipeline for one recipe (``rlhf pipeline``)."""
+
+    recipe: str = field(default="tutor", metadata={"help": "Recipe name (tutor, sentiment, writer, support) or a recipe folder."})
+    output: str = field(default="runs/pipeline", metadata={
+        "help": "Run folder: sft/, candidates.jsonl, feedback.jsonl, rm/, ppo/, eval/, report.html."})
+    model: str = field(default="default", metadata={"help": "Starting model spec (default: the shipped SmolLM2)."})
+    budget_minutes: float | None = field(default=None, metadata={
+        "help": "End in about this many minutes: counts planned from this machine's measured speed (default: the recipe's)."})
+    feedback: str = field(default="simulated", metadata={
+        "help": "Where feedback comes from: simulated (gold-judge annotators) or app (the feedback app)."})
+    db: str = field(default="feedback.db", metadata={"help": "Feedback app database (with feedback: app)."})
+    target: int = field(default=0, metadata={
+        "help": "Feedback app: answers to wait for before training the reward model (0: one per task)."})
+    wait: bool = field(default=True, metadata={
+        "help": "Feedback app: wait for the target answers, or use the answers already there."})
+    poll_seconds: float = field(default=10.0, metadata={"help": "Feedback app: seconds between progress checks while waiting."})
+    rounds: int = field(default=1, metadata={"help": "Sample → feedback → reward model → PPO rounds (iterated RLHF)."})
+    overrides: dict = field(default_factory=dict, metadata={
+        "help": "Per-stage keys over the recipe's, e.g. {rm: {model: tiny-minilm}}."})
+    best_of: int = field(default=0, metadata={"help": "Eval: add the reference's best-of-N answers by reward-model score as a baseline."})
+    deadline: bool = field(default=True, metadata={
+        "help": "PPO stops early (after an update, checkpoint saved) when the budget would be overrun."})
+    eval_reserve_minutes: float | None = field(default=None, metadata={
+        "help": "Minutes of the budget kept for eval and the report, eval then at its count (default: planned from measured speed)."})
+    seed: int = field(default=0, metadata={"help": "Random seed of every stage."})
+    threads: int = field(default=0, metadata={"help": "Torch threads (0: torch's default)."})

@@ -115,7 +115,8 @@ class Run:
                                   "resume under DDP or one process (configs/accelerate/ddp.yaml)")
             state, tensors = load_state(ckpt)
             optimizer.load_state_dict(tensors["optimizer"])
-            scheduler.load_state_dict(tensors["scheduler"])
+            if scheduler is not None:
+                scheduler.load_state_dict(tensors["scheduler"])
             if restore is not None:
                 restore(tensors)
             set_rng_state(tensors["rng"])
@@ -140,8 +141,9 @@ class Run:
             return
         with atomic_dir(self.out / "checkpoint") as tmp:
             tensors = self.save(tmp) or {}
-            tensors.update({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                            "rng": rng or rng_state()})
+            tensors.update({"optimizer": self.optimizer.state_dict(), "rng": rng or rng_state()})
+            if self.scheduler is not None:
+                tensors["scheduler"] = self.scheduler.state_dict()
             save_state(tmp, {"step": step}, tensors)
         dist.barrier()
 

@@ -4,8 +4,9 @@ import re
 import pytest
 
 import rlhfkit.stages.sft as sft
+from rlhfkit.config import PipelineConfig
 from rlhfkit.stages.budget import AIM, COUNTS, MINIMUM, STAGES, Rates, corrected, make_plan
-from rlhfkit.stages.pipeline import PipelineConfig, load_recipe, run_pipeline
+from rlhfkit.stages.pipeline import load_recipe, run_pipeline
 
 ALL_LEFT = {"sft": 1, "sample": 1, "rm": 1, "ppo": 1, "eval": 1}
 

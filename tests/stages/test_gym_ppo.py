@@ -5,6 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from rlhfkit.checkpoint import load_state
 from rlhfkit.cli import app
 from rlhfkit.config import ConfigError, GymConfig
 from rlhfkit.stages import gym_ppo as gym_trainer
@@ -63,7 +64,7 @@ def test_continuous_run_with_normalisation_logs_finite_metrics_and_saves_the_run
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [256, 512]
     assert all(np.isfinite(r[k]) for r in rows for k in ("policy_loss", "value_loss", "entropy", "approx_kl"))
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state = load_state(tmp_path / "checkpoint")[1]
     assert state["global_step"] == 512
     assert np.any(np.asarray(state["obs_rms"]["mean"]) != 0) and state["reward_rms"]["count"] > 1
     assert "log_std" in state["agent"]  # state-independent log-std of the Gaussian policy
@@ -82,7 +83,7 @@ def test_resume_after_an_interruption_continues_from_the_last_checkpoint(tmp_pat
     monkeypatch.setattr(MetricsLogger, "log", log_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train_gym(cfg)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["global_step"] == 512
+    assert load_state(tmp_path / "checkpoint")[1]["global_step"] == 512
     monkeypatch.setattr(MetricsLogger, "log", original_log)
 
     cfg.resume = True
@@ -92,19 +93,19 @@ def test_resume_after_an_interruption_continues_from_the_last_checkpoint(tmp_pat
     assert [r["update"] for r in rows] == list(range(1, 9))
     # the learning-rate schedule picked up where it stopped (linear annealing over 8 updates)
     assert rows[5]["lr"] == pytest.approx(cfg.lr * (1 - 5 / 8))
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["global_step"] == 1024
+    assert load_state(tmp_path / "checkpoint")[1]["global_step"] == 1024
 
 
 def test_resume_loads_the_trained_weights(tmp_path):
     cfg = GymConfig(output=str(tmp_path), total_steps=256, **SMALL)
     train_gym(cfg)
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["agent"]
+    saved = load_state(tmp_path / "checkpoint")[1]["agent"]
     cfg.resume = True  # nothing left to do: the resumed agent is evaluated as loaded
     cfg.eval_episodes = 3
     first = train_gym(cfg)["eval"]["returns"]
     again = train_gym(cfg)["eval"]["returns"]
     assert first == again
-    fresh_state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["agent"]
+    fresh_state = load_state(tmp_path / "checkpoint")[1]["agent"]
     assert all(torch.equal(saved[k], fresh_state[k]) for k in saved)
 
 
@@ -131,4 +132,4 @@ def test_cli_gym_trains_writes_metrics_and_eval_json(tmp_path):
     ev = json.loads((out / "eval.json").read_text())
     assert ev["episodes"] == 3 and len(ev["returns"]) == 3 and "std_return" in ev
     assert "mean_return" in json.loads(result.output.strip().splitlines()[-1])
-    assert (out / "config.yaml").exists() and (out / "checkpoint.pt").exists()
+    assert (out / "config.yaml").exists() and (out / "checkpoint" / "trainer_state.pt").exists()

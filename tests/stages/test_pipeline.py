@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 import rlhfkit.stages.sft as sft
-from rlhfkit.config import ConfigError
-from rlhfkit.stages.pipeline import PipelineConfig, available_recipes, load_recipe, ppo_minutes, run_pipeline
+from rlhfkit.config import ConfigError, PipelineConfig
+from rlhfkit.stages.pipeline import available_recipes, load_recipe, ppo_minutes, run_pipeline
 from rlhfkit.tracking import read_metrics
 
 TINY = {

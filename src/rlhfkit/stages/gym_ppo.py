@@ -17,14 +17,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlhfkit.config import ConfigError, GymConfig, save_config, to_dict
+from rlhfkit.config import ConfigError, GymConfig
 from rlhfkit.data.normalize import RunningMeanStd
 from rlhfkit.models.actor_critic import ActorCritic
 from rlhfkit.rl.advantages import gae, masked_whiten
 from rlhfkit.rl.losses import explained_variance, policy_loss, value_loss
-from rlhfkit.tracking import MetricsLogger, truncate_metrics
+from rlhfkit.run import Run
 
-CHECKPOINT = "checkpoint.pt"
 EVAL_SEED = 10_000  # evaluation episodes use seeds apart from training's
 
 
@@ -84,12 +83,9 @@ def _to_env(action: torch.Tensor, space: gym.Space) -> np.ndarray:
 
 
 def train_gym(cfg: GymConfig) -> dict:
-    """Train PPO on ``cfg.env_id``; writes config.yaml, metrics.jsonl, checkpoint.pt (and eval.json)."""
-    torch.set_num_threads(cfg.threads)  # tiny MLPs: one thread is faster than several
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
-    torch.manual_seed(cfg.seed)
+    """Train PPO on ``cfg.env_id``; writes config.yaml, metrics.jsonl, checkpoint/ (and eval.json)."""
+    run = Run("gym", cfg)  # threads (tiny MLPs: one is faster than several), seed
+    out = run.out
 
     envs = make_envs(cfg.env_id, cfg.num_envs)
     act_space = envs.single_action_space
@@ -106,30 +102,21 @@ def train_gym(cfg: GymConfig) -> dict:
         raise ConfigError(f"total_steps: {cfg.total_steps} is less than one rollout (num_envs × num_steps = {batch_size})")
     global_step, update, recent_returns = 0, 0, deque(maxlen=20)
 
-    metrics_path = out / "metrics.jsonl"
-    ckpt_path = out / CHECKPOINT
-    if cfg.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=True)
-        agent.load_state_dict(state["agent"])
-        optimizer.load_state_dict(state["optimizer"])
-        normalize_obs.rms.load_state_dict(state["obs_rms"])
-        reward_rms.load_state_dict(state["reward_rms"])
-        torch.set_rng_state(state["torch_rng"])
-        global_step, update = state["global_step"], state["update"]
-        recent_returns.extend(state["recent_returns"])
-        truncate_metrics(metrics_path, global_step)
-    elif metrics_path.exists():
-        metrics_path.unlink()
+    def restore(tensors: dict) -> None:  # the checkpoint's parts beyond the optimiser and the RNG
+        nonlocal global_step, update
+        agent.load_state_dict(tensors["agent"])
+        normalize_obs.rms.load_state_dict(tensors["obs_rms"])
+        reward_rms.load_state_dict(tensors["reward_rms"])
+        global_step, update = tensors["global_step"], tensors["update"]
+        recent_returns.extend(tensors["recent_returns"])
 
-    def save_checkpoint() -> None:
-        state = {"agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
-                 "obs_rms": normalize_obs.rms.state_dict(), "reward_rms": reward_rms.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "global_step": global_step, "update": update,
-                 "recent_returns": list(recent_returns), "config": to_dict(cfg)}
-        torch.save(state, out / (CHECKPOINT + ".tmp"))
-        (out / (CHECKPOINT + ".tmp")).replace(ckpt_path)  # atomic: an interrupted save keeps the last one
+    def save(folder: Path | None) -> dict:
+        return {"agent": agent.state_dict(), "obs_rms": normalize_obs.rms.state_dict(), "reward_rms": reward_rms.state_dict(),
+                "global_step": global_step, "update": update, "recent_returns": list(recent_returns)}
 
-    logger = MetricsLogger(out, cfg.report_to, config=to_dict(cfg))
+    run.save = save
+    run.begin(optimizer, None, run.checkpoint_to_resume(), restore=restore)  # metrics are logged by environment step
+    logger = run.logger
 
     # Rollout storage, time last: (num_envs, num_steps), as ppo.advantages.gae expects.
     obs_buf = torch.zeros((cfg.num_envs, cfg.num_steps) + envs.single_observation_space.shape)
@@ -234,7 +221,7 @@ def train_gym(cfg: GymConfig) -> dict:
             if update % cfg.log_every == 0 or update == num_updates:
                 logger.log(global_step, {k: v for k, v in row.items() if k != "step"})
             if (cfg.save_every and update % cfg.save_every == 0) or update == num_updates:
-                save_checkpoint()
+                run.save_checkpoint(global_step)
             ret = row["episodic_return"]
             progress.update(task, completed=global_step,
                             info=f"return {ret:.1f}  {row['sps']} steps/s" if ret is not None else "")

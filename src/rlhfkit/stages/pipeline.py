@@ -26,6 +26,7 @@ from rich.console import Console
 from rlhfkit.config import (
     ConfigError,
     EvalConfig,
+    PipelineConfig,
     PPOConfig,
     RewardConfig,
     SampleConfig,
@@ -134,28 +135,6 @@ class BudgetClock:
 
     def save(self) -> None:
         self.path.write_text(json.dumps({"spent_s": round(self.seconds(), 1)}), encoding="utf-8")
-
-
-@dataclass
-class PipelineConfig:
-    """The whole pipeline for one recipe."""
-
-    recipe: str = "tutor"  # recipe name (recipes/<name>/) or a recipe folder
-    output: str = "runs/pipeline"  # run folder: sft/, candidates.jsonl, feedback.jsonl, rm/, ppo/, eval/, report.html
-    model: str = "default"  # starting model spec
-    budget_minutes: float | None = None  # the run ends near this many minutes: counts planned from measured speed (None: the recipe's own)
-    feedback: str = "simulated"  # simulated (gold-judge annotators) | app (the feedback app's database)
-    db: str = "feedback.db"  # feedback app database (with feedback: app)
-    target: int = 0  # feedback app: answers to wait for before training the reward model (0: one per task)
-    wait: bool = True  # feedback app: wait for the target (False: use the answers already there)
-    poll_seconds: float = 10.0  # feedback app: seconds between progress checks while waiting
-    rounds: int = 1  # sample → feedback → reward model → PPO rounds (iterated RLHF)
-    overrides: dict = field(default_factory=dict)  # per-stage keys over the recipe's, e.g. {rm: {model: tiny-minilm}}
-    best_of: int = 0  # eval: add the reference's best-of-N answers by reward-model score as a baseline
-    deadline: bool = True  # PPO stops early (after an update, checkpoint saved) when the budget would be overrun
-    eval_reserve_minutes: float | None = None  # minutes of the budget kept for eval and the report, eval then at its count (None: planned from measured speed)
-    seed: int = 0
-    threads: int = 0  # torch threads (0: leave torch's default)
 
 
 def stage_config(cls: type, section: dict, where: str, **fixed: Any):
