@@ -83,7 +83,7 @@ def main() -> None:
 
     held = {prompt_key(p) for p in json.loads((out / name / "split.json").read_text())["eval_prompts"]}
     held_candidates = [c for c in candidates if prompt_key(c) in held]
-    gold = score_groups(out / name, gold_groups(held_candidates, "sentiment"), batch_size=32)
+    gold = score_groups(out / name, gold_groups(held_candidates, get_judge("sentiment")), batch_size=32)
     print(json.dumps({
         "backbone": args.model, "seed": args.seed, "lora": args.lora, "trainable_layers": args.trainable_layers, "lr": args.lr, "pooling": args.pooling, "weight_decay": args.weight_decay, "prompts": len(candidates), "held_out_prompts": len(held_candidates),
         "noise": {"temperature": args.temperature, "flip_rate": args.flip, "annotators": args.annotators, "per_prompt": args.per_prompt, "bias_std": 0.5},

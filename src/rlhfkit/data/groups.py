@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 from rlhfkit.data.formats import detect_kind, feedback_to_pairs, prompt_key, prompt_messages, ratings_to_pairs
 
@@ -64,11 +65,10 @@ def build_groups(records: list[dict], rating_loss: str = "pairs") -> list[Group]
     return [g for g in groups.values() if g.pairs or g.targets]
 
 
-def gold_groups(records: list[dict], judge: str) -> list[Group]:
-    """Groups from candidates records ordered by a gold judge: every pair whose gold scores differ."""
-    from rlhfkit.judges import get_judge
-
-    fn = get_judge(judge)
+def gold_groups(records: list[dict], judge: Callable[[list[dict], list[str]], list[float]]) -> list[Group]:
+    """Groups from candidates records ordered by a gold judge ``judge(prompts, responses) -> scores``: every
+    pair whose gold scores differ."""
+    fn = judge
     groups = []
     for rec in records:
         responses = list(rec["responses"])

@@ -322,6 +322,7 @@ def rm_gold_check(rm_dir: Path, candidates: Path, judge: str) -> dict | None:
     """
     from rlhfkit.data.formats import prompt_key
     from rlhfkit.data.groups import gold_groups
+    from rlhfkit.judges import get_judge
     from rlhfkit.stages.reward_model import score_groups
 
     path = rm_dir / "gold_check.json"
@@ -334,7 +335,7 @@ def rm_gold_check(rm_dir: Path, candidates: Path, judge: str) -> dict | None:
     records = [c for c in read_records(candidates, "candidates") if prompt_key(c) in held]
     if not records:
         return None
-    groups = gold_groups(records, judge)
+    groups = gold_groups(records, get_judge(judge))
     out = {"judge": judge, "held_out_prompts": len(records), "gold_pairs": 0, "gold_accuracy": None}
     if groups:
         res = score_groups(rm_dir, groups, batch_size=32)

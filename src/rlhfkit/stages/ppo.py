@@ -450,6 +450,31 @@ def step_uniforms(seed: int, step: int, batch_size: int, lo: int, hi: int):
     return lambda: torch.rand(batch_size, generator=noise, dtype=torch.float64)[lo:hi]
 
 
+def check_batches(cfg: PPOConfig) -> tuple[int, int]:
+    """(processes, this one's rank), after checking that a batch splits into prompts × samples_per_prompt,
+    minibatches and processes."""
+    world = dist.world_size()
+    if cfg.batch_size % cfg.num_minibatches:
+        raise ValueError(f"num_minibatches: {cfg.num_minibatches} does not divide batch_size {cfg.batch_size}")
+    if cfg.samples_per_prompt < 1 or cfg.batch_size % cfg.samples_per_prompt:
+        raise ConfigError(f"samples_per_prompt: {cfg.samples_per_prompt} does not divide batch_size {cfg.batch_size}")
+    if cfg.batch_size % (cfg.num_minibatches * world):
+        raise ConfigError(f"batch_size: {cfg.batch_size} does not split into {cfg.num_minibatches} minibatches × {world} "
+                          f"processes; use a multiple of {cfg.num_minibatches * world}")
+    return world, dist.rank()
+
+
+def build_optimiser(cfg: PPOConfig, lr: float, policy, value_module):
+    """One AdamW over the policy's and the value's trainable parameters (the value at ``value_lr``), the
+    learning-rate schedule (constant, or linear to 0 over ``max_steps``), and those parameters."""
+    policy_params, value_params = trainable(policy), trainable(value_module)
+    optimizer = torch.optim.AdamW([{"params": policy_params, "lr": lr},
+                                   {"params": value_params, "lr": cfg.value_lr or lr}], eps=cfg.adam_eps, weight_decay=0.0,
+                                  fused=True)  # one pass over each tensor instead of a Python loop over them
+    decay = (lambda s: max(0.0, 1.0 - s / cfg.max_steps)) if cfg.schedule == "linear" else (lambda s: 1.0)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, decay), policy_params + value_params
+
+
 def train_ppo(cfg: PPOConfig) -> dict:
     """Run PPO as configured; returns the last logged metrics.
 
@@ -460,14 +485,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     """
     run = Run("ppo", cfg)
     out = run.out
-    if cfg.batch_size % cfg.num_minibatches:
-        raise ValueError(f"num_minibatches: {cfg.num_minibatches} does not divide batch_size {cfg.batch_size}")
-    world, me = dist.world_size(), dist.rank()
-    if cfg.samples_per_prompt < 1 or cfg.batch_size % cfg.samples_per_prompt:
-        raise ConfigError(f"samples_per_prompt: {cfg.samples_per_prompt} does not divide batch_size {cfg.batch_size}")
-    if cfg.batch_size % (cfg.num_minibatches * world):
-        raise ConfigError(f"batch_size: {cfg.batch_size} does not split into {cfg.num_minibatches} minibatches × {world} "
-                          f"processes; use a multiple of {cfg.num_minibatches * world}")
+    world, me = check_batches(cfg)
     accelerator = dist.get_accelerator()
     if dist.is_sharded(accelerator):
         raise ConfigError("ppo: runs in one process or under DDP (configs/accelerate/ddp.yaml); FSDP/DeepSpeed are not supported")
@@ -493,14 +511,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
             module.to(device)
     speed_up(policy, reference, value_model, reward.model, device=device, head_apart=True)  # the head: accel/head.py
     lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 3e-6)
-    value_module = value_model if value_model is not None else value_head
-    policy_params, value_params = trainable(policy), trainable(value_module)
-    params = policy_params + value_params
-    optimizer = torch.optim.AdamW([{"params": policy_params, "lr": lr},
-                                   {"params": value_params, "lr": cfg.value_lr or lr}], eps=cfg.adam_eps, weight_decay=0.0,
-                                  fused=True)  # one pass over each tensor instead of a Python loop over them
-    decay = (lambda s: max(0.0, 1.0 - s / cfg.max_steps)) if cfg.schedule == "linear" else (lambda s: 1.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    optimizer, scheduler, params = build_optimiser(cfg, lr, policy, value_model if value_model is not None else value_head)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     health = HealthMonitor(cfg.max_new_tokens)

@@ -27,6 +27,7 @@ from rlhfkit.config import RewardConfig
 from rlhfkit.data.formats import RecordError, detect_kind, prompt_key, read_located, read_records, record_responses
 from rlhfkit.data.groups import Group, build_groups, flatten, gold_groups
 from rlhfkit.data.splits import batch_indices, split_records
+from rlhfkit.judges import get_judge
 from rlhfkit.models.reward import STATS_FILE, RewardModule, RewardScorer, build_reward_model, rm_inputs, score_texts
 from rlhfkit.run import Run
 
@@ -302,7 +303,7 @@ def score_groups(model: str | Path, groups: list[Group], batch_size: int = 16) -
 def eval_file(model: str, data: str, judge: str | None = None, batch_size: int = 16) -> dict:
     """``rlhf rm eval``: pair accuracy, loss, reward gap on a feedback file (or candidates ordered by a gold judge)."""
     if judge:
-        groups = gold_groups(read_records(data, "candidates"), judge)
+        groups = gold_groups(read_records(data, "candidates"), get_judge(judge))
     else:
         groups = build_groups(read_records(data, "auto"), "pairs")
     if not groups:
