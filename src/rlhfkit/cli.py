@@ -18,8 +18,21 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import typer
 
-from rlhfkit.config import (EvalConfig, FeedbackConfig, GenerateConfig, GymConfig, PipelineConfig, PPOConfig, RewardConfig,
-                            SampleConfig, SFTConfig, SimulateConfig, load_config, parse_set)
+from rlhfkit.config import (
+    DPOConfig,
+    EvalConfig,
+    FeedbackConfig,
+    GenerateConfig,
+    GymConfig,
+    PipelineConfig,
+    PPOConfig,
+    RewardConfig,
+    SampleConfig,
+    SFTConfig,
+    SimulateConfig,
+    load_config,
+    parse_set,
+)
 
 app = typer.Typer(help="rlhfkit: RLHF with PPO, end to end: SFT, sampling, feedback, reward model, PPO, evaluation.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -516,11 +529,13 @@ def rm_eval(
 
 
 @app.command()
-@config_command(PPOConfig, ["policy", "reward", "prompts", "output", "max_steps", "batch_size", "max_new_tokens",
-                            "ppo_epochs", "num_minibatches", "lora", "value_model", "resume", "report_to", "seed"],
+@config_command(PPOConfig, ["algo", "policy", "reward", "prompts", "output", "max_steps", "batch_size", "samples_per_prompt",
+                            "max_new_tokens", "ppo_epochs", "num_minibatches", "lora", "value_model", "resume", "report_to",
+                            "seed"],
                 LORA_FLAGS)
 def ppo(cfg):
-    """PPO against a reward model or a gold judge (KL penalty, GAE, clipped losses, health checks)."""
+    """PPO against a reward model or a gold judge (KL penalty, GAE, clipped losses, health checks); --algo grpo, rloo
+    or reinforce++ for a critic-free advantage on the same rollout, losses and checks."""
     from rlhfkit.stages.ppo import PPOHealthError, train_ppo
 
     if not cfg.prompts:
@@ -535,6 +550,18 @@ def ppo(cfg):
         if type(e) is not ValueError:
             raise
         fail(str(e))
+
+
+@app.command()
+@config_command(DPOConfig, ["model", "data", "output", "beta", "loss_type", "max_steps", "batch_size", "lr", "lora", "eval_data",
+                            "resume", "report_to", "seed"], LORA_FLAGS)
+def dpo(cfg):
+    """DPO (or IPO) straight from feedback: pairs, rankings, ratings and edits, no reward model, no sampling."""
+    from rlhfkit.stages.dpo import train_dpo
+
+    if not cfg.data:
+        fail("--data is required (a feedback JSONL file)")
+    train_dpo(cfg)
 
 
 @app.command()

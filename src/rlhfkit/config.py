@@ -402,6 +402,57 @@ class SimulateConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Direct preference optimisation from feedback (``rlhf dpo``): the policy learns the preferences with no reward
+    model and no sampling; defaults after TRL's DPOTrainer (β 0.1, sigmoid loss)."""
+
+    model: str = field(default="default", metadata={
+        "help": "Starting policy spec: an SFT run folder (its merged/ model) | default | tiny | a path | a hub id."})
+    data: str = field(default="", metadata={
+        "help": "Feedback JSONL: preference pairs, rankings (every ordered pair), ratings (pairs within a prompt) or "
+                "edits (edited ≻ original), mixed as the reward model reads them."})
+    output: str = field(default="runs/dpo", metadata={"help": "Run folder."})
+    eval_data: str | None = field(default=None, metadata={
+        "help": "Held-out feedback JSONL (default: an eval_fraction share of the prompts)."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Share of prompts held out (a prompt is never on both sides)."})
+    beta: float = field(default=0.1, metadata={
+        "help": "The KL coefficient β: how far from the reference the policy may move (larger: closer to it)."})
+    loss_type: typing.Literal["sigmoid", "ipo"] = field(default="sigmoid", metadata={
+        "help": "The loss: sigmoid (DPO, −log σ(β·h)) or ipo ((h − 1/(2β))², on length-averaged log-probs)."})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "With the sigmoid loss, the assumed share of flipped labels ε (conservative DPO; 0: off)."})
+    max_steps: int = field(default=100, metadata={"help": "Optimiser steps."})
+    batch_size: int = field(default=8, metadata={"help": "Preference pairs per optimiser step."})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimiser step (batch_size is split into them)."})
+    lr: float = field(default=5e-6, metadata={"help": "Peak learning rate (LoRA: about 10× larger, e.g. 5e-5)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps."})
+    schedule: typing.Literal["cosine", "linear", "constant"] = field(default="linear", metadata={
+        "help": "Learning-rate decay after warm-up: cosine | linear | constant."})
+    max_len: int = field(default=256, metadata={"help": "Tokens of prompt + answer kept (the answer is cut from its end)."})
+    max_prompt_len: int = field(default=192, metadata={"help": "Prompt tokens kept (from the end)."})
+    chat: bool = field(default=True, metadata={"help": "Apply the tokenizer's chat template to prompts."})
+    lora: bool = field(default=True, metadata={
+        "help": "Train LoRA adapters (the reference is then the same weights, adapters off; else a frozen copy)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the adapters' scale is alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA adapters' input."})
+    lora_targets: list[str] = field(default_factory=_lora_targets, metadata={"help": "Modules that get LoRA adapters."})
+    merge_lora: bool = field(default=True, metadata={"help": "Also write a merged full model to output/merged."})
+    grad_clip: float = field(default=1.0, metadata={"help": "Global gradient-norm clip."})
+    precision: typing.Literal["auto", "fp32", "bf16"] = field(default="fp32", metadata={
+        "help": "Matmuls: fp32, bf16 autocast, or auto (bf16 where the hardware runs it fast)."})
+    eval_every: int = field(default=25, metadata={"help": "Steps between held-out evaluations (0: only at the end)."})
+    save_every: int = field(default=25, metadata={"help": "Steps between checkpoints (0: only at the end)."})
+    log_every: int = field(default=1, metadata={"help": "Steps between metrics.jsonl lines."})
+    report_to: typing.Literal["tensorboard", "wandb", "mlflow", "none"] = field(default="tensorboard", metadata={
+        "help": "Where metrics go besides metrics.jsonl: tensorboard | wandb | mlflow | none."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    resume: bool = field(default=False, metadata={"help": "Continue from output/checkpoint if it exists."})
+    threads: int = field(default=0, metadata={"help": "Torch threads (0: leave torch's default)."})
+
+
+@dataclass
 class RewardConfig:
     """Reward-model training from preference, ranking, rating and edit feedback (``rlhf rm train``)."""
 
@@ -468,6 +519,11 @@ class RewardConfig:
 class PPOConfig:
     """PPO on a language model (``rlhf ppo``). Defaults: the N+ implementation details paper (Huang et al. 2024)."""
 
+    algo: typing.Literal["ppo", "grpo", "rloo", "reinforce++"] = field(default="ppo", metadata={
+        "help": "The advantage estimator: ppo (a value model and GAE) or a critic-free one: grpo (group-normalised "
+                "scores, the KL in the loss), rloo (leave-one-out over the prompt's answers, the KL in the reward) or "
+                "reinforce++ (per-token KL rewards, returns normalised over the batch). grpo and rloo need "
+                "samples_per_prompt ≥ 2."})
     policy: str = field(default="default", metadata={
         "help": "Starting policy spec: an SFT run folder | default | tiny | a path | a hub id."})
     reward: str = field(default="", metadata={
@@ -514,6 +570,14 @@ class PPOConfig:
         "help": "Draw sampling noise per row of the global batch (always on under several processes, so that N "
                 "processes sample what one does)."})
     chat: bool = field(default=True, metadata={"help": "Apply the tokenizer's chat template to prompts."})
+    kl_estimator: typing.Literal["auto", "k1", "k2", "k3"] = field(default="auto", metadata={
+        "help": "Per-token KL estimator: k1 (log π − log π_ref), k2 (½ of its square) or k3 ((1/r − 1) + log r, "
+                "never negative); auto: k3 for grpo, whose KL is a loss term, k1 for the others."})
+    loss_agg: typing.Literal["token", "sequence", "constant"] = field(default="token", metadata={
+        "help": "Policy loss over a minibatch: token (mean over every token; PPO, DAPO), sequence (each answer's mean, "
+                "then their mean; GRPO as published) or constant (token sum ÷ answers × max_new_tokens; Dr. GRPO)."})
+    scale_rewards: bool = field(default=True, metadata={
+        "help": "With grpo, divide each group's centred scores by the group's std (off: Dr. GRPO)."})
     kl_coef: float = field(default=0.05, metadata={
         "help": "KL coefficient β: weight of the per-token KL penalty (the initial value when adaptive)."})
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt β towards kl_target."})

@@ -82,7 +82,7 @@ class Run:
             self.say(f"no checkpoint in {self.out}; starting from the beginning")
         return ckpt
 
-    def prepare(self, model, accelerator):
+    def prepare(self, model, accelerator, head_apart: bool = False):
         """AdamW over the trainable parameters, the learning-rate schedule, the CPU speed paths, then
         ``accelerator.prepare`` (DDP / FSDP / DeepSpeed as ``accelerate launch`` configured; one plain process:
         the model as it is). Returns (model, optimizer, scheduler, trainable parameters).
@@ -97,7 +97,8 @@ class Run:
         name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
         if not dist.is_sharded(accelerator):
-            speed_up(model, device=accelerator.device)  # fp32 products through oneDNN on a CPU; bf16 is oneDNN's already
+            # fp32 products through oneDNN on a CPU (bf16 is oneDNN's already); head_apart: the head has its own route
+            speed_up(model, device=accelerator.device, head_apart=head_apart)
         model, optimizer = accelerator.prepare(model, optimizer)
         params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
         return model, optimizer, scheduler, params

@@ -4,7 +4,10 @@ import torch
 from rlhfkit.rl.advantages import (
     AdaptiveKLController,
     FixedKLController,
+    discounted_returns,
     gae,
+    group_advantages,
+    kl_estimate,
     kl_penalty_rewards,
     leave_one_out,
     masked_mean,
@@ -149,3 +152,42 @@ def test_leave_one_out_subtracts_the_mean_of_the_prompts_other_responses():
     assert torch.allclose(leave_one_out(torch.tensor([4.0, 1.0]), 2), torch.tensor([3.0, -3.0]))
     with pytest.raises(ValueError, match="groups of k=4"):
         leave_one_out(scores, 4)
+
+
+def test_grpo_advantages_centre_each_group_and_divide_by_its_std_or_not_as_dr_grpo():
+    scores = torch.tensor([1.0, 3.0, 5.0, 7.0, 2.0, 2.0])  # two groups of three
+    # group 1: mean 3, std (unbiased) 2 → −1, 0, 1; group 2: mean 11/3, std √(25/3) ≈ 2.887
+    adv = group_advantages(scores, 3)
+    assert adv[:3].tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-4)
+    assert adv[3:].tolist() == pytest.approx([10 / 3 / 2.8868, -5 / 3 / 2.8868, -5 / 3 / 2.8868], abs=1e-3)
+    assert group_advantages(scores, 3, scale=False).tolist() == pytest.approx([-2.0, 0.0, 2.0, 10 / 3, -5 / 3, -5 / 3])
+    assert group_advantages(torch.tensor([4.0, 4.0]), 2).tolist() == [0.0, 0.0]  # equal answers: no signal, no NaN
+    with pytest.raises(ValueError, match="groups of k=3"):
+        group_advantages(torch.zeros(4), 3)
+
+
+def test_the_three_kl_estimators_on_hand_computed_log_ratios():
+    logp, ref = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -0.5])  # log r = 0.5, −1, 0
+    assert kl_estimate(logp, ref, "k1").tolist() == pytest.approx([0.5, -1.0, 0.0])
+    assert kl_estimate(logp, ref, "k2").tolist() == pytest.approx([0.125, 0.5, 0.0])
+    # k3 = (1/r − 1) + log r: e^−0.5 − 1 + 0.5, e^1 − 1 − 1, 0; never negative
+    import math
+    assert kl_estimate(logp, ref, "k3").tolist() == pytest.approx([math.exp(-0.5) - 0.5, math.e - 2.0, 0.0])
+    with pytest.raises(ValueError, match="k1, k2 or k3"):
+        kl_estimate(logp, ref, "k4")
+
+
+def test_discounted_returns_sum_the_rewards_to_go_and_stop_at_padding():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 9.0], [0.0, 0.0, 5.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    assert discounted_returns(rewards, mask).tolist() == [[6.0, 5.0, 3.0, 0.0], [5.0, 5.0, 5.0, 0.0]]
+    assert discounted_returns(rewards, mask, gamma=0.5)[0].tolist() == [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0, 0.0]
+
+
+def test_kl_penalty_rewards_take_the_chosen_estimator():
+    logp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    mask = torch.ones(1, 2)
+    k1, _, _ = kl_penalty_rewards(logp, ref, torch.tensor([1.0]), mask, beta=0.1)
+    k2, kl2, _ = kl_penalty_rewards(logp, ref, torch.tensor([1.0]), mask, beta=0.1, estimator="k2")
+    assert k1[0].tolist() == pytest.approx([-0.05, 0.1 + 1.0])
+    assert kl2[0].tolist() == pytest.approx([0.125, 0.5]) and k2[0].tolist() == pytest.approx([-0.0125, -0.05 + 1.0])

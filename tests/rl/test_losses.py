@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rlhfkit.rl.losses import (
+    aggregate,
     entropy_from_logits,
     explained_variance,
     logprobs_from_logits,
@@ -126,3 +127,29 @@ def test_explained_variance_is_1_for_perfect_values_0_for_the_mean_and_ignores_p
     assert explained_variance(returns, returns, mask).item() == pytest.approx(1.0)
     assert explained_variance(torch.full_like(returns, 2.0), returns, mask).item() == pytest.approx(0.0)
     assert math.isnan(explained_variance(torch.zeros(3), torch.ones(3)).item())
+
+
+def test_loss_aggregation_by_token_by_answer_or_by_a_constant_length():
+    per_token = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
+    assert float(aggregate(per_token, mask, "token")) == pytest.approx(8 / 5)  # every token weighs the same
+    assert float(aggregate(per_token, mask, "sequence")) == pytest.approx((1.0 + 4.0) / 2)  # every answer weighs the same
+    assert float(aggregate(per_token, mask, "constant", max_len=8)) == pytest.approx(8 / (2 * 8))  # Dr. GRPO
+    with pytest.raises(ValueError, match="token, sequence or constant"):
+        aggregate(per_token, mask, "mean")
+
+
+def test_dpo_and_ipo_losses_on_hand_computed_log_probs():
+    from rlhfkit.rl.losses import dpo_loss
+
+    pc, pr, rc, rr = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -4.0]), torch.tensor([-3.5, -5.0]), torch.tensor([-3.5, -3.0])
+    # h = (log π − log π_ref)(chosen) − (…)(rejected): (0.5 − (−0.5)) = 1, (0 − (−1)) = 1
+    losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, beta=0.5)
+    assert losses.tolist() == pytest.approx([math.log(1 + math.exp(-0.5))] * 2)  # −log σ(β·h)
+    assert chosen.tolist() == pytest.approx([0.25, 0.0]) and rejected.tolist() == pytest.approx([-0.25, -0.5])
+    smoothed, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1)
+    assert smoothed.tolist() == pytest.approx([0.9 * math.log(1 + math.exp(-0.5)) + 0.1 * math.log(1 + math.exp(0.5))] * 2)
+    ipo, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="ipo")
+    assert ipo.tolist() == pytest.approx([(1 - 1 / (2 * 0.5)) ** 2] * 2)  # h − 1/(2β) = 0: IPO is content at h = 1/(2β)
+    with pytest.raises(ValueError, match="sigmoid or ipo"):
+        dpo_loss(pc, pr, rc, rr, loss_type="kto")

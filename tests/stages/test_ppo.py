@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -184,7 +185,7 @@ def test_a_reward_model_with_another_tokenizer_scores_text_and_the_value_falls_b
 WORDS = ["apple", "banana", "cherry", "dragon", "eagle", "falcon", "grape", "harbor"]
 
 
-def rewarded_word_gain(tmp_path: Path, seed: int = 0) -> tuple[float, float]:
+def rewarded_word_gain(tmp_path: Path, seed: int = 0, algo: str = "ppo") -> tuple[float, float]:
     """Bananas per answer over PPO's first and last 10 of 30 updates, for a tiny policy that names one of 8 words.
 
     SFT teaches each of four prompts all eight answers ("The word is <w>."), so the policy starts as a mixture
@@ -202,7 +203,7 @@ def rewarded_word_gain(tmp_path: Path, seed: int = 0) -> tuple[float, float]:
     prompt_file = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in prompts])
     train_sft(SFTConfig(model="tiny", data=str(data), output=str(tmp_path / "sft"), max_steps=60, batch_size=8, lr=5e-3,
                         warmup_steps=2, eval_fraction=0.0, save_every=0, report_to="none", threads=1, seed=seed))
-    train_ppo(PPOConfig(policy=str(tmp_path / "sft"), reward="judge:banana-count", prompts=str(prompt_file),
+    train_ppo(PPOConfig(algo=algo, policy=str(tmp_path / "sft"), reward="judge:banana-count", prompts=str(prompt_file),
                         output=str(tmp_path / "ppo"), max_steps=30, batch_size=16, samples_per_prompt=4, num_minibatches=2,
                         max_new_tokens=8, lora=False, lr=1e-3, kl_coef=0.01, temperature=1.0, missing_eos_penalty=None, save_every=0,
                         report_to="none", threads=1, seed=seed))
@@ -211,8 +212,9 @@ def rewarded_word_gain(tmp_path: Path, seed: int = 0) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(tmp_path):
-    first, last = rewarded_word_gain(tmp_path)
+@pytest.mark.parametrize("algo", ["ppo", "grpo", "rloo", "reinforce++"])
+def test_ppo_makes_a_tiny_policy_say_the_rewarded_word_more_often(tmp_path, algo):
+    first, last = rewarded_word_gain(tmp_path, algo=algo)
     # two more bananas in every answer; seeds 0-9 under both CPU matmul routes clear it with room to spare
     # (bench/learning_margins.py; figures in bench/RESULTS.md)
     assert last >= first + 2.0, (first, last)
@@ -437,5 +439,82 @@ def test_ctrl_c_during_a_held_out_evaluation_saves_the_update_just_taken_and_res
     import rlhfkit.stages.ppo as ppo
 
     kw = held_out_kw(prompts_file, "length", eval_every=2, max_steps=4)  # evaluations at steps 0, 2, 4: the second in update 2
+    check_ctrl_c_during_evaluation(monkeypatch, tmp_path, train_ppo, lambda out, **more: tiny_cfg(prompts_file, out, **kw, **more),
+                                   ppo, "evaluate", saved_step=2, weights="adapter_model.safetensors", tolerance=1e-5)
+
+
+# ------------------------------------------------------------------------------ critic-free algorithms (--algo)
+
+
+class SameReward:
+    def normalize(self, scores):
+        return scores
+
+
+def two_prompts_two_answers() -> Rollout:
+    """Rows 0-1 answer one prompt, rows 2-3 another; row 3 ends after two tokens; log π − log π_ref = 0.1 per token."""
+    mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0]])
+    logp = torch.full((4, 3), -1.0) * mask
+    return Rollout(torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), torch.zeros(4, 3, dtype=torch.long), mask, logp,
+                   (logp - 0.1) * mask, torch.zeros(4, 3), torch.zeros(4, 3), ["a", "b", "c", "d"], torch.ones(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("algo, expected", [
+    # grpo: centred within each prompt's pair and divided by the pair's std (√2 for a gap of 2, √0.5 for a gap of 1)
+    ("grpo", [[1 / 2 ** 0.5] * 3, [-1 / 2 ** 0.5] * 3, [-0.5 / 0.5 ** 0.5] * 3, [0.5 / 0.5 ** 0.5] * 2 + [0.0]]),
+    # rloo: score − β·(summed KL: 0.3, or 0.2 for row 3), less the other answer's
+    ("rloo", [[2.0] * 3, [-2.0] * 3, [-1.01] * 3, [1.01] * 2 + [0.0]]),
+    # reinforce++: leave-one-out scores (±2, ∓1) on the last token, −β·0.1 on each, summed to go
+    ("reinforce++", [[1.97, 1.98, 1.99], [-2.03, -2.02, -2.01], [-1.03, -1.02, -1.01], [0.98, 0.99, 0.0]]),
+])
+def test_each_critic_free_advantage_on_a_hand_made_rollout(algo, expected, prompts_file):
+    cfg = tiny_cfg(prompts_file, "unused", algo=algo, samples_per_prompt=2, whiten_advantages=False, missing_eos_penalty=None)
+    adv = compute_advantages(cfg, two_prompts_two_answers(), torch.tensor([3.0, 1.0, 0.0, 1.0]), SameReward(), beta=0.1)
+    assert adv["advantages"].tolist() == [pytest.approx(row, abs=1e-3) for row in expected]
+    assert adv["returns"].abs().sum() == 0 or algo == "reinforce++"  # no critic to fit
+
+
+def test_grpo_adds_beta_times_the_k3_kl_to_the_loss_and_others_do_not(prompts_file):
+    torch.manual_seed(0)
+    tok, policy = load_tokenizer("tiny"), load_causal_lm("tiny")
+    ids = [[tok.bos_token_id, 100 + i, 200 + i] for i in range(4)]
+    r, _ = collect(policy, tok, ids, [{"prompt": "Hi"}] * 4, JudgeReward("length"), max_new_tokens=6, temperature=0.7,
+                   reference=policy)
+    ref = r.ref_logprobs - 0.2 * r.response_mask  # a reference 0.2 nats less likely per token: a KL to pay
+    r = Rollout(r.query, r.query_mask, r.response, r.response_mask, r.logprobs, ref, r.values, r.entropy, r.texts, r.has_eos)
+    losses = {}
+    for algo, beta in (("grpo", 0.0), ("grpo", 0.5), ("rloo", 0.5)):
+        cfg = tiny_cfg(prompts_file, "unused", algo=algo, samples_per_prompt=2)
+        adv = {**compute_advantages(cfg, r, torch.tensor([1.0, 2.0, 3.0, 5.0]), SameReward(), beta), "beta": beta}
+        with torch.no_grad():
+            losses[algo, beta], stats, _ = ppo_loss(cfg, policy, None, None, r, adv, torch.arange(4))
+    k3 = math.expm1(-0.2) + 0.2  # per token: the policy's log-probs are the rollout's, log r = 0.2
+    assert float(stats.get("kl_loss", 0.0)) == 0.0
+    assert float(losses["grpo", 0.5] - losses["grpo", 0.0]) == pytest.approx(0.5 * k3, abs=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "reinforce++"])
+def test_a_critic_free_run_has_no_value_model_and_logs_what_ppo_logs(algo, prompts_file, tmp_path):
+    out = tmp_path / algo
+    train_ppo(tiny_cfg(prompts_file, out, algo=algo, samples_per_prompt=2, value_model="reward"))
+    log = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in log] == [1, 2]
+    assert DESIGN_KEYS - {"explained_variance"} <= set(log[-1]) and all(r["value_loss"] == 0.0 for r in log)
+    assert all(r["logprob_mismatch"] < 1e-5 for r in log)
+    assert not (out / "value").exists()
+    assert ("kl_loss" in log[-1]) == (algo == "grpo")
+
+
+def test_grpo_and_rloo_refuse_one_answer_per_prompt(prompts_file, tmp_path):
+    from rlhfkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="samples_per_prompt: grpo compares each answer"):
+        train_ppo(tiny_cfg(prompts_file, tmp_path / "one", algo="grpo", samples_per_prompt=1))
+
+
+def test_ctrl_c_then_resume_of_a_critic_free_run_continues_as_an_unbroken_one(prompts_file, tmp_path, monkeypatch, python_ctrl_c):
+    import rlhfkit.stages.ppo as ppo
+
+    kw = held_out_kw(prompts_file, "length", eval_every=2, max_steps=4, algo="grpo", samples_per_prompt=2)
     check_ctrl_c_during_evaluation(monkeypatch, tmp_path, train_ppo, lambda out, **more: tiny_cfg(prompts_file, out, **kw, **more),
                                    ppo, "evaluate", saved_step=2, weights="adapter_model.safetensors", tolerance=1e-5)

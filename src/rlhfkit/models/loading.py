@@ -247,3 +247,9 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, targets:
     targets = [t for t in (targets or []) if t in names] or "all-linear"
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type)
     return get_peft_model(model, cfg)
+
+
+def load_start(spec: str):
+    """The starting weights; an SFT LoRA run is merged, so it is the policy's (and reference's) base."""
+    model = load_causal_lm(spec)
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model

@@ -1,4 +1,5 @@
-"""PPO advantage maths shared by the language-model trainer and the Gymnasium trainer (docs/design.md §4).
+"""Advantage maths of PPO and the critic-free methods (GRPO, RLOO, REINFORCE++), shared by the language-model
+trainer and the Gymnasium trainer (docs/design.md §4).
 
 Pure functions on tensors. Time is the last dimension: ``(batch, T)``. A ``mask`` is 1 on positions that
 count (response tokens) and 0 on padding; a row's valid positions are a prefix. Statistics ignore masked
@@ -31,6 +32,44 @@ def leave_one_out(scores: Tensor, k: int) -> Tensor:
     groups = scores.reshape(-1, k)
     others = (groups.sum(1, keepdim=True) - groups) / (k - 1)
     return (groups - others).reshape(scores.shape)
+
+
+def group_advantages(scores: Tensor, k: int, scale: bool = True, eps: float = 1e-4) -> Tensor:
+    """GRPO's advantage (Shao et al. 2024): each score less the mean of its group (``k`` consecutive entries: one
+    prompt's answers), divided by the group's standard deviation; ``scale=False`` leaves the std out, as
+    Dr. GRPO (Liu et al. 2025) does, so prompts whose answers barely differ are not blown up."""
+    if k < 2 or scores.shape[0] % k:
+        raise ValueError(f"group_advantages: {scores.shape[0]} scores do not split into groups of k={k} ≥ 2")
+    groups = scores.reshape(-1, k)
+    advantages = groups - groups.mean(1, keepdim=True)  # the group mean is the baseline
+    if scale:
+        advantages = advantages / (groups.std(1, keepdim=True) + eps)  # per-group std (unbiased, as GRPO)
+    return advantages.reshape(scores.shape)
+
+
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from tokens sampled from π (Schulman 2020, "Approximating KL
+    Divergence"), with log r = log π − log π_ref: k1 = log r (unbiased, can be negative), k2 = ½ (log r)² and
+    k3 = (1/r − 1) + log r (unbiased and never negative; GRPO's KL term)."""
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"kl_estimator: expected k1, k2 or k3, got {estimator!r}")
+
+
+def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """REINFORCE's return Σ_{t' ≥ t} γ^(t'−t) r_t' at every valid token, (batch, T); 0 on padding."""
+    mask = mask.to(rewards.dtype)
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + gamma * running) * mask[:, t]
+        returns[:, t] = running
+    return returns
 
 
 def masked_var(x: Tensor, mask: Tensor | None = None, unbiased: bool = True) -> Tensor:
@@ -130,15 +169,15 @@ class AdaptiveKLController:
 
 
 def kl_penalty_rewards(
-    logprobs: Tensor, ref_logprobs: Tensor, scores: Tensor, mask: Tensor, beta: float
+    logprobs: Tensor, ref_logprobs: Tensor, scores: Tensor, mask: Tensor, beta: float, estimator: str = "k1"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token RLHF rewards: −β·KL on every response token, plus the score on the last one (docs/design.md §4.1).
 
-    logprobs, ref_logprobs, mask: (batch, T); scores: (batch,).
+    logprobs, ref_logprobs, mask: (batch, T); scores: (batch,). ``estimator``: see :func:`kl_estimate`.
     Returns ``(rewards, kl, non_score_reward)``, each (batch, T) and 0 on padding.
     """
     mask = mask.to(logprobs.dtype)
-    kl = (logprobs - ref_logprobs) * mask  # k1 estimator: log π − log π_ref per sampled token
+    kl = kl_estimate(logprobs, ref_logprobs, estimator) * mask  # k1: log π − log π_ref per sampled token
     non_score_reward = -beta * kl  # KL penalty keeps the policy near the reference model
     rewards = non_score_reward.clone()
     positions = torch.arange(mask.shape[1], device=mask.device)

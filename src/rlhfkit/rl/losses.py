@@ -9,6 +9,7 @@ every mean, so masked positions carry neither loss nor gradient.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rlhfkit.rl.advantages import masked_mean, masked_var
@@ -20,10 +21,26 @@ from rlhfkit.rl.advantages import masked_mean, masked_var
 EXP_FLOOR = -80.0
 
 
+def aggregate(per_token: Tensor, mask: Tensor | None, how: str = "token", max_len: int | None = None) -> Tensor:
+    """A per-token loss (batch, T) as one number: ``token``, the mean over every valid token of the batch (PPO;
+    DAPO); ``sequence``, each answer's mean and then the mean over answers (GRPO as published: a short answer's
+    tokens weigh more); ``constant``, the sum over valid tokens ÷ (answers × ``max_len``) (Dr. GRPO: no length bias)."""
+    if how == "token":
+        return masked_mean(per_token, mask)
+    if mask is None:
+        mask = torch.ones_like(per_token)
+    if how == "sequence":
+        return masked_mean(per_token, mask, dim=1).mean()
+    if how == "constant":
+        return (per_token * mask.to(per_token.dtype)).sum() / (per_token.shape[0] * (max_len or per_token.shape[1]))
+    raise ValueError(f"loss_agg: expected token, sequence or constant, got {how!r}")
+
+
 def policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor | None = None, clip_eps: float = 0.2
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor | None = None, clip_eps: float = 0.2,
+    agg: str = "token", max_len: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate objective (Schulman et al. 2017), as a loss to minimise.
+    """Clipped surrogate objective (Schulman et al. 2017), as a loss to minimise; ``agg``: see :func:`aggregate`.
 
     Returns ``(loss, stats)``; stats (detached 0-d tensors): clipfrac, approx_kl ((r−1) − log r, Schulman's
     unbiased low-variance estimator), approx_kl_sq (½·(Δ log p)²), ratio_mean, ratio_max.
@@ -32,7 +49,7 @@ def policy_loss(
     ratio = torch.exp(logratio)  # importance ratio π_θ / π_old
     pg_loss1 = -advantages * ratio
     pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)  # ratio clipping
-    loss = masked_mean(torch.max(pg_loss1, pg_loss2), mask)  # pessimistic bound of the two
+    loss = aggregate(torch.max(pg_loss1, pg_loss2), mask, agg, max_len)  # pessimistic bound of the two
     with torch.no_grad():
         valid = ratio if mask is None else ratio[mask.bool()]
         stats = {
@@ -106,3 +123,26 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor | None = No
     var_returns = masked_var(returns, mask, unbiased=False)
     var_residual = masked_var(returns - values, mask, unbiased=False)
     return torch.where(var_returns > 0, 1.0 - var_residual / var_returns, torch.full_like(var_returns, float("nan")))
+
+
+def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float = 0.1,
+             loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Direct preference optimisation on (pairs,) sequence log-probs of the chosen and rejected answers.
+
+    With h = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)):
+    - ``sigmoid`` (Rafailov et al. 2023): −log σ(β·h); ``label_smoothing`` ε mixes in −log σ(−β·h) with weight ε,
+      for labels flipped with probability ε (conservative DPO);
+    - ``ipo`` (Azar et al. 2023): (h − 1/(2β))², which does not push h to infinity on separable pairs; give it
+      length-averaged log-probs, as its authors do.
+    Returns (per-pair losses, chosen rewards β·(log π − log π_ref)(y_w), rejected rewards), each (pairs,).
+    """
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    h = chosen_logratio - rejected_logratio
+    if loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"loss_type: expected sigmoid or ipo, got {loss_type!r}")
+    return losses, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()

@@ -42,20 +42,23 @@ from rlhfkit.data.formats import prompt_messages, read_records
 from rlhfkit.data.splits import batch_indices
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.eval import metrics as M
-from rlhfkit.models.loading import add_lora, disable_dropout, load_causal_lm, load_sequence_classifier, load_tokenizer
+from rlhfkit.models.loading import add_lora, disable_dropout, load_causal_lm, load_sequence_classifier, load_start, load_tokenizer
 from rlhfkit.models.rollout import Rollout, collect, concat, forward_tokens, model_device
 from rlhfkit.models.value import ValueHead, ValueModel, can_be_value_model
 from rlhfkit.rl.advantages import (
     AdaptiveKLController,
     FixedKLController,
+    discounted_returns,
     gae,
+    group_advantages,
+    kl_estimate,
     kl_penalty_rewards,
     leave_one_out,
     masked_mean,
     masked_whiten,
 )
 from rlhfkit.rl.health import HealthMonitor
-from rlhfkit.rl.losses import explained_variance, policy_loss, value_loss
+from rlhfkit.rl.losses import aggregate, explained_variance, policy_loss, value_loss
 from rlhfkit.run import Run
 from rlhfkit.tracking import read_snapshots
 
@@ -111,12 +114,6 @@ def load_reward(spec: str, batch_size: int):
 # ------------------------------------------------------------------------------------------------ models
 
 
-def load_start(spec: str):
-    """The starting weights; an SFT LoRA run is merged, so it is the policy's (and reference's) base."""
-    model = load_causal_lm(spec)
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-
-
 def build_policy(cfg: PPOConfig, ckpt: Path | None):
     """(policy, reference); reference None means the policy with its adapters disabled (LoRA)."""
     start = load_start(cfg.policy)
@@ -153,7 +150,9 @@ def same_vocab(tok_a, tok_b) -> bool:
 
 
 def build_value(cfg: PPOConfig, policy, tok, reward, ckpt: Path | None):
-    """(value_model, value_head, kind): exactly one of the two is set."""
+    """(value_model, value_head, kind): exactly one of the two is set; neither for a critic-free ``algo``."""
+    if cfg.algo != "ppo":
+        return None, None, "none (critic-free)"
     kind = cfg.value_model
     if kind == "reward":
         reason = None
@@ -193,19 +192,49 @@ def trainable(module) -> list[torch.nn.Parameter]:
 # ------------------------------------------------------------------------------------------------ one step
 
 
+def kl_estimator(cfg: PPOConfig) -> str:
+    """The per-token KL estimator: as set, or k3 for GRPO (its KL is a loss term) and k1 for the others."""
+    return cfg.kl_estimator if cfg.kl_estimator != "auto" else ("k3" if cfg.algo == "grpo" else "k1")
+
+
 def compute_advantages(cfg: PPOConfig, r: Rollout, scores: torch.Tensor, reward, beta: float) -> dict:
-    """Everything the optimisation needs from a rollout: rewards, advantages, returns (B, R)."""
+    """Everything the optimisation needs from a rollout: rewards, advantages, returns (B, R).
+
+    The score first (every algorithm): normalised (§4.2), the missing-EOS penalty (§4.3). Then, by ``algo``:
+    - ppo: leave-one-out over the prompt's answers (``prompt_baseline``), −β·KL per token + the score on the last
+      token, GAE on the value model's values, whitened advantages (§4.1, §4.4);
+    - grpo: the answer's advantage is its score centred (and scaled: ``scale_rewards``) within its prompt's
+      group, on every token; the KL is not in the reward but in the loss (:func:`ppo_loss`);
+    - rloo: the score less β × the answer's summed KL, then less the mean of the prompt's other answers;
+    - reinforce++: −β·KL per token + the score on the last token, the return to go (no critic), normalised over
+      the whole batch.
+    """
     mask = r.response_mask.float()
+    k, estimator = cfg.samples_per_prompt, kl_estimator(cfg)
     final = reward.normalize(scores)  # docs/design.md §4.2: mean 0, std 1 on reference samples
     if cfg.missing_eos_penalty is not None:
         final = torch.where(r.has_eos, final, torch.full_like(final, cfg.missing_eos_penalty))  # docs/design.md §4.3
-    if cfg.samples_per_prompt > 1 and cfg.prompt_baseline:
-        final = leave_one_out(final, cfg.samples_per_prompt)  # rows of one prompt are adjacent
-    rewards, kl, non_score = kl_penalty_rewards(r.logprobs, r.ref_logprobs, final, mask, beta)  # k1 KL per token
-    advantages, returns = gae(rewards, r.values, mask, cfg.gamma, cfg.lam)  # γ=1, λ=0.95
-    if cfg.whiten_advantages:
-        advantages = masked_whiten(advantages, mask)  # over the batch, padding ignored
-    return {"final": final, "rewards": rewards, "kl": kl, "non_score": non_score, "advantages": advantages, "returns": returns}
+    if cfg.algo in ("ppo", "reinforce++") and k > 1 and cfg.prompt_baseline:
+        final = leave_one_out(final, k)  # rows of one prompt are adjacent
+    if cfg.algo == "ppo":
+        rewards, kl, non_score = kl_penalty_rewards(r.logprobs, r.ref_logprobs, final, mask, beta, estimator)
+        advantages, returns = gae(rewards, r.values, mask, cfg.gamma, cfg.lam)  # γ=1, λ=0.95
+    elif cfg.algo == "reinforce++":
+        rewards, kl, non_score = kl_penalty_rewards(r.logprobs, r.ref_logprobs, final, mask, beta, estimator)
+        advantages = returns = discounted_returns(rewards, mask, cfg.gamma)  # the return to go is the advantage
+    else:
+        kl = kl_estimate(r.logprobs, r.ref_logprobs, estimator) * mask
+        non_score = -beta * kl
+        if cfg.algo == "grpo":
+            sequence = group_advantages(final, k, cfg.scale_rewards)  # the KL goes into the loss instead
+        else:  # rloo: the KL penalty of the whole answer in its reward, then the leave-one-out baseline
+            sequence = leave_one_out(final - beta * kl.sum(1), k)
+        advantages = sequence[:, None] * mask  # the answer's advantage on each of its tokens
+        rewards, returns = non_score, torch.zeros_like(advantages)
+    if cfg.whiten_advantages and cfg.algo != "grpo":  # GRPO's group normalisation is its own
+        advantages = masked_whiten(advantages, mask)  # over the batch, padding ignored (REINFORCE++'s global normalisation)
+    return {"final": final, "rewards": rewards, "kl": kl, "non_score": non_score, "advantages": advantages, "returns": returns,
+            "beta": beta}
 
 
 class TrainPass(torch.nn.Module):
@@ -242,7 +271,12 @@ def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: d
     with autocast(cfg.precision, device):
         logprobs, values = train_pass(policy, value_head, cfg.temperature)(r.query[idx], r.query_mask[idx], r.response[idx],
                                                                             r.response_mask[idx])
-    pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[idx], adv["advantages"][idx], mask, cfg.clip_eps)
+    pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[idx], adv["advantages"][idx], mask, cfg.clip_eps,
+                                    cfg.loss_agg, cfg.max_new_tokens)
+    if cfg.algo == "grpo" and adv["beta"] > 0:  # GRPO's KL term: β · KL(π_θ ‖ π_ref) per token, in the loss
+        kl_loss = aggregate(kl_estimate(logprobs, r.ref_logprobs[idx], kl_estimator(cfg)), mask, cfg.loss_agg, cfg.max_new_tokens)
+        pg_loss = pg_loss + adv["beta"] * kl_loss
+        pg_stats["kl_loss"] = kl_loss.detach()
     split = backward_scale is not None and value_model is not None
     if split:
         (pg_loss * backward_scale).backward()
@@ -250,7 +284,10 @@ def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: d
         with autocast(cfg.precision, device):
             values = value_model(torch.cat([r.query[idx], r.response[idx]], 1),
                                  torch.cat([r.query_mask[idx], r.response_mask[idx]], 1), r.query.shape[1])
-    vf_loss, vf_stats = value_loss(values, r.values[idx], adv["returns"][idx], mask, cfg.vf_clip)
+    if values is None:  # critic-free: no value loss
+        vf_loss, vf_stats = torch.zeros((), device=pg_loss.device), {"vf_clipfrac": torch.zeros(())}
+    else:
+        vf_loss, vf_stats = value_loss(values, r.values[idx], adv["returns"][idx], mask, cfg.vf_clip)
     loss = pg_loss + cfg.vf_coef * vf_loss
     if backward_scale is not None:
         ((cfg.vf_coef * vf_loss if split else loss) * backward_scale).backward()
@@ -284,8 +321,9 @@ def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params,
             mine = rows if world == 1 else rows[me * len(rows) // world : (me + 1) * len(rows) // world]
             for m0 in range(0, len(mine), micro):
                 idx = mine[m0 : m0 + micro]
-                # token-weighted: accumulation (and N processes) = one minibatch
-                scale = float(r.response_mask[idx].sum() / tokens) * world
+                # weighted as the loss averages (tokens, or answers): accumulation (and N processes) = one minibatch
+                share = r.response_mask[idx].sum() / tokens if cfg.loss_agg == "token" else len(idx) / len(rows)
+                scale = float(share) * world
                 with contextlib.ExitStack() as no_sync:
                     if m0 + micro < len(mine):  # gradients are all-reduced after the share's last micro-batch only
                         for m in wrapped:
@@ -458,6 +496,9 @@ def check_batches(cfg: PPOConfig) -> tuple[int, int]:
         raise ValueError(f"num_minibatches: {cfg.num_minibatches} does not divide batch_size {cfg.batch_size}")
     if cfg.samples_per_prompt < 1 or cfg.batch_size % cfg.samples_per_prompt:
         raise ConfigError(f"samples_per_prompt: {cfg.samples_per_prompt} does not divide batch_size {cfg.batch_size}")
+    if cfg.algo in ("grpo", "rloo") and cfg.samples_per_prompt < 2:
+        raise ConfigError(f"samples_per_prompt: {cfg.algo} compares each answer with its prompt's other answers; "
+                          f"use 2 or more (4 is common), got {cfg.samples_per_prompt}")
     if cfg.batch_size % (cfg.num_minibatches * world):
         raise ConfigError(f"batch_size: {cfg.batch_size} does not split into {cfg.num_minibatches} minibatches × {world} "
                           f"processes; use a multiple of {cfg.num_minibatches * world}")
@@ -467,9 +508,10 @@ def check_batches(cfg: PPOConfig) -> tuple[int, int]:
 def build_optimiser(cfg: PPOConfig, lr: float, policy, value_module):
     """One AdamW over the policy's and the value's trainable parameters (the value at ``value_lr``), the
     learning-rate schedule (constant, or linear to 0 over ``max_steps``), and those parameters."""
-    policy_params, value_params = trainable(policy), trainable(value_module)
-    optimizer = torch.optim.AdamW([{"params": policy_params, "lr": lr},
-                                   {"params": value_params, "lr": cfg.value_lr or lr}], eps=cfg.adam_eps, weight_decay=0.0,
+    policy_params = trainable(policy)
+    value_params = [] if value_module is None else trainable(value_module)  # critic-free: none
+    groups = [{"params": policy_params, "lr": lr}] + ([{"params": value_params, "lr": cfg.value_lr or lr}] if value_params else [])
+    optimizer = torch.optim.AdamW(groups, eps=cfg.adam_eps, weight_decay=0.0,
                                   fused=True)  # one pass over each tensor instead of a Python loop over them
     decay = (lambda s: max(0.0, 1.0 - s / cfg.max_steps)) if cfg.schedule == "linear" else (lambda s: 1.0)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, decay), policy_params + value_params
@@ -483,7 +525,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     over the global batch, and the KL controller sees the global KL. Each rank then trains on its share of
     every minibatch (see ``optimise``); rank 0 alone logs and writes.
     """
-    run = Run("ppo", cfg)
+    run = Run(cfg.algo, cfg)  # its name on every line it prints: ppo, grpo, rloo or reinforce++
     out = run.out
     world, me = check_batches(cfg)
     accelerator = dist.get_accelerator()
@@ -521,19 +563,21 @@ def train_ppo(cfg: PPOConfig) -> dict:
         policy_train = accelerator.prepare(policy_train)
         value_train = value_model if value_model is None else accelerator.prepare(value_model)
         console.print(f"ppo: {world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
-    value_params_module = value_head if value_head is not None else value_model.head
+    value_params_module = value_head if value_head is not None else None if value_model is None else value_model.head
 
     def restore(tensors: dict) -> None:  # the checkpoint's parts beyond the optimiser, schedule and RNG
         kl_ctl.load_state_dict(tensors["kl_ctl"])
         health.load_state_dict(tensors["health"])
-        value_params_module.load_state_dict(tensors["value"])
+        if value_params_module is not None:
+            value_params_module.load_state_dict(tensors["value"])
 
     def save(folder: Path | None) -> dict:  # the policy (its adapter, under LoRA), the value model and the rest
         if folder is not None:
             save_policy(policy, folder / "policy")
             if value_model is not None:
                 value_model.classifier.save_pretrained(folder / "value")
-        return {"kl_ctl": kl_ctl.state_dict(), "health": health.state_dict(), "value": value_params_module.state_dict()}
+        parts = {"kl_ctl": kl_ctl.state_dict(), "health": health.state_dict()}
+        return parts if value_params_module is None else {**parts, "value": value_params_module.state_dict()}
 
     start = run.begin(optimizer, scheduler, ckpt, restore=restore)
     # the held-out rows so far: a resumed run keeps those up to its checkpoint's step (as its log), a fresh run none

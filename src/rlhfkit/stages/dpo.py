@@ -1,0 +1,199 @@
+"""Direct preference optimisation: the policy learns the feedback's preferences straight from the pairs.
+
+No reward model and no sampling: every feedback kind the reward model reads becomes (prompt, chosen,
+rejected) pairs (``data/groups.py``: rankings give every ordered pair, ratings the pairs within a prompt,
+edits edited ≻ original), held out by prompt. One step: the policy's and the reference's log-probs of both
+answers of ``batch_size`` pairs (the reference is the policy with its LoRA adapters off, or a frozen copy
+when every weight trains), the DPO or IPO loss (``rl/losses.py``), an optimiser step. The log-probs go
+through the same code as PPO's training pass (``models/rollout.forward_tokens``: prompt left-padded, answer
+right-padded, the fp32 head). Logged: ``loss``, ``reward_chosen``/``reward_rejected`` (β·(log π − log π_ref) of
+each answer), ``reward_accuracy`` (share of pairs whose chosen reward is higher), ``reward_margin``,
+``logp_chosen``/``logp_rejected`` and ``implicit_kl`` (the mean log π − log π_ref of the chosen answers: how
+far the policy has moved on the data), and the held-out ``eval_loss``, ``eval_reward_accuracy``,
+``eval_reward_margin``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit import distributed as dist
+from rlhfkit.accel.precision import autocast, resolve_precision
+from rlhfkit.config import ConfigError, DPOConfig
+from rlhfkit.data.formats import RecordError, prompt_key, prompt_messages, read_records
+from rlhfkit.data.groups import Group, build_groups
+from rlhfkit.data.splits import batch_indices, split_records
+from rlhfkit.data.tokenize import encode_prompt, encode_response, left_pad, pad_sequences
+from rlhfkit.models.loading import add_lora, disable_dropout, load_start, load_tokenizer
+from rlhfkit.models.rollout import forward_tokens
+from rlhfkit.rl.losses import dpo_loss
+from rlhfkit.run import Run
+
+
+@dataclass
+class EncodedPair:
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+
+
+def encode_pairs(tok, groups: list[Group], cfg: DPOConfig) -> list[EncodedPair]:
+    """Every preference of the groups as token ids: the prompt keeps its end, each answer (with EOS) its start."""
+    pairs = []
+    for g in groups:
+        prompt = encode_prompt(tok, prompt_messages(g.prompt), cfg.chat)[-cfg.max_prompt_len:]
+        room = max(cfg.max_len - len(prompt), 1)
+        for chosen, rejected, _margin, _in_loss in g.pairs:
+            pairs.append(EncodedPair(prompt, encode_response(tok, g.responses[chosen])[:room],
+                                     encode_response(tok, g.responses[rejected])[:room]))
+    return pairs
+
+
+def sequence_logprobs(model, pairs: list[EncodedPair], pad_id: int, device, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) log-probs of each pair's answers under ``model``, (pairs,) each: summed over the answer's
+    tokens, or their mean with ``average`` (IPO). Both answers of every pair go through one pass."""
+    query, query_mask = left_pad([p.prompt for p in pairs] * 2, pad_id)
+    response, response_mask = pad_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, "right")
+    query, query_mask, response, response_mask = (t.to(device) for t in (query, query_mask, response, response_mask))
+    logprobs, _ = forward_tokens(model, query, query_mask, response, response_mask, temperature=1.0)
+    mask = response_mask.to(logprobs.dtype)
+    total = (logprobs * mask).sum(1)
+    if average:
+        total = total / mask.sum(1).clamp(min=1.0)
+    return total[: len(pairs)], total[len(pairs):]
+
+
+def build_model(cfg: DPOConfig, ckpt: Path | None):
+    """(policy, reference): the reference is None under LoRA (the policy with its adapters off)."""
+    start = load_start(cfg.model)
+    if cfg.lora:
+        if ckpt is not None:
+            from peft import PeftModel
+
+            policy = PeftModel.from_pretrained(start, str(ckpt / "model"), is_trainable=True)
+        else:
+            policy = add_lora(start, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        reference = None
+    else:
+        policy = load_start(str(ckpt / "model")) if ckpt is not None else start
+        reference = load_start(cfg.model).requires_grad_(False)
+        disable_dropout(reference)
+    disable_dropout(policy)  # the same log-prob on every pass (docs/design.md §4.6)
+    return policy, reference
+
+
+def reference_logprobs(policy, reference, pairs, pad_id, device, average: bool):
+    with torch.no_grad(), (policy.disable_adapter() if reference is None else nullcontext()):
+        return sequence_logprobs(reference if reference is not None else policy, pairs, pad_id, device, average)
+
+
+def pair_metrics(losses, chosen_rewards, rejected_rewards, prefix: str = "") -> dict:
+    return {f"{prefix}loss": float(losses.mean()),
+            f"{prefix}reward_accuracy": float((chosen_rewards > rejected_rewards).float().mean()),
+            f"{prefix}reward_margin": float((chosen_rewards - rejected_rewards).mean())}
+
+
+@torch.no_grad()
+def evaluate(cfg: DPOConfig, policy, reference, held: list[EncodedPair], pad_id: int, device, precision: str) -> dict:
+    """Held-out loss, reward accuracy and margin over every held-out pair."""
+    losses, chosen, rejected = [], [], []
+    average = cfg.loss_type == "ipo"
+    for i in range(0, len(held), cfg.batch_size):
+        batch = held[i:i + cfg.batch_size]
+        with autocast(precision, device.type):
+            pc, pr = sequence_logprobs(policy, batch, pad_id, device, average)
+            rc, rr = reference_logprobs(policy, reference, batch, pad_id, device, average)
+        loss, c, r = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        losses.append(loss), chosen.append(c), rejected.append(r)
+    return pair_metrics(torch.cat(losses), torch.cat(chosen), torch.cat(rejected), prefix="eval_")
+
+
+def save_final(cfg: DPOConfig, out: Path, policy, tok) -> None:
+    """The policy in save_pretrained form (LoRA: the adapter, and with merge_lora a merged model in merged/)."""
+    if dist.is_main():
+        policy.save_pretrained(out)
+        tok.save_pretrained(out)
+        if cfg.lora and cfg.merge_lora:
+            merged = policy.merge_and_unload()
+            merged.save_pretrained(out / "merged")
+            tok.save_pretrained(out / "merged")
+    dist.barrier()
+
+
+def train_dpo(cfg: DPOConfig) -> dict:
+    """Run DPO as configured; returns the last logged metrics."""
+    run = Run("dpo", cfg)
+    out = run.out
+    world, _ = run.processes(cfg.batch_size, "pairs")
+    if world > 1:
+        raise ConfigError("dpo: runs in one process for now; start it without accelerate launch")
+    records = read_records(cfg.data, "auto")  # the data first: a bad file fails before any model loads
+    groups = build_groups(records)
+    if cfg.eval_data:
+        held_groups = build_groups(read_records(cfg.eval_data, "auto"))
+        keys = {prompt_key(g.prompt) for g in held_groups}
+        groups = [g for g in groups if prompt_key(g.prompt) not in keys]
+    else:
+        groups, held_groups = split_records(groups, cfg.eval_fraction, cfg.seed)
+    tok = load_tokenizer(cfg.model)
+    train, held = encode_pairs(tok, groups, cfg), encode_pairs(tok, held_groups, cfg)
+    if not train:
+        raise RecordError(cfg.data, None, "no preference pairs (every record was a tie, an unchanged edit or not feedback)")
+    accelerator = dist.get_accelerator(max(cfg.grad_accum, 1), max(1, cfg.batch_size // max(cfg.grad_accum, 1)))
+    device = accelerator.device
+    precision = resolve_precision(cfg.precision, device.type)
+    run.say(f"{len(train)} train pairs ({len(groups)} prompts) / {len(held)} held-out pairs ({len(held_groups)} prompts); "
+            f"β {cfg.beta}, {cfg.loss_type} loss, precision {precision}")
+
+    ckpt = run.checkpoint_to_resume()
+    policy, reference = build_model(cfg, ckpt)
+    if reference is not None:
+        reference.to(device)
+    policy, optimizer, scheduler, params = run.prepare(policy, accelerator, head_apart=True)  # the head: accel/head.py
+    start = run.begin(optimizer, scheduler, ckpt, accelerator)
+
+    def save(folder: Path | None) -> None:  # the checkpoint's model/: the adapters (LoRA) or every weight
+        if folder is not None:
+            policy.save_pretrained(folder / "model")
+
+    average = cfg.loss_type == "ipo"  # IPO compares length-averaged log-probs
+    micro = max(1, cfg.batch_size // max(cfg.grad_accum, 1))
+    policy.train()
+    with run.loop(start, save) as loop:
+        for step in range(start, cfg.max_steps):
+            t0 = time.perf_counter()
+            batch = [train[i] for i in batch_indices(step, cfg.batch_size, len(train), cfg.seed)]
+            parts = []
+            for i in range(0, len(batch), micro):
+                mb = batch[i:i + micro]
+                with autocast(precision, device.type):
+                    rc, rr = reference_logprobs(policy, reference, mb, tok.pad_token_id, device, average)
+                    pc, pr = sequence_logprobs(policy, mb, tok.pad_token_id, device, average)
+                losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+                (losses.sum() / len(batch)).backward()  # the mean over the step's pairs, whatever the micro-batches
+                parts.append((losses.detach(), chosen, rejected, pc.detach(), pr.detach(), (pc - rc).detach()))
+            with loop.step(step + 1) as done:  # Ctrl-C from here waits for the step's log line and checkpoint
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses, chosen, rejected, pc, pr, chosen_logratio = (torch.cat(x) for x in zip(*parts))
+                metrics = {**pair_metrics(losses, chosen, rejected), "reward_chosen": float(chosen.mean()),
+                           "reward_rejected": float(rejected.mean()), "logp_chosen": float(pc.mean()),
+                           "logp_rejected": float(pr.mean()), "implicit_kl": float(chosen_logratio.mean()),
+                           "lr": lr, "grad_norm": float(grad_norm), "time_step_s": time.perf_counter() - t0}
+                if loop.eval_due(done, bool(held)):
+                    policy.eval()
+                    metrics.update(evaluate(cfg, policy, reference, held, tok.pad_token_id, device, precision))
+                    policy.train()
+                loop.log(done, metrics, f"loss {metrics['loss']:.3f} acc {metrics['reward_accuracy']:.2f}",
+                         always="eval_loss" in metrics)
+    run.finish(loop.done, lambda: save_final(cfg, out, policy, tok))
+    run.say(f"done, {loop.done} steps; policy saved to {out}")
+    return loop.last

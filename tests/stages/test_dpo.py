@@ -1,0 +1,89 @@
+import random
+
+import pytest
+import yaml
+
+import rlhfkit.stages.dpo as dpo
+from rlhfkit.config import DPOConfig
+from rlhfkit.data.groups import build_groups
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.stages.dpo import encode_pairs, train_dpo
+from rlhfkit.tracking import read_metrics
+from tests.conftest import check_ctrl_c_during_evaluation, write_jsonl
+
+WORDS = "the a film story plot actor scene music ending camera light night day city house road water tree".split()
+
+
+def token_pairs(tmp_path, n: int = 60, seed: int = 0):
+    """Pairs whose chosen answer ends in "excellent" and rejected one in "boring", the rest the same."""
+    rng = random.Random(seed)
+    recs = []
+    for i in range(n):
+        base = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6)))
+        recs.append({"prompt": f"Review {i}: {rng.choice(WORDS)}", "chosen": f"{base} excellent", "rejected": f"{base} boring"})
+    return write_jsonl(tmp_path / "pairs.jsonl", recs)
+
+
+def dpo_cfg(data, out, **kw) -> DPOConfig:
+    base = dict(model="tiny", data=str(data), output=str(out), max_steps=30, batch_size=8, lr=1e-3, eval_fraction=0.2,
+                eval_every=10, save_every=0, report_to="none", threads=1)
+    base.update(kw)
+    return DPOConfig(**base)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dpo_teaches_a_tiny_policy_the_preferred_word_on_held_out_prompts(tmp_path, seed):
+    train_dpo(dpo_cfg(token_pairs(tmp_path, seed=seed), tmp_path / "dpo", seed=seed))
+    log = read_metrics(tmp_path / "dpo" / "metrics.jsonl")
+    assert {"loss", "reward_chosen", "reward_rejected", "reward_accuracy", "reward_margin", "logp_chosen", "logp_rejected",
+            "implicit_kl", "eval_loss", "eval_reward_accuracy", "eval_reward_margin"} <= set(log[-1])
+    assert log[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as the reference: h = 0
+    assert log[-1]["eval_reward_accuracy"] == 1.0 and log[-1]["eval_loss"] < 0.65 and log[-1]["eval_reward_margin"] > 0.1
+    assert (tmp_path / "dpo" / "adapter_config.json").exists() and (tmp_path / "dpo" / "merged" / "config.json").exists()
+
+
+def test_every_feedback_kind_becomes_pairs_as_the_reward_model_reads_them(tmp_path):
+    recs = [{"prompt": "p", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]},  # 3 ordered pairs
+            {"prompt": "q", "response": "x", "score": 6}, {"prompt": "q", "response": "y", "score": 2},  # 1 pair
+            {"prompt": "r", "response": "meh", "edited": "much better"},  # edited ≻ original
+            {"prompt": "s", "chosen": "yes", "rejected": "no"}]
+    cfg = dpo_cfg(write_jsonl(tmp_path / "fb.jsonl", recs), tmp_path / "out")
+    tok = load_tokenizer("tiny")
+    pairs = encode_pairs(tok, build_groups(recs), cfg)
+    assert len(pairs) == 6
+    c_ids = tok("c", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert pairs[0].chosen == c_ids  # the ranking's best first
+    train_dpo(dpo_cfg(cfg.data, tmp_path / "out", max_steps=2, eval_fraction=0.0))
+    assert [r["step"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl")] == [1, 2]
+
+
+def test_full_fine_tuning_uses_a_frozen_reference_and_ipo_moves_towards_its_target(tmp_path):
+    train_dpo(dpo_cfg(token_pairs(tmp_path), tmp_path / "ipo", lora=False, lr=1e-4, loss_type="ipo", beta=0.5, max_steps=20))
+    log = read_metrics(tmp_path / "ipo" / "metrics.jsonl")
+    assert log[0]["loss"] == pytest.approx(1.0, abs=1e-3)  # (0 − 1/(2β))² with β = 0.5
+    assert log[-1]["eval_loss"] < 0.9 and log[-1]["eval_reward_accuracy"] == 1.0
+    assert (tmp_path / "ipo" / "model.safetensors").exists()
+
+
+def test_no_pairs_is_an_error_that_names_the_file(tmp_path):
+    from rlhfkit.data.formats import RecordError
+
+    data = write_jsonl(tmp_path / "ties.jsonl", [{"prompt": "p", "response": "a", "edited": "a"}])
+    with pytest.raises(RecordError, match="ties.jsonl.*no preference pairs"):
+        train_dpo(dpo_cfg(data, tmp_path / "out"))
+
+
+def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(tmp_path, monkeypatch, python_ctrl_c):
+    data = token_pairs(tmp_path, n=30)
+    check_ctrl_c_during_evaluation(monkeypatch, tmp_path, train_dpo, lambda out, **more: dpo_cfg(data, out, max_steps=8, eval_every=2, **more),
+                                   dpo, "evaluate", saved_step=4, weights="adapter_model.safetensors")
+
+
+def test_cli_dpo_trains_from_a_feedback_file(tmp_path):
+    from tests.stages.test_reward_model import cli
+
+    data = token_pairs(tmp_path, n=16)
+    cli("dpo", "--model", "tiny", "--data", str(data), "--output", str(tmp_path / "cli"), "--max-steps", "2", "--beta", "0.2",
+        "--report-to", "none")
+    saved = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
+    assert saved["beta"] == 0.2 and saved["model"] == "tiny" and len(read_metrics(tmp_path / "cli" / "metrics.jsonl")) == 2
