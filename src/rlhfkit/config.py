@@ -422,6 +422,8 @@ class DPOConfig:
     label_smoothing: float = field(default=0.0, metadata={
         "help": "With the sigmoid loss, the assumed share of flipped labels ε (conservative DPO; 0: off)."})
     max_steps: int = field(default=100, metadata={"help": "Optimiser steps."})
+    time_budget_minutes: float | None = field(default=None, metadata={
+        "help": "Stop after the step that leaves no room for another within this many minutes (None: run max_steps)."})
     batch_size: int = field(default=8, metadata={"help": "Preference pairs per optimiser step."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimiser step (batch_size is split into them)."})
     lr: float = field(default=5e-6, metadata={"help": "Peak learning rate (LoRA: about 10× larger, e.g. 5e-5)."})

@@ -87,3 +87,10 @@ def test_cli_dpo_trains_from_a_feedback_file(tmp_path):
         "--report-to", "none")
     saved = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
     assert saved["beta"] == 0.2 and saved["model"] == "tiny" and len(read_metrics(tmp_path / "cli" / "metrics.jsonl")) == 2
+
+
+def test_a_time_budget_stops_after_the_step_that_leaves_no_room_and_saves_the_policy(tmp_path):
+    train_dpo(dpo_cfg(token_pairs(tmp_path, n=20), tmp_path / "out", time_budget_minutes=1e-4))
+    log = read_metrics(tmp_path / "out" / "metrics.jsonl")
+    assert [r["step"] for r in log] == [1] and "eval_loss" in log[-1]  # evaluated before it stopped
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()

@@ -164,6 +164,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
     average = cfg.loss_type == "ipo"  # IPO compares length-averaged log-probs
     micro = max(1, cfg.batch_size // max(cfg.grad_accum, 1))
     policy.train()
+    t_start = time.perf_counter()
     with run.loop(start, save) as loop:
         for step in range(start, cfg.max_steps):
             t0 = time.perf_counter()
@@ -188,12 +189,18 @@ def train_dpo(cfg: DPOConfig) -> dict:
                            "reward_rejected": float(rejected.mean()), "logp_chosen": float(pc.mean()),
                            "logp_rejected": float(pr.mean()), "implicit_kl": float(chosen_logratio.mean()),
                            "lr": lr, "grad_norm": float(grad_norm), "time_step_s": time.perf_counter() - t0}
-                if loop.eval_due(done, bool(held)):
+                # stop when the next step (as long as the mean one so far) would end past the budget
+                elapsed = time.perf_counter() - t_start
+                loop.ending = cfg.time_budget_minutes is not None and elapsed * (1 + 1 / (done - start)) > 60 * cfg.time_budget_minutes
+                if loop.eval_due(done, bool(held)) or (loop.ending and held):
                     policy.eval()
                     metrics.update(evaluate(cfg, policy, reference, held, tok.pad_token_id, device, precision))
                     policy.train()
                 loop.log(done, metrics, f"loss {metrics['loss']:.3f} acc {metrics['reward_accuracy']:.2f}",
                          always="eval_loss" in metrics)
+            if loop.ending:
+                run.say(f"time budget of {cfg.time_budget_minutes:g} min used up after step {done}")
+                break
     run.finish(loop.done, lambda: save_final(cfg, out, policy, tok))
     run.say(f"done, {loop.done} steps; policy saved to {out}")
     return loop.last

@@ -1,0 +1,137 @@
+"""PPO, GRPO, RLOO, REINFORCE++, DPO and best-of-N from the same SFT model and the same feedback, at the same
+wall-clock budget each: which gives the better model here?
+
+Input: a pipeline run folder (``rlhf pipeline --recipe NAME --output RUN``), whose SFT model (``sft/merged``),
+reward model (``rm/``), simulated feedback (``feedback_all.jsonl``), training prompts (``prompts_train.jsonl``)
+and PPO settings (``ppo/config.yaml``) every method shares. Each method trains for ``--minutes`` (its own
+process; the time a model takes to load is not counted, the training is), then one evaluation compares them
+all with the SFT model on the recipe's held-out eval prompts: gold score, gold win rate vs SFT with its
+interval, reward-model score, KL, and the SFT model's best-of-N answers (by the reward model) as a baseline.
+
+Usage:
+  .venv/bin/python bench/algorithms.py --run runs/d0 --minutes 3 [--algos ppo,grpo,rloo,reinforce++,dpo]
+      [--best-of 4] [--eval-prompts 24] [--out bench/out/algorithms/d0]
+Output: OUT/table.md and OUT/results.json; each method's run folder under OUT/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ONLINE = ("ppo", "grpo", "rloo", "reinforce++")
+
+
+def method_config(algo: str, run: Path, out: Path, minutes: float, seed: int) -> tuple[str, dict]:
+    """(the rlhf command, its config) for one method, from the pipeline run's own settings."""
+    if algo in ONLINE:
+        cfg = yaml.safe_load((run / "ppo" / "config.yaml").read_text())
+        cfg.update(algo=algo, output=str(out), resume=False, max_steps=200, time_budget_minutes=minutes, eval_prompts=None,
+                   eval_judge=None, keep_snapshots=False, save_every=0, report_to="none", seed=seed)
+        if algo != "ppo":
+            cfg["value_model"] = "head"  # unused: critic-free
+        return "ppo", cfg
+    if algo == "dpo":
+        sft = yaml.safe_load((run / "sft" / "config.yaml").read_text())
+        return "dpo", {"model": str(run / "sft" / "merged"), "data": str(run / "feedback_all.jsonl"), "output": str(out),
+                       "max_steps": 400, "time_budget_minutes": minutes, "batch_size": 8, "grad_accum": 2, "lr": 1e-4, "warmup_steps": 1,
+                       "beta": 0.1, "max_len": sft.get("max_len", 256), "eval_fraction": 0.05, "eval_every": 0,
+                       "save_every": 0, "report_to": "none", "precision": sft.get("precision", "auto"), "seed": seed}
+    raise SystemExit(f"--algos: unknown method {algo!r}")
+
+
+def train(algo: str, run: Path, out: Path, minutes: float, seed: int) -> dict:
+    """Train one method in its own process; its wall-clock, peak RSS and last metrics."""
+    command, cfg = method_config(algo, run, out, minutes, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_file = out.parent / f"{out.name}.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", command, "--config", str(cfg_file)], cwd=ROOT,
+                            stdout=open(out.parent / f"{out.name}.log", "w"), stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"{algo} failed: see {out.parent / f'{out.name}.log'}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train_s = sum(r.get("time_step_s", 0.0) for r in rows)
+    samples = sum(r.get("batch_size", 0) for r in rows) if algo in ONLINE else 0
+    return {"algo": algo, "steps": rows[-1]["step"] if rows else 0, "wall_s": wall, "train_s": train_s,
+            "samples_per_s": (samples / train_s) if samples and train_s else None, "peak_rss_gib": usage.ru_maxrss / 2**20,
+            "last": rows[-1] if rows else {}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="a pipeline run folder")
+    ap.add_argument("--minutes", type=float, default=3.0, help="training wall-clock per method")
+    ap.add_argument("--algos", default="ppo,grpo,rloo,reinforce++,dpo")
+    ap.add_argument("--best-of", type=int, default=4)
+    ap.add_argument("--eval-prompts", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    run = Path(args.run).resolve()
+    out = Path(args.out or ROOT / "bench" / "out" / "algorithms" / run.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = yaml.safe_load((run / "config.yaml").read_text())["recipe"]
+    trained = []
+    for algo in args.algos.split(","):
+        print(f"{algo}: training for {args.minutes:g} min", flush=True)
+        trained.append(train(algo, run, out / algo.replace("+", "p"), args.minutes, args.seed))
+        t = trained[-1]
+        print(f"{algo}: {t['steps']} steps, {t['train_s']:.0f} s training, {t['wall_s']:.0f} s in all, "
+              f"peak RSS {t['peak_rss_gib']:.2f} GiB", flush=True)
+
+    from rlhfkit.config import EvalConfig
+    from rlhfkit.stages.evaluate import evaluate_models
+
+    def final(t: dict) -> str:
+        folder = out / t["algo"].replace("+", "p")
+        return str(folder / "merged") if (folder / "merged").exists() else str(folder)
+
+    eval_cfg = yaml.safe_load((run / "eval" / "config.yaml").read_text())
+    cfg = EvalConfig(**{**{k: v for k, v in eval_cfg.items() if k in {f.name for f in dataclasses.fields(EvalConfig)}},
+                        "models": [f"sft={run / 'sft' / 'merged'}"] + [f"{t['algo']}={final(t)}" for t in trained],
+                        "reference": str(run / "sft" / "merged"), "reward": str(run / "rm"), "best_of": args.best_of,
+                        "max_prompts": args.eval_prompts, "output": str(out / "eval"), "seed": args.seed})
+    t0 = time.perf_counter()
+    result = evaluate_models(cfg)
+    print(f"eval: {time.perf_counter() - t0:.0f} s", flush=True)
+    by_name = {m["name"]: m for m in result["models"]}
+    lines = [f"Recipe {recipe}, run {run.name}, seed {args.seed}, {args.minutes:g} min of training each; "
+             f"{result['n_prompts']} held-out prompts × {result['samples_per_prompt']} answers.", "",
+             "| method | steps | gold | gold win rate vs SFT [95 % CI] | RM score | KL | grading acc. | samples/s | peak RSS (GiB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(name: str, t: dict | None) -> str:
+        m = by_name[name]
+        win = m.get("win_rate_gold") or {}
+        lo, hi = win.get("ci", [float("nan")] * 2)
+        grading = (m.get("grading") or {}).get("accuracy")
+        speed = "—" if not t or t["samples_per_s"] is None else f"{t['samples_per_s']:.2f}"
+        rss = "—" if not t else f"{t['peak_rss_gib']:.2f}"
+        return (f"| {name} | {t['steps'] if t else '—'} | {m.get('gold_score', float('nan')):.3f} | "
+                f"{win.get('win_rate', float('nan')):.2f} [{lo:.2f}, {hi:.2f}] | {m.get('rm_score', float('nan')):.3f} | "
+                f"{m.get('kl', float('nan')):.3f} | {'—' if grading is None else f'{grading:.2f}'} | {speed} | {rss} |")
+
+    lines.append(row("sft", None))
+    lines += [row(t["algo"], t) for t in trained]
+    lines += [row(name, None) for name in by_name if name.startswith("best-of")]
+    text = "\n".join(lines)
+    print(text)
+    (out / "table.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps({"trained": trained, "eval": result, "args": vars(args)}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
