@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 
 from rlhfkit import distributed as dist
 from rlhfkit.accel import speed_up
@@ -59,10 +58,8 @@ from rlhfkit.rl.advantages import (
 )
 from rlhfkit.rl.health import HealthMonitor
 from rlhfkit.rl.losses import aggregate, explained_variance, policy_loss, value_loss
-from rlhfkit.run import Run
+from rlhfkit.run import Run, console  # one console: Run keeps every rank but the first quiet
 from rlhfkit.tracking import read_snapshots
-
-console = Console(stderr=True)
 
 
 class PPOHealthError(RuntimeError):
@@ -562,7 +559,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     if world > 1:
         policy_train = accelerator.prepare(policy_train)
         value_train = value_model if value_model is None else accelerator.prepare(value_model)
-        console.print(f"ppo: {world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
+        run.say(f"{world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
     value_params_module = value_head if value_head is not None else None if value_model is None else value_model.head
 
     def restore(tensors: dict) -> None:  # the checkpoint's parts beyond the optimiser, schedule and RNG
@@ -582,7 +579,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     start = run.begin(optimizer, scheduler, ckpt, restore=restore)
     # the held-out rows so far: a resumed run keeps those up to its checkpoint's step (as its log), a fresh run none
     snapshots = truncate_snapshots(out, start if ckpt is not None else -1) if dist.is_main() else []
-    console.print(f"ppo: {len(records)} prompts; policy {cfg.policy} ({'LoRA' if cfg.lora else 'full'}, lr {lr:g}); "
+    run.say(f"{len(records)} prompts; policy {cfg.policy} ({'LoRA' if cfg.lora else 'full'}, lr {lr:g}); "
                   f"reference: {'adapters off' if reference is None else cfg.reference or cfg.policy}; "
                   f"reward {cfg.reward}; value model: {value_kind}; precision {cfg.precision}")
     if eval_ids and start == 0:  # step 0: the start policy, the point every snapshot is compared with
@@ -661,7 +658,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     run.say(f"done, {loop.done} steps; policy saved to {out}")
     if snapshots:
         chosen = json.loads((out / "snapshots.json").read_text(encoding="utf-8"))["chosen"]
-        console.print(f"ppo: {len(snapshots)} held-out evaluations in {out / 'snapshots.json'}; the highest held-out "
+        run.say(f"{len(snapshots)} held-out evaluations in {out / 'snapshots.json'}; the highest held-out "
                       f"reward-model score (the proxy) is at step {chosen}")
     return loop.last
 

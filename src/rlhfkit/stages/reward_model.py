@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 
 from rlhfkit import distributed as dist
 from rlhfkit.accel.precision import autocast, resolve_precision
@@ -29,9 +28,8 @@ from rlhfkit.data.groups import Group, build_groups, flatten, gold_groups
 from rlhfkit.data.splits import batch_indices, split_records
 from rlhfkit.judges import get_judge
 from rlhfkit.models.reward import STATS_FILE, RewardModule, RewardScorer, build_reward_model, rm_inputs, score_texts
-from rlhfkit.run import Run
+from rlhfkit.run import Run, console  # one console: Run keeps every rank but the first quiet
 
-console = Console(stderr=True)
 SPLIT_FILE = "split.json"
 
 
