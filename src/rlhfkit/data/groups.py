@@ -68,11 +68,10 @@ def build_groups(records: list[dict], rating_loss: str = "pairs") -> list[Group]
 def gold_groups(records: list[dict], judge: Callable[[list[dict], list[str]], list[float]]) -> list[Group]:
     """Groups from candidates records ordered by a gold judge ``judge(prompts, responses) -> scores``: every
     pair whose gold scores differ."""
-    fn = judge
     groups = []
     for rec in records:
         responses = list(rec["responses"])
-        gold = fn([rec] * len(responses), responses)
+        gold = judge([rec] * len(responses), responses)
         g = Group({"messages": prompt_messages(rec)} if "messages" in rec else {"prompt": rec["prompt"]}, responses)
         for i in range(len(responses)):
             for j in range(i + 1, len(responses)):
