@@ -34,9 +34,31 @@ def test_sft_then_generate_end_to_end_on_the_tiny_model(memorise_file, tmp_path)
         ("tiny", 3, 2, "none", 0.0)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hi."}, {"prompt": "Say bye."}])
-    rlhf("generate", "--model", str(out), "--prompts", str(prompts), "--max-new-tokens", "5", "--output", str(tmp_path / "g.jsonl"))
+    proc = rlhf("generate", "--model", str(out), "--prompts", str(prompts), "--max-new-tokens", "5", "--output",
+                str(tmp_path / "g.jsonl"))
     rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["Say hi.", "Say bye."] and all(isinstance(r["response"], str) for r in rows)
+    # loading a saved model: transformers' weight-loading bar and deprecation notices stay out of our output
+    for noise in ("Loading weights", "FutureWarning", "DeprecationWarning"):
+        assert noise not in proc.stderr, proc.stderr
+
+
+def test_version_prints_the_package_version():
+    from importlib.metadata import version
+
+    from rlhfkit import __version__
+
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"rlhfkit {__version__}" and __version__ == version("rlhfkit")
+
+
+def test_sample_takes_samples_per_prompt_as_ppo_and_eval_spell_it(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hi."}])
+    out = tmp_path / "c.jsonl"
+    r = CliRunner().invoke(app, ["sample", "--model", "tiny", "--prompts", str(prompts), "--output", str(out),
+                                 "--samples-per-prompt", "3", "--max-new-tokens", "3"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(out.read_text().splitlines()[0])["responses"]) == 3
 
 
 def test_bad_input_gets_a_one_line_error_naming_the_line_and_field(tmp_path):

@@ -41,6 +41,38 @@ rm_app = typer.Typer(help="Reward model: train, score, evaluate.", no_args_is_he
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(rm_app, name="rm")
 
+def _print_version(value: bool) -> None:
+    if value:
+        from rlhfkit import __version__
+
+        typer.echo(f"rlhfkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print rlhfkit's version and exit.")) -> None:
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Our progress bars and messages only: no weight-loading bars or deprecation notices from transformers, peft
+    and torch between them. RLHFKIT_VERBOSE=1 keeps them."""
+    import os
+    import warnings
+
+    if os.environ.get("RLHFKIT_VERBOSE") == "1":
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if "huggingface_hub" in sys.modules:  # imported already (in-process callers): its switch, not the variable
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
 ConfigOpt = typer.Option(None, "--config", help="YAML file with config keys (CLI flags override it).")
 SeedOpt = typer.Option(None, "--seed", help="Random seed.")
 SetOpt = typer.Option(None, "--set", help="Override any config key: --set key=value (repeatable).")
@@ -166,8 +198,8 @@ LORA_FLAGS = {"lora": "--lora/--full", "resume": "--resume"}  # spellings the de
 
 
 @app.command()
-@config_command(SFTConfig, ["model", "data", "output", "max_steps", "batch_size", "lr", "lora", "resume", "report_to",
-                            "seed"], LORA_FLAGS)
+@config_command(SFTConfig, ["model", "data", "output", "max_steps", "batch_size", "lr", "lora", "merge_lora", "resume",
+                            "report_to", "seed"], LORA_FLAGS)
 def sft(cfg):
     """Supervised fine-tuning (loss on response tokens only), full or LoRA."""
     from rlhfkit.stages.sft import train_sft
@@ -206,7 +238,7 @@ def generate(
 
 @app.command()
 @config_command(SampleConfig, ["model", "prompts", "k", "output", "max_new_tokens", "temperature", "top_p", "top_k",
-                               "batch_size", "seed"])
+                               "batch_size", "seed"], {"k": Flag(("--samples-per-prompt", "--k"))})  # as ppo and eval spell it
 def sample(cfg):
     """K candidate responses per prompt, with the model and sampling settings recorded (resumable)."""
     from rlhfkit.stages.sample import sample_candidates
@@ -451,29 +483,30 @@ def feedback_stats(
         typer.echo(json.dumps(st, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    def fmt(x):
-        return "–" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+    def fmt(x):  # names are people's own text: brackets print as typed, never as rich markup
+        return "–" if x is None else f"{x:.3f}" if isinstance(x, float) else escape(str(x))
 
     console = Console()
-    t = Table(title=f"project {cfg.project}: tasks")
+    t = Table(title=f"project {escape(cfg.project)}: tasks")
     for col in ("kind", "tasks", "gold", "answered", "answers"):
         t.add_column(col)
     for kind, row in st["kinds"].items():
-        t.add_row(kind, *(fmt(row[c]) for c in ("tasks", "gold", "answered", "answers")))
+        t.add_row(fmt(kind), *(fmt(row[c]) for c in ("tasks", "gold", "answered", "answers")))
     console.print(t)
     t = Table(title="annotators")
     for col in ("annotator", "done", "skipped", "held", "gold answered", "gold accuracy"):
         t.add_column(col)
     for row in st["annotators"]:
-        t.add_row(row["annotator"], *(fmt(row[c]) for c in ("done", "skipped", "held", "gold_answered", "gold_accuracy")))
+        t.add_row(fmt(row["annotator"]), *(fmt(row[c]) for c in ("done", "skipped", "held", "gold_answered", "gold_accuracy")))
     console.print(t)
     t = Table(title="agreement (tasks with 2+ answers)")
     for col in ("kind", "tasks", "pairwise agreement", "Krippendorff's α", "metric"):
         t.add_column(col)
     for kind, row in st["agreement"].items():
-        t.add_row(kind, fmt(row["tasks_with_2plus"]), fmt(row["pairwise"]), fmt(row["alpha"]), row["metric"])
+        t.add_row(fmt(kind), fmt(row["tasks_with_2plus"]), fmt(row["pairwise"]), fmt(row["alpha"]), fmt(row["metric"]))
     console.print(t)
 
 
@@ -530,8 +563,8 @@ def rm_eval(
 
 @app.command()
 @config_command(PPOConfig, ["algo", "policy", "reward", "prompts", "output", "max_steps", "batch_size", "samples_per_prompt",
-                            "max_new_tokens", "ppo_epochs", "num_minibatches", "lora", "value_model", "resume", "report_to",
-                            "seed"],
+                            "max_new_tokens", "ppo_epochs", "num_minibatches", "lora", "merge_lora", "value_model", "resume",
+                            "report_to", "seed"],
                 LORA_FLAGS)
 def ppo(cfg):
     """PPO against a reward model or a gold judge (KL penalty, GAE, clipped losses, health checks); --algo grpo, rloo
@@ -553,8 +586,8 @@ def ppo(cfg):
 
 
 @app.command()
-@config_command(DPOConfig, ["model", "data", "output", "beta", "loss_type", "max_steps", "batch_size", "lr", "lora", "eval_data",
-                            "resume", "report_to", "seed"], LORA_FLAGS)
+@config_command(DPOConfig, ["model", "data", "output", "beta", "loss_type", "max_steps", "batch_size", "lr", "lora", "merge_lora",
+                            "eval_data", "resume", "report_to", "seed"], LORA_FLAGS)
 def dpo(cfg):
     """DPO (or IPO) straight from feedback: pairs, rankings, ratings and edits, no reward model, no sampling."""
     from rlhfkit.stages.dpo import train_dpo
@@ -625,10 +658,10 @@ def report(
 
 
 @app.command()
-@config_command(PipelineConfig, ["recipe", "output", "model", "budget_minutes", "feedback", "db", "wait", "rounds", "best_of",
-                                 "seed"])
+@config_command(PipelineConfig, ["recipe", "output", "model", "budget_minutes", "algo", "feedback", "db", "wait", "rounds",
+                                 "best_of", "seed"])
 def pipeline(cfg):
-    """Every stage in order (SFT → sample → feedback → reward model → PPO → eval → report), resuming finished ones."""
+    """Every stage in order (SFT → sample → feedback → reward model → PPO or --algo → eval → report), resuming finished ones."""
     from rlhfkit.stages.pipeline import run_pipeline
     from rlhfkit.stages.ppo import PPOHealthError
     from rlhfkit.stages.reward_model import RewardHealthError

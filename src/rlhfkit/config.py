@@ -542,6 +542,8 @@ class PPOConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the adapters' scale is alpha / r)."})
     lora_targets: list[str] = field(default_factory=_lora_targets, metadata={"help": "Modules that get LoRA adapters."})
+    merge_lora: bool = field(default=False, metadata={
+        "help": "Also write the policy merged into one full model in output/merged, loadable without peft."})
     max_steps: int = field(default=100, metadata={"help": "PPO updates (one rollout batch each)."})
     batch_size: int = field(default=8, metadata={
         "help": "Responses per rollout batch (batch_size / samples_per_prompt prompts)."})
@@ -648,6 +650,9 @@ class PipelineConfig:
         "help": "Feedback app: wait for the target answers, or use the answers already there."})
     poll_seconds: float = field(default=10.0, metadata={"help": "Feedback app: seconds between progress checks while waiting."})
     rounds: int = field(default=1, metadata={"help": "Sample → feedback → reward model → PPO rounds (iterated RLHF)."})
+    algo: str = field(default="", metadata={
+        "help": "Policy optimisation: ppo, grpo, rloo, reinforce++ (online, the recipe's ppo section) or dpo (offline on "
+                "the feedback, its dpo section); empty: the recipe's algo."})
     overrides: dict = field(default_factory=dict, metadata={
         "help": "Per-stage keys over the recipe's, e.g. {rm: {model: tiny-minilm}}."})
     best_of: int = field(default=0, metadata={"help": "Eval: add the reference's best-of-N answers by reward-model score as a baseline."})

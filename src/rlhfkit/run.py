@@ -45,7 +45,7 @@ from rlhfkit.checkpoint import (
     step_completes,
 )
 from rlhfkit.config import ConfigError, save_config, to_dict
-from rlhfkit.tracking import truncate_metrics
+from rlhfkit.tracking import clear_tensorboard, truncate_metrics
 
 console = Console(stderr=True)
 METRICS = "metrics.jsonl"
@@ -125,11 +125,14 @@ class Run:
             if dist.is_main():
                 truncate_metrics(self.out / METRICS, start)
             self.say(f"resumed from step {start}")
-        elif dist.is_main() and (self.out / METRICS).exists():
-            (self.out / METRICS).unlink()  # a fresh run starts a fresh log
+        elif dist.is_main():  # a fresh run starts a fresh log, and fresh TensorBoard curves
+            if (self.out / METRICS).exists():
+                (self.out / METRICS).unlink()
+            clear_tensorboard(self.out / "tb")
         if dist.is_main():
             save_config(self.cfg, self.out)
-        self.logger = dist.metrics_logger(self.out, self.cfg.report_to, config=to_dict(self.cfg))
+        self.logger = dist.metrics_logger(self.out, self.cfg.report_to, config=to_dict(self.cfg),
+                                          purge_step=start + 1 if ckpt is not None else None)
         return start
 
     def save_checkpoint(self, step: int, rng: dict | None = None) -> None:

@@ -47,10 +47,17 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+def clear_tensorboard(folder: Path) -> None:
+    """Remove a previous run's TensorBoard event files, so a fresh run in the same folder shows its curves alone."""
+    for f in Path(folder).glob("events.out.tfevents.*"):
+        f.unlink()
+
+
 class MetricsLogger:
     """Append metrics to ``out_dir/metrics.jsonl`` and mirror them to the chosen tracker."""
 
-    def __init__(self, out_dir: str | Path, report_to: str = "tensorboard", run_name: str | None = None, config: dict | None = None):
+    def __init__(self, out_dir: str | Path, report_to: str = "tensorboard", run_name: str | None = None, config: dict | None = None,
+                 purge_step: int | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.jsonl"
@@ -59,7 +66,8 @@ class MetricsLogger:
         if report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.out_dir / "tb"))
+            # a resumed run drops the events a crashed run logged past its checkpoint (purge_step: the next step)
+            self._tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=purge_step)
         elif report_to == "wandb":
             try:
                 import wandb

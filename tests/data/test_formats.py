@@ -117,7 +117,8 @@ def test_a_file_without_records_is_an_error(tmp_path, content):
 
 
 def test_a_folder_or_a_missing_path_is_named(tmp_path):
-    assert read_error(tmp_path) == f"{tmp_path}: is a folder, expected a file"
+    assert read_error(tmp_path) == (f"{tmp_path}: is a folder but not a saved dataset (save_to_disk); give a JSONL, "
+                                    "parquet, CSV or JSON file, or the dataset's folder")
     assert read_error(tmp_path / "nope.jsonl") == f"{tmp_path / 'nope.jsonl'}: no such file"
 
 

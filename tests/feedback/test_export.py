@@ -99,6 +99,14 @@ def test_stats_report_progress_gold_accuracy_and_agreement(fb):
     assert st["kinds"]["rank"] == {"tasks": 3, "gold": 1, "answered": 3, "answers": 6}
 
 
+def test_cli_stats_prints_annotator_names_with_brackets_as_typed(fb, db_url):
+    for name in ("[bold]mallory[red]", "Sam [intern]"):  # rich would colour the first and drop "[intern]"
+        fb.answer_all(fb.annotator(name), prefer_longest)
+    r = CliRunner().invoke(app, ["feedback", "stats", "--db", db_url, "--project", "demo"])
+    assert r.exit_code == 0, r.output
+    assert "[bold]mallory[red]" in r.output and "Sam [intern]" in r.output
+
+
 def test_cli_import_stats_and_export(tmp_path, candidates, gold_file):
     db = str(tmp_path / "cli.db")
     runner = CliRunner()

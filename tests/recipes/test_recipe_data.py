@@ -104,10 +104,14 @@ def test_tutor_grading_records_carry_the_gold_fields_and_the_prompt_shows_questi
 
 
 @pytest.mark.parametrize("split", list(KINDS))
-def test_tutor_about_a_third_of_student_answers_are_wrong_or_partly_right_across_mixed_subjects(split):
+def test_tutor_a_third_of_student_answers_are_wrong_or_partly_right_half_in_the_demonstrations_across_mixed_subjects(split):
     records = grading(split)
     verdicts = [r["verdict"] for r in records]
-    assert 0.25 <= 1 - verdicts.count("correct") / len(verdicts) <= 0.42, split
+    # The prompts and eval set keep about a third wrong or partly right; the SFT demonstrations hold about
+    # half, so that "Correct!" is not the opening the SFT model learns by default (with a third, it praised
+    # 48 of 52 sampled replies to wrong answers; recipe.yaml)
+    lo, hi = (0.4, 0.6) if split == "sft" else (0.25, 0.42)
+    assert lo <= 1 - verdicts.count("correct") / len(verdicts) <= hi, split
     assert verdicts.count("partly") and verdicts.count("incorrect"), split
     assert {r["topic"] for r in records} == SUBJECTS, split
     assert sum("marks" in r for r in records) >= 0.1 * len(records), f"{split}: too few rubric questions"

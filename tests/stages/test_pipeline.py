@@ -5,7 +5,7 @@ import yaml
 
 import rlhfkit.stages.sft as sft
 from rlhfkit.config import ConfigError, PipelineConfig
-from rlhfkit.stages.pipeline import available_recipes, load_recipe, ppo_minutes, run_pipeline
+from rlhfkit.stages.pipeline import ALGOS, available_recipes, load_recipe, policy_algo, ppo_minutes, run_pipeline
 from rlhfkit.tracking import read_metrics
 
 TINY = {
@@ -35,6 +35,31 @@ def test_ppo_gets_the_rest_of_the_budget_less_the_eval_reserve_split_over_the_ro
 def test_unknown_stage_override_is_named(tmp_path):
     with pytest.raises(ConfigError, match="overrides: ppx: unknown stage"):
         run_pipeline(PipelineConfig(recipe="tutor", output=str(tmp_path / "unused"), overrides={"ppx": {}}))
+
+
+def test_the_policy_optimisation_is_the_commands_then_an_overrides_then_the_recipes_then_ppo():
+    from dataclasses import replace
+
+    recipe = load_recipe("tutor")
+    assert policy_algo(PipelineConfig(), recipe) == "ppo"  # the tutor recipe names none
+    assert policy_algo(PipelineConfig(), replace(recipe, ppo={**recipe.ppo, "algo": "rloo"})) == "rloo"
+    assert policy_algo(PipelineConfig(), replace(recipe, algo="dpo", ppo={"algo": "rloo"})) == "dpo"
+    assert policy_algo(PipelineConfig(overrides={"ppo": {"algo": "grpo"}}), replace(recipe, algo="dpo")) == "grpo"
+    assert policy_algo(PipelineConfig(algo="reinforce++", overrides={"ppo": {"algo": "grpo"}}), recipe) == "reinforce++"
+    assert set(ALGOS) == {"ppo", "grpo", "rloo", "reinforce++", "dpo"}
+    with pytest.raises(ConfigError, match="algo: expected one of ppo, grpo, rloo, reinforce\\+\\+, dpo, got 'ddpg'"):
+        policy_algo(PipelineConfig(algo="ddpg"), recipe)
+
+
+def test_a_recipe_that_names_an_unknown_algo_is_refused_with_its_file(tmp_path):
+    import shutil
+
+    folder = tmp_path / "mine"
+    shutil.copytree(load_recipe("tutor").folder, folder)
+    text = (folder / "recipe.yaml").read_text()
+    (folder / "recipe.yaml").write_text("algo: ddpg\n" + text)
+    with pytest.raises(ConfigError, match=f"{folder / 'recipe.yaml'}: algo: expected one of"):
+        load_recipe(str(folder))
 
 
 def test_a_rerun_continues_the_budget_instead_of_starting_it_again(tmp_path, monkeypatch):
@@ -116,8 +141,8 @@ def test_pipeline_end_to_end_on_the_tiny_model_resumes_an_interrupted_stage(tmp_
     assert snaps["chosen"] == 1 and rows[1]["path"] == "snapshots/step-0001"
     assert ev["models"][1]["spec"] == str(out / "ppo" / "snapshots" / "step-0001")
     assert "PPO snapshot step 1 of 2 is evaluated as ppo" in capsys.readouterr().err.replace("\n", " ")
-    # perplexity on the 7 SFT examples (5 % of 140) that SFT held out
-    assert len((out / "sft_heldout.jsonl").read_text().splitlines()) == 7
+    # perplexity on the 9 SFT examples (5 % of 178) that SFT held out
+    assert len((out / "sft_heldout.jsonl").read_text().splitlines()) == 9
     assert all(m["ppl"] > 1 for m in ev["models"]) and "ppl" not in ev["skipped"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2
@@ -200,3 +225,22 @@ def test_the_final_eval_takes_the_snapshot_the_held_out_proxy_chose_else_the_fin
     snapshots(chosen=2, kept=False)
     assert chosen_policy(ppo) == str(ppo)
     assert "weights were not kept" in capsys.readouterr().err.replace("\n", " ")
+
+
+@pytest.mark.slow
+def test_pipeline_with_algo_dpo_trains_dpo_on_the_feedback_in_ppos_place_and_evaluates_it(tmp_path):
+    out = tmp_path / "run"
+    tiny = {**TINY, "dpo": {"max_steps": 2, "batch_size": 4, "max_len": 128, "eval_every": 0, "save_every": 1}}
+    result = run_pipeline(PipelineConfig(recipe="tutor", output=str(out), model="tiny", algo="dpo", overrides=tiny, threads=1))
+    assert (out / "dpo" / ".done.json").exists() and not (out / "ppo").exists()
+    dpo_cfg = yaml.safe_load((out / "dpo" / "config.yaml").read_text())
+    assert dpo_cfg["data"] == str(out / "feedback_all.jsonl") and dpo_cfg["model"] == str(out / "sft" / "merged")
+    # PPO's slot of the budget is DPO's deadline
+    assert 0.0 < dpo_cfg["time_budget_minutes"] < load_recipe("tutor").budget_minutes
+    assert [r["step"] for r in read_metrics(out / "dpo" / "metrics.jsonl")] == [1, 2]
+    ev = json.loads((out / "eval" / "eval.json").read_text())
+    assert [m["name"] for m in ev["models"]][:2] == ["sft", "dpo"]
+    assert ev["models"][1]["spec"] == str(out / "dpo" / "merged")
+    html = (out / "report.html").read_text()
+    assert "<h2>DPO training</h2>" in html and "PPO training" not in html and "DPO curves not shown" not in html
+    assert result["report"] == str(out / "report.html")

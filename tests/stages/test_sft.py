@@ -99,3 +99,15 @@ def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_n
     kw = dict(max_steps=9, eval_fraction=0.25, eval_every=3)
     check_ctrl_c_during_evaluation(monkeypatch, tmp_path, train_sft, lambda out, **more: tiny_cfg(memorise_file, out, **kw, **more),
                                    sft, "heldout_loss", saved_step=6, weights="model.safetensors")
+
+
+def test_a_fresh_run_into_a_used_folder_starts_fresh_tensorboard_curves(memorise_file, tmp_path):
+    for _ in range(2):  # the second run, without resume, overwrites the first one's model and log
+        train_sft(tiny_cfg(memorise_file, tmp_path / "run", max_steps=2, report_to="tensorboard"))
+    assert len(list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))) == 1
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
+def test_an_eval_fraction_that_holds_out_nothing_is_said(memorise_file, tmp_path, capsys):
+    train_sft(tiny_cfg(memorise_file, tmp_path / "run", max_steps=1, eval_fraction=0.05))  # 5 % of 8 examples
+    assert "rounds to none held out: no held-out metrics" in capsys.readouterr().err.replace("\n", " ")

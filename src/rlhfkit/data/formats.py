@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
+from rlhfkit.data.shapes import ShapeError, from_trl, is_unpaired
+
 KINDS = ("sft", "prompt", "preference", "ranking", "rating", "edit", "candidates")
 ROLES = ("system", "user", "assistant")
 # Scores and margins past this are typos, not feedback; squared when ratings are z-scored, 1e308 overflows.
@@ -186,6 +188,9 @@ def _check_prompt(rec: dict, where: str) -> None:
 
 
 def _check_sft(rec: dict, where: str) -> None:
+    if "text" in rec and "prompt" not in rec and "messages" not in rec:  # language modelling: loss on all of it
+        _need_str(rec, "text", where)
+        return
     if "messages" in rec:
         msgs = _check_messages(rec, where)
         if msgs[-1]["role"] != "assistant":
@@ -264,7 +269,7 @@ def detect_kind(rec: dict) -> str:
         return "rating"
     msgs = rec.get("messages")
     ends_with_answer = isinstance(msgs, list) and bool(msgs) and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant"
-    if "completion" in rec or ends_with_answer:
+    if "completion" in rec or ends_with_answer or ("text" in rec and "prompt" not in rec):
         return "sft"
     return "prompt"
 
@@ -276,6 +281,14 @@ def validate(rec: Any, kind: str, where: str) -> dict:
     if kind != "auto" and kind not in CHECKS:
         raise ValueError(f"unknown record kind {kind!r}; expected one of {', '.join(KINDS)}")
     _check_values(rec, where)
+    if kind == "sft" and is_unpaired(rec):
+        raise RecordError(where, "label", "an unpaired preference record (prompt, completion, label): SFT would learn the "
+                                          "label-false completions too; keep the label-true rows for SFT, or train a "
+                                          "reward model or DPO on the file (its labels are read as ratings 1 and 0)")
+    try:
+        rec = from_trl(rec)  # TRL's shapes as rlhfkit's records (data/shapes.py)
+    except ShapeError as e:
+        raise RecordError(where, e.field, e.problem) from None
     CHECKS[detect_kind(rec) if kind == "auto" else kind](rec, where)
     _check_optional_fields(rec, where)
     return rec
@@ -288,7 +301,7 @@ def open_input(path: str | Path) -> BinaryIO:
     except FileNotFoundError:
         raise RecordError(str(path), None, "no such file") from None
     except IsADirectoryError:
-        raise RecordError(str(path), None, "is a folder, expected a file") from None
+        raise RecordError(str(path), None, "is a folder, expected a file (or a datasets save_to_disk folder)") from None
     except OSError as e:
         raise RecordError(str(path), None, f"cannot be read ({e.strerror})") from None
 
@@ -324,9 +337,102 @@ def _json_lines(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def iter_records(path: str | Path, kind: str) -> Iterator[tuple[str, dict]]:
-    """(``file:line``, record) for each non-blank line of a JSONL file, validated as ``kind``."""
-    for where, value in _json_lines(Path(path)):
+    """(``file:line``, record) for each non-blank line of a JSONL file, validated as ``kind``; other data
+    (parquet, CSV, JSON, a ``datasets`` folder, a cached hub dataset: :func:`dataset_rows`) row by row as
+    (``source:row N``, record)."""
+    rows = dataset_rows(str(path))
+    if rows is None:
+        for where, value in _json_lines(Path(path)):
+            yield where, validate(value, kind, where)
+        return
+    for where, value in rows:
         yield where, validate(value, kind, where)
+
+
+DATASET_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``PATH:SPLIT`` → (PATH, SPLIT) when PATH names a dataset (``hf:NAME`` or an existing path); else (spec, None)."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail and "/" not in tail and (head.startswith("hf:") or Path(head).exists()) and not Path(spec).exists():
+        return head, tail
+    return spec, None
+
+
+def dataset_rows(spec: str) -> Iterator[tuple[str, dict]] | None:
+    """The rows of a dataset that is not JSONL, through the ``datasets`` library, or None for a JSONL file.
+
+    ``FILE.parquet|.csv|.json|.arrow``; a ``save_to_disk`` folder (a DatasetDict names its split: ``FOLDER:test``,
+    else its only split or ``train``); ``hf:NAME[:SPLIT]``, a hub dataset already in the local cache (offline).
+    A null column value is a field the row does not have (columnar files give every row every column).
+    """
+    path, split = split_spec(spec)
+    p = Path(path)
+    if path.startswith("hf:"):
+        source = lambda: _hub_dataset(path[3:], split)  # noqa: E731
+    elif p.is_dir():
+        if not ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists()):
+            raise RecordError(path, None, "is a folder but not a saved dataset (save_to_disk); give a JSONL, parquet, "
+                                          "CSV or JSON file, or the dataset's folder")
+        source = lambda: _pick_split(path, _load_from_disk(path), split)  # noqa: E731
+    elif p.suffix.lower() in DATASET_SUFFIXES and p.exists():
+        source = lambda: _from_file(path, DATASET_SUFFIXES[p.suffix.lower()])  # noqa: E731
+    else:
+        if split is not None:
+            raise RecordError(spec, None, f"{path} is not a dataset with splits (a datasets folder or hf:NAME)")
+        return None
+    return ((f"{spec}:row {i}", {k: v for k, v in row.items() if v is not None})
+            for i, row in enumerate(source(), 1))
+
+
+def _from_file(path: str, builder: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(builder, data_files=path, split="train")
+    except Exception as e:  # the builders raise their parsers' errors: say which file, in one line
+        raise RecordError(path, None, f"cannot be read as {builder} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def _load_from_disk(path: str):
+    import datasets
+
+    try:
+        return datasets.load_from_disk(path)
+    except Exception as e:
+        raise RecordError(path, None, f"cannot be read as a saved dataset ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def _pick_split(where: str, data, split: str | None):
+    import datasets
+
+    if not isinstance(data, datasets.DatasetDict):
+        if split is not None:
+            raise RecordError(where, None, f"a single dataset has no split {split!r}; name the folder alone")
+        return data
+    names = list(data)
+    if split is None:
+        if len(names) == 1 or "train" in names:
+            return data[names[0] if len(names) == 1 else "train"]
+        raise RecordError(where, None, f"a DatasetDict with splits {', '.join(names)}: name one as {where}:SPLIT")
+    if split not in data:
+        raise RecordError(where, None, f"no split {split!r} (splits: {', '.join(names)})")
+    return data[split]
+
+
+def _hub_dataset(name: str, split: str | None):
+    import os
+
+    import datasets
+
+    os.environ["HF_DATASETS_OFFLINE"] = "1"  # rlhfkit reads data offline: the local cache only
+    try:
+        data = datasets.load_dataset(name)
+    except Exception as e:
+        raise RecordError(f"hf:{name}", None, "not a hub dataset in the local cache (rlhfkit reads datasets offline; "
+                                              f"download it once with datasets.load_dataset) ({type(e).__name__})") from None
+    return _pick_split(f"hf:{name}", data, split)
 
 
 def read_located(path: str | Path, kind: str) -> list[tuple[str, dict]]:
@@ -377,7 +483,9 @@ def prompt_text(rec: dict) -> str:
 
 
 def sft_pair(rec: dict) -> tuple[list[dict], str]:
-    """(prompt messages, response text) of an SFT record."""
+    """(prompt messages, response text) of an SFT record; a language-modelling ``text`` has no prompt."""
+    if "text" in rec and "prompt" not in rec and "messages" not in rec:
+        return [], rec["text"]
     if "messages" in rec:
         return rec["messages"][:-1], rec["messages"][-1]["content"]
     return [{"role": "user", "content": rec["prompt"]}], rec["completion"]

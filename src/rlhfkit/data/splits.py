@@ -22,6 +22,16 @@ def split_records(records: list, fraction: float, seed: int) -> tuple[list, list
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
+def none_held_out(n: int, fraction: float, held: list, what: str) -> str:
+    """Why a positive ``eval_fraction`` of ``n`` ``what`` held out nothing (so no held-out metrics), or ""."""
+    if fraction <= 0 or held or n == 0:
+        return ""
+    if round(n * fraction) >= n:
+        return f"; eval_fraction {fraction:g} would hold out all {n} {what}, so none is: no held-out metrics"
+    return (f"; eval_fraction {fraction:g} of {n} {what} rounds to none held out: no held-out metrics "
+            f"(eval_fraction ≥ {0.5 / n:.2g} holds out one, or give eval_data)")
+
+
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
     """Example indices of optimiser step ``step``: epochs of seeded permutations, read in order."""
     out = []

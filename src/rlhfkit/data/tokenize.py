@@ -47,8 +47,9 @@ class Encoded:
 
 
 def encode_sft(tok, messages: list[dict], response: str, max_len: int, max_prompt_len: int, chat: bool = True) -> Encoded:
-    """One SFT example: prompt ids masked out of the loss, response ids (with EOS) as labels."""
-    prompt = encode_prompt(tok, messages, chat)
+    """One SFT example: prompt ids masked out of the loss, response ids (with EOS) as labels. No messages (a
+    language-modelling text): no chat template, only BOS before the text, and the loss on all of it."""
+    prompt = encode_prompt(tok, messages, chat) if messages else [tok.bos_token_id] if tok.bos_token_id is not None else []
     resp = encode_response(tok, response)
     truncated = False
     if len(prompt) > max_prompt_len:

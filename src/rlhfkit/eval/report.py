@@ -1,8 +1,8 @@
 """The run report: one self-contained ``report.html`` with matplotlib plots embedded as base64 PNGs.
 
-It reads a pipeline run folder ``runs/<name>/{sft,rm,ppo,eval}/`` (each part optional) and shows
+It reads a pipeline run folder ``runs/<name>/{sft,rm,ppo,dpo,eval}/`` (each part optional) and shows
 - training curves from each stage's ``metrics.jsonl`` (SFT loss, reward-model accuracy, PPO score, KL,
-  entropy, clip fraction, value loss, response length);
+  entropy, clip fraction, value loss, response length; or DPO's loss, implicit rewards and KL);
 - reward against √KL (the frontier: how much reward each nat of KL bought);
 - gold against proxy score by √KL (Gao et al. 2022): every PPO snapshot (``ppo/snapshots.json``: the policy on
   held-out prompts every few updates, x = its held-out KL), the one chosen by the held-out proxy marked, with a
@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import yaml
 from matplotlib.figure import Figure  # no pyplot: the Agg canvas, no global state, no display needed
 
 from rlhfkit.eval import metrics as M
@@ -30,6 +31,9 @@ from rlhfkit.tracking import read_metrics, read_snapshots
 
 PPO_PANELS = [("score", "score (reward model / judge)"), ("kl", "KL to reference"), ("entropy", "entropy"),
               ("clipfrac", "clip fraction"), ("value_loss", "value loss"), ("response_len", "response length")]
+DPO_PANELS = [("loss", "DPO loss"), ("reward_accuracy", "implicit reward accuracy"), ("reward_margin", "implicit reward margin"),
+              ("reward_chosen", "implicit reward, chosen"), ("reward_rejected", "implicit reward, rejected"),
+              ("implicit_kl", "implicit KL to reference")]
 
 
 def png(fig: Figure, alt: str = "") -> str:
@@ -101,22 +105,35 @@ def plot_rm(records: list[dict]) -> str | None:
     return png(fig)
 
 
-def plot_ppo(records: list[dict]) -> str | None:
-    panels = [(k, title) for k, title in PPO_PANELS if len(numeric(records, k)[0])]
+def plot_ppo(records: list[dict], title: str = "PPO training") -> str | None:
+    return plot_panels(records, PPO_PANELS, title)
+
+
+def plot_dpo(records: list[dict]) -> str | None:
+    return plot_panels(records, DPO_PANELS, "DPO training")
+
+
+def plot_panels(records: list[dict], panels: list[tuple[str, str]], title: str) -> str | None:
+    """One panel per logged key of ``panels``, three a row, its held-out ``eval_<key>`` points beside the curve."""
+    panels = [(k, name) for k, name in panels if len(numeric(records, k)[0])]
     if not panels:
         return None
     cols = 3
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(12, 3.2 * rows))
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, name) in zip(axes, panels):
         x, y = numeric(records, key)
         curve(ax, x, y, key, "C0")
-        ax.set(title=title, xlabel="step")
+        ex, ey = numeric(records, f"eval_{key}")
+        if len(ex):
+            ax.plot(ex, ey, "s-", color="C3", label=f"held-out {key}")
+            ax.legend(fontsize=8)
+        ax.set(title=name, xlabel="step")
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle("PPO training", fontsize=13)
+    fig.suptitle(title, fontsize=13)
     fig.tight_layout()
     return png(fig)
 
@@ -500,12 +517,19 @@ def gold_vs_proxy(ppo: list[dict], ev: dict | None, snaps: dict | None) -> tuple
     return plot_overoptimisation(points, source, hack, [str(s) for s in steps], chosen), snapshots_verdict(snaps)
 
 
+def ppo_algo(ppo_dir: Path) -> str:
+    """The PPO trainer's advantage estimator as a heading ("PPO", "GRPO", …), from its saved config."""
+    path = ppo_dir / "config.yaml"
+    algo = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("algo", "ppo") if path.exists() else "ppo"
+    return {"reinforce++": "REINFORCE++"}.get(algo, str(algo).upper())
+
+
 def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
     """Write ``run_dir/report.html`` (or ``out_path``) from whatever stages the run folder holds; returns its path."""
     run = Path(run_dir)
     out = Path(out_path) if out_path else run / "report.html"
     name = html.escape(run.resolve().name)
-    sft, rm, ppo = (read_metrics(run / part / "metrics.jsonl") for part in ("sft", "rm", "ppo"))
+    sft, rm, ppo, dpo = (read_metrics(run / part / "metrics.jsonl") for part in ("sft", "rm", "ppo", "dpo"))
     ev_path = run / "eval" / "eval.json"
     ev = json.loads(ev_path.read_text(encoding="utf-8")) if ev_path.exists() else None
     samples = read_metrics(run / "eval" / "samples.jsonl")  # a plain JSONL reader; no file → []
@@ -532,7 +556,12 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
                f"pair accuracy <b>{g['gold_accuracy']:.2f}</b> ({g['gold_pairs']} pairs whose gold scores differ; 0.5 is chance)")
         parts.append(f"<p>Reward model against the gold judge <b>{html.escape(str(g['judge']))}</b> on its "
                      f"{g['held_out_prompts']} held-out prompts: {acc}.</p>")
-    parts.append("<h2>PPO training</h2>" + shown(plot_ppo(ppo), "PPO curves", "no ppo/metrics.jsonl"))
+    if ppo or not dpo:
+        algo = ppo_algo(run / "ppo")
+        parts.append(f"<h2>{algo} training</h2>" + shown(plot_ppo(ppo, f"{algo} training"), f"{algo} curves",
+                                                         "no ppo/metrics.jsonl"))
+    if dpo:
+        parts.append("<h2>DPO training</h2>" + shown(plot_dpo(dpo), "DPO curves", "no loss in dpo/metrics.jsonl"))
     snaps = read_snapshots(run / "ppo")
     figure, verdict = gold_vs_proxy(ppo, ev, snaps)
     parts.append("<h2>KL: the frontier and over-optimisation</h2><div class=grid>"

@@ -94,7 +94,17 @@ def resolve(spec: str) -> str:
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelSpecError(f"{spec}: no such model folder")
+    if not in_hub_cache(spec):
+        raise ModelSpecError(f"{spec}: no such model folder, and no hub model of that name in the local cache "
+                             "(rlhfkit loads models offline: a folder, default, minilm, tiny, or a hub id already downloaded)")
     return spec  # a hub id; transformers reads its offline cache
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds a snapshot of ``repo_id`` (no network)."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return (Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots").is_dir()
 
 
 def load_tokenizer(spec: str):
@@ -152,7 +162,18 @@ def _adapter_base(path: Path) -> str:
     import json
 
     cfg = json.loads((path / "adapter_config.json").read_text())
-    return cfg.get("base_model_name_or_path") or "default"
+    base = cfg.get("base_model_name_or_path") or "default"
+    if Path(base).name == DEFAULT_CACHE_NAME and not Path(base).exists():
+        return "default"  # the shipped model's converted folder, recorded on another machine or cache: convert it here
+    return base
+
+
+def record_base(model, spec: str, path: str | None) -> None:
+    """Name the folder a model was loaded from as an absolute path (``tiny`` specs: the spec), so that adapters
+    saved on it record a base that plain peft loads from any working directory, with no hub lookup."""
+    name = spec if path is None else str(Path(path).resolve())
+    model.config._name_or_path = name
+    model.name_or_path = name
 
 
 def _seeded_init(build):
@@ -183,6 +204,7 @@ def load_causal_lm(spec: str, dtype: torch.dtype = torch.float32, trainable: boo
 
     if spec == "tiny":
         model = _seeded_init(lambda: AutoModelForCausalLM.from_config(tiny_config(), dtype=dtype))
+        record_base(model, spec, None)
     else:
         path = resolve(spec)
         p = Path(path)
@@ -196,10 +218,8 @@ def load_causal_lm(spec: str, dtype: torch.dtype = torch.float32, trainable: boo
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
             except OSError as e:
                 raise ModelSpecError(f"{spec}: cannot load a causal LM offline ({e})") from None
-    if spec in ("default", "tiny", "minilm"):
-        # Adapters saved on this model then record a portable base spec (peft reads name_or_path).
-        model.config._name_or_path = spec
-        model.name_or_path = spec
+            if p.exists():
+                record_base(model, spec, path)
     model.config.use_cache = True
     own_memory(model)  # a model loaded from a checkpoint computes bit for bit as the one that saved it
     # Dropout off everywhere (docs/design.md §4.6): RLHF log-probs must be deterministic.
@@ -221,9 +241,10 @@ def load_sequence_classifier(spec: str, num_labels: int = 1, dtype: torch.dtype 
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype)
         except OSError as e:
             raise ModelSpecError(f"{spec}: cannot load a sequence classifier offline ({e})") from None
-    if spec in ("default", "tiny", "tiny-minilm", "minilm"):
-        model.config._name_or_path = spec
-        model.name_or_path = spec
+        if Path(path).exists():
+            record_base(model, spec, path)
+    if spec in ("tiny", "tiny-minilm"):
+        record_base(model, spec, None)
     if model.config.pad_token_id is None:
         tok = load_tokenizer(spec)
         model.config.pad_token_id = tok.pad_token_id

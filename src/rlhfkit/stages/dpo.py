@@ -27,7 +27,7 @@ from rlhfkit.accel.precision import autocast, resolve_precision
 from rlhfkit.config import ConfigError, DPOConfig
 from rlhfkit.data.formats import RecordError, prompt_key, prompt_messages, read_records
 from rlhfkit.data.groups import Group, build_groups
-from rlhfkit.data.splits import batch_indices, split_records
+from rlhfkit.data.splits import batch_indices, none_held_out, split_records
 from rlhfkit.data.tokenize import encode_prompt, encode_response, left_pad, pad_sequences
 from rlhfkit.models.loading import add_lora, disable_dropout, load_start, load_tokenizer
 from rlhfkit.models.rollout import forward_tokens
@@ -139,6 +139,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
         keys = {prompt_key(g.prompt) for g in held_groups}
         groups = [g for g in groups if prompt_key(g.prompt) not in keys]
     else:
+        n_prompts = len(groups)
         groups, held_groups = split_records(groups, cfg.eval_fraction, cfg.seed)
     tok = load_tokenizer(cfg.model)
     train, held = encode_pairs(tok, groups, cfg), encode_pairs(tok, held_groups, cfg)
@@ -147,7 +148,8 @@ def train_dpo(cfg: DPOConfig) -> dict:
     accelerator = dist.get_accelerator(max(cfg.grad_accum, 1), max(1, cfg.batch_size // max(cfg.grad_accum, 1)))
     device = accelerator.device
     precision = resolve_precision(cfg.precision, device.type)
-    run.say(f"{len(train)} train pairs ({len(groups)} prompts) / {len(held)} held-out pairs ({len(held_groups)} prompts); "
+    empty = "" if cfg.eval_data else none_held_out(n_prompts, cfg.eval_fraction, held_groups, "prompts")
+    run.say(f"{len(train)} train pairs ({len(groups)} prompts) / {len(held)} held-out pairs ({len(held_groups)} prompts){empty}; "
             f"β {cfg.beta}, {cfg.loss_type} loss, precision {precision}")
 
     ckpt = run.checkpoint_to_resume()

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from rlhfkit.config import (
     ConfigError,
+    DPOConfig,
     EvalConfig,
     PipelineConfig,
     PPOConfig,
@@ -44,6 +45,10 @@ console = Console(stderr=True)
 RECIPES_DIR = Path(__file__).parent.parent / "recipes"
 # Counts the budget's planner sets (the rest of each section is taken as written).
 SCALED = {stage: [key] for stage, key in COUNTS.items()}
+# The policy optimisations the pipeline runs after the reward model: the online ones in the PPO trainer, or DPO.
+ONLINE = ("ppo", "grpo", "rloo", "reinforce++")
+ALGOS = (*ONLINE, "dpo")
+STAGES = ("sft", "sample", "feedback", "rm", "ppo", "dpo", "eval")  # the recipe's sections (and --set's stages)
 
 
 @dataclass
@@ -60,7 +65,9 @@ class Recipe:
     sample: dict = field(default_factory=dict)
     feedback: dict = field(default_factory=dict)
     rm: dict = field(default_factory=dict)
+    algo: str = ""  # the policy optimisation: ppo, grpo, rloo, reinforce++ (the ppo section) or dpo (the dpo section)
     ppo: dict = field(default_factory=dict)
+    dpo: dict = field(default_factory=dict)
     eval: dict = field(default_factory=dict)
 
 
@@ -77,8 +84,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not path.exists():
         raise ConfigError(f"{name_or_path}: no such recipe (known: {', '.join(available_recipes())})")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    known = {"judge", "budget_minutes", "dev_prompts", "description", "sft", "sample", "feedback", "rm",
-             "ppo", "eval"}
+    known = {"judge", "budget_minutes", "dev_prompts", "description", "algo", "sft", "sample", "feedback", "rm",
+             "ppo", "dpo", "eval"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown recipe key (known: {', '.join(sorted(known))})")
@@ -91,6 +98,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     dev = data.get("dev_prompts", 0)
     if isinstance(dev, bool) or not isinstance(dev, int) or dev < 0:
         raise ConfigError(f"{path}: dev_prompts: expected a whole number of prompts ≥ 0, got {dev!r}")
+    if data.get("algo", "ppo") not in ALGOS:  # "" is not one: a recipe that names no algo leaves the key out
+        raise ConfigError(f"{path}: algo: expected one of {', '.join(ALGOS)}, got {data['algo']!r}")
     if folder.resolve().is_relative_to(Path.cwd()):
         folder = folder.resolve().relative_to(Path.cwd())  # run folders and reports then name no machine path
     return Recipe(name=folder.name, folder=folder, **data)
@@ -175,11 +184,22 @@ def app_feedback(cfg: PipelineConfig, recipe: Recipe, candidates: Path, feedback
         raise RuntimeError(f"project {project}: no answers to export yet; annotate some tasks or rerun with --no-wait later")
 
 
+def policy_algo(cfg: PipelineConfig, recipe: Recipe) -> str:
+    """The policy optimisation a run does: the command's ``algo``, else an override's ``ppo.algo``, the recipe's
+    ``algo``, its ppo section's ``algo``, else PPO."""
+    algo = (cfg.algo or cfg.overrides.get("ppo", {}).get("algo") or recipe.algo or recipe.ppo.get("algo")
+            or "ppo")
+    if algo not in ALGOS:
+        raise ConfigError(f"algo: expected one of {', '.join(ALGOS)}, got {algo!r}")
+    return algo
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run (or resume) every stage; returns the evaluation summary."""
     from rlhfkit.data.splits import split_records
     from rlhfkit.eval.report import build_report, summary_lines
     from rlhfkit.feedback.simulate import simulate_feedback
+    from rlhfkit.stages.dpo import train_dpo
     from rlhfkit.stages.evaluate import evaluate_models
     from rlhfkit.stages.ppo import train_ppo
     from rlhfkit.stages.reward_model import train_reward
@@ -189,8 +209,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     if cfg.feedback not in ("simulated", "app"):
         raise ConfigError(f"feedback: expected simulated or app, got {cfg.feedback!r}")
     for stage in cfg.overrides:
-        if stage not in ("sft", "sample", "feedback", "rm", "ppo", "eval"):
-            raise ConfigError(f"overrides: {stage}: unknown stage (sft, sample, feedback, rm, ppo, eval)")
+        if stage not in STAGES:
+            raise ConfigError(f"overrides: {stage}: unknown stage ({', '.join(STAGES)})")
     recipe = load_recipe(cfg.recipe)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,11 +224,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             clock.save()  # however the stage ended
 
     budget = cfg.budget_minutes or recipe.budget_minutes
-    sections = {k: {**getattr(recipe, k), **cfg.overrides.get(k, {})} for k in ("sft", "sample", "feedback", "rm", "ppo", "eval")}
+    sections = {k: {**getattr(recipe, k), **cfg.overrides.get(k, {})} for k in STAGES}
+    algo = policy_algo(cfg, recipe)
+    if algo in ONLINE:
+        sections["ppo"]["algo"] = algo
     common = {"seed": cfg.seed, "threads": cfg.threads}
     where = str(recipe.folder / "recipe.yaml")
     console.print(f"pipeline: recipe {recipe.name} ({recipe.description.strip() or 'no description'}), "
-                  f"budget {budget:g} min, output {out}")
+                  f"policy optimisation {algo}, budget {budget:g} min, output {out}")
     # The budget's planner: counts from this machine's measured speed (budget.py). The sections' counts are the
     # most a stage gets, except PPO's: it gets the rest of the budget, capped only by an override's max_steps.
     planner = Planner(out, sections, budget, cfg.rounds, ppo_cap=cfg.overrides.get("ppo", {}).get("max_steps"),
@@ -261,24 +284,41 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         if cfg.feedback == "simulated":
             rm_gold_check(rd / "rm", candidates, recipe.judge)
         # the dev prompts: a held-out evaluation and snapshot every eval_every updates (2 unless the recipe says),
-        # with the gold judge beside the proxy when the feedback is simulated (there the judge is who gave it)
+        # with the gold judge beside the proxy when the feedback is simulated (there the judge is who gave it).
+        # DPO takes PPO's place in the plan: this PPO config then only sizes the slot whose deadline DPO gets.
         ppo_cfg = stage_config(PPOConfig, {"eval_every": 2, **sec["ppo"]}, where, policy=policy, reward=str(rd / "rm"),
                                prompts=str(train_prompts), output=str(rd / "ppo"),
                                reference=reference if r > 1 else None, resume=True,
                                eval_prompts=str(dev_prompts) if dev_prompts else None,
                                eval_judge=recipe.judge if cfg.feedback == "simulated" else None, **common)
-        if cfg.deadline and ppo_cfg.time_budget_minutes is None and not is_done(rd / "ppo"):
+        stage_dir = rd / ("dpo" if algo == "dpo" else "ppo")
+        minutes = None
+        if cfg.deadline and ppo_cfg.time_budget_minutes is None and not is_done(stage_dir):
             # planned as PPO will run (its held-out evaluations included); the reserve: what comes after this PPO
             # (later rounds, eval, the report) and PPO's own seconds outside its updates (loading, evaluations, saving)
-            _, plan = planner.plan("ppo", clock.seconds(), r, resuming=(rd / "ppo").exists(), ppo=to_dict(ppo_cfg))
+            _, plan = planner.plan("ppo", clock.seconds(), r, resuming=stage_dir.exists(), ppo=to_dict(ppo_cfg))
             ppo_cfg.max_steps = plan["stages"]["ppo"]["count"]
-            ppo_cfg.time_budget_minutes = ppo_minutes(plan["aim_s"] / 60, clock.seconds() / 60, plan["ppo_reserve_s"] / 60,
-                                                      cfg.rounds - r + 1, floor=0.0)  # the plan's aim: 95 % of the budget
-            console.print(f"pipeline: PPO (round {r}) gets at most {ppo_cfg.time_budget_minutes:.1f} min of the "
+            minutes = ppo_minutes(plan["aim_s"] / 60, clock.seconds() / 60, plan["ppo_reserve_s"] / 60,
+                                  cfg.rounds - r + 1, floor=0.0)  # the plan's aim: 95 % of the budget
+            ppo_cfg.time_budget_minutes = minutes
+        if algo == "dpo":
+            # offline on every round's feedback so far, from the current policy (under LoRA, adapters off = it is
+            # the reference); the steps are the dpo section's, the deadline PPO's slot's
+            dpo_cfg = stage_config(DPOConfig, sec["dpo"], where, model=policy, data=str(all_feedback), output=str(stage_dir),
+                                   resume=True, **common)
+            if minutes is not None and dpo_cfg.time_budget_minutes is None:
+                dpo_cfg.time_budget_minutes = minutes
+                console.print(f"pipeline: DPO (round {r}) gets at most {minutes:.1f} min of the {budget:g}-minute budget "
+                              f"(PPO's slot; max_steps {dpo_cfg.max_steps}; the deadline ends it)")
+            timed_stage(f"DPO (round {r})", stage_dir, lambda: train_dpo(dpo_cfg))
+            policy = str(stage_dir / "merged") if (stage_dir / "merged").exists() else str(stage_dir)
+            continue
+        if minutes is not None:
+            console.print(f"pipeline: {algo.upper()} (round {r}) gets at most {minutes:.1f} min of the "
                           f"{budget:g}-minute budget (max_steps {ppo_cfg.max_steps}; the deadline ends it)")
-        timed_stage(f"PPO (round {r})", rd / "ppo", lambda: train_ppo(ppo_cfg))
-        planner.measured("ppo", rd / "ppo", f"PPO (round {r})")
-        policy = str(rd / "ppo")
+        timed_stage(f"{algo.upper()} (round {r})", stage_dir, lambda: train_ppo(ppo_cfg))
+        planner.measured("ppo", stage_dir, f"PPO (round {r})")
+        policy = str(stage_dir)
 
     if not is_done(out / "eval"):  # eval last: what PPO left, at most its count
         sec, _ = planner.plan("eval", clock.seconds())
@@ -289,7 +329,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         _, sft_held = split_records(read_records(sft_cfg.data, "sft"), sft_cfg.eval_fraction, sft_cfg.seed)
         if sft_held:
             write_records(sft_heldout, sft_held)
-    eval_cfg = stage_config(EvalConfig, sec["eval"], where, models=[f"sft={reference}", f"ppo={chosen_policy(Path(policy))}"],
+    tuned = policy if algo == "dpo" else chosen_policy(Path(policy))  # DPO keeps no held-out snapshots: its last policy
+    eval_cfg = stage_config(EvalConfig, sec["eval"], where, models=[f"sft={reference}", f"{algo}={tuned}"],
                             prompts=str(recipe.folder / "eval.jsonl"), output=str(out / "eval"), reference=reference,
                             judge=recipe.judge, reward=str(last_rm), best_of=cfg.best_of or None,
                             sft_data=str(sft_heldout) if sft_heldout.exists() else None, **common)

@@ -676,8 +676,15 @@ def standalone(cfg: PPOConfig, policy):
 
 
 def save_final(cfg: PPOConfig, out: Path, policy, value_model, tok) -> None:
-    """The policy in save_pretrained form (LoRA: the adapter on its base spec; merged when the base was an adapter run)."""
+    """The policy in save_pretrained form (LoRA: the adapter on its base spec; merged when the base was an adapter
+    run), with merge_lora also merged in out/merged; a separate value model in out/value, with the policy's
+    tokenizer (which it shares)."""
     save_policy(standalone(cfg, policy), out)
     tok.save_pretrained(out)
+    if cfg.lora and cfg.merge_lora:
+        merged = copy.deepcopy(policy).merge_and_unload()
+        merged.save_pretrained(out / "merged")
+        tok.save_pretrained(out / "merged")
     if value_model is not None:
         value_model.classifier.save_pretrained(out / "value")
+        tok.save_pretrained(out / "value")

@@ -25,7 +25,7 @@ from rlhfkit.accel.precision import autocast, resolve_precision
 from rlhfkit.config import RewardConfig
 from rlhfkit.data.formats import RecordError, detect_kind, prompt_key, read_located, read_records, record_responses
 from rlhfkit.data.groups import Group, build_groups, flatten, gold_groups
-from rlhfkit.data.splits import batch_indices, split_records
+from rlhfkit.data.splits import batch_indices, none_held_out, split_records
 from rlhfkit.judges import get_judge
 from rlhfkit.models.reward import STATS_FILE, RewardModule, RewardScorer, build_reward_model, rm_inputs, score_texts
 from rlhfkit.run import Run, console  # one console: Run keeps every rank but the first quiet
@@ -195,8 +195,9 @@ def train_reward(cfg: RewardConfig) -> dict:
     if not train:
         raise RecordError(cfg.data, None, "no training pairs (every record was a tie or an unchanged edit?)")
     n_pairs = sum(len(g.pairs) for g in train)
+    empty = "" if cfg.eval_data else none_held_out(len(train) + len(held), cfg.eval_fraction, held, "prompts")
     run.say(f"{len(train)} train prompts ({n_pairs} pairs) / {len(held)} held-out prompts "
-            f"({sum(len(g.pairs) for g in held)} pairs); precision {precision}")
+            f"({sum(len(g.pairs) for g in held)} pairs); precision {precision}{empty}")
     tok = load_tokenizer(cfg.model)
 
     ckpt = run.checkpoint_to_resume()

@@ -19,7 +19,7 @@ from rlhfkit import distributed as dist
 from rlhfkit.accel.precision import autocast, resolve_precision
 from rlhfkit.config import SFTConfig
 from rlhfkit.data.formats import read_records, sft_pair
-from rlhfkit.data.splits import batch_indices, split_records
+from rlhfkit.data.splits import batch_indices, none_held_out, split_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right, encode_sft
 from rlhfkit.models.lm_loss import heldout_loss, response_loss
 from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
@@ -76,7 +76,9 @@ def train_sft(cfg: SFTConfig) -> dict:
 
     train, held = encode(train_recs), encode(eval_recs)
     n_trunc = sum(e.truncated for e in train + held)
-    run.say(f"{len(train)} train / {len(held)} held-out examples; {n_trunc} truncated to {cfg.max_len} tokens; precision {precision}")
+    empty = "" if cfg.eval_data else none_held_out(len(records), cfg.eval_fraction, eval_recs, "examples")
+    run.say(f"{len(train)} train / {len(held)} held-out examples; {n_trunc} truncated to {cfg.max_len} tokens; "
+            f"precision {precision}{empty}")
     if world > 1:
         run.say(f"{world} processes ({accelerator.distributed_type.value}), {local} examples each per step")
 
