@@ -101,3 +101,29 @@ def test_ppo_merges_on_request_and_its_adapter_and_value_folder_load_outside_rlh
     assert torch.allclose(torch.tensor(plain_logits("hf", (out / "merged").resolve(), elsewhere)), expected, atol=1e-5)
     value_tok = AutoTokenizer.from_pretrained(out / "value")
     assert value_tok.get_vocab() == load_tokenizer(base).get_vocab()
+
+
+@pytest.mark.parametrize("backbone", ["tiny-minilm", "tiny"])  # an encoder with mean pooling; a causal LM
+def test_a_reward_models_readme_code_scores_in_plain_transformers_as_rlhf_rm_score_does(backbone, tmp_path, monkeypatch):
+    from rlhfkit.config import RewardConfig
+    from rlhfkit.models.reward import RewardScorer
+    from rlhfkit.stages.reward_model import train_reward
+
+    monkeypatch.chdir(tmp_path)
+    rows = [{"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": "I do not know."} for i in range(6)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_reward(RewardConfig(model=backbone, data="pairs.jsonl", output="rm", max_steps=3, batch_size=4, lr=1e-3,
+                              eval_fraction=0.0, eval_every=0, save_every=0, max_len=24, report_to="none", threads=1))
+    readme = (tmp_path / "rm" / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0].replace("path/to/this/folder", str((tmp_path / "rm").resolve()))
+    # a long prompt too: the truncation rule is part of the layout
+    cases = [("What is 2 plus 2?", "It is 4."), ("What is 3 plus 3?", "No idea."), ("word " * 40, "A long prompt.")]
+    probe = code + f"\nimport json\nprint(json.dumps([score([{{'role': 'user', 'content': p}}], r) for p, r in {cases!r}]))\n"
+    (tmp_path / "elsewhere").mkdir()
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path / "elsewhere", capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    plain = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+    scores = RewardScorer.load(tmp_path / "rm").score([{"prompt": p} for p, _ in cases], [r for _, r in cases])
+    assert torch.allclose(plain, scores, atol=1e-5), (plain, scores)
+    assert scores.std() > 0  # distinct inputs score differently: the comparison can fail

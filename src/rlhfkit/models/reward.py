@@ -63,6 +63,54 @@ def rm_inputs(tokenizer, prompts: list[dict], responses: list[str], max_len: int
     return {"input_ids": ids, "attention_mask": attn, "position_ids": position_ids_from_mask(attn)}
 
 
+CARD_FILE = "README.md"  # written beside a saved reward model: its input layout and pooling, as runnable code
+
+
+def reward_card(tokenizer, model, max_len: int) -> str:
+    """The reward model's README: how plain transformers scores (prompt, response) as rlhfkit does (:func:`rm_inputs`,
+    :func:`reward_forward`), as a function to copy; tests/interop runs it and compares its scores with rlhfkit's."""
+    if is_encoder_tokenizer(tokenizer):
+        layout = ("a sentence pair, truncated longest-first to MAX_LEN tokens: the prompt's non-system message texts "
+                  "joined by newlines, then the response")
+        body = ['    text = "\\n".join(m["content"] for m in messages if m["role"] != "system")',
+                '    enc = tok(text, response, truncation="longest_first", max_length=MAX_LEN, return_tensors="pt")']
+        if getattr(classifier_of(model).config, POOLING_KEY, "cls") == "mean":
+            pool = ("the mean of the tokens' last hidden states (not the [CLS] pooler), then the classifier head; "
+                    "`AutoModelForSequenceClassification`'s own forward uses the pooler and gives other scores")
+            body += ['    hidden = model.base_model(**enc).last_hidden_state',
+                     '    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)',
+                     '    return model.classifier((hidden * mask).sum(1) / mask.sum(1))[0, 0].item()']
+        else:
+            pool = "[CLS] through the pooler, as `AutoModelForSequenceClassification` does"
+            body += ['    return model(**enc).logits[0, 0].item()']
+    else:
+        if uses_chat_template(tokenizer):
+            layout = ("the prompt's messages through the tokenizer's chat template with the generation prompt (the text "
+                      "up to where the assistant's answer starts)")
+            prompt_ids = "tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)"
+        else:
+            layout = "BOS, then the prompt's message texts joined by newlines"
+            prompt_ids = '[tok.bos_token_id] + tok("\\n".join(m["content"] for m in messages), add_special_tokens=False)["input_ids"]'
+        layout += (", then the response's tokens (no special tokens); a prompt too long loses tokens from its start (it "
+                   "keeps at least MAX_LEN // 2), then the response from its end")
+        pool = "the last token, as `AutoModelForSequenceClassification` does"
+        body = [f'    prompt = list({prompt_ids})',
+                '    resp = tok(response, add_special_tokens=False)["input_ids"]',
+                '    prompt = prompt[-max(MAX_LEN - len(resp), MAX_LEN // 2):]',
+                '    ids = torch.tensor([prompt + resp[:MAX_LEN - len(prompt)]])',
+                '    return model(input_ids=ids).logits[0, 0].item()']
+    code = ["import torch", "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
+            'FOLDER = "path/to/this/folder"', f"MAX_LEN = {max_len}", "tok = AutoTokenizer.from_pretrained(FOLDER)",
+            "model = AutoModelForSequenceClassification.from_pretrained(FOLDER).eval()", "", "",
+            "@torch.no_grad()", "def score(messages: list[dict], response: str) -> float:",
+            '    """messages: the prompt as chat messages, e.g. [{"role": "user", "content": "..."}]."""', *body]
+    return ("# Reward model (rlhfkit)\n\n"
+            f"One score per (prompt, response), higher is better. Input: {layout}. Pooling: {pool}. "
+            "`reward_stats.json` holds the mean and std of its scores on reference answers (PPO divides by them).\n\n"
+            "Scored with plain transformers exactly as `rlhf rm score` scores it:\n\n"
+            "```python\n" + "\n".join(code) + "\n```\n")
+
+
 POOLING_KEY = "rm_pooling"  # model.config attribute (saved in config.json): "mean" or "cls" for encoders
 
 

@@ -27,7 +27,16 @@ from rlhfkit.data.formats import RecordError, detect_kind, prompt_key, read_loca
 from rlhfkit.data.groups import Group, build_groups, flatten, gold_groups
 from rlhfkit.data.splits import batch_indices, none_held_out, split_records
 from rlhfkit.judges import get_judge
-from rlhfkit.models.reward import STATS_FILE, RewardModule, RewardScorer, build_reward_model, rm_inputs, score_texts
+from rlhfkit.models.reward import (
+    CARD_FILE,
+    STATS_FILE,
+    RewardModule,
+    RewardScorer,
+    build_reward_model,
+    reward_card,
+    rm_inputs,
+    score_texts,
+)
 from rlhfkit.run import Run, console  # one console: Run keeps every rank but the first quiet
 
 SPLIT_FILE = "split.json"
@@ -124,6 +133,7 @@ def save_final(cfg: RewardConfig, out: Path, module, tok, accelerator=None):
             model = model.merge_and_unload()
         model.save_pretrained(out, **gathered)
         tok.save_pretrained(out)
+        (out / CARD_FILE).write_text(reward_card(tok, model, cfg.max_len), encoding="utf-8")  # the layout, as code
     dist.barrier()
     return model
 
