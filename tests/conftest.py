@@ -75,3 +75,15 @@ def check_ctrl_c_during_evaluation(monkeypatch, tmp_path: Path, train, make_cfg,
     assert w_full.keys() == w_part.keys()
     for k in w_full:
         assert w_full[k].equal(w_part[k]) if tolerance == 0 else w_full[k].allclose(w_part[k], atol=tolerance), k
+
+
+@pytest.fixture
+def onednn_route(monkeypatch):
+    """fp32 products on the oneDNN route for one test, whichever route this machine's measurement chose."""
+    from rlhfkit.accel import cpu_linear
+
+    monkeypatch.setenv("RLHFKIT_CPU_MATMUL", "onednn")
+    cpu_linear.onednn_chosen.cache_clear()
+    yield
+    monkeypatch.undo()
+    cpu_linear.onednn_chosen.cache_clear()

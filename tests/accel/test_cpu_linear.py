@@ -1,6 +1,7 @@
 """fp32 linear layers through oneDNN on the CPU: the same model, outputs and gradients as through F.linear."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -8,6 +9,46 @@ import torch
 from rlhfkit.accel import cpu_linear
 
 pytestmark = pytest.mark.skipif(not cpu_linear.onednn_linear_available(), reason="this torch build has no oneDNN linear ops")
+
+
+@pytest.fixture(autouse=True)
+def on_onednn(onednn_route):
+    """These tests compare the oneDNN route with BLAS's, whichever this machine's measurement chose."""
+
+
+def test_the_route_is_measured_once_per_machine_cached_and_a_setting_overrides_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("RLHFKIT_CPU_MATMUL")
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path))
+    rates = {"blas": 129.0, "onednn": 115.0}  # the AVX2-only machine's figures: BLAS is the faster one there
+    monkeypatch.setattr(cpu_linear, "measure_routes", lambda: rates)
+    cpu_linear.onednn_chosen.cache_clear()
+    assert cpu_linear.onednn_chosen() is False
+    assert not cpu_linear.applies(torch.randn(4, 64), torch.randn(64, 64))
+    assert "BLAS 129 GFLOP/s, oneDNN 115 → BLAS" in capsys.readouterr().err
+    saved = json.loads((tmp_path / cpu_linear.ROUTES_FILE).read_text())
+    assert saved == {cpu_linear.machine_key(): {"blas_gflops": 129.0, "onednn_gflops": 115.0, "route": "blas"}}
+    # the next process on this machine reads the choice: no second measurement, nothing said
+    monkeypatch.setattr(cpu_linear, "measure_routes", lambda: pytest.fail("measured again"))
+    cpu_linear.onednn_chosen.cache_clear()
+    assert cpu_linear.onednn_chosen() is False and capsys.readouterr().err == ""
+    # within 5 %: BLAS (torch's own route) is kept; a clear oneDNN win takes oneDNN
+    for blas, onednn, chosen in ((100.0, 104.0, False), (190.0, 428.0, True)):
+        (tmp_path / cpu_linear.ROUTES_FILE).unlink()
+        monkeypatch.setattr(cpu_linear, "measure_routes", lambda b=blas, o=onednn: {"blas": b, "onednn": o})
+        cpu_linear.onednn_chosen.cache_clear()
+        assert cpu_linear.onednn_chosen() is chosen
+    for setting, chosen in (("blas", False), ("onednn", True)):
+        monkeypatch.setenv("RLHFKIT_CPU_MATMUL", setting)
+        monkeypatch.setattr(cpu_linear, "measure_routes", lambda: pytest.fail("a setting needs no measurement"))
+        cpu_linear.onednn_linear_available.cache_clear()
+        cpu_linear.onednn_chosen.cache_clear()
+        assert cpu_linear.onednn_chosen() is chosen
+    cpu_linear.onednn_linear_available.cache_clear()
+
+
+def test_the_measurement_times_both_routes_on_real_products():
+    rates = cpu_linear.measure_routes(reps=1)
+    assert set(rates) == {"blas", "onednn"} and all(r > 0.1 for r in rates.values())  # GFLOP/s of real work
 
 
 def tiny_llama():

@@ -90,7 +90,7 @@ def test_logits_are_fp32_under_bf16_autocast_and_a_frozen_bf16_head_is_cast_once
     assert torch.allclose(fp32_logits(head)(hidden), hidden.float() @ head.weight.float().T, atol=1e-4)
 
 
-def test_the_fused_head_through_onednn_gives_the_plain_routes_log_probs_and_gradients():
+def test_the_fused_head_through_onednn_gives_the_plain_routes_log_probs_and_gradients(onednn_route):
     from rlhfkit.accel import cpu_linear
     from rlhfkit.accel.head import linear_logprobs
     from rlhfkit.rl.losses import logprobs_from_logits

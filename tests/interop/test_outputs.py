@@ -80,6 +80,23 @@ def test_an_sft_adapter_and_its_merged_model_load_in_plain_peft_and_transformers
     assert not torch.allclose(expected, ours(tmp_path / "base"), atol=1e-3)  # SFT changed the model: the check can fail
 
 
+def test_a_dpo_adapter_and_its_merged_model_load_in_plain_peft_and_transformers_from_elsewhere(base, tmp_path):
+    from rlhfkit.config import DPOConfig
+    from rlhfkit.stages.dpo import train_dpo
+
+    rows = [{"prompt": f"What is {i} + 1?", "chosen": f"It is {i + 1}.", "rejected": "No idea."} for i in range(8)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_dpo(DPOConfig(model=base, data="pairs.jsonl", output="dpo", lora=True, merge_lora=True, max_steps=2,
+                        batch_size=4, lr=1e-2, eval_fraction=0.0, eval_every=0, save_every=0, report_to="none", threads=1))
+    assert json.loads((tmp_path / "dpo" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        str((tmp_path / "base").resolve())
+    expected = ours(tmp_path / "dpo")
+    elsewhere = tmp_path / "elsewhere"
+    assert torch.allclose(torch.tensor(plain_logits("peft", (tmp_path / "dpo").resolve(), elsewhere)), expected, atol=1e-5)
+    assert torch.allclose(torch.tensor(plain_logits("hf", (tmp_path / "dpo" / "merged").resolve(), elsewhere)), expected,
+                          atol=1e-5)
+
+
 @pytest.mark.slow
 def test_ppo_merges_on_request_and_its_adapter_and_value_folder_load_outside_rlhfkit(base, tmp_path):
     from transformers import AutoTokenizer

@@ -8,7 +8,8 @@
 - ``precision.py``: bf16 where the CPU has bf16 instructions, and the casts it needs.
 
 :func:`speed_up` applies the layer-level path to a stage's models in one call at set-up.
-``RLHFKIT_ACCEL=0`` turns every path off, leaving a plain PyTorch program (fp32 for ``precision: auto`` on a
+The oneDNN route is taken where a measurement on this machine finds it faster (cached per machine; see
+``cpu_linear.py``). ``RLHFKIT_ACCEL=0`` turns every path off, leaving a plain PyTorch program (fp32 for ``precision: auto`` on a
 CPU; the sampler stays, as it is how one uniform number per row draws a token); ``RLHFKIT_CPU_MATMUL=blas``
 turns off the oneDNN route alone and ``RLHFKIT_KEEP_FREED_MEMORY=0`` the allocator setting alone. Each path has a test in ``tests/accel/`` that
 shows it computes what the plain route computes; measured speed-ups are in bench/RESULTS.md.

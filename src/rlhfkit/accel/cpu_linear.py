@@ -4,18 +4,27 @@ torch's CPU ``F.linear`` and ``mm`` in fp32 go to MKL's sgemm, which on AMD proc
 path. oneDNN (shipped inside torch, ``torch.ops.mkldnn``) uses AVX-512 where the CPU has it. It is the same
 fp32 arithmetic in another summation order: results agree to ~1e-6 relative (tests/accel/test_cpu_linear.py).
 bf16 matmuls (autocast) already go through oneDNN and are left alone. Which route is faster depends on the
-CPU (on one without AVX-512 it can be the slower one); the measurements are in bench/RESULTS.md.
+CPU (on one without AVX-512 it can be the slower one), so it is measured, not assumed: the first model set-up
+on a machine times fp32 products of a 135M model's training shapes both ways (:func:`measure_routes`, about a
+second), keeps oneDNN only when it is ≥ 5 % faster, caches the choice per machine (CPU model, its vector
+flags, torch version) in the cache folder and says it once ("fp32 products: BLAS 129 GFLOP/s, oneDNN 115 → BLAS").
 
 :func:`use_onednn_linears` switches a model's plain ``nn.Linear`` layers to :class:`OneDNNLinear`, a
 subclass with the same parameters, state dict and hooks, whose forward takes this route whenever it
 applies (CPU, fp32 input and weight, autocast off, both matrix sides ≥ ``MIN_DIM``) and ``F.linear`` else.
-``RLHFKIT_CPU_MATMUL=blas`` in the environment keeps every product on torch's default route.
+``RLHFKIT_CPU_MATMUL=blas`` in the environment keeps every product on torch's default route,
+``RLHFKIT_CPU_MATMUL=onednn`` takes oneDNN's without measuring.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import platform
+import sys
+import time
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -23,6 +32,10 @@ from torch import Tensor
 from rlhfkit.accel.runtime import accel_on
 
 MIN_DIM = 64  # narrower products (LoRA's rank-16 factors, 1-output heads) ran as fast or faster through MKL
+ROUTES_FILE = "cpu-routes.json"  # in the cache folder: {machine key: the measurement and the choice}
+# (rows, inner, outer) of the products timed: a 135M Llama's attention and MLP projections on 512 tokens
+PROBE_SHAPES = ((512, 576, 576), (512, 576, 1536), (512, 1536, 576))
+ONEDNN_MARGIN = 1.05  # oneDNN must be this much faster to be chosen (BLAS is torch's own route)
 
 
 @functools.cache
@@ -37,6 +50,74 @@ def onednn_linear_available() -> bool:
         return False
 
 
+def machine_key() -> str:
+    """CPU model, its vector-instruction flags and the torch version: what decides which route is faster."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "model name":
+                model = value.strip()
+            elif name.strip() == "flags":
+                flags = {f for f in value.split() if f.startswith(("avx", "amx", "fma"))}
+                break
+    except OSError:
+        pass
+    return f"{model} | {' '.join(sorted(flags))} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def measure_routes(reps: int = 3) -> dict:
+    """GFLOP/s of fp32 products of PROBE_SHAPES through BLAS (F.linear) and through oneDNN, the best of ``reps``."""
+    torch.manual_seed(0)
+    cases = [(torch.randn(m, k), torch.randn(n, k)) for m, k, n in PROBE_SHAPES]
+    flops = sum(2 * m * k * n for m, k, n in PROBE_SHAPES)
+    rates = {}
+    for route, mm in (("blas", torch.nn.functional.linear), ("onednn", onednn_mm)):
+        for a, w in cases:  # warm up: first calls pick kernels and allocate
+            mm(a, w)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for a, w in cases:
+                mm(a, w)
+            best = min(best, time.perf_counter() - t0)
+        rates[route] = flops / best / 1e9
+    return rates
+
+
+@functools.cache
+def onednn_chosen() -> bool:
+    """Whether fp32 products take the oneDNN route: the setting (``RLHFKIT_CPU_MATMUL``), else this machine's
+    cached measurement, else a new one (saved, and said once on stderr)."""
+    setting = os.environ.get("RLHFKIT_CPU_MATMUL", "").lower()
+    if not onednn_linear_available():
+        return False
+    if setting == "onednn":
+        return True
+    from rlhfkit.models.loading import cache_dir
+
+    path, key = cache_dir() / ROUTES_FILE, machine_key()
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        rates = measure_routes()
+        route = "onednn" if rates["onednn"] >= ONEDNN_MARGIN * rates["blas"] else "blas"
+        known[key] = {"blas_gflops": round(rates["blas"], 1), "onednn_gflops": round(rates["onednn"], 1), "route": route}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known, indent=1), encoding="utf-8")
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only cache: measured again next time
+        sys.stderr.write(f"rlhfkit: fp32 products on this CPU: BLAS {rates['blas']:.0f} GFLOP/s, oneDNN "
+                         f"{rates['onednn']:.0f} → {'oneDNN' if route == 'onednn' else 'BLAS'} (measured once, kept in "
+                         f"{path}; RLHFKIT_CPU_MATMUL=blas|onednn overrides)\n")
+    return known[key]["route"] == "onednn"
+
+
 def onednn_mm(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
     """a · b_tᵀ (+ bias) for 2-D fp32 CPU tensors through oneDNN; either operand may be a transposed view."""
     return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
@@ -45,8 +126,8 @@ def onednn_mm(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
 def applies(x: Tensor, weight: Tensor) -> bool:
     """Whether ``x · weightᵀ`` takes the oneDNN route (see the module's docstring)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and min(weight.shape) >= MIN_DIM and not torch.is_autocast_enabled("cpu") and onednn_linear_available()
-            and accel_on())
+            and min(weight.shape) >= MIN_DIM and not torch.is_autocast_enabled("cpu") and accel_on()
+            and onednn_chosen())
 
 
 class OneDNNLinearFn(torch.autograd.Function):
@@ -89,7 +170,7 @@ def use_onednn_linears(model: torch.nn.Module, skip: tuple[torch.nn.Module, ...]
     Nothing changes where oneDNN is not available. The switch keeps parameters, buffers, hooks and the
     state dict; ``isinstance(layer, nn.Linear)`` stays true, so peft and saving see the same model.
     """
-    if not onednn_linear_available() or not accel_on():
+    if not accel_on() or not onednn_chosen():
         return 0
     count = 0
     for module in model.modules():

@@ -422,11 +422,10 @@ def _pick_split(where: str, data, split: str | None):
 
 
 def _hub_dataset(name: str, split: str | None):
-    import os
-
     import datasets
 
-    os.environ["HF_DATASETS_OFFLINE"] = "1"  # rlhfkit reads data offline: the local cache only
+    # rlhfkit reads data offline: the local cache only (the switch datasets read from the environment at import)
+    datasets.config.HF_DATASETS_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
     try:
         data = datasets.load_dataset(name)
     except Exception as e:
