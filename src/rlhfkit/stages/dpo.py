@@ -167,6 +167,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
     micro = max(1, cfg.batch_size // max(cfg.grad_accum, 1))
     policy.train()
     t_start = time.perf_counter()
+    eval_total_s, last_eval_s = 0.0, None  # the held-out evaluations' seconds: the deadline keeps room for the last one
     with run.loop(start, save) as loop:
         for step in range(start, cfg.max_steps):
             t0 = time.perf_counter()
@@ -191,13 +192,21 @@ def train_dpo(cfg: DPOConfig) -> dict:
                            "reward_rejected": float(rejected.mean()), "logp_chosen": float(pc.mean()),
                            "logp_rejected": float(pr.mean()), "implicit_kl": float(chosen_logratio.mean()),
                            "lr": lr, "grad_norm": float(grad_norm), "time_step_s": time.perf_counter() - t0}
-                # stop when the next step (as long as the mean one so far) would end past the budget
+                # stop when the next step (as long as the mean one so far) and then the final held-out evaluation (as
+                # long as the last one, or estimated: a forward pass of each held-out pair is about half a step's work
+                # per pair) would end past the budget
                 elapsed = time.perf_counter() - t_start
-                loop.ending = cfg.time_budget_minutes is not None and elapsed * (1 + 1 / (done - start)) > 60 * cfg.time_budget_minutes
+                mean_step = (elapsed - eval_total_s) / (done - start)
+                reserve = (last_eval_s if last_eval_s is not None else 0.5 * mean_step * len(held) / cfg.batch_size) if held else 0.0
+                loop.ending = (cfg.time_budget_minutes is not None
+                               and elapsed + mean_step + reserve > 60 * cfg.time_budget_minutes)
                 if loop.eval_due(done, bool(held)) or (loop.ending and held):
+                    t_eval = time.perf_counter()
                     policy.eval()
                     metrics.update(evaluate(cfg, policy, reference, held, tok.pad_token_id, device, precision))
                     policy.train()
+                    last_eval_s = metrics["time_eval_s"] = time.perf_counter() - t_eval
+                    eval_total_s += last_eval_s
                 loop.log(done, metrics, f"loss {metrics['loss']:.3f} acc {metrics['reward_accuracy']:.2f}",
                          always="eval_loss" in metrics)
             if loop.ending:
