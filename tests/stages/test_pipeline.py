@@ -238,6 +238,9 @@ def test_pipeline_with_algo_dpo_trains_dpo_on_the_feedback_in_ppos_place_and_eva
     # PPO's slot of the budget is DPO's deadline
     assert 0.0 < dpo_cfg["time_budget_minutes"] < load_recipe("tutor").budget_minutes
     assert [r["step"] for r in read_metrics(out / "dpo" / "metrics.jsonl")] == [1, 2]
+    # eval is planned with DPO done: no PPO left to keep budget for
+    last_plan = json.loads((out / "plan.json").read_text())["plans"][-1]
+    assert last_plan["at"] == "eval/1" and "ppo" not in last_plan["stages"]
     ev = json.loads((out / "eval" / "eval.json").read_text())
     assert [m["name"] for m in ev["models"]][:2] == ["sft", "dpo"]
     assert ev["models"][1]["spec"] == str(out / "dpo" / "merged")

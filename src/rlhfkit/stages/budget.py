@@ -625,6 +625,17 @@ class Planner:
         self.left[stage] -= 1
         self.done[label or stage] = seconds
 
+    def took_ppo_slot(self, folder: Path, label: str) -> None:
+        """A stage that ran in PPO's slot (DPO) has finished: its seconds count as PPO's, PPO is not left to plan,
+        and PPO's rates stay as they were (its steps are not PPO updates)."""
+        marker = folder / ".done.json"
+        if not marker.exists():
+            return
+        seconds = json.loads(marker.read_text(encoding="utf-8"))["seconds"]
+        self.ppo_spent_s += seconds
+        self.left["ppo"] -= 1
+        self.done[label] = seconds
+
     def save(self) -> None:
         data = {"probe": self.saved_probe, "started": self.started, "plans": self.plans}
         tmp = self.path.with_suffix(".tmp")

@@ -311,6 +311,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 console.print(f"pipeline: DPO (round {r}) gets at most {minutes:.1f} min of the {budget:g}-minute budget "
                               f"(PPO's slot; max_steps {dpo_cfg.max_steps}; the deadline ends it)")
             timed_stage(f"DPO (round {r})", stage_dir, lambda: train_dpo(dpo_cfg))
+            planner.took_ppo_slot(stage_dir, f"DPO (round {r})")
             policy = str(stage_dir / "merged") if (stage_dir / "merged").exists() else str(stage_dir)
             continue
         if minutes is not None:
