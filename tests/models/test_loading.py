@@ -62,3 +62,23 @@ def test_a_path_that_does_not_exist_is_a_clear_error():
     # refused before transformers looks it up on the network
     with pytest.raises(ModelSpecError, match="runs/nowhere: no such model folder, and no hub model of that name in the local cache"):
         load_tokenizer("runs/nowhere")
+
+
+def test_a_hub_id_already_in_the_local_cache_resolves_to_itself_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    # the cache layout huggingface_hub writes: models--ORG--NAME/refs/main names the snapshot holding the files
+    repo = tmp_path / "models--acme--tutor-tiny"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    loading.tiny_config().save_pretrained(repo / "snapshots" / commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert loading.in_hub_cache("acme/tutor-tiny")
+    assert loading.resolve("acme/tutor-tiny") == "acme/tutor-tiny"
+    # a snapshot without config.json, and a name that is no valid repo id, are not a cached model
+    (repo / "snapshots" / commit / "config.json").unlink()
+    assert not loading.in_hub_cache("acme/tutor-tiny")
+    assert not loading.in_hub_cache("not a/valid id")
+    with pytest.raises(ModelSpecError, match="no hub model of that name in the local cache"):
+        loading.resolve("acme/tutor-tiny")

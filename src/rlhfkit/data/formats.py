@@ -370,20 +370,20 @@ def dataset_rows(spec: str) -> Iterator[tuple[str, dict]] | None:
     path, split = split_spec(spec)
     p = Path(path)
     if path.startswith("hf:"):
-        source = lambda: _hub_dataset(path[3:], split)  # noqa: E731
+        dataset = _hub_dataset(path[3:], split)
     elif p.is_dir():
         if not ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists()):
             raise RecordError(path, None, "is a folder but not a saved dataset (save_to_disk); give a JSONL, parquet, "
                                           "CSV or JSON file, or the dataset's folder")
-        source = lambda: _pick_split(path, _load_from_disk(path), split)  # noqa: E731
+        dataset = _pick_split(path, _load_from_disk(path), split)
     elif p.suffix.lower() in DATASET_SUFFIXES and p.exists():
-        source = lambda: _from_file(path, DATASET_SUFFIXES[p.suffix.lower()])  # noqa: E731
+        dataset = _from_file(path, DATASET_SUFFIXES[p.suffix.lower()])
     else:
         if split is not None:
             raise RecordError(spec, None, f"{path} is not a dataset with splits (a datasets folder or hf:NAME)")
         return None
     return ((f"{spec}:row {i}", {k: v for k, v in row.items() if v is not None})
-            for i, row in enumerate(source(), 1))
+            for i, row in enumerate(dataset, 1))
 
 
 def _from_file(path: str, builder: str):

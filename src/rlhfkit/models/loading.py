@@ -102,9 +102,12 @@ def resolve(spec: str) -> str:
 
 def in_hub_cache(repo_id: str) -> bool:
     """Whether the local Hugging Face cache holds a snapshot of ``repo_id`` (no network)."""
-    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub import try_to_load_from_cache
 
-    return (Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots").is_dir()
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id (huggingface_hub's validation error is a ValueError)
+        return False
 
 
 def load_tokenizer(spec: str):
