@@ -101,7 +101,7 @@ def resolve(spec: str) -> str:
 
 
 def in_hub_cache(repo_id: str) -> bool:
-    """Whether the local Hugging Face cache holds a snapshot of ``repo_id`` (no network)."""
+    """Whether the local Hugging Face cache holds ``repo_id``'s config.json (no network)."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
