@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--lora", action="store_true")
-    ap.add_argument("--pooling", default="mean", choices=["mean", "cls"], help="encoder pooling (RewardConfig.pooling)")
+    ap.add_argument("--pooling", default="cls", choices=["mean", "cls"], help="encoder pooling (RewardConfig.pooling)")
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--trainable-layers", type=int, default=0, help="full training: top N layers + head (0: all)")
     ap.add_argument("--eval-every", type=int, default=0)

@@ -33,6 +33,7 @@ from rlhfkit.config import (
     load_config,
     parse_set,
 )
+from rlhfkit.data.formats import with_split
 
 app = typer.Typer(help="rlhfkit: RLHF with PPO, end to end: SFT, sampling, feedback, reward model, PPO, evaluation.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -76,6 +77,8 @@ def quiet_libraries() -> None:
 ConfigOpt = typer.Option(None, "--config", help="YAML file with config keys (CLI flags override it).")
 SeedOpt = typer.Option(None, "--seed", help="Random seed.")
 SetOpt = typer.Option(None, "--set", help="Override any config key: --set key=value (repeatable).")
+SplitOpt = typer.Option(None, "--split", help="The split to read when the data is a saved datasets folder or hf:NAME "
+                                             "(the same as DATA:SPLIT; default: its only split or train).")
 
 
 def resolve(cls: type, config: Optional[Path], sets: Optional[List[str]], **flags: Any):
@@ -200,12 +203,13 @@ LORA_FLAGS = {"lora": "--lora/--full", "resume": "--resume"}  # spellings the de
 @app.command()
 @config_command(SFTConfig, ["model", "data", "output", "max_steps", "batch_size", "lr", "lora", "merge_lora", "resume",
                             "report_to", "seed"], LORA_FLAGS)
-def sft(cfg):
+def sft(cfg, split: Optional[str] = SplitOpt):
     """Supervised fine-tuning (loss on response tokens only), full or LoRA."""
     from rlhfkit.stages.sft import train_sft
 
     if not cfg.data:
         fail("--data is required (an SFT JSONL file)")
+    cfg.data = with_split(cfg.data, split)
     train_sft(cfg)
 
 
@@ -239,12 +243,13 @@ def generate(
 @app.command()
 @config_command(SampleConfig, ["model", "prompts", "k", "output", "max_new_tokens", "temperature", "top_p", "top_k",
                                "batch_size", "seed"], {"k": Flag(("--samples-per-prompt", "--k"))})  # as ppo and eval spell it
-def sample(cfg):
+def sample(cfg, split: Optional[str] = SplitOpt):
     """K candidate responses per prompt, with the model and sampling settings recorded (resumable)."""
     from rlhfkit.stages.sample import sample_candidates
 
     if not cfg.prompts:
         fail("--prompts is required (a prompt JSONL file)")
+    cfg.prompts = with_split(cfg.prompts, split)
     try:
         sample_candidates(cfg)
     except ValueError as e:
@@ -513,12 +518,13 @@ def feedback_stats(
 @rm_app.command("train")
 @config_command(RewardConfig, ["model", "data", "output", "max_steps", "batch_size", "lr", "lora", "eval_data", "resume",
                                "report_to", "seed"], LORA_FLAGS)
-def rm_train(cfg):
+def rm_train(cfg, split: Optional[str] = SplitOpt):
     """Train a reward model (Bradley–Terry) from any mix of feedback; stores normalisation stats."""
     from rlhfkit.stages.reward_model import RewardHealthError, train_reward
 
     if not cfg.data:
         fail("--data is required (a feedback JSONL file)")
+    cfg.data = with_split(cfg.data, split)
     try:
         train_reward(cfg)
     except RewardHealthError as e:
@@ -566,7 +572,7 @@ def rm_eval(
                             "max_new_tokens", "ppo_epochs", "num_minibatches", "lora", "merge_lora", "value_model", "resume",
                             "report_to", "seed"],
                 LORA_FLAGS)
-def ppo(cfg):
+def ppo(cfg, split: Optional[str] = SplitOpt):
     """PPO against a reward model or a gold judge (KL penalty, GAE, clipped losses, health checks); --algo grpo, rloo
     or reinforce++ for a critic-free advantage on the same rollout, losses and checks."""
     from rlhfkit.stages.ppo import PPOHealthError, train_ppo
@@ -575,6 +581,7 @@ def ppo(cfg):
         fail("--prompts is required (a prompt JSONL file)")
     if not cfg.reward:
         fail("--reward is required (a reward-model folder or judge:NAME)")
+    cfg.prompts = with_split(cfg.prompts, split)
     try:
         train_ppo(cfg)
     except PPOHealthError as e:
@@ -588,12 +595,13 @@ def ppo(cfg):
 @app.command()
 @config_command(DPOConfig, ["model", "data", "output", "beta", "loss_type", "max_steps", "batch_size", "lr", "lora", "merge_lora",
                             "eval_data", "resume", "report_to", "seed"], LORA_FLAGS)
-def dpo(cfg):
+def dpo(cfg, split: Optional[str] = SplitOpt):
     """DPO (or IPO) straight from feedback: pairs, rankings, ratings and edits, no reward model, no sampling."""
     from rlhfkit.stages.dpo import train_dpo
 
     if not cfg.data:
         fail("--data is required (a feedback JSONL file)")
+    cfg.data = with_split(cfg.data, split)
     train_dpo(cfg)
 
 
@@ -614,7 +622,7 @@ def gym(cfg):
 @config_command(EvalConfig, ["models", "prompts", "output", "judge", "reward", "reference", "best_of", "sft_data",
                              "max_new_tokens", "max_prompts", "samples_per_prompt", "seed"],
                 {"models": Flag(("--model",), type=List[str])})
-def eval_(cfg):
+def eval_(cfg, split: Optional[str] = SplitOpt):
     """Checkpoints against a reference: RM and gold scores, KL, win rates with CIs, BLEU/ROUGE, perplexity."""
     from rich.console import Console
     from rich.table import Table
@@ -625,6 +633,7 @@ def eval_(cfg):
         fail("--model is required (repeat it to compare several checkpoints)")
     if not cfg.prompts:
         fail("--prompts is required (a prompt JSONL file)")
+    cfg.prompts = with_split(cfg.prompts, split)
     result = evaluate_models(cfg)
 
     def fmt(x, spec=".3f"):

@@ -490,9 +490,10 @@ class RewardConfig:
     trainable_layers: int = field(default=0, metadata={
         "help": "Full training: only the top N transformer layers and the head learn, embeddings frozen "
                 "(0: all weights)."})
-    pooling: typing.Literal["mean", "cls"] = field(default="mean", metadata={
-        "help": "Encoder backbones: mean of the non-pad tokens or the [CLS] pooler (causal LMs pool the last "
-                "token)."})
+    pooling: typing.Literal["mean", "cls"] = field(default="cls", metadata={
+        "help": "Encoder backbones: the [CLS] pooler, as AutoModelForSequenceClassification scores, or the mean of "
+                "the non-pad tokens (plain transformers then needs the code in the model's README.md; causal LMs pool "
+                "the last token)."})
     grad_clip: float = field(default=1.0, metadata={"help": "Global gradient-norm clip."})
     precision: typing.Literal["auto", "fp32", "bf16"] = field(default="fp32", metadata={
         "help": "Training passes: fp32 | bf16 autocast (weights and optimiser stay fp32) | auto (bf16 where the "

@@ -172,7 +172,9 @@ def save_pretrained(accelerator, model, path: str | Path, **kwargs) -> None:
     """``save_pretrained`` from a prepared model; call it on every rank, rank 0 writes."""
     kwargs.update(gathered_state(accelerator, model))
     if is_main():
-        unwrap(accelerator, model).save_pretrained(path, **kwargs)
+        from rlhfkit.models.loading import save_model
+
+        save_model(unwrap(accelerator, model), path, **kwargs)
 
 
 class NullLogger:

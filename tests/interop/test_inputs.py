@@ -157,6 +157,29 @@ def test_containers_that_are_not_datasets_or_lack_the_split_say_so(tmp_path):
         read_records(tmp_path / "rows.parquet", "sft")
 
 
+def test_split_as_its_own_flag_picks_a_datasets_folders_split_and_refuses_a_file(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import rlhfkit.stages.sft
+    from rlhfkit.cli import app
+    from rlhfkit.data.formats import with_split
+
+    train = datasets.Dataset.from_list([{"prompt": "a", "completion": "train answer"}])
+    test = datasets.Dataset.from_list([{"prompt": "a", "completion": "test answer"}] * 2)
+    datasets.DatasetDict({"train": train, "test": test}).save_to_disk(tmp_path / "dict")
+    seen = []
+    monkeypatch.setattr(rlhfkit.stages.sft, "train_sft", lambda cfg: seen.append(read_records(cfg.data, "sft")))
+    r = CliRunner().invoke(app, ["sft", "--model", "tiny", "--data", str(tmp_path / "dict"), "--split", "test",
+                                 "--output", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert [rec["completion"] for rec in seen[0]] == ["test answer", "test answer"]
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    with pytest.raises(RecordError, match="p.jsonl: --split test: only a saved dataset folder .* or hf:NAME has splits"):
+        with_split(str(tmp_path / "p.jsonl"), "test")
+    with pytest.raises(RecordError, match="names its split already"):
+        with_split(f"{tmp_path / 'dict'}:train", "test")
+
+
 def test_the_stages_train_on_trl_shapes_in_datasets_containers(tmp_path):
     from rlhfkit.stages.dpo import train_dpo
     from rlhfkit.stages.ppo import train_ppo

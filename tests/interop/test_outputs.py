@@ -120,8 +120,9 @@ def test_ppo_merges_on_request_and_its_adapter_and_value_folder_load_outside_rlh
     assert value_tok.get_vocab() == load_tokenizer(base).get_vocab()
 
 
-@pytest.mark.parametrize("backbone", ["tiny-minilm", "tiny"])  # an encoder with mean pooling; a causal LM
-def test_a_reward_models_readme_code_scores_in_plain_transformers_as_rlhf_rm_score_does(backbone, tmp_path, monkeypatch):
+# an encoder with its default [CLS] pooling (the README's code is the plain forward), with opt-in mean pooling, a causal LM
+@pytest.mark.parametrize("backbone,pooling", [("tiny-minilm", "cls"), ("tiny-minilm", "mean"), ("tiny", "cls")])
+def test_a_reward_models_readme_code_scores_in_plain_transformers_as_rlhf_rm_score_does(backbone, pooling, tmp_path, monkeypatch):
     from rlhfkit.config import RewardConfig
     from rlhfkit.models.reward import RewardScorer
     from rlhfkit.stages.reward_model import train_reward
@@ -130,8 +131,11 @@ def test_a_reward_models_readme_code_scores_in_plain_transformers_as_rlhf_rm_sco
     rows = [{"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": "I do not know."} for i in range(6)]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     train_reward(RewardConfig(model=backbone, data="pairs.jsonl", output="rm", max_steps=3, batch_size=4, lr=1e-3,
-                              eval_fraction=0.0, eval_every=0, save_every=0, max_len=24, report_to="none", threads=1))
+                              eval_fraction=0.0, eval_every=0, save_every=0, max_len=24, report_to="none", threads=1,
+                              pooling=pooling))
     readme = (tmp_path / "rm" / "README.md").read_text()
+    if backbone == "tiny-minilm":  # the default needs nothing beyond AutoModelForSequenceClassification's own forward
+        assert ("model(**enc).logits" in readme) == (pooling == "cls")
     code = readme.split("```python\n", 1)[1].split("```", 1)[0].replace("path/to/this/folder", str((tmp_path / "rm").resolve()))
     # a long prompt too: the truncation rule is part of the layout
     cases = [("What is 2 plus 2?", "It is 4."), ("What is 3 plus 3?", "No idea."), ("word " * 40, "A long prompt.")]

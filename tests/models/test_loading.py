@@ -82,3 +82,14 @@ def test_a_hub_id_already_in_the_local_cache_resolves_to_itself_offline(tmp_path
     assert not loading.in_hub_cache("not a/valid id")
     with pytest.raises(ModelSpecError, match="no hub model of that name in the local cache"):
         loading.resolve("acme/tutor-tiny")
+
+
+def test_saving_a_lora_adapter_on_a_model_built_from_a_config_warns_nothing(tmp_path):
+    import warnings
+
+    model = loading.add_lora(load_causal_lm("tiny"), r=4, alpha=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # peft's default looks the base up by name ("tiny") and warns it has no config
+        loading.save_model(model, tmp_path / "adapter")
+    saved = set(p.name for p in (tmp_path / "adapter").iterdir())
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= saved

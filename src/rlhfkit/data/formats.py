@@ -360,6 +360,17 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+def with_split(spec: str, split: str | None) -> str:
+    """``spec`` with a ``--split`` given apart: ``PATH:SPLIT`` (what :func:`dataset_rows` reads); ``spec`` when None."""
+    if split is None:
+        return spec
+    if split_spec(spec)[1] is not None:
+        raise RecordError(spec, None, f"names its split already; give --split {split} or {split_spec(spec)[0]}:{split}, not both")
+    if not (spec.startswith("hf:") or Path(spec).is_dir()):
+        raise RecordError(spec, None, f"--split {split}: only a saved dataset folder (save_to_disk) or hf:NAME has splits")
+    return f"{spec}:{split}"
+
+
 def dataset_rows(spec: str) -> Iterator[tuple[str, dict]] | None:
     """The rows of a dataset that is not JSONL, through the ``datasets`` library, or None for a JSONL file.
 

@@ -273,6 +273,14 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, targets:
     return get_peft_model(model, cfg)
 
 
+def save_model(model, folder: str | Path, **kwargs) -> None:
+    """``save_pretrained``; a LoRA (peft) model saves its adapters alone: rlhfkit never trains or resizes embeddings
+    under LoRA, and peft's default would look the base model up by name to decide whether they changed."""
+    if hasattr(model, "peft_config"):
+        kwargs.setdefault("save_embedding_layers", False)
+    model.save_pretrained(folder, **kwargs)
+
+
 def load_start(spec: str):
     """The starting weights; an SFT LoRA run is merged, so it is the policy's (and reference's) base."""
     model = load_causal_lm(spec)

@@ -3,9 +3,11 @@
 Input text (:func:`rm_inputs`, shared by training and scoring): a causal-LM backbone reads the chat
 template of the prompt followed by the response, right-padded, and pools the last non-pad token (with
 ``pad_token_id`` set and position ids taken from the attention mask, left and right padding give the same
-score); an encoder (MiniLM) reads the (prompt, response) sentence pair and pools the mean of its
-non-pad tokens (``pooling: mean``, the default, as sentence-transformers does) or [CLS] (``pooling: cls``);
-the choice is saved in the model's config.json, so a reloaded model scores the same.
+score); an encoder (MiniLM) reads the (prompt, response) sentence pair and pools its
+[CLS] token through its pooler (``pooling: cls``, the default: what ``AutoModelForSequenceClassification``
+computes, so plain transformers scores a saved model as rlhfkit does) or the mean of its non-pad tokens
+(``pooling: mean``, as sentence-transformers pools; plain transformers then needs the code in the model's
+README); the choice is saved in the model's config.json, so a reloaded model scores the same.
 
 :class:`RewardScorer` is what PPO and evaluation use: raw scores, and scores normalised with the mean and
 std of reference-policy samples stored beside the model (``reward_stats.json``, docs/design.md §4.2).

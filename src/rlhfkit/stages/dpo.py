@@ -29,7 +29,7 @@ from rlhfkit.data.formats import RecordError, prompt_key, prompt_messages, read_
 from rlhfkit.data.groups import Group, build_groups
 from rlhfkit.data.splits import batch_indices, none_held_out, split_records
 from rlhfkit.data.tokenize import encode_prompt, encode_response, left_pad, pad_sequences
-from rlhfkit.models.loading import add_lora, disable_dropout, load_start, load_tokenizer
+from rlhfkit.models.loading import add_lora, disable_dropout, load_start, load_tokenizer, save_model
 from rlhfkit.models.rollout import forward_tokens
 from rlhfkit.rl.losses import dpo_loss
 from rlhfkit.run import Run
@@ -116,7 +116,7 @@ def evaluate(cfg: DPOConfig, policy, reference, held: list[EncodedPair], pad_id:
 def save_final(cfg: DPOConfig, out: Path, policy, tok) -> None:
     """The policy in save_pretrained form (LoRA: the adapter, and with merge_lora a merged model in merged/)."""
     if dist.is_main():
-        policy.save_pretrained(out)
+        save_model(policy, out)
         tok.save_pretrained(out)
         if cfg.lora and cfg.merge_lora:
             merged = policy.merge_and_unload()
@@ -161,7 +161,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
 
     def save(folder: Path | None) -> None:  # the checkpoint's model/: the adapters (LoRA) or every weight
         if folder is not None:
-            policy.save_pretrained(folder / "model")
+            save_model(policy, folder / "model")
 
     average = cfg.loss_type == "ipo"  # IPO compares length-averaged log-probs
     micro = max(1, cfg.batch_size // max(cfg.grad_accum, 1))

@@ -41,7 +41,15 @@ from rlhfkit.data.formats import prompt_messages, read_records
 from rlhfkit.data.splits import batch_indices
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.eval import metrics as M
-from rlhfkit.models.loading import add_lora, disable_dropout, load_causal_lm, load_sequence_classifier, load_start, load_tokenizer
+from rlhfkit.models.loading import (
+    add_lora,
+    disable_dropout,
+    load_causal_lm,
+    load_sequence_classifier,
+    load_start,
+    load_tokenizer,
+    save_model,
+)
 from rlhfkit.models.rollout import Rollout, collect, concat, forward_tokens, model_device
 from rlhfkit.models.value import ValueHead, ValueModel, can_be_value_model
 from rlhfkit.rl.advantages import (
@@ -443,7 +451,7 @@ def save_snapshot(cfg: PPOConfig, out: Path, step: int, policy, tok, held: dict,
     path = None
     if step > 0 and keeps_snapshots(cfg):
         with atomic_dir(snapshot_dir(out, step)) as tmp:  # an interrupted save leaves no half-written snapshot
-            save_policy(standalone(cfg, policy), tmp)
+            save_model(standalone(cfg, policy), tmp)
             tok.save_pretrained(tmp)
         path = snapshot_dir(out, step).relative_to(out).as_posix()
     rows.append({"step": step, "path": path, **{k: held.get(f"eval/{k}") for k in HELD_OUT}})
@@ -464,14 +472,6 @@ def truncate_snapshots(out: Path, last_step: int) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------ run
-
-
-def save_policy(policy, folder: Path) -> None:
-    """save_pretrained; a LoRA policy saves its adapter only (the embeddings are never trained here)."""
-    if hasattr(policy, "peft_config"):
-        policy.save_pretrained(folder, save_embedding_layers=False)
-    else:
-        policy.save_pretrained(folder)
 
 
 def encode_prompts(cfg: PPOConfig, tok, records: list[dict]) -> list[list[int]]:
@@ -570,7 +570,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
 
     def save(folder: Path | None) -> dict:  # the policy (its adapter, under LoRA), the value model and the rest
         if folder is not None:
-            save_policy(policy, folder / "policy")
+            save_model(policy, folder / "policy")
             if value_model is not None:
                 value_model.classifier.save_pretrained(folder / "value")
         parts = {"kl_ctl": kl_ctl.state_dict(), "health": health.state_dict()}
@@ -679,7 +679,7 @@ def save_final(cfg: PPOConfig, out: Path, policy, value_model, tok) -> None:
     """The policy in save_pretrained form (LoRA: the adapter on its base spec; merged when the base was an adapter
     run), with merge_lora also merged in out/merged; a separate value model in out/value, with the policy's
     tokenizer (which it shares)."""
-    save_policy(standalone(cfg, policy), out)
+    save_model(standalone(cfg, policy), out)
     tok.save_pretrained(out)
     if cfg.lora and cfg.merge_lora:
         merged = copy.deepcopy(policy).merge_and_unload()

@@ -27,12 +27,14 @@ from rlhfkit.data.formats import RecordError, detect_kind, prompt_key, read_loca
 from rlhfkit.data.groups import Group, build_groups, flatten, gold_groups
 from rlhfkit.data.splits import batch_indices, none_held_out, split_records
 from rlhfkit.judges import get_judge
+from rlhfkit.models.loading import save_model
 from rlhfkit.models.reward import (
     CARD_FILE,
     STATS_FILE,
     RewardModule,
     RewardScorer,
     build_reward_model,
+    is_encoder_tokenizer,
     reward_card,
     rm_inputs,
     score_texts,
@@ -197,7 +199,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     world, me = run.processes(cfg.batch_size, "prompts")
     from accelerate.utils import DistributedDataParallelKwargs
 
-    # Mean pooling leaves an encoder's pooler out of the graph; DDP must be told some parameters get no gradient.
+    # Mean pooling (opt-in) leaves an encoder's pooler out of the graph; DDP must be told some parameters get no gradient.
     accelerator = dist.get_accelerator(1, cfg.batch_size // world,
                                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     precision = resolve_precision(cfg.precision, accelerator.device.type)
@@ -209,6 +211,9 @@ def train_reward(cfg: RewardConfig) -> dict:
     run.say(f"{len(train)} train prompts ({n_pairs} pairs) / {len(held)} held-out prompts "
             f"({sum(len(g.pairs) for g in held)} pairs); precision {precision}{empty}")
     tok = load_tokenizer(cfg.model)
+    if cfg.pooling == "mean" and is_encoder_tokenizer(tok):
+        run.say("pooling: mean — AutoModelForSequenceClassification's own forward pools [CLS] and will score this model "
+                f"differently; score it with rlhfkit or with the function in {out / 'README.md'} (pooling: cls matches)")
 
     ckpt = run.checkpoint_to_resume()
     model, optimizer, scheduler, params = run.prepare(RewardModule(build_reward_model(cfg, ckpt)), accelerator)
@@ -221,7 +226,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     def save(folder: Path | None) -> None:  # the checkpoint's model/
         gathered = classifier_state(accelerator, model)  # every rank: FSDP/ZeRO gather their shards
         if folder is not None:
-            classifier(accelerator, model).save_pretrained(folder / "model", **gathered)
+            save_model(classifier(accelerator, model), folder / "model", **gathered)
 
     def score_fn(prompts, responses):
         # Every rank scores the whole held-out set: identical passes everywhere (sharded models need them).

@@ -22,7 +22,7 @@ from rlhfkit.data.formats import read_records, sft_pair
 from rlhfkit.data.splits import batch_indices, none_held_out, split_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right, encode_sft
 from rlhfkit.models.lm_loss import heldout_loss, response_loss
-from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer, save_model
 from rlhfkit.run import Run
 
 
@@ -89,7 +89,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     def save(folder: Path | None) -> None:  # the checkpoint's model/
         gathered = dist.gathered_state(accelerator, model)  # every rank: FSDP/ZeRO gather their shards
         if folder is not None:
-            dist.unwrap(accelerator, model).save_pretrained(folder / "model", **gathered)
+            save_model(dist.unwrap(accelerator, model), folder / "model", **gathered)
 
     model.train()
     with run.loop(start, save) as loop:
