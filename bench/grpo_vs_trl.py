@@ -1,0 +1,210 @@
+"""Our GRPO and RLOO against TRL's GRPOTrainer and RLOOTrainer, in one run, on the same sentiment work.
+
+One command (creates the peer venv on first use, then runs ours and the peer's for each method in turn):
+  .venv/bin/python bench/grpo_vs_trl.py --run RUN [--updates 8] [--eval-every 2] [--algos grpo,rloo] [--threads 2]
+RUN is a pipeline run on the sentiment recipe (``rlhf pipeline --recipe sentiment --output RUN``): both sides start
+from its SFT model (``sft/merged``, SmolLM2-135M-Instruct tuned) and are rewarded by its reward model (``rm/``,
+MiniLM, normalised by its ``reward_stats.json``). Output: bench/out/grpo_vs_trl/ (table.md, results.json, logs).
+
+The same work on both sides: the recipe's training prompts in the chat template, 8 prompts × 4 answers = 32
+answers per update, at most 32 new tokens, temperature 1.0 (no top-k/top-p), LoRA r 16 / alpha 32 on every linear
+of the attention and MLP, dropout off, fp32, one optimiser step per update (one epoch, one minibatch, so the
+ratio is 1 and clipping never acts), lr 1e-4 constant, gradient-norm clip 1.0, KL coefficient 0.05 against the
+adapters-off reference. GRPO: group-normalised scores, the k3 KL as a loss term, token-level loss aggregation
+(TRL's ``dapo``, our ``loss_agg: token``). RLOO: leave-one-out baseline, the KL in the reward, no advantage
+normalisation (TRL's default; ours set to match). No EOS penalty on either side (TRL has none).
+
+Held-out gold: before training and every ``--eval-every`` updates, one answer to each of the recipe's 40 eval
+prompts sampled at the training temperature from a fixed seed, scored by the recipe's gold judge (VADER); the
+evaluations are off the clock on both sides. Reported: seconds per update (median after the first), samples/s,
+peak RSS (each side's own process, os.wait4), gold before → after, and the training seconds our run took to
+reach the peer's final gold gain (its first held-out evaluation at or above it) over the peer's training seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "src" / "rlhfkit" / "recipes" / "sentiment"
+PEER_VENV = ROOT / "bench" / "out" / "trl-grpo-venv"
+TRL_VERSION = "1.16.0"
+SETTINGS = {"batch_size": 32, "samples_per_prompt": 4, "max_new_tokens": 32, "temperature": 1.0, "lr": 1e-4,
+            "kl_coef": 0.05, "lora_r": 16, "lora_alpha": 32}
+
+
+def ensure_peer_venv(venv: Path) -> Path:
+    """The peer's venv, created on first use: torch 2.13.0 CPU first (so nothing pulls CUDA), then TRL."""
+    python = venv / "bin" / "python"
+    check = [str(python), "-c", f"import trl; assert trl.__version__ == {TRL_VERSION!r}; from trl import GRPOTrainer, RLOOTrainer"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python
+    print(f"creating the peer venv in {venv} (torch 2.13.0 CPU, trl {TRL_VERSION})", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
+    subprocess.run(pip + [f"trl=={TRL_VERSION}", "peft"], check=True)
+    subprocess.run(check, check=True)
+    return python
+
+
+def texts(path: Path) -> list[str]:
+    from rlhfkit.data.formats import prompt_messages, read_records
+
+    return ["\n".join(m["content"] for m in prompt_messages(r) if m["role"] != "system") for r in read_records(path, "prompt")]
+
+
+def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int, threads: int, seed: int):
+    """Our trainer on the same work (module docstring)."""
+    from rlhfkit.config import LORA_TARGETS, PPOConfig
+
+    s = SETTINGS
+    return PPOConfig(algo=algo, policy=str(run / "sft" / "merged"), reward=str(run / "rm"), prompts=str(RECIPE / "prompts.jsonl"),
+                     output=output, value_model="head", lora=True, lora_r=s["lora_r"], lora_alpha=s["lora_alpha"],
+                     lora_targets=list(LORA_TARGETS), max_steps=updates, batch_size=s["batch_size"],
+                     samples_per_prompt=s["samples_per_prompt"], ppo_epochs=1, num_minibatches=1, grad_accum=1, lr=s["lr"],
+                     schedule="constant", max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
+                     kl_coef=s["kl_coef"], missing_eos_penalty=None, whiten_advantages=False,  # GRPO never whitens; TRL RLOO neither
+                     loss_agg="token", precision="fp32", threads=threads, seed=seed, save_every=0, report_to="none",
+                     eval_prompts=str(RECIPE / "eval.jsonl"), eval_judge="sentiment", eval_every=eval_every,
+                     keep_snapshots=False)
+
+
+def ours_worker(job: dict, result: str) -> None:
+    from rlhfkit.stages.ppo import train_ppo
+    from rlhfkit.tracking import read_metrics
+
+    cfg = ours_config(job["algo"], Path(job["run"]), job["output"], job["updates"], job["eval_every"], job["threads"], job["seed"])
+    train_ppo(cfg)
+    rows = read_metrics(Path(cfg.output) / "metrics.jsonl")
+    Path(result).write_text(json.dumps({
+        "seconds": [r["time_step_s"] for r in rows if "time_step_s" in r],
+        "gold": [(r["step"], r["eval/gold_score"]) for r in rows if "eval/gold_score" in r],
+        "kl": [r["kl"] for r in rows if "kl" in r],
+    }))
+
+
+def run_process(cmd: list[str], log: Path) -> float:
+    """Run one side in its own process; its peak RSS in GiB."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{' '.join(cmd[:2])} failed; see {log}")
+    return usage.ru_maxrss / 2**20
+
+
+def peer_side(python: Path, algo: str, run: Path, out: Path, args) -> dict:
+    import yaml
+
+    from rlhfkit.config import LORA_TARGETS
+    from rlhfkit.judges import get_judge
+
+    rm_cfg = yaml.safe_load((run / "rm" / "config.yaml").read_text()) or {}
+    job = {"trainer": algo, "policy": str(run / "sft" / "merged"), "reward": str(run / "rm"),
+           "reward_max_len": rm_cfg.get("max_len", 512), "prompts": texts(RECIPE / "prompts.jsonl"),
+           "eval_prompts": texts(RECIPE / "eval.jsonl"), "updates": args.updates, "eval_every": args.eval_every,
+           "threads": args.threads, "seed": args.seed, "output": str(out / f"peer-{algo}"),
+           "settings": SETTINGS | {"lora_targets": list(LORA_TARGETS)}}
+    (out / f"job-peer-{algo}.json").write_text(json.dumps(job))
+    result = out / f"result-peer-{algo}.json"
+    rss = run_process([str(python), str(ROOT / "bench" / "trl_grpo_worker.py"), "--job", str(out / f"job-peer-{algo}.json"),
+                       "--result", str(result)], out / f"log-peer-{algo}.txt")
+    res = json.loads(result.read_text())
+    judge = get_judge("sentiment")
+    held = [{"prompt": p} for p in job["eval_prompts"]]
+    res["gold"] = [(a["step"], statistics.mean(judge(held, a["responses"]))) for a in res.pop("answers")]
+    return res | {"peak_rss_gib": rss}
+
+
+def ours_side(algo: str, run: Path, out: Path, args) -> dict:
+    job = {"algo": algo, "run": str(run), "output": str(out / f"ours-{algo}"), "updates": args.updates,
+           "eval_every": args.eval_every, "threads": args.threads, "seed": args.seed}
+    (out / f"job-ours-{algo}.json").write_text(json.dumps(job))
+    result = out / f"result-ours-{algo}.json"
+    rss = run_process([sys.executable, str(Path(__file__).resolve()), "--worker", "--job", str(out / f"job-ours-{algo}.json"),
+                       "--result", str(result)], out / f"log-ours-{algo}.txt")
+    return json.loads(result.read_text()) | {"peak_rss_gib": rss}
+
+
+def to_reach(side: dict, gain: float) -> float | None:
+    """Training seconds until the first held-out evaluation whose gold gain is at least ``gain`` (None: never)."""
+    gold0 = side["gold"][0][1]
+    for step, gold in side["gold"]:
+        if gold - gold0 >= gain:
+            return sum(side["seconds"][:step])
+    return None
+
+
+def table(results: dict) -> str:
+    lines = ["| method | side | updates | s / update (median) | samples / s | peak RSS (GiB) | held-out gold: before → after "
+             "(gain) | training s | s / update ours/peer | training s to the peer's final gain, ours/peer |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for algo, sides in results.items():
+        peer = sides.get("peer")
+        peer_gain = peer["gold"][-1][1] - peer["gold"][0][1] if peer else None
+        for name, r in sides.items():
+            med = statistics.median(r["seconds"][1:] or r["seconds"])
+            g0, g1 = r["gold"][0][1], r["gold"][-1][1]
+            ratio, reach = "—", "—"
+            if peer and name == "ours":
+                ratio = f"{med / statistics.median(peer['seconds'][1:] or peer['seconds']):.2f}"
+                if peer_gain is not None and peer_gain > 0:
+                    t = to_reach(r, peer_gain)
+                    reach = (f"{t / sum(peer['seconds']):.2f} ({t:.0f} s / {sum(peer['seconds']):.0f} s)" if t is not None
+                             else "not reached")
+                else:
+                    reach = f"peer gained nothing ({peer_gain:+.3f})"
+            label = f"TRL {r.get('trl', '')}" if name == "peer" else "rlhfkit"
+            lines.append(f"| {algo} | {label} | {len(r['seconds'])} | {med:.1f} | {SETTINGS['batch_size'] / med:.2f} | "
+                         f"{r['peak_rss_gib']:.2f} | {g0:.3f} → {g1:.3f} ({g1 - g0:+.3f}) | {sum(r['seconds']):.0f} | "
+                         f"{ratio} | {reach} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", help="a pipeline run folder on the sentiment recipe")
+    ap.add_argument("--updates", type=int, default=8)
+    ap.add_argument("--eval-every", type=int, default=2)
+    ap.add_argument("--algos", default="grpo,rloo")
+    ap.add_argument("--sides", default="ours,peer")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads, the same on both sides")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "grpo_vs_trl"))
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--job", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return ours_worker(json.loads(Path(args.job).read_text()), args.result)
+    if not args.run:
+        ap.error("--run is required")
+    run, out = Path(args.run).resolve(), Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    sides = args.sides.split(",")
+    python = ensure_peer_venv(PEER_VENV) if "peer" in sides else None
+    results: dict = {}
+    t0 = time.perf_counter()
+    for algo in args.algos.split(","):
+        for name in sides:
+            r = ours_side(algo, run, out, args) if name == "ours" else peer_side(python, algo, run, out, args)
+            results.setdefault(algo, {})[name] = r
+            print(f"  {algo} {name}: s/update {[round(x, 1) for x in r['seconds']]}, gold "
+                  f"{[(s, round(g, 3)) for s, g in r['gold']]}, peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+    text = table(results)
+    print(text)
+    (out / "table.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps({"results": results, "settings": SETTINGS, "updates": args.updates,
+                                                  "wall_s": time.perf_counter() - t0}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
