@@ -4,15 +4,18 @@ One command (creates the peer venv on first use, then runs ours and the peer's f
   .venv/bin/python bench/grpo_vs_trl.py --run RUN [--updates 8] [--eval-every 2] [--algos grpo,rloo] [--threads 2]
 RUN is a pipeline run on the sentiment recipe (``rlhf pipeline --recipe sentiment --output RUN``): both sides start
 from its SFT model (``sft/merged``, SmolLM2-135M-Instruct tuned) and are rewarded by its reward model (``rm/``,
-MiniLM, normalised by its ``reward_stats.json``). Output: bench/out/grpo_vs_trl/ (table.md, results.json, logs).
+MiniLM, normalised by its ``reward_stats.json``). Output: bench/out/grpo_vs_trl/ (table.md, gold_vs_minutes.png,
+results.json, logs).
 
 The same work on both sides: the recipe's training prompts in the chat template, 8 prompts × 4 answers = 32
 answers per update, at most 32 new tokens, temperature 1.0 (no top-k/top-p), LoRA r 16 / alpha 32 on every linear
 of the attention and MLP, dropout off, fp32, one optimiser step per update (one epoch, one minibatch, so the
 ratio is 1 and clipping never acts), lr 1e-4 constant, gradient-norm clip 1.0, KL coefficient 0.05 against the
 adapters-off reference. GRPO: group-normalised scores, the k3 KL as a loss term, token-level loss aggregation
-(TRL's ``dapo``, our ``loss_agg: token``). RLOO: leave-one-out baseline, the KL in the reward, no advantage
-normalisation (TRL's default; ours set to match). No EOS penalty on either side (TRL has none).
+(TRL's ``dapo``, our ``loss_agg: token``). RLOO: leave-one-out baseline, the k1 KL summed over the answer in its
+reward, no advantage normalisation (TRL's default; ours set to match), the loss summed over an answer's tokens and
+averaged over answers (TRL's sequence log-prob; our ``loss_agg: constant``, the same direction, scaled by 1 / 32,
+which Adam does not see). No EOS penalty on either side (TRL has none).
 
 Held-out gold: before training and every ``--eval-every`` updates, one answer to each of the recipe's 40 eval
 prompts sampled at the training temperature from a fixed seed, scored by the recipe's gold judge (VADER); the
@@ -72,7 +75,7 @@ def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int
                      samples_per_prompt=s["samples_per_prompt"], ppo_epochs=1, num_minibatches=1, grad_accum=1, lr=s["lr"],
                      schedule="constant", max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
                      kl_coef=s["kl_coef"], missing_eos_penalty=None, whiten_advantages=False,  # GRPO never whitens; TRL RLOO neither
-                     loss_agg="token", precision="fp32", threads=threads, seed=seed, save_every=0, report_to="none",
+                     loss_agg="token" if algo == "grpo" else "constant", precision="fp32", threads=threads, seed=seed, save_every=0, report_to="none",
                      eval_prompts=str(RECIPE / "eval.jsonl"), eval_judge="sentiment", eval_every=eval_every,
                      keep_snapshots=False)
 
@@ -169,6 +172,26 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict, path: Path) -> None:
+    """Held-out gold against cumulative training minutes, every run of the bench on one axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for algo, sides in results.items():
+        for name, r in sides.items():
+            minutes = [sum(r["seconds"][:step]) / 60 for step, _ in r["gold"]]
+            label = f"{algo}, {'TRL ' + r.get('trl', '') if name == 'peer' else 'rlhfkit'}"
+            ax.plot(minutes, [g for _, g in r["gold"]], marker="o", linestyle="--" if name == "peer" else "-", label=label)
+    ax.set_xlabel("training minutes (held-out evaluations off the clock)")
+    ax.set_ylabel("held-out gold (VADER), 40 prompts")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="a pipeline run folder on the sentiment recipe")
@@ -202,6 +225,7 @@ def main() -> None:
     text = table(results)
     print(text)
     (out / "table.md").write_text(text + "\n")
+    plot(results, out / "gold_vs_minutes.png")
     (out / "results.json").write_text(json.dumps({"results": results, "settings": SETTINGS, "updates": args.updates,
                                                   "wall_s": time.perf_counter() - t0}, indent=1))
 

@@ -73,7 +73,7 @@ def main() -> None:
         output_dir=job["output"], per_device_train_batch_size=s["batch_size"], gradient_accumulation_steps=1,
         steps_per_generation=1, num_generations=s["samples_per_prompt"], max_completion_length=s["max_new_tokens"],
         temperature=s["temperature"], top_p=1.0, top_k=0, learning_rate=s["lr"], lr_scheduler_type="constant",
-        warmup_ratio=0.0, beta=s["kl_coef"], epsilon=0.2, num_iterations=1, max_steps=job["updates"],
+        warmup_steps=0, beta=s["kl_coef"], epsilon=0.2, num_iterations=1, max_steps=job["updates"],
         max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
         seed=job["seed"], disable_dropout=True, dataloader_num_workers=0, disable_tqdm=True,
     )
