@@ -3,7 +3,8 @@ wall-clock budget each: which gives the better model here?
 
 Input: a pipeline run folder (``rlhf pipeline --recipe NAME --output RUN``), whose SFT model (``sft/merged``),
 reward model (``rm/``), simulated feedback (``feedback_all.jsonl``), training prompts (``prompts_train.jsonl``)
-and PPO settings (``ppo/config.yaml``) every method shares. Each method trains for ``--minutes`` (its own
+and PPO settings (``ppo/config.yaml``) every method shares (GRPO and RLOO compare a prompt's answers: where the
+recipe samples one answer per prompt they take 4 per prompt in the same answers per update). Each method trains for ``--minutes`` (its own
 process; the time a model takes to load is not counted, the training is), then one evaluation compares them
 all with the SFT model on the recipe's held-out eval prompts: gold score, gold win rate vs SFT with its
 interval, reward-model score, KL, and the SFT model's best-of-N answers (by the reward model) as a baseline.
@@ -39,6 +40,9 @@ def method_config(algo: str, run: Path, out: Path, minutes: float, seed: int) ->
                    eval_judge=None, keep_snapshots=False, save_every=0, report_to="none", seed=seed)
         if algo != "ppo":
             cfg["value_model"] = "head"  # unused: critic-free
+        if algo in ("grpo", "rloo") and cfg.get("samples_per_prompt", 1) < 2:
+            cfg["samples_per_prompt"] = 4  # they compare a prompt's answers: the same answers per update, 4 per prompt
+            cfg["batch_size"] = max(4, cfg.get("batch_size", 8) // 4 * 4)
         return "ppo", cfg
     if algo == "dpo":
         sft = yaml.safe_load((run / "sft" / "config.yaml").read_text())
