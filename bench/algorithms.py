@@ -11,7 +11,7 @@ interval, reward-model score, KL, and the SFT model's best-of-N answers (by the 
 
 Usage:
   .venv/bin/python bench/algorithms.py --run runs/d0 --minutes 3 [--algos ppo,grpo,rloo,reinforce++,dpo]
-      [--best-of 4] [--eval-prompts 24] [--out bench/out/algorithms/d0]
+      [--best-of 4] [--eval-prompts 24] [--out bench/out/algorithms/d0] [--eval-only]
 Output: OUT/table.md and OUT/results.json; each method's run folder under OUT/.
 """
 
@@ -83,18 +83,20 @@ def main() -> None:
     ap.add_argument("--eval-prompts", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the methods an earlier run of the bench trained")
     args = ap.parse_args()
     run = Path(args.run).resolve()
     out = Path(args.out or ROOT / "bench" / "out" / "algorithms" / run.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     recipe = yaml.safe_load((run / "config.yaml").read_text())["recipe"]
-    trained = []
-    for algo in args.algos.split(","):
+    trained = json.loads((out / "trained.json").read_text()) if args.eval_only else []
+    for algo in [] if args.eval_only else args.algos.split(","):
         print(f"{algo}: training for {args.minutes:g} min", flush=True)
         trained.append(train(algo, run, out / algo.replace("+", "p"), args.minutes, args.seed))
         t = trained[-1]
         print(f"{algo}: {t['steps']} steps, {t['train_s']:.0f} s training, {t['wall_s']:.0f} s in all, "
               f"peak RSS {t['peak_rss_gib']:.2f} GiB", flush=True)
+        (out / "trained.json").write_text(json.dumps(trained, default=str))  # --eval-only evaluates these again
 
     from rlhfkit.config import EvalConfig
     from rlhfkit.stages.evaluate import evaluate_models
