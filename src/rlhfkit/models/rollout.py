@@ -94,15 +94,6 @@ def trim(query: Tensor, query_mask: Tensor, response_mask: Tensor) -> tuple[int,
 
 
 @torch.inference_mode()
-
-def cache_argument(backbone) -> str:
-    """The name a backbone's forward takes its KV cache by: ``cache`` (transformers ≥ 5.24, which deprecates the
-    old name) or ``past_key_values``."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-
-
 def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temperature: float, eos_id: int,
            pad_id: int, value_head=None, uniforms=None) -> dict[str, Tensor]:
     """Sample up to ``max_new_tokens`` per row from softmax(logits / temperature) with the KV cache.
@@ -119,7 +110,6 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
     backbone, lm_head = causal_parts(model)
     batch = query.shape[0]
     cache = DynamicCache()
-    cache_kw = cache_argument(backbone)
     ids, width = query, query.shape[1]
     # the whole mask up front; each step takes a longer slice of it instead of concatenating a column
     device = query.device
@@ -129,7 +119,7 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
     tokens, logprobs, entropy, values = [], [], [], []
     for step in range(max_new_tokens):
         out = backbone(input_ids=ids, attention_mask=mask[:, : width + step], position_ids=positions,
-                       use_cache=True, **{cache_kw: cache})
+                       past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state[:, -1]  # (B, H)
         logits = lm_head(hidden).float()  # (B, V): one position per row, so no large float copy
         logp = torch.log_softmax(logits / temperature, dim=-1)  # one pass: the sample, its log-prob, the entropy
