@@ -59,9 +59,11 @@ def ensure_peer_venv(venv: Path) -> Path:
 
 
 def texts(path: Path) -> list[str]:
-    from rlhfkit.data.formats import prompt_messages, read_records
+    """The prompts as the peer's user messages: their non-system texts, as the reward model reads them."""
+    from rlhfkit.data.formats import read_records
+    from rlhfkit.models.reward import prompt_for_encoder
 
-    return ["\n".join(m["content"] for m in prompt_messages(r) if m["role"] != "system") for r in read_records(path, "prompt")]
+    return [prompt_for_encoder(r) for r in read_records(path, "prompt")]
 
 
 def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int, threads: int, seed: int):
