@@ -231,6 +231,7 @@ def instrument() -> list[dict]:
 
     import rlhfkit.models.rollout as rollout
     import rlhfkit.stages.ppo as trainer
+    from rlhfkit.models.reward import ModelReward
     from rlhfkit.models.value import ValueModel
 
     steps: list[dict] = []
@@ -254,7 +255,7 @@ def instrument() -> list[dict]:
     rollout.sample = timed("generation", rollout.sample)
     rollout.forward_tokens = timed("reference pass", rollout.forward_tokens)
     ValueModel.forward = timed("value pass", ValueModel.forward, torch.is_inference_mode_enabled)
-    trainer.ModelReward.score = timed("reward pass", trainer.ModelReward.score)
+    ModelReward.score = timed("reward pass", ModelReward.score)
     trainer.optimise = timed("training", trainer.optimise)
     return steps
 

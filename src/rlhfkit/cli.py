@@ -594,7 +594,7 @@ def ppo(cfg, split: Optional[str] = SplitOpt):
 
 @app.command()
 @config_command(DPOConfig, ["model", "data", "output", "beta", "loss_type", "max_steps", "batch_size", "lr", "lora", "merge_lora",
-                            "eval_data", "resume", "report_to", "seed"], LORA_FLAGS)
+                            "eval_data", "eval_prompts", "eval_judge", "eval_reward", "resume", "report_to", "seed"], LORA_FLAGS)
 def dpo(cfg, split: Optional[str] = SplitOpt):
     """DPO (or IPO) straight from feedback: pairs, rankings, ratings and edits, no reward model, no sampling."""
     from rlhfkit.stages.dpo import train_dpo

@@ -445,6 +445,20 @@ class DPOConfig:
     precision: typing.Literal["auto", "fp32", "bf16"] = field(default="fp32", metadata={
         "help": "Matmuls: fp32, bf16 autocast, or auto (bf16 where the hardware runs it fast)."})
     eval_every: int = field(default=25, metadata={"help": "Steps between held-out evaluations (0: only at the end)."})
+    eval_prompts: str | None = field(default=None, metadata={
+        "help": "Held-out prompt JSONL: one answer to each, sampled with a fixed seed before training, at every "
+                "held-out evaluation and after the last step, logged as eval/gold_score (with eval_judge), "
+                "eval/rm_score (with eval_reward), eval/kl and eval/grading_accuracy, as PPO logs them."})
+    eval_judge: str | None = field(default=None, metadata={
+        "help": "Gold judge for eval_prompts, e.g. sentiment (logged as eval/gold_score)."})
+    eval_reward: str | None = field(default=None, metadata={
+        "help": "A reward-model folder that scores the eval_prompts answers (logged as eval/rm_score; DPO never "
+                "trains on it)."})
+    eval_max_new_tokens: int = field(default=64, metadata={"help": "Most tokens of an eval_prompts answer."})
+    eval_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the eval_prompts answers."})
+    time_budget_counts_eval: bool = field(default=True, metadata={
+        "help": "Count the held-out evaluations' seconds against time_budget_minutes (false: the budget is training "
+                "time alone, to compare methods at equal training time)."})
     save_every: int = field(default=25, metadata={"help": "Steps between checkpoints (0: only at the end)."})
     log_every: int = field(default=1, metadata={"help": "Steps between metrics.jsonl lines."})
     report_to: typing.Literal["tensorboard", "wandb", "mlflow", "none"] = field(default="tensorboard", metadata={
@@ -616,6 +630,9 @@ class PPOConfig:
     time_budget_minutes: float | None = field(default=None, metadata={
         "help": "Stop (evaluate, checkpoint, save) when one more update of the mean length so far would end past "
                 "this many minutes of wall time."})
+    time_budget_counts_eval: bool = field(default=True, metadata={
+        "help": "Count the held-out evaluations' seconds against time_budget_minutes (false: the budget is training "
+                "time alone, to compare methods at equal training time)."})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "Recompute activations in the backward pass (less memory, more compute)."})
     precision: typing.Literal["auto", "fp32", "bf16"] = field(default="fp32", metadata={

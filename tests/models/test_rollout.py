@@ -6,7 +6,7 @@ from rlhfkit.data.tokenize import encode_prompt, left_pad
 from rlhfkit.models.loading import add_lora, load_causal_lm, load_sequence_classifier, load_tokenizer
 from rlhfkit.models.rollout import collect, forward_tokens, response_mask_from_eos, sample
 from rlhfkit.models.value import ValueModel
-from rlhfkit.stages.ppo import JudgeReward
+from rlhfkit.models.reward import JudgeReward
 
 TEXTS = ["Hi", "Tell me a story about a dragon who learned to bake bread in a small village.", "Why is the sky blue?"]
 

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 import rlhfkit.stages.dpo as dpo
-from rlhfkit.config import DPOConfig
+from rlhfkit.config import ConfigError, DPOConfig
 from rlhfkit.data.groups import build_groups
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.stages.dpo import encode_pairs, train_dpo
@@ -94,3 +94,40 @@ def test_a_time_budget_stops_after_the_step_that_leaves_no_room_and_saves_the_po
     log = read_metrics(tmp_path / "out" / "metrics.jsonl")
     assert [r["step"] for r in log] == [1] and "eval_loss" in log[-1]  # evaluated before it stopped
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_held_out_answers_are_scored_by_the_gold_judge_before_during_and_after_training(tmp_path):
+    prompts = write_jsonl(tmp_path / "eval_prompts.jsonl", [{"prompt": f"Review {i}: film"} for i in range(6)])
+    data = token_pairs(tmp_path, n=24)
+    train_dpo(dpo_cfg(data, tmp_path / "out", max_steps=6, eval_every=3, eval_prompts=str(prompts), eval_judge="length",
+                      eval_max_new_tokens=8))
+    log = read_metrics(tmp_path / "out" / "metrics.jsonl")
+    evaluated = [r for r in log if "eval/gold_score" in r]
+    assert [r["step"] for r in evaluated] == [0, 3, 6]
+    assert evaluated[0]["eval/kl"] == pytest.approx(0.0, abs=1e-6)  # step 0: LoRA's B = 0, the policy is the reference
+    assert evaluated[-1]["eval/kl"] != evaluated[0]["eval/kl"]  # trained: the answers' log-probs moved off the reference's
+    assert all(0.0 <= r["eval/gold_score"] for r in evaluated) and "eval/rm_score" not in evaluated[0]
+    assert "eval_loss" in evaluated[-1]  # the held-out pairs too
+    with pytest.raises(ConfigError, match="eval_judge or eval_reward"):
+        train_dpo(dpo_cfg(data, tmp_path / "bad", eval_prompts=str(prompts)))
+
+
+def test_a_budget_that_leaves_out_the_evaluations_trains_past_one_that_counts_them(tmp_path, monkeypatch):
+    """A held-out evaluation as long as the whole budget: counted, it leaves room for one step; left out, the
+    steps get the budget to themselves."""
+    import time
+
+    def slow_eval(*a, **k):
+        time.sleep(3.0)
+        return {"eval/gold_score": 0.0, "eval/kl": 0.0}
+
+    monkeypatch.setattr(dpo, "held_out_eval", slow_eval)
+    prompts = write_jsonl(tmp_path / "eval_prompts.jsonl", [{"prompt": "Review: film"}])
+    data = token_pairs(tmp_path, n=24)
+    steps = {}
+    for counts in (True, False):
+        out = tmp_path / f"counts-{counts}"
+        train_dpo(dpo_cfg(data, out, max_steps=1000, eval_every=0, eval_fraction=0.0, eval_prompts=str(prompts),
+                          eval_judge="length", time_budget_minutes=0.05, time_budget_counts_eval=counts))
+        steps[counts] = read_metrics(out / "metrics.jsonl")[-1]["step"]
+    assert steps[True] == 1 and steps[False] > 1

@@ -15,7 +15,8 @@ from rlhfkit.judges import register
 from rlhfkit.models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer
 from rlhfkit.models.rollout import Rollout, collect, response_mask_from_eos
 from rlhfkit.rl.health import HealthMonitor
-from rlhfkit.stages.ppo import JudgeReward, PPOHealthError, compute_advantages, ppo_loss, rollout_metrics, train_ppo
+from rlhfkit.models.reward import JudgeReward
+from rlhfkit.stages.ppo import PPOHealthError, compute_advantages, ppo_loss, rollout_metrics, train_ppo
 from rlhfkit.stages.sft import train_sft
 from rlhfkit.tracking import read_metrics
 from tests.conftest import check_ctrl_c_during_evaluation, write_jsonl

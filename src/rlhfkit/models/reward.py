@@ -249,3 +249,43 @@ def build_reward_model(cfg: RewardConfig, ckpt: Path | None):
         freeze_lower(model, cfg.trainable_layers)
     disable_dropout(model)  # docs/design.md §4.6: dropout off, so a score does not depend on train/eval mode
     return model
+
+
+# ------------------------------------------------------------------------------------------------ as a reward
+
+
+class JudgeReward:
+    """A gold judge as the reward (``judge:NAME``): scores decoded text; no normalisation stats."""
+
+    def __init__(self, name: str):
+        from rlhfkit.judges import get_judge
+
+        self.name, self.fn, self.model, self.tokenizer, self.stats = name, get_judge(name), None, None, None
+
+    def score(self, prompts: list[dict], responses: list[str]) -> torch.Tensor:
+        return torch.tensor(self.fn(prompts, responses), dtype=torch.float32)
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores
+
+
+class ModelReward:
+    """A trained reward model (``rlhf rm train`` folder): scores decoded text with its own tokenizer."""
+
+    def __init__(self, spec: str, batch_size: int):
+        self.scorer, self.batch_size = RewardScorer.load(spec), batch_size
+        self.model, self.tokenizer, self.stats = self.scorer.model, self.scorer.tokenizer, self.scorer.stats
+
+    def score(self, prompts: list[dict], responses: list[str]) -> torch.Tensor:
+        return self.scorer.score(prompts, responses, self.batch_size).float()
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.scorer.normalize(scores)
+
+
+def load_reward(spec: str, batch_size: int):
+    if not spec:
+        raise ValueError("reward: required: a reward-model folder or judge:NAME")
+    if spec.startswith("judge:"):
+        return JudgeReward(spec.split(":", 1)[1])
+    return ModelReward(spec, batch_size)

@@ -10,7 +10,10 @@ right-padded, the fp32 head). Logged: ``loss``, ``reward_chosen``/``reward_rejec
 each answer), ``reward_accuracy`` (share of pairs whose chosen reward is higher), ``reward_margin``,
 ``logp_chosen``/``logp_rejected`` and ``implicit_kl`` (the mean log π − log π_ref of the chosen answers: how
 far the policy has moved on the data), and the held-out ``eval_loss``, ``eval_reward_accuracy``,
-``eval_reward_margin``.
+``eval_reward_margin``. With ``eval_prompts`` the policy also answers held-out prompts before training, at every
+held-out evaluation and after the last step, logged as PPO logs them (``eval/heldout.py``: ``eval/gold_score``
+by ``eval_judge``, ``eval/rm_score`` by ``eval_reward``, ``eval/kl``), so DPO's gold can be drawn against time
+beside the online methods'.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from rlhfkit.data.formats import RecordError, prompt_key, prompt_messages, read_
 from rlhfkit.data.groups import Group, build_groups
 from rlhfkit.data.splits import batch_indices, none_held_out, split_records
 from rlhfkit.data.tokenize import encode_prompt, encode_response, left_pad, pad_sequences
+from rlhfkit.eval.heldout import held_out_eval
 from rlhfkit.models.loading import add_lora, disable_dropout, load_start, load_tokenizer, save_model
+from rlhfkit.models.reward import JudgeReward, load_reward
 from rlhfkit.models.rollout import forward_tokens
 from rlhfkit.rl.losses import dpo_loss
 from rlhfkit.run import Run
@@ -113,6 +118,29 @@ def evaluate(cfg: DPOConfig, policy, reference, held: list[EncodedPair], pad_id:
     return pair_metrics(torch.cat(losses), torch.cat(chosen), torch.cat(rejected), prefix="eval_")
 
 
+def answer_eval(cfg: DPOConfig, tok):
+    """For ``eval_prompts``: a function of (policy, reference) giving the held-out answers' metrics, or None."""
+    if not cfg.eval_prompts:
+        return None
+    if not (cfg.eval_judge or cfg.eval_reward):
+        raise ConfigError("dpo: eval_prompts needs eval_judge or eval_reward to score the answers")
+    from rlhfkit.judges import get_judge
+
+    records = read_records(cfg.eval_prompts, "prompt")
+    prompts = [encode_prompt(tok, prompt_messages(r), cfg.chat)[-cfg.max_prompt_len:] for r in records]
+    judge = get_judge(cfg.eval_judge) if cfg.eval_judge else None
+    reward = load_reward(cfg.eval_reward, 32) if cfg.eval_reward else JudgeReward(cfg.eval_judge)
+
+    def run(policy, reference, precision: str) -> dict:
+        out = held_out_eval(policy, reference, tok, prompts, records, reward, judge, seed=cfg.seed, batch_size=cfg.batch_size,
+                            max_new_tokens=cfg.eval_max_new_tokens, temperature=cfg.eval_temperature, precision=precision)
+        if not cfg.eval_reward:
+            out.pop("eval/rm_score", None)  # it was the judge again
+        return out
+
+    return run
+
+
 def save_final(cfg: DPOConfig, out: Path, policy, tok) -> None:
     """The policy in save_pretrained form (LoRA: the adapter, and with merge_lora a merged model in merged/)."""
     if dist.is_main():
@@ -143,6 +171,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
         groups, held_groups = split_records(groups, cfg.eval_fraction, cfg.seed)
     tok = load_tokenizer(cfg.model)
     train, held = encode_pairs(tok, groups, cfg), encode_pairs(tok, held_groups, cfg)
+    answers = answer_eval(cfg, tok)  # its prompts are read (and checked) before any model loads
     if not train:
         raise RecordError(cfg.data, None, "no preference pairs (every record was a tie, an unchanged edit or not feedback)")
     accelerator = dist.get_accelerator(max(cfg.grad_accum, 1), max(1, cfg.batch_size // max(cfg.grad_accum, 1)))
@@ -158,6 +187,13 @@ def train_dpo(cfg: DPOConfig) -> dict:
         reference.to(device)
     policy, optimizer, scheduler, params = run.prepare(policy, accelerator, head_apart=True)  # the head: accel/head.py
     start = run.begin(optimizer, scheduler, ckpt, accelerator)
+    last_eval_s = None  # the last held-out evaluation's seconds: the deadline keeps room for one more
+    if answers is not None and start == 0:  # step 0: the start policy, the point the curve is compared with
+        t_eval = time.perf_counter()
+        policy.eval()
+        run.logger.log(0, answers(policy, reference, precision))
+        policy.train()
+        last_eval_s = time.perf_counter() - t_eval
 
     def save(folder: Path | None) -> None:  # the checkpoint's model/: the adapters (LoRA) or every weight
         if folder is not None:
@@ -167,7 +203,8 @@ def train_dpo(cfg: DPOConfig) -> dict:
     micro = max(1, cfg.batch_size // max(cfg.grad_accum, 1))
     policy.train()
     t_start = time.perf_counter()
-    eval_total_s, last_eval_s = 0.0, None  # the held-out evaluations' seconds: the deadline keeps room for the last one
+    eval_total_s = 0.0  # the held-out evaluations' seconds in the loop
+    evals = bool(held) or answers is not None
     with run.loop(start, save) as loop:
         for step in range(start, cfg.max_steps):
             t0 = time.perf_counter()
@@ -194,21 +231,26 @@ def train_dpo(cfg: DPOConfig) -> dict:
                            "lr": lr, "grad_norm": float(grad_norm), "time_step_s": time.perf_counter() - t0}
                 # stop when the next step (as long as the mean one so far) and then the final held-out evaluation (as
                 # long as the last one, or estimated: a forward pass of each held-out pair is about half a step's work
-                # per pair) would end past the budget
+                # per pair); without time_budget_counts_eval, the budget is the training steps' seconds alone
                 elapsed = time.perf_counter() - t_start
                 mean_step = (elapsed - eval_total_s) / (done - start)
-                reserve = (last_eval_s if last_eval_s is not None else 0.5 * mean_step * len(held) / cfg.batch_size) if held else 0.0
+                reserve = (last_eval_s if last_eval_s is not None else 0.5 * mean_step * len(held) / cfg.batch_size) if evals else 0.0
+                if not cfg.time_budget_counts_eval:
+                    elapsed, reserve = elapsed - eval_total_s, 0.0
                 loop.ending = (cfg.time_budget_minutes is not None
                                and elapsed + mean_step + reserve > 60 * cfg.time_budget_minutes)
-                if loop.eval_due(done, bool(held)) or (loop.ending and held):
+                if loop.eval_due(done, evals) or (loop.ending and evals):
                     t_eval = time.perf_counter()
                     policy.eval()
-                    metrics.update(evaluate(cfg, policy, reference, held, tok.pad_token_id, device, precision))
+                    if held:
+                        metrics.update(evaluate(cfg, policy, reference, held, tok.pad_token_id, device, precision))
+                    if answers is not None:
+                        metrics.update(answers(policy, reference, precision))
                     policy.train()
                     last_eval_s = metrics["time_eval_s"] = time.perf_counter() - t_eval
                     eval_total_s += last_eval_s
                 loop.log(done, metrics, f"loss {metrics['loss']:.3f} acc {metrics['reward_accuracy']:.2f}",
-                         always="eval_loss" in metrics)
+                         always="time_eval_s" in metrics)
             if loop.ending:
                 run.say(f"time budget of {cfg.time_budget_minutes:g} min used up after step {done}")
                 break

@@ -29,7 +29,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from rlhfkit import distributed as dist
@@ -40,7 +39,7 @@ from rlhfkit.config import ConfigError, PPOConfig
 from rlhfkit.data.formats import prompt_messages, read_records
 from rlhfkit.data.splits import batch_indices
 from rlhfkit.data.tokenize import encode_prompt
-from rlhfkit.eval import metrics as M
+from rlhfkit.eval.heldout import held_out_eval
 from rlhfkit.models.loading import (
     add_lora,
     disable_dropout,
@@ -50,7 +49,8 @@ from rlhfkit.models.loading import (
     load_tokenizer,
     save_model,
 )
-from rlhfkit.models.rollout import Rollout, collect, concat, forward_tokens, model_device
+from rlhfkit.models.reward import load_reward
+from rlhfkit.models.rollout import Rollout, collect, concat, forward_tokens
 from rlhfkit.models.value import ValueHead, ValueModel, can_be_value_model
 from rlhfkit.rl.advantages import (
     AdaptiveKLController,
@@ -72,48 +72,6 @@ from rlhfkit.tracking import read_snapshots
 
 class PPOHealthError(RuntimeError):
     """The run stopped on non-finite metrics; the last good checkpoint is kept."""
-
-
-# ------------------------------------------------------------------------------------------------ reward
-
-
-class JudgeReward:
-    """A gold judge as the reward (``judge:NAME``): scores decoded text; no normalisation stats."""
-
-    def __init__(self, name: str):
-        from rlhfkit.judges import get_judge
-
-        self.name, self.fn, self.model, self.tokenizer, self.stats = name, get_judge(name), None, None, None
-
-    def score(self, prompts: list[dict], responses: list[str]) -> torch.Tensor:
-        return torch.tensor(self.fn(prompts, responses), dtype=torch.float32)
-
-    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores
-
-
-class ModelReward:
-    """A trained reward model (``rlhf rm train`` folder): scores decoded text with its own tokenizer."""
-
-    def __init__(self, spec: str, batch_size: int):
-        from rlhfkit.models.reward import RewardScorer
-
-        self.scorer, self.batch_size = RewardScorer.load(spec), batch_size
-        self.model, self.tokenizer, self.stats = self.scorer.model, self.scorer.tokenizer, self.scorer.stats
-
-    def score(self, prompts: list[dict], responses: list[str]) -> torch.Tensor:
-        return self.scorer.score(prompts, responses, self.batch_size).float()
-
-    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
-        return self.scorer.normalize(scores)
-
-
-def load_reward(spec: str, batch_size: int):
-    if not spec:
-        raise ValueError("reward: required: a reward-model folder or judge:NAME")
-    if spec.startswith("judge:"):
-        return JudgeReward(spec.split(":", 1)[1])
-    return ModelReward(spec, batch_size)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -384,37 +342,10 @@ HELD_OUT = ("rm_score", "gold_score", "gold_se", "kl", "grading_accuracy")  # ev
 
 @torch.no_grad()
 def evaluate(cfg: PPOConfig, policy, reference, tok, prompts: list[list[int]], records: list[dict], reward, judge) -> dict:
-    """The policy on the held-out prompts, under eval's metric names with an ``eval/`` prefix.
-
-    One answer per prompt, sampled with the same seed at every evaluation (training's RNG is untouched), so two
-    evaluations differ by the policy alone. ``eval/rm_score``: the reward (the proxy, raw); ``eval/gold_score``:
-    the gold judge, when there is one; ``eval/kl``: eval's estimator on these answers, Σ over answer tokens of
-    log π − log π_ref averaged over answers (π_ref: the adapters-off policy, or ``reference``);
-    ``eval/grading_accuracy``: on grading prompts, the share of replies that open with the gold verdict.
-    """
-    texts, scores, logp, ref_logp = [], [], [], []
-    device = model_device(policy)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 1)  # sampling draws on the CPU's RNG on any device
-        for i in range(0, len(prompts), cfg.batch_size):
-            r, s = collect(policy, tok, prompts[i : i + cfg.batch_size], records[i : i + cfg.batch_size], reward,
-                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, reference=reference,
-                           amp=lambda: autocast(cfg.precision, device.type), recompute=cfg.precision == "bf16")
-            mask = r.response_mask.bool()
-            texts += r.texts
-            scores.append(s)
-            logp += [row[m].tolist() for row, m in zip(r.logprobs, mask)]
-            ref_logp += [row[m].tolist() for row, m in zip(r.ref_logprobs, mask)]
-    out = {"eval/rm_score": float(torch.cat(scores).mean()), "eval/kl": M.sampled_kl(logp, ref_logp)}
-    if judge is not None:
-        gold = judge(records, texts)
-        out["eval/gold_score"] = M.mean(gold)
-        # its standard error over the held-out answers: the report calls a gold change noise when it is within ~2 of them
-        out["eval/gold_se"] = float(np.std(gold, ddof=1) / math.sqrt(len(gold))) if len(gold) > 1 else None
-    graded = M.grading(texts, records, seed=cfg.seed)
-    if graded is not None:
-        out["eval/grading_accuracy"] = graded["accuracy"]
-    return out
+    """The policy on the held-out prompts at the rollout's settings (``eval/heldout.py``: eval/rm_score,
+    eval/gold_score, eval/kl, eval/grading_accuracy)."""
+    return held_out_eval(policy, reference, tok, prompts, records, reward, judge, seed=cfg.seed, batch_size=cfg.batch_size,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, precision=cfg.precision)
 
 
 # ------------------------------------------------------------------------------------------------ snapshots
@@ -588,7 +519,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
         if dist.is_main():
             save_snapshot(cfg, out, 0, policy, tok, held, snapshots)
 
-    t_start = time.perf_counter()
+    t_start, eval_total_s = time.perf_counter(), 0.0
     k = cfg.samples_per_prompt  # each prompt k times, side by side
     with run.loop(start, save) as loop:
         for step in range(start, cfg.max_steps):
@@ -619,9 +550,11 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 scheduler.step()
                 kl_ctl.update(metrics["kl"], cfg.batch_size)
                 t2 = time.perf_counter()
-                # stop when the next update (as long as the mean one so far) would end past the budget
-                mean_update = (t2 - t_start) / (done - start)
-                out_of_time = cfg.time_budget_minutes is not None and t2 - t_start + mean_update > 60 * cfg.time_budget_minutes
+                # stop when the next update (as long as the mean one so far) would end past the budget; the time
+                # spent leaves out the held-out evaluations' seconds when they do not count
+                spent = t2 - t_start - (0.0 if cfg.time_budget_counts_eval else eval_total_s)
+                mean_update = spent / (done - start)
+                out_of_time = cfg.time_budget_minutes is not None and spent + mean_update > 60 * cfg.time_budget_minutes
                 loop.ending = dist.broadcast_object(out_of_time)  # rank 0's clock decides for all
                 last_step = done == cfg.max_steps or loop.ending
                 metrics.update({"time_rollout_s": t1 - t0, "time_train_s": t2 - t1, "time_step_s": t2 - t0,
@@ -633,6 +566,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                     held = evaluate(cfg, policy, reference, tok, eval_ids, eval_records, reward, judge)
                     metrics.update(held)
                     metrics["time_eval_s"] = time.perf_counter() - t2
+                    eval_total_s += metrics["time_eval_s"]
                 warnings, fatal = health.check(done, metrics) if cfg.health else ([], False)
                 for w in warnings:
                     run.say(f"[yellow]step {done}: warning: {w}[/yellow]")
