@@ -99,7 +99,7 @@ def test_without_snapshots_or_evaluated_checkpoints_the_curve_comes_from_the_hel
     held = lambda s: {"eval/rm_score": s / 40, "eval/gold_score": 0.5 - s / 100, "eval/kl": s / 20}
     log = [{"step": s, "kl": s / 10, "score": s / 50, **(held(s) if s % 5 == 0 else {})} for s in range(1, 21)]
     points, source = overoptimisation_points(log, None, None)
-    assert source == "PPO's held-out evaluations"
+    assert source == "the held-out evaluations in the training log"
     # at the held-out KL of each evaluation, not the training batch's
     assert points == [(0.25, 5 / 40, 0.45), (0.5, 10 / 40, 0.4), (0.75, 15 / 40, 0.35), (1.0, 20 / 40, 0.3)]
 

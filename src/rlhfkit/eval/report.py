@@ -187,20 +187,21 @@ def overoptimisation_points(ppo: list[dict], ev: dict | None,
     """(KL, proxy, gold) points sorted by KL, and where they come from.
 
     Prefer PPO's snapshots (every held-out evaluation, at its held-out KL); then evaluated checkpoints (same
-    prompts, held-out); then the held-out evaluations in PPO's log (``eval/rm_score``, ``eval/gold_score`` at
-    ``eval/kl``); last, PPO logs that carry a gold score of their rollouts.
+    prompts, held-out) or the held-out evaluations in the training log (``eval/rm_score``, ``eval/gold_score`` at
+    ``eval/kl``: PPO's, or DPO's with ``eval_prompts``), whichever has more points; last, PPO logs that carry a gold
+    score of their rollouts.
     """
     drawn = snapshot_points(snaps)
     if len(drawn) >= 2:
         return [(s["kl"], s["rm_score"], s["gold_score"]) for s in drawn], SNAPSHOTS
     pts = [(m["kl"], m["rm_score"], m["gold_score"]) for m in eval_points(ev)
            if not m.get("best_of") and m.get("rm_score") is not None and m.get("gold_score") is not None]
-    if len(pts) >= 2:
-        return sorted(pts), "evaluated checkpoints"
     held = [(r["eval/kl"], r["eval/rm_score"], r["eval/gold_score"]) for r in ppo
             if all(isinstance(r.get(k), (int, float)) for k in ("eval/kl", "eval/rm_score", "eval/gold_score"))]
+    if len(pts) >= 2 and len(pts) >= len(held):
+        return sorted(pts), "evaluated checkpoints"
     if len(held) >= 2:
-        return sorted(held), "PPO's held-out evaluations"
+        return sorted(held), "the held-out evaluations in the training log"
     rows = [r for r in ppo if all(isinstance(r.get(k), (int, float)) for k in ("kl", "score", "gold_score"))]
     if len(rows) >= 2:
         kl = smooth(np.array([r["kl"] for r in rows], dtype=float))
@@ -563,7 +564,7 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
     if dpo:
         parts.append("<h2>DPO training</h2>" + shown(plot_dpo(dpo), "DPO curves", "no loss in dpo/metrics.jsonl"))
     snaps = read_snapshots(run / "ppo")
-    figure, verdict = gold_vs_proxy(ppo, ev, snaps)
+    figure, verdict = gold_vs_proxy(ppo or dpo, ev, snaps)  # DPO's log: its held-out answers, with eval_prompts
     parts.append("<h2>KL: the frontier and over-optimisation</h2><div class=grid>"
                  + shown(plot_frontier(ppo, ev), "reward against √KL",
                          "needs PPO metrics with score and kl, or evaluated checkpoints with RM scores")

@@ -187,13 +187,13 @@ def train_dpo(cfg: DPOConfig) -> dict:
         reference.to(device)
     policy, optimizer, scheduler, params = run.prepare(policy, accelerator, head_apart=True)  # the head: accel/head.py
     start = run.begin(optimizer, scheduler, ckpt, accelerator)
-    last_eval_s = None  # the last held-out evaluation's seconds: the deadline keeps room for one more
+    t_start = time.perf_counter()  # the budget's clock: from here
+    eval_total_s, last_eval_s = 0.0, None  # the held-out evaluations' seconds; the deadline keeps room for the last one
     if answers is not None and start == 0:  # step 0: the start policy, the point the curve is compared with
-        t_eval = time.perf_counter()
         policy.eval()
         run.logger.log(0, answers(policy, reference, precision))
         policy.train()
-        last_eval_s = time.perf_counter() - t_eval
+        last_eval_s = eval_total_s = time.perf_counter() - t_start
 
     def save(folder: Path | None) -> None:  # the checkpoint's model/: the adapters (LoRA) or every weight
         if folder is not None:
@@ -202,8 +202,6 @@ def train_dpo(cfg: DPOConfig) -> dict:
     average = cfg.loss_type == "ipo"  # IPO compares length-averaged log-probs
     micro = max(1, cfg.batch_size // max(cfg.grad_accum, 1))
     policy.train()
-    t_start = time.perf_counter()
-    eval_total_s = 0.0  # the held-out evaluations' seconds in the loop
     evals = bool(held) or answers is not None
     with run.loop(start, save) as loop:
         for step in range(start, cfg.max_steps):

@@ -303,9 +303,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             ppo_cfg.time_budget_minutes = minutes
         if algo == "dpo":
             # offline on every round's feedback so far, from the current policy (under LoRA, adapters off = it is
-            # the reference); the steps are the dpo section's, the deadline PPO's slot's
+            # the reference); the steps are the dpo section's, the deadline PPO's slot's; it answers the dev prompts
+            # as PPO would (its length and temperature), scored by the reward model and, when simulated, the judge
             dpo_cfg = stage_config(DPOConfig, sec["dpo"], where, model=policy, data=str(all_feedback), output=str(stage_dir),
-                                   resume=True, **common)
+                                   resume=True, eval_prompts=ppo_cfg.eval_prompts, eval_judge=ppo_cfg.eval_judge,
+                                   eval_reward=str(rd / "rm") if ppo_cfg.eval_prompts else None,
+                                   eval_max_new_tokens=ppo_cfg.max_new_tokens, eval_temperature=ppo_cfg.temperature,
+                                   **common)
             if minutes is not None and dpo_cfg.time_budget_minutes is None:
                 dpo_cfg.time_budget_minutes = minutes
                 console.print(f"pipeline: DPO (round {r}) gets at most {minutes:.1f} min of the {budget:g}-minute budget "
