@@ -237,7 +237,10 @@ def test_pipeline_with_algo_dpo_trains_dpo_on_the_feedback_in_ppos_place_and_eva
     assert dpo_cfg["data"] == str(out / "feedback_all.jsonl") and dpo_cfg["model"] == str(out / "sft" / "merged")
     # PPO's slot of the budget is DPO's deadline
     assert 0.0 < dpo_cfg["time_budget_minutes"] < load_recipe("tutor").budget_minutes
-    assert [r["step"] for r in read_metrics(out / "dpo" / "metrics.jsonl")] == [1, 2]
+    rows = read_metrics(out / "dpo" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    # the dev prompts are answered at the start and at the end, as PPO answers them: the report's gold-vs-proxy points
+    assert [r["step"] for r in rows if "eval/gold_score" in r] == [0, 2]
     # eval is planned with DPO done: no PPO left to keep budget for
     last_plan = json.loads((out / "plan.json").read_text())["plans"][-1]
     assert last_plan["at"] == "eval/1" and "ppo" not in last_plan["stages"]
