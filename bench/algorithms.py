@@ -48,7 +48,8 @@ def step_seconds(run: Path, out: Path) -> dict[str, float]:
     if earlier.exists():
         return {t["algo"]: t["train_s"] / max(t["steps"], 1) for t in json.loads(earlier.read_text())}
     rows = [json.loads(line) for line in (run / "ppo" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    update = sorted(r["time_step_s"] for r in rows if "time_step_s" in r)[len(rows) // 2]
+    times = sorted(r["time_step_s"] for r in rows if "time_step_s" in r)
+    update = times[len(times) // 2]  # the median update
     return {**{algo: update for algo in ONLINE}, "dpo": 0.4 * update}
 
 
