@@ -10,10 +10,10 @@ from rlhfkit.data.splits import batch_indices, split_records
 def test_a_ranking_of_k_becomes_k_choose_2_pairs_in_one_group_and_ties_give_none():
     (g,) = build_groups([{"prompt": "p", "responses": ["a", "b", "c", "d"], "ranking": [2, 0, 3, 1]}])
     assert g.responses == ["c", "a", "d", "b"]
-    assert [(g.responses[c], g.responses[r]) for c, r, _, _ in g.pairs] == [
+    assert [(g.responses[c], g.responses[r]) for c, r, *_ in g.pairs] == [
         ("c", "a"), ("c", "d"), ("c", "b"), ("a", "d"), ("a", "b"), ("d", "b")]
     (tied,) = build_groups([{"prompt": "p", "responses": ["a", "b", "c", "d"], "ranking": [0, [1, 2], 3]}])
-    pairs = {(tied.responses[c], tied.responses[r]) for c, r, _, _ in tied.pairs}
+    pairs = {(tied.responses[c], tied.responses[r]) for c, r, *_ in tied.pairs}
     assert len(pairs) == 5 and ("b", "c") not in pairs and ("c", "b") not in pairs
 
 
@@ -23,9 +23,9 @@ def test_ratings_become_pairs_within_a_prompt_with_ties_dropped_or_regression_ta
     groups = build_groups(recs, "pairs")
     assert len(groups) == 1  # q has one rating: nothing to compare
     (g,) = groups
-    assert sorted((g.responses[c], g.responses[r], m) for c, r, m, _ in g.pairs) == [("a", "b", 4.0), ("c", "b", 4.0)]
+    assert sorted((g.responses[c], g.responses[r], m) for c, r, m, *_ in g.pairs) == [("a", "b", 4.0), ("c", "b", 4.0)]
     reg = build_groups(recs, "regression")
-    assert len(reg) == 2 and all(not bt for g in reg for *_, bt in g.pairs)  # pairs kept for accuracy only
+    assert len(reg) == 2 and all(not bt for g in reg for _, _, _, bt, _ in g.pairs)  # pairs kept for accuracy only
     z = {g.responses[i]: ys[0] for g in reg for i, ys in g.targets.items()}
     assert z["a"] == z["c"] == pytest.approx(1.5 / math.sqrt(2.75)) and z["a"] > z["d"] > z["b"]  # z-scored over the file
 

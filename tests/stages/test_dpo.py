@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -131,3 +132,17 @@ def test_a_budget_that_leaves_out_the_evaluations_trains_past_one_that_counts_th
                           eval_judge="length", time_budget_minutes=0.05, time_budget_counts_eval=counts))
         steps[counts] = read_metrics(out / "metrics.jsonl")[-1]["step"]
     assert steps[True] == 1 and steps[False] > 1
+
+
+def test_a_records_weight_decides_which_of_two_conflicting_preferences_dpo_learns(tmp_path):
+    """Half the pairs prefer "excellent", half (on other prompts) "boring"; the weights alone say which half counts."""
+    (tmp_path / "held").mkdir()
+    held = token_pairs(tmp_path / "held", n=12, seed=7)  # every one "excellent ≻ boring"
+    good = [json.loads(line) for line in token_pairs(tmp_path, n=60, seed=0).read_text().splitlines()]
+    bad = [{**r, "prompt": r["prompt"] + " (other)", "chosen": r["rejected"], "rejected": r["chosen"]} for r in good]
+    margins = {}
+    for name, w_good, w_bad in (("good", 1.0, 0.02), ("bad", 0.02, 1.0)):
+        data = write_jsonl(tmp_path / f"{name}.jsonl", [{**r, "weight": w_good} for r in good] + [{**r, "weight": w_bad} for r in bad])
+        train_dpo(dpo_cfg(data, tmp_path / name, eval_data=str(held), eval_every=0))
+        margins[name] = read_metrics(tmp_path / name / "metrics.jsonl")[-1]["eval_reward_margin"]  # on "excellent ≻ boring"
+    assert margins["good"] > 0.05 and margins["bad"] < -0.05, margins

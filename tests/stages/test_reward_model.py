@@ -1,6 +1,7 @@
 import json
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import rlhfkit.models.reward as reward_model
 import rlhfkit.stages.reward_model as reward
 from rlhfkit.checkpoint import load_state
 from rlhfkit.config import RewardConfig
-from rlhfkit.data.formats import RecordError, prompt_key
+from rlhfkit.data.formats import RecordError, prompt_key, read_records
 from rlhfkit.data.groups import build_groups, flatten
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardScorer, build_reward_model, load_stats, score_texts
@@ -51,6 +52,42 @@ def test_a_batch_scores_each_distinct_response_once_and_indexes_pairs_by_group()
     loss, m = batch_loss(rewards, groups, offsets, use_margin=False)
     assert m["n_pairs"] == 7 and m["accuracy"] == pytest.approx(5 / 7)
     assert float(loss) == pytest.approx(float(bt_loss(torch.tensor([3., 3, 2, 2, 2, 3, 0]), torch.tensor([2., 1, 1, 3, 1, 1, 5]))))
+
+
+def test_a_records_weight_weights_its_pairs_in_the_loss_and_ratings_pairs_take_the_product():
+    # −log σ(2 − 0) with weight 3 and −log σ(0 − 1) with weight 1: the weighted mean
+    chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])
+    expected = (3 * math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(1.0))) / 4
+    assert float(bt_loss(chosen, rejected, weight=torch.tensor([3.0, 1.0]))) == pytest.approx(expected)
+    groups = build_groups([{"prompt": "p", "chosen": "a", "rejected": "b", "weight": 3},
+                           {"prompt": "q", "chosen": "x", "rejected": "y"},
+                           {"prompt": "r", "response": "u", "score": 6, "weight": 0.5},
+                           {"prompt": "r", "response": "v", "score": 2, "weight": 0.4}])
+    assert [w for g in groups for *_, w in g.pairs] == [3.0, 1.0, pytest.approx(0.2)]
+    prompts, responses, offsets = flatten(groups)
+    rewards = torch.tensor([2.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # p right by 2, q wrong by 1, r level
+    loss, _ = batch_loss(rewards, groups, offsets, use_margin=False)
+    want = (3 * math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(1.0)) + 0.2 * math.log(2)) / 4.2
+    assert float(loss) == pytest.approx(want)
+    # regression: a response's target is its ratings' weighted mean, weighted by their mean weight
+    reg = build_groups([{"prompt": "r", "response": "u", "score": 6, "weight": 0.5},
+                        {"prompt": "r", "response": "u", "score": 2, "weight": 1.5},
+                        {"prompt": "r", "response": "v", "score": 4}], "regression")
+    (g,) = reg
+    z = {r: (s - 4) / math.sqrt(8 / 3) for r, s in (("u6", 6), ("u2", 2))}
+    pred = torch.tensor([0.0, 0.0])
+    loss, _ = batch_loss(pred, reg, [0], use_margin=False)
+    u_target = (0.5 * z["u6"] + 1.5 * z["u2"]) / 2.0
+    assert float(loss) == pytest.approx((1.0 * u_target**2 + 1.0 * 0.0**2) / 2.0)
+
+
+@pytest.mark.parametrize("weight", [0, -1, "2", True])
+def test_a_weight_that_is_not_a_positive_number_is_refused_with_file_line_and_field(tmp_path, weight):
+    path = tmp_path / "fb.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"
+                    + json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "weight": weight}) + "\n")
+    with pytest.raises(RecordError, match=re.escape(f"{path}:2: weight: expected a number")):
+        read_records(path, "auto")
 
 
 def token_preference_data(tmp_path, n_prompts=120, k=2, seed=0):

@@ -234,7 +234,12 @@ def _check_candidates(rec: dict, where: str) -> None:
 
 
 def _check_optional_fields(rec: dict, where: str) -> None:
-    """Optional fields some stage reads, in any record: eval's ``reference``, the judges' ``keywords`` and ``draft``."""
+    """Optional fields some stage reads, in any record: eval's ``reference``, the judges' ``keywords`` and ``draft``,
+    and a feedback record's ``weight`` (the reward model's and DPO's losses count its pairs that much)."""
+    if rec.get("weight") is not None:
+        check_number(rec["weight"], "weight", where, lo=0.0)
+        if rec["weight"] == 0:
+            raise RecordError(where, "weight", "expected a number above 0, got 0 (leave the record out instead)")
     for key in ("reference", "draft"):
         if rec.get(key) is not None:
             check_text(rec[key], key, where)
@@ -510,6 +515,12 @@ class Pair:
     rejected: str
     margin: float = 0.0
     group: str = ""
+    weight: float = 1.0  # how much the pair counts in the loss (the record's ``weight``)
+
+
+def record_weight(rec: dict) -> float:
+    """A feedback record's optional ``weight`` (1 when it has none)."""
+    return 1.0 if rec.get("weight") is None else float(rec["weight"])
 
 
 def ranking_to_pairs(rec: dict) -> list[Pair]:
@@ -521,12 +532,13 @@ def ranking_to_pairs(rec: dict) -> list[Pair]:
         for lo in range(hi + 1, len(groups)):
             for a in groups[hi]:
                 for b in groups[lo]:
-                    pairs.append(Pair(prompt, rec["responses"][a], rec["responses"][b], 0.0, prompt))
+                    pairs.append(Pair(prompt, rec["responses"][a], rec["responses"][b], 0.0, prompt, record_weight(rec)))
     return pairs
 
 
 def ratings_to_pairs(records: list[dict]) -> list[Pair]:
-    """Pairs within each prompt from ratings; equal scores (ties) give no pair. Margin = score gap."""
+    """Pairs within each prompt from ratings; equal scores (ties) give no pair. Margin = score gap; weight = the
+    product of the two ratings' weights."""
     by_prompt: dict[str, list[dict]] = {}
     for rec in records:
         by_prompt.setdefault(prompt_text(rec), []).append(rec)
@@ -538,7 +550,8 @@ def ratings_to_pairs(records: list[dict]) -> list[Pair]:
                 if a["score"] == b["score"]:
                     continue
                 hi, lo = (a, b) if a["score"] > b["score"] else (b, a)
-                pairs.append(Pair(prompt, hi["response"], lo["response"], float(hi["score"] - lo["score"]), prompt))
+                pairs.append(Pair(prompt, hi["response"], lo["response"], float(hi["score"] - lo["score"]), prompt,
+                                  record_weight(a) * record_weight(b)))
     return pairs
 
 
@@ -550,7 +563,7 @@ def feedback_to_pairs(records: list[dict]) -> list[Pair]:
         kind = detect_kind(rec)
         if kind == "preference":
             p = prompt_text(rec)
-            pairs.append(Pair(p, rec["chosen"], rec["rejected"], float(rec.get("margin") or 0.0), p))
+            pairs.append(Pair(p, rec["chosen"], rec["rejected"], float(rec.get("margin") or 0.0), p, record_weight(rec)))
         elif kind == "ranking":
             pairs.extend(ranking_to_pairs(rec))
         elif kind == "rating":
@@ -558,6 +571,6 @@ def feedback_to_pairs(records: list[dict]) -> list[Pair]:
         elif kind == "edit":
             p = prompt_text(rec)
             if rec["edited"].strip() != rec["response"].strip():
-                pairs.append(Pair(p, rec["edited"], rec["response"], 0.0, p))
+                pairs.append(Pair(p, rec["edited"], rec["response"], 0.0, p, record_weight(rec)))
     pairs.extend(ratings_to_pairs(ratings))
     return pairs

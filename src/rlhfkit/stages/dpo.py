@@ -2,8 +2,8 @@
 
 No reward model and no sampling: every feedback kind the reward model reads becomes (prompt, chosen,
 rejected) pairs (``data/groups.py``: rankings give every ordered pair, ratings the pairs within a prompt,
-edits edited ≻ original), held out by prompt. One step: the policy's and the reference's log-probs of both
-answers of ``batch_size`` pairs (the reference is the policy with its LoRA adapters off, or a frozen copy
+edits edited ≻ original; a record's ``weight`` weights its pairs in the loss), held out by prompt. One step:
+the policy's and the reference's log-probs of both answers of ``batch_size`` pairs (the reference is the policy with its LoRA adapters off, or a frozen copy
 when every weight trains), the DPO or IPO loss (``rl/losses.py``), an optimiser step. The log-probs go
 through the same code as PPO's training pass (``models/rollout.forward_tokens``: prompt left-padded, answer
 right-padded, the fp32 head). Logged: ``loss``, ``reward_chosen``/``reward_rejected`` (β·(log π − log π_ref) of
@@ -45,6 +45,7 @@ class EncodedPair:
     prompt: list[int]
     chosen: list[int]
     rejected: list[int]
+    weight: float = 1.0  # how much the pair counts in the loss (the feedback record's ``weight``)
 
 
 def encode_pairs(tok, groups: list[Group], cfg: DPOConfig) -> list[EncodedPair]:
@@ -53,9 +54,9 @@ def encode_pairs(tok, groups: list[Group], cfg: DPOConfig) -> list[EncodedPair]:
     for g in groups:
         prompt = encode_prompt(tok, prompt_messages(g.prompt), cfg.chat)[-cfg.max_prompt_len:]
         room = max(cfg.max_len - len(prompt), 1)
-        for chosen, rejected, _margin, _in_loss in g.pairs:
+        for chosen, rejected, _margin, _in_loss, weight in g.pairs:
             pairs.append(EncodedPair(prompt, encode_response(tok, g.responses[chosen])[:room],
-                                     encode_response(tok, g.responses[rejected])[:room]))
+                                     encode_response(tok, g.responses[rejected])[:room], weight))
     return pairs
 
 
@@ -207,6 +208,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
         for step in range(start, cfg.max_steps):
             t0 = time.perf_counter()
             batch = [train[i] for i in batch_indices(step, cfg.batch_size, len(train), cfg.seed)]
+            total_weight = sum(p.weight for p in batch)  # the pairs' count when every weight is 1
             parts = []
             for i in range(0, len(batch), micro):
                 mb = batch[i:i + micro]
@@ -214,7 +216,9 @@ def train_dpo(cfg: DPOConfig) -> dict:
                     rc, rr = reference_logprobs(policy, reference, mb, tok.pad_token_id, device, average)
                     pc, pr = sequence_logprobs(policy, mb, tok.pad_token_id, device, average)
                 losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
-                (losses.sum() / len(batch)).backward()  # the mean over the step's pairs, whatever the micro-batches
+                weight = torch.tensor([p.weight for p in mb], dtype=losses.dtype, device=losses.device)
+                # the (weighted) mean over the step's pairs, whatever the micro-batches
+                ((losses * weight).sum() / total_weight).backward()
                 parts.append((losses.detach(), chosen, rejected, pc.detach(), pr.detach(), (pc - rc).detach()))
             with loop.step(step + 1) as done:  # Ctrl-C from here waits for the step's log line and checkpoint
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -48,20 +48,35 @@ SPLIT_FILE = "split.json"
 
 
 def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
-            divisor: int | None = None) -> torch.Tensor:
+            divisor: float | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Bradley–Terry loss −log σ(r_c − r_r − margin), mean over pairs; inputs (n_pairs,).
 
-    ``divisor``: divide the sum by this pair count instead (the whole step's, when processes share a batch).
+    ``weight``: each pair's weight (the feedback record's), making it a weighted mean; None: every pair 1.
+    ``divisor``: divide the (weighted) sum by this instead (the whole step's pair weight, when processes share a batch).
     """
     diff = chosen - rejected
     if margin is not None:
         diff = diff - margin
-    return -F.logsigmoid(diff).mean() if divisor is None else -F.logsigmoid(diff).sum() / divisor
+    losses = -F.logsigmoid(diff)
+    if weight is not None:
+        losses = losses * weight
+    if divisor is not None:
+        return losses.sum() / divisor
+    return losses.mean() if weight is None else losses.sum() / weight.sum()
 
 
-def loss_counts(groups: list[Group]) -> tuple[int, int]:
-    """(pairs in the Bradley–Terry loss, regression targets) of some groups: the divisors of their mean losses."""
-    return sum(bt for g in groups for *_, bt in g.pairs), sum(len(g.targets) for g in groups)
+def target_weight(g: Group, i: int) -> tuple[float, float]:
+    """(the regression target, its weight) of response ``i``: its ratings' weighted mean and mean weight."""
+    ys = g.targets[i]
+    ws = g.target_weights.get(i) or [1.0] * len(ys)
+    return sum(w * y for w, y in zip(ws, ys)) / sum(ws), sum(ws) / len(ws)
+
+
+def loss_counts(groups: list[Group]) -> tuple[float, float]:
+    """(weight of the pairs in the Bradley–Terry loss, weight of the regression targets) of some groups: the
+    divisors of their mean losses (counts when every weight is 1)."""
+    return (sum(w for g in groups for *_, bt, w in g.pairs if bt),
+            sum(target_weight(g, i)[1] for g in groups for i in g.targets))
 
 
 def batch_loss(rewards: torch.Tensor, groups: list[Group], offsets: list[int], use_margin: bool,
@@ -72,12 +87,13 @@ def batch_loss(rewards: torch.Tensor, groups: list[Group], offsets: list[int], u
     the sums are divided by them, so the shares' losses add up to the whole batch's mean loss.
     Metrics: ``n_correct`` pairs ranked right of ``n_pairs``, ``accuracy``, ``reward_gap``, ``loss``.
     """
-    c, r, m, in_loss, reg_idx, reg_y = [], [], [], [], [], []
+    c, r, m, in_loss, w, reg_idx, reg_y, reg_w = [], [], [], [], [], [], [], []
     for g, off in zip(groups, offsets):
-        for ci, ri, margin, bt in g.pairs:
-            c.append(off + ci), r.append(off + ri), m.append(margin), in_loss.append(bt)
-        for i, ys in g.targets.items():
-            reg_idx.append(off + i), reg_y.append(sum(ys) / len(ys))
+        for ci, ri, margin, bt, weight in g.pairs:
+            c.append(off + ci), r.append(off + ri), m.append(margin), in_loss.append(bt), w.append(weight)
+        for i in g.targets:
+            y, weight = target_weight(g, i)
+            reg_idx.append(off + i), reg_y.append(y), reg_w.append(weight)
     loss = rewards.sum() * 0.0
     metrics: dict = {"n_pairs": len(c), "n_correct": 0, "accuracy": float("nan"), "reward_gap": float("nan")}
     if c:
@@ -85,14 +101,18 @@ def batch_loss(rewards: torch.Tensor, groups: list[Group], offsets: list[int], u
         mask = torch.tensor(in_loss)
         if mask.any():
             margin = torch.tensor(m)[mask] if use_margin else None
-            loss = loss + bt_loss(rc[mask], rr[mask], margin, None if counts is None else counts[0])
+            weight = torch.tensor(w)[mask] if any(x != 1.0 for x in w) else None  # None: the plain mean
+            loss = loss + bt_loss(rc[mask], rr[mask], margin, None if counts is None else counts[0], weight)
         metrics["n_correct"] = int((rc > rr).sum())
         metrics["accuracy"] = float((rc > rr).float().mean())
         metrics["reward_gap"] = float((rc - rr).detach().mean())
     if reg_idx:
         pred, y = rewards[torch.tensor(reg_idx)], torch.tensor(reg_y)
-        # regression on ratings
-        loss = loss + (F.mse_loss(pred, y) if counts is None else F.mse_loss(pred, y, reduction="sum") / counts[1])
+        # regression on ratings, each response weighted by its ratings' mean weight
+        sq = F.mse_loss(pred, y, reduction="none")
+        if any(x != 1.0 for x in reg_w):
+            sq = sq * torch.tensor(reg_w)
+        loss = loss + (sq.sum() / (sum(reg_w) if counts is None else counts[1]))
     metrics["loss"] = float(loss.detach())
     return loss, metrics
 
