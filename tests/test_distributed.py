@@ -193,10 +193,10 @@ def test_reward_model_shares_losses_add_up_to_the_whole_batch_loss():
     from rlhfkit.stages.reward_model import batch_loss, loss_counts
 
     records = [{"prompt": "p1", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]},
-               {"prompt": "p2", "chosen": "x", "rejected": "y", "margin": 0.5},
-               {"prompt": "p3", "response": "u", "score": 4}, {"prompt": "p3", "response": "v", "score": 1},
+               {"prompt": "p2", "chosen": "x", "rejected": "y", "margin": 0.5, "weight": 2.0},
+               {"prompt": "p3", "response": "u", "score": 4, "weight": 0.5}, {"prompt": "p3", "response": "v", "score": 1},
                {"prompt": "p4", "responses": ["d", "e"], "ranking": [1, 0]}]
-    groups = build_groups(records, rating_loss="regression")  # Bradley–Terry pairs and regression targets
+    groups = build_groups(records, rating_loss="regression")  # Bradley–Terry pairs and regression targets, weighted
     prompts, responses, offsets = flatten(groups)
     rewards = torch.randn(len(responses), generator=torch.Generator().manual_seed(0))
     whole, _ = batch_loss(rewards, groups, offsets, use_margin=True)
