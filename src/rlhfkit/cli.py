@@ -442,21 +442,29 @@ def feedback_members(
 
 
 @feedback_app.command("export")
-@feedback_command("project", "format", "merge")
+@feedback_command("project", "format", "merge", "min_gold_accuracy", "low_gold", "min_gold_answers")
 def feedback_export(
     cfg,
     output: Optional[Path] = typer.Option(None, help="JSONL file to write."),
 ):
-    """Write the answers as docs/design.md §3 records (pairs, rankings, ratings, edits) with annotator names."""
+    """Write the answers as docs/design.md §3 records (pairs, rankings, ratings, edits) with annotator names;
+    with --min-gold-accuracy, annotators below it are left out or down-weighted, each named with the reason."""
     from rlhfkit.feedback.db import Database
-    from rlhfkit.feedback.export import write_export
+    from rlhfkit.feedback.export import GoldRule, judge_annotators, write_export
 
     _need_project(cfg)
     if output is None:
         fail("--output is required")
     database = Database(cfg.db)
     try:
-        n = write_export(output, database, cfg.project, cfg.format, merge=cfg.merge)
+        weights = None
+        if cfg.min_gold_accuracy is not None:
+            decisions = judge_annotators(database, cfg.project,
+                                         GoldRule(cfg.min_gold_accuracy, cfg.low_gold, cfg.min_gold_answers))
+            for d in decisions:
+                typer.echo(f"annotator {d.annotator!r}: {d.why}", err=True)
+            weights = {d.annotator: d.weight for d in decisions}
+        n = write_export(output, database, cfg.project, cfg.format, merge=cfg.merge, weights=weights)
     except ValueError as e:
         fail(f"{e}; {output} is unchanged")
     finally:
@@ -465,12 +473,13 @@ def feedback_export(
 
 
 @feedback_app.command("stats")
-@feedback_command("project")
+@feedback_command("project", "fast_seconds")
 def feedback_stats(
     cfg,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ):
-    """Progress per annotator (with gold accuracy) and agreement per task kind."""
+    """Progress per annotator (gold accuracy, agreement with the others, working seconds, too-fast answers) and
+    agreement per task kind."""
     import json
 
     from rlhfkit.feedback.db import Database
@@ -479,7 +488,7 @@ def feedback_stats(
     _need_project(cfg)
     database = Database(cfg.db)
     try:
-        st = stats(database, cfg.project)
+        st = stats(database, cfg.project, cfg.fast_seconds)
     except ValueError as e:
         fail(str(e))
     finally:
@@ -501,11 +510,16 @@ def feedback_stats(
     for kind, row in st["kinds"].items():
         t.add_row(fmt(kind), *(fmt(row[c]) for c in ("tasks", "gold", "answered", "answers")))
     console.print(t)
-    t = Table(title="annotators")
-    for col in ("annotator", "done", "skipped", "held", "gold answered", "gold accuracy"):
+    t = Table(title="annotators", caption=f"gold: gold tasks answered; agrees: share agreeing with the others on "
+                                          f"shared tasks; median s: working seconds per task; fast: answers under "
+                                          f"{cfg.fast_seconds:g} s")
+    longest = max((len(row["annotator"]) for row in st["annotators"]), default=9)
+    t.add_column("annotator", overflow="fold", min_width=min(longest, 24))  # a name is never cut short
+    for col in ("done", "skipped", "held", "gold", "gold acc.", "agrees", "median s", "fast"):
         t.add_column(col)
     for row in st["annotators"]:
-        t.add_row(fmt(row["annotator"]), *(fmt(row[c]) for c in ("done", "skipped", "held", "gold_answered", "gold_accuracy")))
+        t.add_row(fmt(row["annotator"]), *(fmt(row[c]) for c in ("done", "skipped", "held", "gold_answered", "gold_accuracy",
+                                                                "agreement", "median_seconds", "fast_answers")))
     console.print(t)
     t = Table(title="agreement (tasks with 2+ answers)")
     for col in ("kind", "tasks", "pairwise agreement", "Krippendorff's α", "metric"):

@@ -251,6 +251,14 @@ class FeedbackConfig:
         "help": "Export: which records: all | pairs | rankings | ratings | edits."})
     merge: bool = field(default=True, metadata={
         "help": "Export: merge several annotators' rankings of a task into one (Bradley–Terry)."})
+    min_gold_accuracy: float | None = field(default=None, metadata={
+        "help": "Export: annotators whose gold accuracy is below this (0-1) are left out or down-weighted (--low-gold)."})
+    low_gold: typing.Literal["drop", "weight"] = field(default="drop", metadata={
+        "help": "Export: what --min-gold-accuracy does: drop their records, or weight them by their gold accuracy."})
+    min_gold_answers: int = field(default=3, metadata={
+        "help": "Export: gold tasks an annotator must have answered to be judged by --min-gold-accuracy."})
+    fast_seconds: float = field(default=2.0, metadata={
+        "help": "Stats: answers given in fewer working seconds than this are counted as too fast."})
     seed: int = field(default=0, metadata={"help": "Import: seed of the order tasks are handed out in."})
 
 

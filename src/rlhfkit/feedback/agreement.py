@@ -74,24 +74,26 @@ def ranking_units(rankings: Sequence[Ranking]) -> list[list[str]]:
     return list(by_pair.values())
 
 
-def bradley_terry(rankings: Sequence[Ranking], prior: float = 0.1, iters: int = 200) -> dict[int, float]:
+def bradley_terry(rankings: Sequence[Ranking], prior: float = 0.1, iters: int = 200,
+                  weights: Optional[Sequence[float]] = None) -> dict[int, float]:
     """Strengths (log scale) of every ranked position from several rankings (Hunter 2004 MM updates).
 
-    Each ranking contributes a win for every ordered pair and half a win each way for a tie; ``prior``
-    pseudo-wins each way between every pair keep strengths finite when one response always wins.
+    Each ranking contributes a win for every ordered pair and half a win each way for a tie, times its weight
+    (``weights``, one per ranking; default 1); ``prior`` pseudo-wins each way between every pair keep strengths
+    finite when one response always wins.
     """
     items = sorted({j for r in rankings for g in r for j in g})
     if not items:
         return {}
     wins = {(a, b): prior for a in items for b in items if a != b}
-    for r in rankings:
+    for r, weight in zip(rankings, weights if weights is not None else [1.0] * len(rankings), strict=True):
         for (i, j), pref in pair_preferences(r).items():
             if pref == "tie":
-                wins[(i, j)] += 0.5
-                wins[(j, i)] += 0.5
+                wins[(i, j)] += 0.5 * weight
+                wins[(j, i)] += 0.5 * weight
             else:
                 w, l = (i, j) if pref == "i" else (j, i)
-                wins[(w, l)] += 1.0
+                wins[(w, l)] += weight
     p = {a: 1.0 for a in items}
     for _ in range(iters):
         new = {}
@@ -104,9 +106,9 @@ def bradley_terry(rankings: Sequence[Ranking], prior: float = 0.1, iters: int = 
     return {a: math.log(v) for a, v in p.items()}
 
 
-def merge_rankings(rankings: Sequence[Ranking], tol: float = 1e-6) -> Ranking:
-    """One ranking from several: sort by Bradley–Terry strength; equal strengths stay tied."""
-    strength = bradley_terry(rankings)
+def merge_rankings(rankings: Sequence[Ranking], tol: float = 1e-6, weights: Optional[Sequence[float]] = None) -> Ranking:
+    """One ranking from several (each counting its weight): sort by Bradley–Terry strength; equal strengths stay tied."""
+    strength = bradley_terry(rankings, weights=weights)
     merged: Ranking = []
     for a in sorted(strength, key=lambda a: (-strength[a], a)):
         if merged and abs(strength[merged[-1][0]] - strength[a]) < tol:

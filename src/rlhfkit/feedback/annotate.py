@@ -84,6 +84,7 @@ def skip(s: Session, a: Assignment, project: Project) -> None:
     if a.status != "held":
         raise ApiError(409, "assignment", f"is {a.status}; only a held task can be skipped")
     a.status = "skipped"
+    a.done_at = now()  # when it left the annotator's hands: the next task's working time starts here
     task = s.get(Task, a.task_id)
     task.n_active -= 1
     set_open(task, project, True)

@@ -10,6 +10,7 @@ Every handler is one database transaction; an answer is acknowledged only after 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -306,18 +307,32 @@ def add_admin_routes(app: FastAPI, db: Database, tokens: TokenCache) -> None:
         return stats(db, name)
 
     @app.get("/api/admin/projects/{name}/export")
-    def project_export(name: str, format: str = "all", _: Caller = Depends(admin)):
-        from rlhfkit.feedback.export import FORMATS, BadRecord, export_lines
+    def project_export(name: str, format: str = "all", min_gold_accuracy: Optional[float] = None, low_gold: str = "drop",
+                       min_gold_answers: int = 3, _: Caller = Depends(admin)):
+        """The records as JSONL; with ``min_gold_accuracy``, the quality decisions (one per annotator, with the
+        reason) come in the ``X-Quality`` header as JSON."""
+        from rlhfkit.feedback.export import FORMATS, BadRecord, GoldRule, export_lines, judge_annotators
 
         if format not in FORMATS:
             raise ApiError(422, "format", f"expected one of {', '.join(FORMATS)}, got {printable(format)[:50]!r}")
         with db.tx() as s:
             project_or_404(s, name)
+        weights, headers = None, {}
+        if min_gold_accuracy is not None:
+            try:
+                rule = GoldRule(min_gold_accuracy, low_gold, min_gold_answers)
+            except ValueError as e:
+                field, problem = str(e).split(": ", 1)
+                raise ApiError(422, field.lstrip("-").replace("-", "_"), problem) from None
+            decisions = judge_annotators(db, name, rule)
+            weights = {d.annotator: d.weight for d in decisions}
+            headers["X-Quality"] = json.dumps([{"annotator": d.annotator, "weight": d.weight, "why": d.why}
+                                               for d in decisions])  # ASCII: names escaped as \uXXXX
         try:
-            text = "".join(export_lines(db, name, format))
+            text = "".join(export_lines(db, name, format, weights=weights))
         except BadRecord as e:  # stored before text was checked on the way in: say which answer it is
             raise ApiError(409, "export", str(e)) from None
-        return PlainTextResponse(text, media_type="application/x-ndjson")
+        return PlainTextResponse(text, media_type="application/x-ndjson", headers=headers)
 
 
 def add_annotator_routes(app: FastAPI, db: Database) -> None:

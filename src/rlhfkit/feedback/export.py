@@ -8,6 +8,11 @@ Formats (each record carries the annotator's name):
   edits    edit answers     → {"prompt", "response", "edited", "annotator"} (the latest revision)
   all      every one of the above in one file (``read_records(path, "auto")`` tells them apart)
 A file export is written all or nothing (:func:`write_export`).
+
+Quality control (:class:`GoldRule`, :func:`judge_annotators`): annotators whose accuracy on the gold tasks is below
+a threshold are left out of an export, or their records carry ``"weight"``: their gold accuracy, which the reward
+model's and DPO's losses honour. A merged ranking leaves out the rankings of annotators left out, weighs each
+ranking by its annotator's weight in the Bradley–Terry merge, and carries its annotators' mean weight.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import json
 import os
 import secrets
 import shutil
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import combinations
 from pathlib import Path
 from typing import Iterator, Optional
@@ -41,6 +48,23 @@ class Done:
     annotator: str
     payload: dict
     revisions: int
+    seconds: Optional[float] = None  # working time of the first answer (:func:`working_seconds`)
+
+
+def working_seconds(events: list[tuple[int, str, datetime, datetime]]) -> dict[int, float]:
+    """Seconds an annotator spent on each first answer, from (assignment id, what, when, assigned at) rows of
+    one annotator, ``what`` being "first" (a first answer), "revision" or "skip".
+
+    The clock of a task starts when it was handed out or when the annotator's previous answer or skip came in,
+    whichever is later: the app hands out several tasks at once, and a task waiting behind others is not worked on.
+    """
+    out, last = {}, None
+    for assignment, what, when, assigned in sorted(events, key=lambda e: e[2]):
+        if what == "first":
+            start = assigned if last is None else max(assigned, last)
+            out[assignment] = max((when - start).total_seconds(), 0.0)
+        last = when
+    return out
 
 
 def _load(db: Database, project: str) -> tuple[list[Task], dict[int, list[Done]], dict, dict, list[dict]]:
@@ -58,70 +82,93 @@ def _load(db: Database, project: str) -> tuple[list[Task], dict[int, list[Done]]
                        for a in s.scalars(select(Assignment).where(Assignment.project_id == proj.id))]
         rows = s.execute(select(Answer, Assignment).join(Assignment, Assignment.id == Answer.assignment_id)
                          .where(Assignment.project_id == proj.id).order_by(Answer.assignment_id, Answer.revision)).all()
+        skips = [(a.id, "skip", a.done_at, a.assigned_at, a.annotator_id) for a in s.scalars(
+            select(Assignment).where(Assignment.project_id == proj.id, Assignment.status == "skipped",
+                                     Assignment.done_at.is_not(None)))]
     by_task_id = {t.id: t for t in tasks}
+    events: dict[int, list] = defaultdict(list)  # annotator id → what they did when
+    for ans, a in rows:
+        events[a.annotator_id].append((a.id, "first" if ans.revision == 1 else "revision", ans.created_at, a.assigned_at))
+    for *event, who in skips:
+        events[who].append(tuple(event))
+    seconds = {k: v for evs in events.values() for k, v in working_seconds(evs).items()}
     latest: dict[int, Done] = {}
     for ans, a in rows:  # ordered by revision: the last one wins
-        latest[a.id] = Done(by_task_id[a.task_id], names[a.annotator_id], ans.payload, ans.revision)
+        latest[a.id] = Done(by_task_id[a.task_id], names[a.annotator_id], ans.payload, ans.revision, seconds.get(a.id))
     answers: dict[int, list[Done]] = defaultdict(list)
     for d in latest.values():
         answers[d.task.id].append(d)
     return tasks, answers, prompts, texts, assignments
 
 
-def _merged_ranking_record(prompt: dict, responses: list[str], dones: list[Done]) -> Optional[dict]:
-    rankings = [d.payload["ranking"] for d in dones if d.payload["ranking"]]
-    merged = agr.merge_rankings(rankings)
+def _weighted(rec: dict, weight: float) -> dict:
+    """``rec`` with its ``weight`` when that is not 1."""
+    return rec if weight == 1.0 else {**rec, "weight": round(weight, 4)}
+
+
+def _merged_ranking_record(prompt: dict, responses: list[str], dones: list[Done], weights: dict[str, float]) -> Optional[dict]:
+    ranked = [d for d in dones if d.payload["ranking"]]
+    rankings = [d.payload["ranking"] for d in ranked]
+    merged = agr.merge_rankings(rankings, weights=[weights.get(d.annotator, 1.0) for d in ranked])
     if sum(len(g) for g in merged) < 2:
         return None
-    return {**prompt, "responses": responses,
-            "ranking": [g[0] if len(g) == 1 else g for g in merged],
-            "annotator": dones[0].annotator if len(dones) == 1 else "merged",
-            "annotators": sorted(d.annotator for d in dones),
-            "agreement": agr.pairwise_agreement(agr.ranking_units(rankings)),
-            "none_acceptable": sum(d.payload["none_acceptable"] for d in dones) / len(dones)}
+    mean_weight = sum(weights.get(d.annotator, 1.0) for d in dones) / len(dones)
+    return _weighted({**prompt, "responses": responses,
+                      "ranking": [g[0] if len(g) == 1 else g for g in merged],
+                      "annotator": dones[0].annotator if len(dones) == 1 else "merged",
+                      "annotators": sorted(d.annotator for d in dones),
+                      "agreement": agr.pairwise_agreement(agr.ranking_units(rankings)),
+                      "none_acceptable": sum(d.payload["none_acceptable"] for d in dones) / len(dones)}, mean_weight)
 
 
-def _records(db: Database, project: str, fmt: str, merge: bool) -> Iterator[tuple[str, dict]]:
-    """(where it comes from, record) for each exported record: where names the task and the annotator."""
+def _records(db: Database, project: str, fmt: str, merge: bool,
+             weights: Optional[dict[str, float]] = None) -> Iterator[tuple[str, dict]]:
+    """(where it comes from, record) for each exported record: where names the task and the annotator.
+    ``weights``: annotator → the weight of their records (0: left out; missing: 1)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     kinds = set(KIND_OF_FORMAT.values()) if fmt == "all" else {KIND_OF_FORMAT[fmt]}
+    weights = weights or {}
     tasks, answers, prompts, texts, _ = _load(db, project)
     for task in tasks:
-        if task.is_gold or task.kind not in kinds or not answers.get(task.id):
+        if task.is_gold or task.kind not in kinds:
+            continue
+        dones = sorted((d for d in answers.get(task.id, []) if weights.get(d.annotator, 1.0) > 0), key=lambda d: d.annotator)
+        if not dones:
             continue
         prompt = prompts[task.prompt_id]
         responses = [texts[r] for r in task.response_ids]
-        dones = sorted(answers[task.id], key=lambda d: d.annotator)
         where = f"task {task.id} ({task.kind})"
         if task.kind == "rank":
             if merge:
-                rec = _merged_ranking_record(prompt, responses, dones)
+                rec = _merged_ranking_record(prompt, responses, dones, weights)
                 if rec:
                     yield f"{where}, annotators {[d.annotator for d in dones]!r}", rec
                 continue
             for d in dones:
                 if sum(len(g) for g in d.payload["ranking"]) >= 2:
-                    yield f"{where}, annotator {d.annotator!r}", {
+                    yield f"{where}, annotator {d.annotator!r}", _weighted({
                         **prompt, "responses": responses, "annotator": d.annotator,
                         "ranking": [g[0] if len(g) == 1 else g for g in d.payload["ranking"]],
-                        "none_acceptable": d.payload["none_acceptable"]}
+                        "none_acceptable": d.payload["none_acceptable"]}, weights.get(d.annotator, 1.0))
             continue
         for d in dones:
-            p, by = d.payload, f"{where}, annotator {d.annotator!r}"
+            p, by, w = d.payload, f"{where}, annotator {d.annotator!r}", weights.get(d.annotator, 1.0)
             if task.kind == "compare" and p["better"] is not None:
-                yield by, {**prompt, "chosen": responses[p["better"]], "rejected": responses[1 - p["better"]],
-                           "margin": p["margin"], "annotator": d.annotator, "strength": p["strength"]}
+                yield by, _weighted({**prompt, "chosen": responses[p["better"]], "rejected": responses[1 - p["better"]],
+                                     "margin": p["margin"], "annotator": d.annotator, "strength": p["strength"]}, w)
             elif task.kind == "rate":
-                yield by, {**prompt, "response": responses[0], "score": p["score"], "annotator": d.annotator}
+                yield by, _weighted({**prompt, "response": responses[0], "score": p["score"], "annotator": d.annotator}, w)
             elif task.kind == "edit":
-                yield by, {**prompt, "response": responses[0], "edited": p["edited"], "annotator": d.annotator,
-                           "revisions": d.revisions}
+                yield by, _weighted({**prompt, "response": responses[0], "edited": p["edited"], "annotator": d.annotator,
+                                     "revisions": d.revisions}, w)
 
 
-def export_records(db: Database, project: str, fmt: str = "all", merge: bool = True) -> Iterator[dict]:
-    """The project's answers as §3 records; gold tasks are left out (they measure annotators, not models)."""
-    for _, rec in _records(db, project, fmt, merge):
+def export_records(db: Database, project: str, fmt: str = "all", merge: bool = True,
+                   weights: Optional[dict[str, float]] = None) -> Iterator[dict]:
+    """The project's answers as §3 records; gold tasks are left out (they measure annotators, not models).
+    ``weights``: :func:`judge_annotators`' weights (annotators at 0 left out, others' records weighted)."""
+    for _, rec in _records(db, project, fmt, merge, weights):
         yield rec
 
 
@@ -129,16 +176,18 @@ class BadRecord(ValueError):
     """A stored record that cannot be written as UTF-8 JSON (it came in before text was checked)."""
 
 
-def export_lines(db: Database, project: str, fmt: str = "all", merge: bool = True) -> Iterator[str]:
+def export_lines(db: Database, project: str, fmt: str = "all", merge: bool = True,
+                 weights: Optional[dict[str, float]] = None) -> Iterator[str]:
     """The records as JSONL lines; a record with text that is not valid Unicode raises :class:`BadRecord` naming it."""
-    for where, rec in _records(db, project, fmt, merge):
+    for where, rec in _records(db, project, fmt, merge, weights):
         bad = find_bad_text(rec)
         if bad:
             raise BadRecord(f"{where}: {bad[0]}: {bad[1]}; fix or remove that answer")
         yield json.dumps(rec, ensure_ascii=False) + "\n"
 
 
-def write_export(path: str | Path, db: Database, project: str, fmt: str = "all", merge: bool = True) -> int:
+def write_export(path: str | Path, db: Database, project: str, fmt: str = "all", merge: bool = True,
+                 weights: Optional[dict[str, float]] = None) -> int:
     """Write the export to ``path`` all or nothing; returns the number of records.
 
     The lines go to a new file beside ``path`` that replaces it only once complete and on disk, so a failure
@@ -150,7 +199,7 @@ def write_export(path: str | Path, db: Database, project: str, fmt: str = "all",
     n = 0
     try:
         with tmp.open("x", encoding="utf-8") as f:
-            for line in export_lines(db, project, fmt, merge):
+            for line in export_lines(db, project, fmt, merge, weights):
                 f.write(line)
                 n += 1
             f.flush()
@@ -206,8 +255,95 @@ def agreement_by_kind(tasks: list[Task], answers: dict[int, list[Done]]) -> dict
     return out
 
 
-def stats(db: Database, project: str) -> dict:
-    """Progress per task kind and per annotator, gold accuracy per annotator, agreement per kind."""
+def _agreements(kind: str, a: Done, b: Done) -> list[float]:
+    """How far two annotators' answers to one task agree, as the per-kind agreement counts it: one value per
+    compared unit (a ranking: per response pair both placed; an edit: the text similarity)."""
+    if kind == "rank":
+        pa, pb = agr.pair_preferences(a.payload["ranking"]), agr.pair_preferences(b.payload["ranking"])
+        return [float(pa[k] == pb[k]) for k in pa if k in pb]
+    if kind == "edit":
+        return [difflib.SequenceMatcher(None, a.payload["edited"], b.payload["edited"]).ratio()]
+    return [float(_unit_value(kind, a.payload) == _unit_value(kind, b.payload))]
+
+
+def agreement_by_annotator(tasks: list[Task], answers: dict[int, list[Done]]) -> dict[str, tuple[int, Optional[float]]]:
+    """annotator → (units compared with someone else's answer, the share that agreed), over tasks with 2+ answers."""
+    got: dict[str, list[float]] = defaultdict(list)
+    for t in tasks:
+        for a, b in combinations(answers.get(t.id, []), 2):
+            values = _agreements(t.kind, a, b)
+            got[a.annotator].extend(values)
+            got[b.annotator].extend(values)
+    return {name: (len(v), sum(v) / len(v) if v else None) for name, v in got.items()}
+
+
+def gold_accuracy(tasks: list[Task], answers: dict[int, list[Done]]) -> dict[str, tuple[int, float]]:
+    """annotator → (gold tasks answered that have a known answer to score, mean score over them)."""
+    scores: dict[str, list[float]] = defaultdict(list)
+    for t in tasks:
+        for d in answers.get(t.id, []) if t.is_gold else []:
+            score = _gold_score(t, d.payload)
+            if score is not None:
+                scores[d.annotator].append(score)
+    return {name: (len(v), sum(v) / len(v)) for name, v in scores.items()}
+
+
+QC_ACTIONS = ("drop", "weight")
+
+
+@dataclass(frozen=True)
+class GoldRule:
+    """Quality control on export: annotators whose gold accuracy is below ``min_accuracy`` over at least
+    ``min_answers`` gold tasks are left out (``drop``) or have their records weigh their gold accuracy (``weight``).
+    Annotators with fewer gold answers cannot be judged and are kept as they are."""
+
+    min_accuracy: float
+    action: str = "drop"
+    min_answers: int = 3
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_accuracy <= 1.0:
+            raise ValueError(f"--min-gold-accuracy: expected a number from 0 to 1, got {self.min_accuracy!r}")
+        if self.action not in QC_ACTIONS:
+            raise ValueError(f"--low-gold: expected one of {', '.join(QC_ACTIONS)}, got {self.action!r}")
+        if self.min_answers < 1:
+            raise ValueError(f"--min-gold-answers: expected 1 or more, got {self.min_answers!r}")
+
+
+@dataclass
+class Decision:
+    """What an export does with one annotator's records, and why."""
+
+    annotator: str
+    gold_answered: int
+    gold_accuracy: Optional[float]
+    weight: float  # 1: kept as they are; 0: left out; else their records' weight
+    why: str
+
+
+def judge_annotators(db: Database, project: str, rule: GoldRule) -> list[Decision]:
+    """One decision per annotator with an answer in ``project``; their ``weight`` goes to :func:`write_export`."""
+    tasks, answers, _, _, _ = _load(db, project)
+    gold = gold_accuracy(tasks, answers)
+    out = []
+    for name in sorted({d.annotator for ds in answers.values() for d in ds}):
+        n, acc = gold.get(name, (0, None))
+        if n < rule.min_answers:
+            weight, why = 1.0, f"{n} gold task(s) answered, fewer than {rule.min_answers}: too few to judge, kept"
+        elif acc >= rule.min_accuracy:
+            weight, why = 1.0, f"gold accuracy {acc:.2f} on {n} gold tasks, at least {rule.min_accuracy:.2f}: kept"
+        elif rule.action == "drop" or acc == 0.0:
+            weight, why = 0.0, f"gold accuracy {acc:.2f} on {n} gold tasks, below {rule.min_accuracy:.2f}: left out"
+        else:
+            weight, why = acc, (f"gold accuracy {acc:.2f} on {n} gold tasks, below {rule.min_accuracy:.2f}: "
+                                f"records weigh {acc:.2f}")
+        out.append(Decision(name, n, acc, weight, why))
+    return out
+
+
+def stats(db: Database, project: str, fast_seconds: float = 2.0) -> dict:
+    """Progress per task kind and per annotator, gold accuracy per annotator, agreement per kind and per annotator,
+    each annotator's median working seconds per task and their answers faster than ``fast_seconds``."""
     tasks, answers, _, _, assignments = _load(db, project)
     kinds: dict[str, dict] = {}
     for t in tasks:
@@ -216,22 +352,23 @@ def stats(db: Database, project: str) -> dict:
         k["gold"] += t.is_gold
         k["answered"] += bool(answers.get(t.id))
         k["answers"] += len(answers.get(t.id, []))
-    people: dict[str, dict] = defaultdict(lambda: {"done": 0, "skipped": 0, "held": 0, "expired": 0, "gold_answered": 0,
-                                                    "gold_accuracy": None, "_gold": 0.0})
+    people: dict[str, dict] = defaultdict(lambda: {"done": 0, "skipped": 0, "held": 0, "expired": 0})
     for a in assignments:
         people[a["annotator"]][a["status"]] += 1
-    for t in tasks:
-        for d in answers.get(t.id, []) if t.is_gold else []:
-            score = _gold_score(t, d.payload)
-            if score is not None:
-                people[d.annotator]["gold_answered"] += 1
-                people[d.annotator]["_gold"] += score
+    gold, agree = gold_accuracy(tasks, answers), agreement_by_annotator(tasks, answers)
+    seconds: dict[str, list[float]] = defaultdict(list)
+    for ds in answers.values():
+        for d in ds:
+            if d.seconds is not None:
+                seconds[d.annotator].append(d.seconds)
     annotators = []
     for name in sorted(people):
-        row = people[name]
-        g = row.pop("_gold")
-        if row["gold_answered"]:
-            row["gold_accuracy"] = g / row["gold_answered"]
-        annotators.append({"annotator": name, **row})
-    return {"project": project, "kinds": kinds, "annotators": annotators,
+        times = sorted(seconds.get(name, []))
+        n_gold, acc = gold.get(name, (0, None))
+        n_agree, agreement = agree.get(name, (0, None))
+        annotators.append({"annotator": name, **people[name], "gold_answered": n_gold, "gold_accuracy": acc,
+                           "agreement_units": n_agree, "agreement": agreement,
+                           "median_seconds": statistics.median(times) if times else None,
+                           "fast_answers": sum(t < fast_seconds for t in times)})
+    return {"project": project, "kinds": kinds, "annotators": annotators, "fast_seconds": fast_seconds,
             "agreement": agreement_by_kind(tasks, answers)}
