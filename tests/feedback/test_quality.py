@@ -127,3 +127,14 @@ def test_the_admin_export_takes_the_gold_threshold_and_names_its_decisions_in_a_
     r = fb.client.get("/api/admin/projects/demo/export", params={"min_gold_accuracy": 0.7, "low_gold": "shout"},
                       headers=auth(ADMIN))
     assert r.status_code == 422 and r.json()["field"] == "low_gold" and "drop, weight" in r.json()["detail"]
+
+
+def test_an_annotators_comment_is_exported_with_the_answer(fb):
+    token = fb.annotator("ann")
+    fb.answer_all(token, lambda task: {**prefer_longest(task), "comment": f"note on {task['kind']}"})
+    records = list(export_records(fb.db, "demo", "all"))
+    plain = [r for r in records if "ranking" not in r]
+    assert plain and all(r["comment"] == f"note on {kind}" for r in plain
+                         for kind in [("compare" if "chosen" in r else "rate" if "score" in r else "edit")])
+    ranked = [r for r in records if "ranking" in r]
+    assert ranked and all(r["comments"] == [{"annotator": "ann", "comment": "note on rank"}] for r in ranked)

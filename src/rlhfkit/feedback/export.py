@@ -6,6 +6,7 @@ Formats (each record carries the annotator's name):
                               annotators' rankings merged by Bradley–Terry, with their "agreement"
   ratings  rate answers     → {"prompt", "response", "score", "annotator"}
   edits    edit answers     → {"prompt", "response", "edited", "annotator"} (the latest revision)
+  (each record also carries the annotator's ``"comment"`` when they wrote one; a merged ranking ``"comments"``)
   all      every one of the above in one file (``read_records(path, "auto")`` tells them apart)
 A file export is written all or nothing (:func:`write_export`).
 
@@ -101,8 +102,10 @@ def _load(db: Database, project: str) -> tuple[list[Task], dict[int, list[Done]]
     return tasks, answers, prompts, texts, assignments
 
 
-def _weighted(rec: dict, weight: float) -> dict:
-    """``rec`` with its ``weight`` when that is not 1."""
+def _weighted(rec: dict, weight: float, comment: str = "") -> dict:
+    """``rec`` with its ``weight`` when that is not 1, and the annotator's comment when there is one."""
+    if comment:
+        rec = {**rec, "comment": comment}
     return rec if weight == 1.0 else {**rec, "weight": round(weight, 4)}
 
 
@@ -113,12 +116,16 @@ def _merged_ranking_record(prompt: dict, responses: list[str], dones: list[Done]
     if sum(len(g) for g in merged) < 2:
         return None
     mean_weight = sum(weights.get(d.annotator, 1.0) for d in dones) / len(dones)
-    return _weighted({**prompt, "responses": responses,
-                      "ranking": [g[0] if len(g) == 1 else g for g in merged],
-                      "annotator": dones[0].annotator if len(dones) == 1 else "merged",
-                      "annotators": sorted(d.annotator for d in dones),
-                      "agreement": agr.pairwise_agreement(agr.ranking_units(rankings)),
-                      "none_acceptable": sum(d.payload["none_acceptable"] for d in dones) / len(dones)}, mean_weight)
+    rec = {**prompt, "responses": responses,
+           "ranking": [g[0] if len(g) == 1 else g for g in merged],
+           "annotator": dones[0].annotator if len(dones) == 1 else "merged",
+           "annotators": sorted(d.annotator for d in dones),
+           "agreement": agr.pairwise_agreement(agr.ranking_units(rankings)),
+           "none_acceptable": sum(d.payload["none_acceptable"] for d in dones) / len(dones)}
+    comments = [{"annotator": d.annotator, "comment": d.payload["comment"]} for d in dones if d.payload.get("comment")]
+    if comments:
+        rec["comments"] = comments
+    return _weighted(rec, mean_weight)
 
 
 def _records(db: Database, project: str, fmt: str, merge: bool,
@@ -150,18 +157,21 @@ def _records(db: Database, project: str, fmt: str, merge: bool,
                     yield f"{where}, annotator {d.annotator!r}", _weighted({
                         **prompt, "responses": responses, "annotator": d.annotator,
                         "ranking": [g[0] if len(g) == 1 else g for g in d.payload["ranking"]],
-                        "none_acceptable": d.payload["none_acceptable"]}, weights.get(d.annotator, 1.0))
+                        "none_acceptable": d.payload["none_acceptable"]}, weights.get(d.annotator, 1.0),
+                        d.payload.get("comment", ""))
             continue
         for d in dones:
             p, by, w = d.payload, f"{where}, annotator {d.annotator!r}", weights.get(d.annotator, 1.0)
+            c = p.get("comment", "")
             if task.kind == "compare" and p["better"] is not None:
                 yield by, _weighted({**prompt, "chosen": responses[p["better"]], "rejected": responses[1 - p["better"]],
-                                     "margin": p["margin"], "annotator": d.annotator, "strength": p["strength"]}, w)
+                                     "margin": p["margin"], "annotator": d.annotator, "strength": p["strength"]}, w, c)
             elif task.kind == "rate":
-                yield by, _weighted({**prompt, "response": responses[0], "score": p["score"], "annotator": d.annotator}, w)
+                yield by, _weighted({**prompt, "response": responses[0], "score": p["score"], "annotator": d.annotator},
+                                    w, c)
             elif task.kind == "edit":
                 yield by, _weighted({**prompt, "response": responses[0], "edited": p["edited"], "annotator": d.annotator,
-                                     "revisions": d.revisions}, w)
+                                     "revisions": d.revisions}, w, c)
 
 
 def export_records(db: Database, project: str, fmt: str = "all", merge: bool = True,
