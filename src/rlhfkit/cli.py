@@ -392,6 +392,15 @@ def feedback_enable_annotator(cfg, name: str = NameOpt):
     typer.echo(f"{name}: enabled", err=True)
 
 
+@feedback_app.command("reviewer")
+@feedback_command()
+def feedback_reviewer(cfg, name: str = NameOpt,
+                      off: bool = typer.Option(False, "--off", help="Take the reviewer role away instead.")):
+    """Make an annotator a reviewer: their page then offers the project's disagreements to resolve."""
+    _change_annotator(cfg, name, lambda s, ann: setattr(ann, "reviewer", not off))
+    typer.echo(f"{name}: {'no longer a reviewer' if off else 'reviewer'} ({_takes_effect()})", err=True)
+
+
 @feedback_app.command("rotate-token")
 @feedback_command()
 def feedback_rotate_token(cfg, name: str = NameOpt):
@@ -442,7 +451,7 @@ def feedback_members(
 
 
 @feedback_app.command("export")
-@feedback_command("project", "format", "merge", "min_gold_accuracy", "low_gold", "min_gold_answers")
+@feedback_command("project", "format", "merge", "labels", "min_gold_accuracy", "low_gold", "min_gold_answers")
 def feedback_export(
     cfg,
     output: Optional[Path] = typer.Option(None, help="JSONL file to write."),
@@ -464,7 +473,7 @@ def feedback_export(
             for d in decisions:
                 typer.echo(f"annotator {d.annotator!r}: {d.why}", err=True)
             weights = {d.annotator: d.weight for d in decisions}
-        n = write_export(output, database, cfg.project, cfg.format, merge=cfg.merge, weights=weights)
+        n = write_export(output, database, cfg.project, cfg.format, merge=cfg.merge, weights=weights, labels=cfg.labels)
     except ValueError as e:
         fail(f"{e}; {output} is unchanged")
     finally:

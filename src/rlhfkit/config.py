@@ -251,6 +251,9 @@ class FeedbackConfig:
         "help": "Export: which records: all | pairs | rankings | ratings | edits."})
     merge: bool = field(default=True, metadata={
         "help": "Export: merge several annotators' rankings of a task into one (Bradley–Terry)."})
+    labels: typing.Literal["all", "majority", "resolved"] = field(default="all", metadata={
+        "help": "Export: every annotator's answer (all), one per task by majority, or a reviewer's resolution where "
+                "there is one (resolved)."})
     min_gold_accuracy: float | None = field(default=None, metadata={
         "help": "Export: annotators whose gold accuracy is below this (0-1) are left out or down-weighted (--low-gold)."})
     low_gold: typing.Literal["drop", "weight"] = field(default="drop", metadata={

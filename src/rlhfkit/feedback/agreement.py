@@ -1,12 +1,14 @@
 """Agreement between annotators and merging of several rankings: pure functions, no database.
 
 - Krippendorff's alpha (nominal or interval) over units coded by any number of annotators, missing allowed.
-- Pairwise agreement: the fraction of annotator pairs, over all units, that gave the same value.
+- Pairwise agreement: the fraction of annotator pairs, over all units, that gave the same value; and of two
+  answers to one task (:func:`answer_agreement`), which per-annotator agreement and review use.
 - Bradley–Terry merge of several (partial, tied) rankings of one task into one ranking.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections import Counter
 from itertools import combinations
@@ -54,6 +56,24 @@ def pairwise_agreement(units: Sequence[Sequence[Hashable]]) -> Optional[float]:
             agree += a == b
             total += 1
     return agree / total if total else None
+
+
+def unit_value(kind: str, payload: dict):
+    """What an answer of ``kind`` says, as agreement compares it: a rating's score, a comparison's better position
+    (or "tie"), an edit's text."""
+    return {"rate": lambda: payload["score"], "compare": lambda: "tie" if payload["better"] is None else payload["better"],
+            "edit": lambda: payload["edited"]}[kind]()
+
+
+def answer_agreement(kind: str, a: dict, b: dict) -> list[float]:
+    """How far two answers (payloads) to one task agree: one value in [0, 1] per compared unit, as the per-kind
+    agreement counts them (a ranking: one per response pair both placed; an edit: the text similarity)."""
+    if kind == "rank":
+        pa, pb = pair_preferences(a["ranking"]), pair_preferences(b["ranking"])
+        return [float(pa[k] == pb[k]) for k in pa if k in pb]
+    if kind == "edit":
+        return [difflib.SequenceMatcher(None, a["edited"], b["edited"]).ratio()]
+    return [float(unit_value(kind, a) == unit_value(kind, b))]
 
 
 def pair_preferences(ranking: Ranking) -> dict[tuple[int, int], str]:

@@ -29,7 +29,7 @@ from rlhfkit.feedback import annotate as ops
 from rlhfkit.feedback.annotate import ApiError
 from rlhfkit.feedback.auth import (TOKEN_CACHE_SECONDS, TokenCache, annotator_named, create_annotator, find_annotator,
                                    is_admin, rotate_token)
-from rlhfkit.feedback.checks import BadField, check_name, parse_json, printable, text_problem
+from rlhfkit.feedback.checks import MAX_ID, BadField, check_name, parse_json, printable, text_problem
 from rlhfkit.feedback.db import Annotator, Database, Project, Task, get_project
 from rlhfkit.feedback.guard import MAX_BODY, Guard, LoginFailure, error_response, with_security_headers
 
@@ -41,10 +41,10 @@ ANSWER_FIELDS = {"submission_id", "comment", "score", "choice", "strength", "ran
 
 
 class Caller:
-    """Who is calling: the admin, or one annotator (by id)."""
+    """Who is calling: the admin, or one annotator (by id), who may be a reviewer."""
 
-    def __init__(self, admin: bool, annotator_id: Optional[int] = None, name: str = "admin"):
-        self.admin, self.annotator_id, self.name = admin, annotator_id, name
+    def __init__(self, admin: bool, annotator_id: Optional[int] = None, name: str = "admin", reviewer: bool = False):
+        self.admin, self.annotator_id, self.name, self.reviewer = admin, annotator_id, name, reviewer
 
 
 class FeedbackApp(FastAPI):
@@ -97,6 +97,16 @@ def annotator(c: Caller = Depends(caller)) -> Caller:
         raise ApiError(403, "Authorization", "the admin token does not annotate; use an annotator's token")
     return c
 
+def reviewer(c: Caller = Depends(caller)) -> Caller:
+    if not c.reviewer:
+        raise ApiError(403, "Authorization", "needs a reviewer's token (the admin makes an annotator a reviewer)")
+    return c
+
+def reviewer_or_admin(c: Caller = Depends(caller)) -> Caller:
+    if not (c.admin or c.reviewer):
+        raise ApiError(403, "Authorization", "needs a reviewer's token or the admin token")
+    return c
+
 def project_or_404(s, name: str) -> Project:
     p = get_project(s, name) if not text_problem(name) else None
     if p is None:
@@ -130,6 +140,7 @@ def create_app(db_url: str, admin_token: str, max_body: int = MAX_BODY,
     add_page(app, db)
     add_admin_routes(app, db, tokens)
     add_annotator_routes(app, db)
+    add_review_routes(app, db)
     return app
 
 
@@ -144,7 +155,7 @@ def authenticator(db: Database, admin_token: str, tokens: TokenCache):
                 raise LoginFailure("unknown token")
             if ann.disabled:
                 raise LoginFailure(f"annotator {ann.name!r} is disabled; ask the admin")
-            return Caller(admin=False, annotator_id=ann.id, name=ann.name)
+            return Caller(admin=False, annotator_id=ann.id, name=ann.name, reviewer=ann.reviewer)
 
     async def authenticate(token: str) -> Caller:
         if is_admin(token, admin_token):
@@ -207,7 +218,7 @@ def add_admin_routes(app: FastAPI, db: Database, tokens: TokenCache) -> None:
     # --- admin: annotators -----------------------------------------------------------------------
 
     def annotator_row(ann: Annotator) -> dict:
-        return {"id": ann.id, "name": ann.name, "disabled": ann.disabled}
+        return {"id": ann.id, "name": ann.name, "disabled": ann.disabled, "reviewer": ann.reviewer}
 
     @app.get("/api/admin/annotators")
     def list_annotators(_: Caller = Depends(admin)):
@@ -226,13 +237,18 @@ def add_admin_routes(app: FastAPI, db: Database, tokens: TokenCache) -> None:
 
     @app.patch("/api/admin/annotators/{name}")
     def change_annotator(name: str, body: dict = Depends(body_object), _: Caller = Depends(admin)):
-        """``{"disabled": true}`` refuses the annotator's token from now on; ``false`` lets it in again."""
-        only(body, {"disabled"})
-        if not isinstance(body.get("disabled"), bool):
-            raise ApiError(422, "disabled", f"expected true or false, got {_json_type(body.get('disabled'))}")
+        """``{"disabled": true}`` refuses the annotator's token from now on; ``false`` lets it in again.
+        ``{"reviewer": true}`` lets them review disagreements and resolve them."""
+        only(body, {"disabled", "reviewer"})
+        if not body:
+            raise ApiError(422, "body", "expected disabled and/or reviewer")
+        for key in body:
+            if not isinstance(body[key], bool):
+                raise ApiError(422, key, f"expected true or false, got {_json_type(body[key])}")
         with db.tx() as s:
             ann = annotator_or_404(s, name)
-            ann.disabled = body["disabled"]
+            ann.disabled = body.get("disabled", ann.disabled)
+            ann.reviewer = body.get("reviewer", ann.reviewer)
             row = annotator_row(ann)
         tokens.clear()  # after the commit: a request that races it looks the token up again
         return row
@@ -307,14 +323,16 @@ def add_admin_routes(app: FastAPI, db: Database, tokens: TokenCache) -> None:
         return stats(db, name)
 
     @app.get("/api/admin/projects/{name}/export")
-    def project_export(name: str, format: str = "all", min_gold_accuracy: Optional[float] = None, low_gold: str = "drop",
-                       min_gold_answers: int = 3, _: Caller = Depends(admin)):
-        """The records as JSONL; with ``min_gold_accuracy``, the quality decisions (one per annotator, with the
-        reason) come in the ``X-Quality`` header as JSON."""
-        from rlhfkit.feedback.export import FORMATS, BadRecord, GoldRule, export_lines, judge_annotators
+    def project_export(name: str, format: str = "all", labels: str = "all", min_gold_accuracy: Optional[float] = None,
+                       low_gold: str = "drop", min_gold_answers: int = 3, _: Caller = Depends(admin)):
+        """The records as JSONL (``labels``: all | majority | resolved); with ``min_gold_accuracy``, the quality
+        decisions (one per annotator, with the reason) come in the ``X-Quality`` header as JSON."""
+        from rlhfkit.feedback.export import FORMATS, LABELS, BadRecord, GoldRule, export_lines, judge_annotators
 
         if format not in FORMATS:
             raise ApiError(422, "format", f"expected one of {', '.join(FORMATS)}, got {printable(format)[:50]!r}")
+        if labels not in LABELS:
+            raise ApiError(422, "labels", f"expected one of {', '.join(LABELS)}, got {printable(labels)[:50]!r}")
         with db.tx() as s:
             project_or_404(s, name)
         weights, headers = None, {}
@@ -329,7 +347,7 @@ def add_admin_routes(app: FastAPI, db: Database, tokens: TokenCache) -> None:
             headers["X-Quality"] = json.dumps([{"annotator": d.annotator, "weight": d.weight, "why": d.why}
                                                for d in decisions])  # ASCII: names escaped as \uXXXX
         try:
-            text = "".join(export_lines(db, name, format, weights=weights))
+            text = "".join(export_lines(db, name, format, weights=weights, labels=labels))
         except BadRecord as e:  # stored before text was checked on the way in: say which answer it is
             raise ApiError(409, "export", str(e)) from None
         return PlainTextResponse(text, media_type="application/x-ndjson", headers=headers)
@@ -340,7 +358,7 @@ def add_annotator_routes(app: FastAPI, db: Database) -> None:
 
     @app.get("/api/me")
     def me(c: Caller = Depends(annotator)):
-        return {"name": c.name}
+        return {"name": c.name, "reviewer": c.reviewer}
 
     @app.get("/api/projects")
     def projects(c: Caller = Depends(annotator)):
@@ -416,3 +434,29 @@ def add_annotator_routes(app: FastAPI, db: Database) -> None:
                 if sub is None:
                     raise
                 return reply(sub)
+
+
+def add_review_routes(app: FastAPI, db: Database) -> None:
+    """The reviewers' API: the tasks whose annotators disagree most, and their resolution (feedback/review.py)."""
+    from rlhfkit.feedback import review
+
+    @app.get("/api/review/projects/{name}")
+    def review_queue(name: str, limit: int = 20, below: float = 1.0, c: Caller = Depends(reviewer_or_admin)):
+        """Up to ``limit`` tasks whose answers agree less than ``below``: unresolved first, least agreed first."""
+        if not 1 <= limit <= 1000:
+            raise ApiError(422, "limit", f"expected an integer 1..1000, got {limit}")
+        with db.tx() as s:
+            p = project_or_404(s, name) if c.admin else open_project(s, name, c)[0]
+            return {"project": p.name, "tasks": review.queue(s, p, limit, below)}
+
+    @app.post("/api/review/tasks/{task_id}", status_code=201)
+    def resolve(task_id: int, body: dict = Depends(body_object), c: Caller = Depends(reviewer)):
+        """The reviewer's answer to the task, stored beside the annotators' (theirs stay as they were)."""
+        only(body, ANSWER_FIELDS)
+        with db.tx() as s:
+            task = s.get(Task, task_id) if 1 <= task_id <= MAX_ID else None
+            if task is None:
+                raise ApiError(404, "task", f"no task {task_id}")
+            ops.check_access(s, s.get(Project, task.project_id), s.get(Annotator, c.annotator_id))
+            res = review.resolve(s, task_id, s.get(Annotator, c.annotator_id), body)
+            return {"resolution_id": res.id, "task_id": task_id, "says": review.describe(task.kind, res.payload)}

@@ -7,7 +7,8 @@ acknowledged answer is on disk before the reply leaves, and two writers never ra
 Tables: projects → prompts → responses (the candidates), tasks (a kind over some of one prompt's
 responses), annotators, assignments (a task given to one annotator, with the order it was shown in),
 answers (every submission kept: a later one is a revision, the latest is the answer), project_members
-(who may work on a project that is not open to all).
+(who may work on a project that is not open to all), resolutions (a reviewer's answer to a task its annotators
+disagree on, kept beside theirs: nothing is overwritten; the latest resolution of a task is its label).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Annotator(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the token; the token is not kept
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("FALSE"))  # token refused
+    reviewer: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("FALSE"))  # resolves disagreements
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
@@ -124,6 +126,17 @@ class Answer(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
+class Resolution(Base):
+    """A reviewer's answer to a task whose annotators disagree, in task positions like an answer's payload."""
+
+    __tablename__ = "resolutions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
 # Ordered migrations: migration i brings the schema from version i to i + 1. Never edit a released one;
 # append a new function (ALTER TABLE ...) instead.
 def _m1_initial(conn) -> None:
@@ -141,7 +154,14 @@ def _m2_access(conn) -> None:
     Member.__table__.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable] = [_m1_initial, _m2_access]
+def _m3_review(conn) -> None:
+    """Reviewers and their resolutions (on a database made by migration 1 they are there already)."""
+    if "reviewer" not in {c["name"] for c in inspect(conn).get_columns("annotators")}:
+        conn.execute(text("ALTER TABLE annotators ADD COLUMN reviewer BOOLEAN NOT NULL DEFAULT FALSE"))
+    Resolution.__table__.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable] = [_m1_initial, _m2_access, _m3_review]
 
 
 def normalise_url(url: str) -> str:

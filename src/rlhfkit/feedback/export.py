@@ -24,7 +24,7 @@ import os
 import secrets
 import shutil
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import combinations
@@ -35,9 +35,11 @@ from sqlalchemy import select
 
 from rlhfkit.feedback import agreement as agr
 from rlhfkit.feedback.checks import find_bad_text
-from rlhfkit.feedback.db import Annotator, Answer, Assignment, Database, Prompt, Response, Task, get_project
+from rlhfkit.feedback.db import (Annotator, Answer, Assignment, Database, Project, Prompt, Resolution, Response, Task,
+                                 get_project)
 
 FORMATS = ("all", "pairs", "rankings", "ratings", "edits")
+LABELS = ("all", "majority", "resolved")
 KIND_OF_FORMAT = {"pairs": "compare", "rankings": "rank", "ratings": "rate", "edits": "edit"}
 
 
@@ -128,57 +130,110 @@ def _merged_ranking_record(prompt: dict, responses: list[str], dones: list[Done]
     return _weighted(rec, mean_weight)
 
 
-def _records(db: Database, project: str, fmt: str, merge: bool,
-             weights: Optional[dict[str, float]] = None) -> Iterator[tuple[str, dict]]:
+def _answer_record(kind: str, prompt: dict, responses: list[str], name: str, p: dict, weight: float,
+                   revisions: int = 1) -> Optional[dict]:
+    """One answer (a payload in task positions) as its §3 record; None for a tied comparison or an empty ranking."""
+    c = p.get("comment", "")
+    if kind == "compare":
+        if p["better"] is None:
+            return None
+        return _weighted({**prompt, "chosen": responses[p["better"]], "rejected": responses[1 - p["better"]],
+                          "margin": p["margin"], "annotator": name, "strength": p["strength"]}, weight, c)
+    if kind == "rate":
+        return _weighted({**prompt, "response": responses[0], "score": p["score"], "annotator": name}, weight, c)
+    if kind == "edit":
+        return _weighted({**prompt, "response": responses[0], "edited": p["edited"], "annotator": name,
+                          "revisions": revisions}, weight, c)
+    if sum(len(g) for g in p["ranking"]) < 2:
+        return None
+    return _weighted({**prompt, "responses": responses, "annotator": name,
+                      "ranking": [g[0] if len(g) == 1 else g for g in p["ranking"]],
+                      "none_acceptable": p["none_acceptable"]}, weight, c)
+
+
+def _majority(kind: str, dones: list[Done]) -> Optional[dict]:
+    """The answer most of a task's annotators gave, as a payload: a comparison's most chosen side (None when the
+    top is shared or is "tie"; its margin the mean of that side's voters), a rating's median score."""
+    if kind == "rate":
+        return {"score": statistics.median(d.payload["score"] for d in dones)}
+    votes = Counter(d.payload["better"] for d in dones)
+    (top, n), *rest = votes.most_common()
+    if top is None or (rest and rest[0][1] == n):
+        return None
+    side = [d.payload for d in dones if d.payload["better"] == top]
+    return {"better": top, "margin": sum(p["margin"] for p in side) / len(side),
+            "strength": Counter(p["strength"] for p in side).most_common(1)[0][0]}
+
+
+def _resolutions(db: Database, project: str) -> dict[int, tuple[str, dict]]:
+    """task id → (reviewer name, payload) of each task's latest resolution."""
+    with db.tx() as s:
+        rows = s.execute(select(Resolution.task_id, Annotator.name, Resolution.payload)
+                         .join(Annotator, Annotator.id == Resolution.reviewer_id).join(Task, Task.id == Resolution.task_id)
+                         .join(Project, Project.id == Task.project_id).where(Project.name == project)
+                         .order_by(Resolution.id)).all()
+    return {task_id: (name, payload) for task_id, name, payload in rows}
+
+
+def _records(db: Database, project: str, fmt: str, merge: bool, weights: Optional[dict[str, float]] = None,
+             labels: str = "all") -> Iterator[tuple[str, dict]]:
     """(where it comes from, record) for each exported record: where names the task and the annotator.
-    ``weights``: annotator → the weight of their records (0: left out; missing: 1)."""
+
+    ``weights``: annotator → the weight of their records (0: left out; missing: 1). ``labels``: "all" (every
+    annotator's answer), "majority" (one record per task of several answers: the most chosen side of a comparison,
+    the median rating, the merged ranking; edits all, free text has no majority) or "resolved" (a reviewer's
+    resolution where a task has one, every answer elsewhere)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if labels not in LABELS:
+        raise ValueError(f"--labels: expected one of {', '.join(LABELS)}, got {labels!r}")
     kinds = set(KIND_OF_FORMAT.values()) if fmt == "all" else {KIND_OF_FORMAT[fmt]}
     weights = weights or {}
     tasks, answers, prompts, texts, _ = _load(db, project)
+    resolved = _resolutions(db, project) if labels == "resolved" else {}
     for task in tasks:
         if task.is_gold or task.kind not in kinds:
             continue
         dones = sorted((d for d in answers.get(task.id, []) if weights.get(d.annotator, 1.0) > 0), key=lambda d: d.annotator)
-        if not dones:
-            continue
         prompt = prompts[task.prompt_id]
         responses = [texts[r] for r in task.response_ids]
         where = f"task {task.id} ({task.kind})"
-        if task.kind == "rank":
-            if merge:
-                rec = _merged_ranking_record(prompt, responses, dones, weights)
+        if task.id in resolved:  # the reviewer's label stands for the task
+            reviewer, payload = resolved[task.id]
+            rec = _answer_record(task.kind, prompt, responses, f"review:{reviewer}", payload, 1.0)
+            if rec:
+                rec["resolved_from"] = sorted(d.annotator for d in answers.get(task.id, []))
+                yield f"{where}, resolved by {reviewer!r}", rec
+            continue
+        if not dones:
+            continue
+        if task.kind == "rank" and (merge or labels == "majority"):
+            rec = _merged_ranking_record(prompt, responses, dones, weights)
+            if rec:
+                yield f"{where}, annotators {[d.annotator for d in dones]!r}", rec
+            continue
+        if labels == "majority" and task.kind in ("rate", "compare") and len(dones) >= 2:
+            payload = _majority(task.kind, dones)
+            if payload is not None:
+                mean_weight = sum(weights.get(d.annotator, 1.0) for d in dones) / len(dones)
+                rec = _answer_record(task.kind, prompt, responses, "majority", payload, mean_weight)
                 if rec:
-                    yield f"{where}, annotators {[d.annotator for d in dones]!r}", rec
-                continue
-            for d in dones:
-                if sum(len(g) for g in d.payload["ranking"]) >= 2:
-                    yield f"{where}, annotator {d.annotator!r}", _weighted({
-                        **prompt, "responses": responses, "annotator": d.annotator,
-                        "ranking": [g[0] if len(g) == 1 else g for g in d.payload["ranking"]],
-                        "none_acceptable": d.payload["none_acceptable"]}, weights.get(d.annotator, 1.0),
-                        d.payload.get("comment", ""))
+                    yield f"{where}, annotators {[d.annotator for d in dones]!r}", {
+                        **rec, "annotators": [d.annotator for d in dones]}
             continue
         for d in dones:
-            p, by, w = d.payload, f"{where}, annotator {d.annotator!r}", weights.get(d.annotator, 1.0)
-            c = p.get("comment", "")
-            if task.kind == "compare" and p["better"] is not None:
-                yield by, _weighted({**prompt, "chosen": responses[p["better"]], "rejected": responses[1 - p["better"]],
-                                     "margin": p["margin"], "annotator": d.annotator, "strength": p["strength"]}, w, c)
-            elif task.kind == "rate":
-                yield by, _weighted({**prompt, "response": responses[0], "score": p["score"], "annotator": d.annotator},
-                                    w, c)
-            elif task.kind == "edit":
-                yield by, _weighted({**prompt, "response": responses[0], "edited": p["edited"], "annotator": d.annotator,
-                                     "revisions": d.revisions}, w, c)
+            rec = _answer_record(task.kind, prompt, responses, d.annotator, d.payload, weights.get(d.annotator, 1.0),
+                                 d.revisions)
+            if rec:
+                yield f"{where}, annotator {d.annotator!r}", rec
 
 
 def export_records(db: Database, project: str, fmt: str = "all", merge: bool = True,
-                   weights: Optional[dict[str, float]] = None) -> Iterator[dict]:
+                   weights: Optional[dict[str, float]] = None, labels: str = "all") -> Iterator[dict]:
     """The project's answers as §3 records; gold tasks are left out (they measure annotators, not models).
-    ``weights``: :func:`judge_annotators`' weights (annotators at 0 left out, others' records weighted)."""
-    for _, rec in _records(db, project, fmt, merge, weights):
+    ``weights``: :func:`judge_annotators`' weights (annotators at 0 left out, others' records weighted);
+    ``labels``: all | majority | resolved (:func:`_records`)."""
+    for _, rec in _records(db, project, fmt, merge, weights, labels):
         yield rec
 
 
@@ -187,9 +242,9 @@ class BadRecord(ValueError):
 
 
 def export_lines(db: Database, project: str, fmt: str = "all", merge: bool = True,
-                 weights: Optional[dict[str, float]] = None) -> Iterator[str]:
+                 weights: Optional[dict[str, float]] = None, labels: str = "all") -> Iterator[str]:
     """The records as JSONL lines; a record with text that is not valid Unicode raises :class:`BadRecord` naming it."""
-    for where, rec in _records(db, project, fmt, merge, weights):
+    for where, rec in _records(db, project, fmt, merge, weights, labels):
         bad = find_bad_text(rec)
         if bad:
             raise BadRecord(f"{where}: {bad[0]}: {bad[1]}; fix or remove that answer")
@@ -197,7 +252,7 @@ def export_lines(db: Database, project: str, fmt: str = "all", merge: bool = Tru
 
 
 def write_export(path: str | Path, db: Database, project: str, fmt: str = "all", merge: bool = True,
-                 weights: Optional[dict[str, float]] = None) -> int:
+                 weights: Optional[dict[str, float]] = None, labels: str = "all") -> int:
     """Write the export to ``path`` all or nothing; returns the number of records.
 
     The lines go to a new file beside ``path`` that replaces it only once complete and on disk, so a failure
@@ -209,7 +264,7 @@ def write_export(path: str | Path, db: Database, project: str, fmt: str = "all",
     n = 0
     try:
         with tmp.open("x", encoding="utf-8") as f:
-            for line in export_lines(db, project, fmt, merge, weights):
+            for line in export_lines(db, project, fmt, merge, weights, labels):
                 f.write(line)
                 n += 1
             f.flush()
@@ -238,9 +293,6 @@ def _gold_score(task: Task, p: dict) -> Optional[float]:
     return None
 
 
-def _unit_value(kind: str, p: dict):
-    return {"rate": lambda: p["score"], "compare": lambda: "tie" if p["better"] is None else p["better"],
-            "edit": lambda: p["edited"]}[kind]()
 
 
 def agreement_by_kind(tasks: list[Task], answers: dict[int, list[Done]]) -> dict:
@@ -251,7 +303,7 @@ def agreement_by_kind(tasks: list[Task], answers: dict[int, list[Done]]) -> dict
         if kind == "rank":
             units = [u for ds in multi for u in agr.ranking_units([d.payload["ranking"] for d in ds])]
         else:
-            units = [[_unit_value(kind, d.payload) for d in ds] for ds in multi]
+            units = [[agr.unit_value(kind, d.payload) for d in ds] for ds in multi]
         entry = {"tasks_with_2plus": len(multi)}
         if kind == "edit":
             # Free text has no exact-agreement scale: mean similarity of two annotators' edits (difflib ratio).
@@ -265,23 +317,12 @@ def agreement_by_kind(tasks: list[Task], answers: dict[int, list[Done]]) -> dict
     return out
 
 
-def _agreements(kind: str, a: Done, b: Done) -> list[float]:
-    """How far two annotators' answers to one task agree, as the per-kind agreement counts it: one value per
-    compared unit (a ranking: per response pair both placed; an edit: the text similarity)."""
-    if kind == "rank":
-        pa, pb = agr.pair_preferences(a.payload["ranking"]), agr.pair_preferences(b.payload["ranking"])
-        return [float(pa[k] == pb[k]) for k in pa if k in pb]
-    if kind == "edit":
-        return [difflib.SequenceMatcher(None, a.payload["edited"], b.payload["edited"]).ratio()]
-    return [float(_unit_value(kind, a.payload) == _unit_value(kind, b.payload))]
-
-
 def agreement_by_annotator(tasks: list[Task], answers: dict[int, list[Done]]) -> dict[str, tuple[int, Optional[float]]]:
     """annotator → (units compared with someone else's answer, the share that agreed), over tasks with 2+ answers."""
     got: dict[str, list[float]] = defaultdict(list)
     for t in tasks:
         for a, b in combinations(answers.get(t.id, []), 2):
-            values = _agreements(t.kind, a, b)
+            values = agr.answer_agreement(t.kind, a.payload, b.payload)
             got[a.annotator].extend(values)
             got[b.annotator].extend(values)
     return {name: (len(v), sum(v) / len(v) if v else None) for name, v in got.items()}
