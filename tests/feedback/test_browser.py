@@ -112,3 +112,55 @@ def test_one_task_of_each_kind_through_the_page(tmp_path, server_factory):
     assert first["edit"][2]["edited"].startswith("Air scatters blue light")
     revised = [(kind, payload) for kind, _, _, payload, rev in rows if rev == 2]
     assert [k for k, _ in revised] == [last_kind]
+
+
+def test_a_reviewer_resolves_a_disagreement_in_the_page_and_it_is_stored_beside_the_answers(tmp_path, server_factory):
+    playwright = pytest.importorskip("playwright.sync_api")
+    from rlhfkit.feedback.db import Resolution
+
+    db_url = str(tmp_path / "feedback.db")
+    db = Database(db_url)
+    import_candidates(db, "tutor", write_jsonl(tmp_path / "pair.jsonl", [PAIR]), "compare", annotators_per_task=2)
+    server = server_factory(db_url)
+
+    def person(name: str) -> str:
+        return httpx.post(server.url + "/api/admin/annotators", json={"name": name}, headers=auth(ADMIN)).json()["token"]
+
+    for name, position in (("ann", 0), ("bob", 1)):  # the two annotators disagree: ann prefers the first response
+        token = person(name)
+        task = httpx.get(server.url + "/api/projects/tutor/next", headers=auth(token)).json()["task"]
+        choice = "a" if task["responses"][0]["id"] == position else "b"  # as shown to them (a random order)
+        r = httpx.post(f"{server.url}/api/assignments/{task['assignment_id']}/answer", headers=auth(token),
+                       json={"choice": choice, "strength": "clearly", "submission_id": f"{name}-answer-1", "comment": f"{name} thinks so"})
+        assert r.status_code == 201, r.text
+    reviewer = person("rev")
+    r = httpx.patch(server.url + "/api/admin/annotators/rev", json={"reviewer": True}, headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    with db.tx() as s:
+        answers_before = sorted((a.id, a.payload["better"]) for a in s.scalars(select(Answer)))
+
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        refused = []
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        page.goto(f"{server.url}/#token={reviewer}")
+        page.wait_for_selector("#view-projects:not([hidden])")
+        assert "(reviewer)" in page.inner_text("#who")
+        page.click("button.review")
+        page.wait_for_selector("#review-panel:not([hidden])")
+        said = page.inner_text("#review-answers")
+        assert "ann: A clearly better" in said and "bob: B clearly better" in said and "bob thinks so" in said
+        assert "agreement 0.00" in page.inner_text("#banner")
+        page.keyboard.press("b")
+        page.keyboard.press("3")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#view-done:not([hidden])")
+        assert "No disagreement left to review" in page.inner_text("#done-text")
+        browser.close()
+    assert refused == []
+    with db.tx() as s:
+        (res,) = s.scalars(select(Resolution))
+        assert res.payload["choice"] == "b" and res.payload["better"] == 1 and res.payload["strength"] == "much"
+        assert sorted((a.id, a.payload["better"]) for a in s.scalars(select(Answer))) == answers_before
+    db.dispose()

@@ -20,6 +20,8 @@ const state = {
   answer: {},           // the answer being built
   back: false,          // changing the last answer instead of a new task
   pending: null,        // {assignment_id, body}: kept until acknowledged, so a retry reuses its submission_id
+  me: null,             // {name, reviewer}
+  review: null,         // reviewing: {tasks, index} (the queue of disagreements), else null
 };
 
 // A client-made id makes a retried submission idempotent on the server.
@@ -49,9 +51,11 @@ function show(view) {
   for (const v of ["view-login", "view-projects", "view-task", "view-done"]) $(v).hidden = v !== view;
   const inProject = view === "view-task" || view === "view-done";
   $("btn-guidelines").hidden = !inProject;
-  $("btn-back").hidden = !inProject;
+  $("btn-back").hidden = !inProject || Boolean(state.review);
   $("btn-skip").hidden = view !== "view-task" || state.back;
   $("btn-logout").hidden = view === "view-login";
+  $("btn-review").hidden = !inProject || !(state.me && state.me.reviewer);
+  $("btn-review").textContent = state.review ? "Back to annotating (r)" : "Review disagreements (r)";
 }
 
 function setStatus(text, bad = false) {
@@ -73,12 +77,14 @@ async function start() {
   if (!state.token) return show("view-login");
   try {
     const me = await api("GET", "/api/me");
-    $("who").textContent = me.name;
+    state.me = me;
+    $("who").textContent = me.name + (me.reviewer ? " (reviewer)" : "");
     const projects = await api("GET", "/api/projects");
-    const pick = projects.find((p) => p.name === wanted) || (projects.length === 1 ? projects[0] : null);
+    const pick = projects.find((p) => p.name === wanted) || (projects.length === 1 && !me.reviewer ? projects[0] : null);
     if (pick) return openProject(pick.name);
     $("project-list").replaceChildren(...projects.map((p) =>
-      el("li", {}, el("button", { type: "button", onclick: () => openProject(p.name) }, p.name), ` ${p.tasks} tasks`)));
+      el("li", {}, el("button", { type: "button", onclick: () => openProject(p.name) }, p.name), ` ${p.tasks} tasks `,
+        ...(me.reviewer ? [el("button", { type: "button", class: "review", onclick: () => openReview(p.name) }, "Review disagreements")] : []))));
     show("view-projects");
   } catch (e) {
     if (e.status === 401 || e.status === 403) {
@@ -105,13 +111,48 @@ function showProgress(p) {
 
 async function nextTask() {
   state.back = false;
+  state.review = null;
+  $("done-text").textContent = "There is no task left for you in this project. Thank you!";
   const r = await api("GET", `/api/projects/${encodeURIComponent(state.project.name)}/next`);
   showProgress(r.progress);
   if (!r.task) { state.task = null; return show("view-done"); }
   render(r.task);
 }
 
+// --- review: the tasks whose annotators disagree most, resolved by the reviewer's own answer ----------
+
+async function openReview(name) {
+  if (!state.project || state.project.name !== name) {
+    state.project = await api("GET", "/api/projects/" + encodeURIComponent(name));
+    $("project-name").textContent = "· " + state.project.name;
+    $("guidelines-text").textContent = state.project.guidelines || "(no guidelines for this project)";
+  }
+  const r = await api("GET", `/api/review/projects/${encodeURIComponent(name)}`);
+  state.back = false;
+  state.review = { tasks: r.tasks, index: 0 };
+  $("progress").textContent = `${r.tasks.filter((t) => !t.resolution).length} to review · ${r.tasks.filter((t) => t.resolution).length} resolved`;
+  showReview();
+}
+
+function showReview() {
+  const rv = state.review;
+  if (rv.index >= rv.tasks.length) {
+    state.task = null;
+    $("done-text").textContent = "No disagreement left to review in this project.";
+    return show("view-done");
+  }
+  const t = rv.tasks[rv.index];
+  render({ ...t, assignment_id: null, answer: t.resolution ? t.resolution.answer : null, revision: 0 });
+}
+
+async function toggleReview() {
+  if (!(state.me && state.me.reviewer) || !state.project) return;
+  if (state.review) return nextTask();
+  return openReview(state.project.name);
+}
+
 async function goBack() {
+  if (state.review) return;
   const r = await api("GET", `/api/projects/${encodeURIComponent(state.project.name)}/last`);
   if (!r.task) return setStatus("Nothing answered yet.");
   state.back = true;
@@ -137,8 +178,16 @@ function render(task) {
   const prev = task.answer;
   state.answer = {};
   $("comment").value = prev ? prev.comment || "" : "";
-  $("banner").hidden = !state.back;
+  $("banner").hidden = !state.back && !state.review;
   $("banner").textContent = state.back ? `Changing your last answer (saved as revision ${task.revision + 1}). Submit to save it, or press Esc to go on.` : "";
+  $("review-panel").hidden = !state.review;
+  if (state.review) {
+    const rv = state.review;
+    $("banner").textContent = `Review ${rv.index + 1} of ${rv.tasks.length} · agreement ${task.agreement.toFixed(2)}` +
+      (task.resolution ? ` · resolved by ${task.resolution.reviewer}: ${task.resolution.says}` : "") + " · s: next without resolving";
+    $("review-answers").replaceChildren(...task.answers.map((a) =>
+      el("li", {}, el("strong", {}, a.annotator + ": "), a.says, a.comment ? ` (comment: ${a.comment})` : "")));
+  }
   $("task-kind").textContent = { rate: "Rate the response", compare: "Which response is better?", rank: "Rank the responses", edit: "Improve the response" }[task.kind];
   renderPrompt(task);
   $("btn-submit").textContent = task.kind === "edit" ? "Submit (Ctrl+Enter)" : "Submit (Enter)";
@@ -289,9 +338,10 @@ async function submit() {
   }
   const payload = { ...body, submission_id: state.pending.submission_id };
   setStatus("Saving…");
+  const path = state.review ? `/api/review/tasks/${state.task.task_id}` : `/api/assignments/${state.task.assignment_id}/answer`;
   for (let attempt = 0; ; attempt++) {
     try {
-      await api("POST", `/api/assignments/${state.task.assignment_id}/answer`, payload);
+      await api("POST", path, payload);
       break;
     } catch (e) {
       if (e.status && e.status < 500) return setStatus(e.message, true);
@@ -301,12 +351,21 @@ async function submit() {
     }
   }
   state.pending = null;
+  if (state.review) {
+    state.review.index += 1;
+    showReview();
+    return setStatus("Resolved.");
+  }
   await nextTask();
   setStatus("Saved.");
 }
 
 async function skip() {
   if (!state.task || state.back) return;
+  if (state.review) {
+    state.review.index += 1;
+    return showReview();
+  }
   await api("POST", `/api/assignments/${state.task.assignment_id}/skip`);
   await nextTask();
   setStatus("Skipped.");
@@ -332,6 +391,7 @@ document.addEventListener("keydown", (ev) => {
   else if (ev.key === "s" && kind) skip();
   else if (ev.key === "u") goBack();
   else if (ev.key === "g") $("guidelines").hidden = !$("guidelines").hidden;
+  else if (ev.key === "r" && state.me && state.me.reviewer) toggleReview();
   else if (kind === "rate" && n >= 1 && n <= 7) pickScore(n);
   else if (kind === "compare" && ["a", "b", "t"].includes(ev.key)) pickChoice(ev.key === "t" ? "tie" : ev.key);
   else if (kind === "compare" && n >= 1 && n <= 3) pickStrength(state.project.strengths[n - 1]);
@@ -345,6 +405,7 @@ document.addEventListener("keydown", (ev) => {
 $("btn-submit").addEventListener("click", submit);
 $("btn-skip").addEventListener("click", skip);
 $("btn-back").addEventListener("click", goBack);
+$("btn-review").addEventListener("click", toggleReview);
 $("btn-guidelines").addEventListener("click", () => { $("guidelines").hidden = !$("guidelines").hidden; });
 $("btn-logout").addEventListener("click", () => { localStorage.removeItem("rlhfkit.token"); location.hash = ""; location.reload(); });
 $("login-form").addEventListener("submit", (ev) => {
