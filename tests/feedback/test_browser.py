@@ -164,3 +164,43 @@ def test_a_reviewer_resolves_a_disagreement_in_the_page_and_it_is_stored_beside_
         assert res.payload["choice"] == "b" and res.payload["better"] == 1 and res.payload["strength"] == "much"
         assert sorted((a.id, a.payload["better"]) for a in s.scalars(select(Answer))) == answers_before
     db.dispose()
+
+
+def test_markdown_guidelines_without_raw_html_long_words_the_rank_legend_at_1280x800_and_a_token_link_switching(
+        tmp_path, server_factory):
+    playwright = pytest.importorskip("playwright.sync_api")
+    db_url = str(tmp_path / "feedback.db")
+    db = Database(db_url)
+    long_word = "x" * 400  # one word wider than any screen
+    many = {"prompt": "Which explanation is best? " + long_word,
+            "responses": [f"Answer {i}: " + "a long explanation that goes on. " * 40 for i in range(4)], "model": "tiny"}
+    guidelines = ("# Rules\n\n- Be **correct** first.\n- Then `kind`.\n\n"
+                  "<img src=x onerror=\"document.title='pwned'\"> [click](javascript:alert(1))")
+    import_candidates(db, "tutor", write_jsonl(tmp_path / "many.jsonl", [many]), "rank", guidelines=guidelines)
+    db.dispose()
+    server = server_factory(db_url)
+    tokens = {name: httpx.post(server.url + "/api/admin/annotators", json={"name": name}, headers=auth(ADMIN)).json()["token"]
+              for name in ("ann", "bob")}
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{server.url}/#token={tokens['ann']}")
+        page.wait_for_selector("#view-task:not([hidden])")
+        # Markdown, rendered; the raw HTML in it shown as text, never run; no javascript: link made
+        assert page.inner_text("#guidelines-text h1") == "Rules"
+        assert page.inner_text("#guidelines-text strong") == "correct"
+        assert "<img src=x" in page.inner_text("#guidelines-text") and page.query_selector("#guidelines-text img") is None
+        assert page.query_selector("#guidelines-text a") is None and page.title() != "pwned"
+        page.keyboard.press("g")  # collapses them
+        assert page.evaluate("() => document.querySelector('#guidelines').open") is False
+        # a 400-character word wraps: the page is no wider than the window
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
+        # the rank legend is on screen with four long responses
+        box = page.query_selector("#keys").bounding_box()
+        assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 800
+        assert "tie it with the last place" in page.inner_text("#keys")
+        # a link with another annotator's token, opened in this tab, switches to them
+        page.evaluate("(t) => { location.hash = 'token=' + t; }", tokens["bob"])
+        page.wait_for_function("() => document.querySelector('#who').textContent === 'bob'")
+        page.wait_for_selector("#view-task:not([hidden])")
+        browser.close()

@@ -127,6 +127,14 @@ def open_project(s, name: str, c: Caller) -> tuple[Project, Annotator]:
     return p, ann
 
 
+def guidelines_html(text: str) -> str:
+    """A project's guidelines, Markdown (CommonMark) as HTML with no raw HTML: a tag in the text shows as typed,
+    and links to javascript:, vbscript:, file: and data: URLs are not made (markdown-it's own link check)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).render(text)
+
+
 def create_app(db_url: str, admin_token: str, max_body: int = MAX_BODY,
                token_cache_seconds: float = TOKEN_CACHE_SECONDS) -> FastAPI:
     """The feedback app on the database at ``db_url``: the page, the admin API and the annotators' API."""
@@ -372,7 +380,8 @@ def add_annotator_routes(app: FastAPI, db: Database) -> None:
     def project(name: str, c: Caller = Depends(annotator)):
         with db.tx() as s:
             p, ann = open_project(s, name, c)
-            return {"name": p.name, "guidelines": p.guidelines, "progress": ops.progress(s, p, ann),
+            return {"name": p.name, "guidelines": p.guidelines, "guidelines_html": guidelines_html(p.guidelines),
+                    "progress": ops.progress(s, p, ann),
                     "rating_labels": ops.RATING_LABELS, "strengths": list(ops.STRENGTH_MARGIN)}
 
     @app.get("/api/projects/{name}/next")

@@ -100,9 +100,20 @@ async function start() {
 async function openProject(name) {
   state.project = await api("GET", "/api/projects/" + encodeURIComponent(name));
   $("project-name").textContent = "· " + state.project.name;
-  $("guidelines-text").textContent = state.project.guidelines || "(no guidelines for this project)";
+  showGuidelines();
   $("guidelines").hidden = !state.project.guidelines;
   await nextTask();
+}
+
+// The server renders the guidelines' Markdown with raw HTML turned off (a tag in them shows as typed).
+function showGuidelines() {
+  if (state.project.guidelines) $("guidelines-text").innerHTML = state.project.guidelines_html;
+  else $("guidelines-text").textContent = "(no guidelines for this project)";
+}
+
+function toggleGuidelines() {
+  const g = $("guidelines");
+  if (g.hidden) { g.hidden = false; g.open = true; } else g.open = !g.open;
 }
 
 function showProgress(p) {
@@ -125,7 +136,7 @@ async function openReview(name) {
   if (!state.project || state.project.name !== name) {
     state.project = await api("GET", "/api/projects/" + encodeURIComponent(name));
     $("project-name").textContent = "· " + state.project.name;
-    $("guidelines-text").textContent = state.project.guidelines || "(no guidelines for this project)";
+    showGuidelines();
   }
   const r = await api("GET", `/api/review/projects/${encodeURIComponent(name)}`);
   state.back = false;
@@ -390,7 +401,7 @@ document.addEventListener("keydown", (ev) => {
   else if (ev.key === "Escape" && state.back) nextTask();
   else if (ev.key === "s" && kind) skip();
   else if (ev.key === "u") goBack();
-  else if (ev.key === "g") $("guidelines").hidden = !$("guidelines").hidden;
+  else if (ev.key === "g") toggleGuidelines();
   else if (ev.key === "r" && state.me && state.me.reviewer) toggleReview();
   else if (kind === "rate" && n >= 1 && n <= 7) pickScore(n);
   else if (kind === "compare" && ["a", "b", "t"].includes(ev.key)) pickChoice(ev.key === "t" ? "tie" : ev.key);
@@ -406,13 +417,23 @@ $("btn-submit").addEventListener("click", submit);
 $("btn-skip").addEventListener("click", skip);
 $("btn-back").addEventListener("click", goBack);
 $("btn-review").addEventListener("click", toggleReview);
-$("btn-guidelines").addEventListener("click", () => { $("guidelines").hidden = !$("guidelines").hidden; });
+$("btn-guidelines").addEventListener("click", toggleGuidelines);
 $("btn-logout").addEventListener("click", () => { localStorage.removeItem("rlhfkit.token"); location.hash = ""; location.reload(); });
 $("login-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   state.token = $("token").value.trim();
   localStorage.setItem("rlhfkit.token", state.token);
   start();
+});
+
+// A "#token=..." link opened in a tab where the page is already open changes only the fragment, which reloads
+// nothing: log in as the link's annotator.
+window.addEventListener("hashchange", () => {
+  if (!new URLSearchParams(location.hash.slice(1)).get("token")) return;
+  Object.assign(state, { project: null, task: null, answer: {}, back: false, pending: null, me: null, review: null });
+  $("project-name").textContent = "";
+  $("guidelines").hidden = true;
+  start().catch((e) => setStatus(e.message, true));
 });
 
 start().catch((e) => setStatus(e.message, true));
