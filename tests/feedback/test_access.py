@@ -50,7 +50,7 @@ def test_a_token_revoked_from_the_command_line_stops_working_within_the_cache_ti
             assert time.monotonic() < deadline, "the old token still works after its cache time"
             time.sleep(0.1)
         assert client.get("/api/me", headers=auth(token)).status_code == 401
-        assert client.get("/api/me", headers=auth(new)).json() == {"name": "ann"}
+        assert client.get("/api/me", headers=auth(new)).json() == {"name": "ann", "reviewer": False}
         r = CliRunner().invoke(cli, ["feedback", "disable-annotator", "--db", db_url, "--name", "ann"])
         assert r.exit_code == 0 and "disabled" in r.output
         while client.get("/api/me", headers=auth(new)).status_code == 200:

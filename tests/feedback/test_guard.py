@@ -60,7 +60,7 @@ def test_a_body_is_not_read_before_the_token_is_checked_nor_past_the_limit(db_ur
     chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
     reply = _raw(server, authorized + b"Transfer-Encoding: chunked\r\n\r\n", chunk * 17)
     assert reply.startswith("HTTP/1.1 413")
-    assert httpx.get(server.url + "/api/me", headers=auth(token)).json() == {"name": "ann"}  # still serving
+    assert httpx.get(server.url + "/api/me", headers=auth(token)).json() == {"name": "ann", "reviewer": False}  # still serving
 
 
 def test_the_body_limit_is_a_setting(fb, db_url):
