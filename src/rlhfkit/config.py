@@ -236,7 +236,7 @@ class FeedbackConfig:
         "help": "Serve: admin token file (default: beside the SQLite file); $RLHFKIT_ADMIN_TOKEN wins over it."})
     project: str = field(default="", metadata={"help": "Project name."})
     kinds: list[str] = field(default_factory=lambda: ["rate", "rank", "compare", "edit"], metadata={
-        "help": "Import: task kinds to make (rate, rank, compare, edit)."})
+        "help": "Import: task kinds to make (rate, rank, compare, edit, thumbs)."})
     annotators_per_task: int | None = field(default=None, metadata={
         "help": "Import: how many annotators answer each task (a new project: 1)."})
     max_held: int | None = field(default=None, metadata={
@@ -247,8 +247,8 @@ class FeedbackConfig:
         "help": "Import: a text or Markdown file with the project's guidelines."})
     gold: str | None = field(default=None, metadata={
         "help": 'Import: candidates with known answers ("gold": {...}), mixed in as gold tasks.'})
-    format: typing.Literal["all", "pairs", "rankings", "ratings", "edits"] = field(default="all", metadata={
-        "help": "Export: which records: all | pairs | rankings | ratings | edits."})
+    format: typing.Literal["all", "pairs", "rankings", "ratings", "edits", "thumbs"] = field(default="all", metadata={
+        "help": "Export: which records: all | pairs | rankings | ratings | edits | thumbs."})
     merge: bool = field(default=True, metadata={
         "help": "Export: merge several annotators' rankings of a task into one (Bradley–Terry)."})
     labels: typing.Literal["all", "majority", "resolved"] = field(default="all", metadata={
@@ -395,8 +395,8 @@ class SimulateConfig:
     judge: str = field(default="sentiment", metadata={"help": "Gold judge name (rlhfkit.judges)."})
     candidates: str = field(default="", metadata={"help": "Candidates JSONL from `rlhf sample`."})
     output: str = field(default="runs/feedback.jsonl", metadata={"help": "Feedback JSONL to write."})
-    kind: typing.Literal["rate", "rank", "compare", "edit"] = field(default="rank", metadata={
-        "help": "Feedback kind to write: rate | rank | compare | edit."})
+    kind: typing.Literal["rate", "rank", "compare", "edit", "thumbs"] = field(default="rank", metadata={
+        "help": "Feedback kind to write: rate | rank | compare | edit | thumbs."})
     annotators: int = field(default=1, metadata={
         "help": "Simulated annotators (named sim-0, sim-1, ...); prompts are spread over them."})
     per_prompt: int = field(default=1, metadata={

@@ -204,3 +204,33 @@ def test_markdown_guidelines_without_raw_html_long_words_the_rank_legend_at_1280
         page.wait_for_function("() => document.querySelector('#who').textContent === 'bob'")
         page.wait_for_selector("#view-task:not([hidden])")
         browser.close()
+
+
+def test_a_thumbs_task_is_answered_with_one_key(tmp_path, server_factory):
+    playwright = pytest.importorskip("playwright.sync_api")
+    db_url = str(tmp_path / "feedback.db")
+    db = Database(db_url)
+    two = [SINGLE, {**SINGLE, "response": "It is 4/12.", "prompt": "What is 3/4 + 1/8?"}]
+    import_candidates(db, "tutor", write_jsonl(tmp_path / "single.jsonl", two), "thumbs")
+    server = server_factory(db_url)
+    token = httpx.post(server.url + "/api/admin/annotators", json={"name": "ann"}, headers=auth(ADMIN)).json()["token"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{server.url}/#token={token}")
+        answers = {}
+        for _ in range(2):
+            page.wait_for_selector("#view-task:not([hidden])")
+            assert page.get_attribute("#view-task", "data-kind") == "thumbs"
+            shown = page.get_attribute("#view-task", "data-assignment")
+            key = "n" if "4/12" in page.inner_text("#task-body") else "ArrowUp"
+            answers[int(shown)] = "down" if key == "n" else "up"
+            page.keyboard.press(key)  # one key: no Enter
+            page.wait_for_function("(shown) => document.querySelector('#view-task').dataset.assignment !== shown "
+                                   "|| !document.querySelector('#view-done').hidden", arg=shown)
+        page.wait_for_selector("#view-done:not([hidden])")
+        browser.close()
+    with db.tx() as s:
+        stored = dict(s.execute(select(Answer.assignment_id, Answer.payload)).all())
+    db.dispose()
+    assert {a: p["thumb"] for a, p in stored.items()} == answers and sorted(answers.values()) == ["down", "up"]

@@ -176,6 +176,11 @@ def normalise_answer(kind: str, body: dict, n_responses: int, display_order: lis
             raise ApiError(422, "ranking", "rank at least 2 responses (or set none_acceptable)")
         return {"ranking": groups, "none_acceptable": none_ok, "partial": len(seen) < n_responses,
                 "shown": display_order, "comment": _comment(body)}
+    if kind == "thumbs":
+        thumb = body.get("thumb")
+        if thumb not in ("up", "down"):
+            raise ApiError(422, "thumb", f"expected up or down, got {thumb!r}")
+        return {"thumb": thumb, "comment": _comment(body)}
     if kind == "edit":
         edited = body.get("edited")
         if not isinstance(edited, str):

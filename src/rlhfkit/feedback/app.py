@@ -37,7 +37,8 @@ STATIC = Path(__file__).with_name("static")
 # Project settings: the range each may take (a larger value is a typo, and would overflow the INTEGER column).
 SETTINGS = {"annotators_per_task": (1, 1000), "max_held": (1, 10_000), "hold_minutes": (0, 525_600)}
 MAX_GUIDELINES = 100_000  # characters
-ANSWER_FIELDS = {"submission_id", "comment", "score", "choice", "strength", "ranking", "none_acceptable", "edited"}
+ANSWER_FIELDS = {"submission_id", "comment", "score", "choice", "strength", "ranking", "none_acceptable", "edited",
+                 "thumb"}
 
 
 class Caller:

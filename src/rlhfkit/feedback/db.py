@@ -24,7 +24,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integ
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-KINDS = ("rate", "rank", "compare", "edit")
+KINDS = ("rate", "rank", "compare", "edit", "thumbs")
 SCHEMA_VERSION_TABLE = "schema_version"
 
 

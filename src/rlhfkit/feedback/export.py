@@ -6,6 +6,8 @@ Formats (each record carries the annotator's name):
                               annotators' rankings merged by Bradley–Terry, with their "agreement"
   ratings  rate answers     → {"prompt", "response", "score", "annotator"}
   edits    edit answers     → {"prompt", "response", "edited", "annotator"} (the latest revision)
+  thumbs   thumbs answers   → {"prompt", "completion", "label", "annotator"}: the unpaired (KTO) shape, label true
+                              for up; the reward model and DPO read it as a rating 1 or 0
   (each record also carries the annotator's ``"comment"`` when they wrote one; a merged ranking ``"comments"``)
   all      every one of the above in one file (``read_records(path, "auto")`` tells them apart)
 A file export is written all or nothing (:func:`write_export`).
@@ -38,9 +40,9 @@ from rlhfkit.feedback.checks import find_bad_text
 from rlhfkit.feedback.db import (Annotator, Answer, Assignment, Database, Project, Prompt, Resolution, Response, Task,
                                  get_project)
 
-FORMATS = ("all", "pairs", "rankings", "ratings", "edits")
+FORMATS = ("all", "pairs", "rankings", "ratings", "edits", "thumbs")
 LABELS = ("all", "majority", "resolved")
-KIND_OF_FORMAT = {"pairs": "compare", "rankings": "rank", "ratings": "rate", "edits": "edit"}
+KIND_OF_FORMAT = {"pairs": "compare", "rankings": "rank", "ratings": "rate", "edits": "edit", "thumbs": "thumbs"}
 
 
 @dataclass
@@ -144,6 +146,9 @@ def _answer_record(kind: str, prompt: dict, responses: list[str], name: str, p: 
     if kind == "edit":
         return _weighted({**prompt, "response": responses[0], "edited": p["edited"], "annotator": name,
                           "revisions": revisions}, weight, c)
+    if kind == "thumbs":
+        return _weighted({**prompt, "completion": responses[0], "label": p["thumb"] == "up", "annotator": name},
+                         weight, c)
     if sum(len(g) for g in p["ranking"]) < 2:
         return None
     return _weighted({**prompt, "responses": responses, "annotator": name,
@@ -156,6 +161,9 @@ def _majority(kind: str, dones: list[Done]) -> Optional[dict]:
     top is shared or is "tie"; its margin the mean of that side's voters), a rating's median score."""
     if kind == "rate":
         return {"score": statistics.median(d.payload["score"] for d in dones)}
+    if kind == "thumbs":
+        (top, n), *rest = Counter(d.payload["thumb"] for d in dones).most_common()
+        return None if rest and rest[0][1] == n else {"thumb": top}
     votes = Counter(d.payload["better"] for d in dones)
     (top, n), *rest = votes.most_common()
     if top is None or (rest and rest[0][1] == n):
@@ -212,7 +220,7 @@ def _records(db: Database, project: str, fmt: str, merge: bool, weights: Optiona
             if rec:
                 yield f"{where}, annotators {[d.annotator for d in dones]!r}", rec
             continue
-        if labels == "majority" and task.kind in ("rate", "compare") and len(dones) >= 2:
+        if labels == "majority" and task.kind in ("rate", "compare", "thumbs") and len(dones) >= 2:
             payload = _majority(task.kind, dones)
             if payload is not None:
                 mean_weight = sum(weights.get(d.annotator, 1.0) for d in dones) / len(dones)
@@ -284,6 +292,8 @@ def _gold_score(task: Task, p: dict) -> Optional[float]:
     gold = task.gold or {}
     if task.kind == "rate" and "score" in gold:
         return float(abs(p["score"] - gold["score"]) <= 1)  # within one step of the known rating
+    if task.kind == "thumbs" and "thumb" in gold:
+        return float(p["thumb"] == gold["thumb"])
     if task.kind == "compare" and "better" in gold:
         return float(p["better"] == gold["better"])
     if task.kind == "rank" and "ranking" in gold:
@@ -298,7 +308,7 @@ def _gold_score(task: Task, p: dict) -> Optional[float]:
 def agreement_by_kind(tasks: list[Task], answers: dict[int, list[Done]]) -> dict:
     """Pairwise agreement and Krippendorff's alpha per task kind, over tasks with at least 2 answers."""
     out = {}
-    for kind in ("rate", "rank", "compare", "edit"):
+    for kind in ("rate", "rank", "compare", "edit", "thumbs"):
         multi = [answers[t.id] for t in tasks if t.kind == kind and len(answers.get(t.id, [])) >= 2]
         if kind == "rank":
             units = [u for ds in multi for u in agr.ranking_units([d.payload["ranking"] for d in ds])]

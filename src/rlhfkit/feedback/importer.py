@@ -8,7 +8,8 @@ its tasks become gold tasks with that known answer, mixed in among the others un
 A prompt's responses are texts (not blank) that differ: annotators would otherwise compare a copy with itself.
 
 Tasks made per prompt with K responses: rate → one per response; rank → one over all K (K ≥ 2);
-compare → one per pair of responses; edit → one on the first response.
+compare → one per pair of responses; edit → one on the first response; thumbs → one per response (up or down).
+A thumbs task's gold answer comes from the gold ratings: up for 4 (acceptable) or more.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from rlhfkit.data.formats import (RecordError, check_ranking, decode_line, open_
 from rlhfkit.feedback.annotate import refresh_open
 from rlhfkit.feedback.checks import check_name, find_bad_text, text_problem
 from rlhfkit.feedback.db import KINDS, Database, Project, Prompt, Response, Task, get_project
+
+THUMBS_UP_FROM = 4  # a gold or simulated rating of 4 (acceptable) or more is a thumbs up
 
 KNOWN_FIELDS = {"prompt", "messages", "responses", "response", "model", "checkpoint", "sampling", "gold"}
 
@@ -117,6 +120,8 @@ def _gold_for(kind: str, positions: list[int], gold: Optional[dict]) -> Optional
         return None
     if kind == "rate":
         return {"score": gold["ratings"][positions[0]]} if "ratings" in gold else None
+    if kind == "thumbs":
+        return {"thumb": "up" if gold["ratings"][positions[0]] >= THUMBS_UP_FROM else "down"} if "ratings" in gold else None
     if kind == "edit":
         return None  # an edit has no single right answer
     if "ranking" in gold:
@@ -139,8 +144,8 @@ def task_specs(kinds: list[str], k: int) -> list[tuple[str, list[int]]]:
     """(kind, response positions) of the tasks made for one prompt with ``k`` responses."""
     specs: list[tuple[str, list[int]]] = []
     for kind in kinds:
-        if kind == "rate":
-            specs += [("rate", [i]) for i in range(k)]
+        if kind in ("rate", "thumbs"):
+            specs += [(kind, [i]) for i in range(k)]
         elif kind == "rank" and k >= 2:
             specs.append(("rank", list(range(k))))
         elif kind == "compare":

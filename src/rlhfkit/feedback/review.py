@@ -33,6 +33,8 @@ def describe(kind: str, payload: dict) -> str:
     """An answer in words, responses named by their place in the task's own order (A/B, Response 1..K)."""
     if kind == "rate":
         return f"{payload['score']} · {RATING_LABELS[payload['score']]}"
+    if kind == "thumbs":
+        return f"thumbs {payload['thumb']}"
     if kind == "compare":
         if payload["better"] is None:
             return "tie"

@@ -5,7 +5,7 @@ Noise model (one for every kind of feedback):
   and T the temperature. Picking the larger u is exactly Bradley–Terry, P(a≻b) = σ((g_a − g_b)/T);
   sorting by u is Plackett–Luce. T = 0 perceives the gold scores themselves;
 - each choice is then reversed with probability ``flip_rate`` (a careless click): compare swaps the pair,
-  rank swaps each adjacent pair, rate draws a uniform 1–7 score, edit keeps the shown response;
+  rank swaps each adjacent pair, rate draws a uniform 1–7 score, thumbs tosses a coin, edit keeps the shown response;
 - each annotator has a rating bias (points on the 1–7 scale, drawn from N(0, bias_std)): lenient or
   harsh raters, which changes ratings but not orderings.
 With T = 0, flip_rate = 0 and bias_std = 0 the feedback reproduces the gold ordering exactly.
@@ -25,6 +25,7 @@ from rich.console import Console
 
 from rlhfkit.config import SimulateConfig
 from rlhfkit.data.formats import read_records, write_records
+from rlhfkit.feedback.importer import THUMBS_UP_FROM
 
 console = Console(stderr=True)
 
@@ -95,6 +96,13 @@ def simulate_prompt(rec: dict, gold: list[float], kind: str, cfg: SimulateConfig
             margin = abs(to_rating(u[win], lo, hi, 0.0) - to_rating(u[lose], lo, hi, 0.0))
             out.append({**base, "chosen": responses[win], "rejected": responses[lose], "margin": float(margin), "annotator": name})
         return out
+    if kind == "thumbs":  # up for a perceived rating of 4 (acceptable) or more; a careless click is a coin toss
+        out = []
+        for resp, ui in zip(responses, u):
+            careless = cfg.flip_rate > 0 and rng.random() < cfg.flip_rate
+            up = bool(rng.random() < 0.5) if careless else to_rating(ui, lo, hi, bias) >= THUMBS_UP_FROM
+            out.append({**base, "completion": resp, "label": up, "annotator": name})
+        return out
     if kind == "edit":
         # The annotator is shown the first candidate; "rewriting" it means picking the best of the others
         # (extra samples stand in for a person's rewrite). A shown response judged best is left unedited.
@@ -102,7 +110,7 @@ def simulate_prompt(rec: dict, gold: list[float], kind: str, cfg: SimulateConfig
         improve = best != 0 and u[best] > u[0] and not (cfg.flip_rate > 0 and rng.random() < cfg.flip_rate)
         edited = responses[best] if improve else responses[0]
         return [{**base, "response": responses[0], "edited": edited if edited.strip() else responses[0], "annotator": name}]
-    raise ValueError(f"kind: expected rate|rank|compare|edit, got {kind!r}")
+    raise ValueError(f"kind: expected rate|rank|compare|edit|thumbs, got {kind!r}")
 
 
 def simulate_feedback(cfg: SimulateConfig) -> list[dict]:

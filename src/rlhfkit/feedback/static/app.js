@@ -199,10 +199,10 @@ function render(task) {
     $("review-answers").replaceChildren(...task.answers.map((a) =>
       el("li", {}, el("strong", {}, a.annotator + ": "), a.says, a.comment ? ` (comment: ${a.comment})` : "")));
   }
-  $("task-kind").textContent = { rate: "Rate the response", compare: "Which response is better?", rank: "Rank the responses", edit: "Improve the response" }[task.kind];
+  $("task-kind").textContent = { rate: "Rate the response", compare: "Which response is better?", rank: "Rank the responses", edit: "Improve the response", thumbs: "Is the response good?" }[task.kind];
   renderPrompt(task);
   $("btn-submit").textContent = task.kind === "edit" ? "Submit (Ctrl+Enter)" : "Submit (Enter)";
-  ({ rate: renderRate, compare: renderCompare, rank: renderRank, edit: renderEdit })[task.kind](task, prev);
+  ({ rate: renderRate, compare: renderCompare, rank: renderRank, edit: renderEdit, thumbs: renderThumbs })[task.kind](task, prev);
   setStatus("");
   show("view-task");
 }
@@ -218,6 +218,26 @@ function renderRate(task, prev) {
     el("div", { class: "row scale" }, el("span", { class: "label" }, "Score"), ...buttons));
   $("keys").innerHTML = "<kbd>1</kbd>–<kbd>7</kbd> score · <kbd>Enter</kbd> submit · <kbd>s</kbd> skip · <kbd>u</kbd> back · <kbd>g</kbd> guidelines";
   if (prev) pickScore(prev.score);
+}
+
+// One key answers: y (or ↑) thumbs up, n (or ↓) thumbs down, and the answer is sent at once.
+function renderThumbs(task, prev) {
+  const thumb = (t, text) => el("button", { type: "button", "data-thumb": t, onclick: () => answerThumb(t) }, text);
+  $("task-body").replaceChildren(
+    el("div", { class: "responses" }, el("div", { class: "response" }, el("h3", {}, "Response"), task.responses[0].text)),
+    el("div", { class: "row" }, thumb("up", "Good (y)"), thumb("down", "Not good (n)")));
+  $("keys").innerHTML = "<kbd>y</kbd> or <kbd>↑</kbd> good · <kbd>n</kbd> or <kbd>↓</kbd> not good (each sends the answer) · <kbd>s</kbd> skip · <kbd>u</kbd> back · <kbd>g</kbd> guidelines";
+  if (prev) pickThumb(prev.thumb);
+}
+
+function pickThumb(t) {
+  state.answer.thumb = t;
+  document.querySelectorAll("[data-thumb]").forEach((b) => b.classList.toggle("picked", b.dataset.thumb === t));
+}
+
+function answerThumb(t) {
+  pickThumb(t);
+  return submit();
 }
 
 function pickScore(s) {
@@ -331,6 +351,10 @@ function buildBody() {
     if (a.choice !== "tie" && !a.strength) throw new Error("Say how much better: slightly, clearly or much.");
     return { choice: a.choice, strength: a.choice === "tie" ? null : a.strength, comment };
   }
+  if (t.kind === "thumbs") {
+    if (!a.thumb) throw new Error("Thumbs up (y) or down (n).");
+    return { thumb: a.thumb, comment };
+  }
   if (t.kind === "rank") {
     const ranking = rankingFromPlaces();
     if (ranking.flat().length < 2 && !a.none_acceptable) throw new Error("Rank at least two responses, or tick 'none is acceptable'.");
@@ -404,6 +428,8 @@ document.addEventListener("keydown", (ev) => {
   else if (ev.key === "g") toggleGuidelines();
   else if (ev.key === "r" && state.me && state.me.reviewer) toggleReview();
   else if (kind === "rate" && n >= 1 && n <= 7) pickScore(n);
+  else if (kind === "thumbs" && (ev.key === "y" || ev.key === "ArrowUp")) answerThumb("up");
+  else if (kind === "thumbs" && (ev.key === "n" || ev.key === "ArrowDown")) answerThumb("down");
   else if (kind === "compare" && ["a", "b", "t"].includes(ev.key)) pickChoice(ev.key === "t" ? "tie" : ev.key);
   else if (kind === "compare" && n >= 1 && n <= 3) pickStrength(state.project.strengths[n - 1]);
   else if (kind === "rank" && n === 0) clearPlaces();
