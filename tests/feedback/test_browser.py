@@ -234,3 +234,68 @@ def test_a_thumbs_task_is_answered_with_one_key(tmp_path, server_factory):
         stored = dict(s.execute(select(Answer.assignment_id, Answer.payload)).all())
     db.dispose()
     assert {a: p["thumb"] for a, p in stored.items()} == answers and sorted(answers.values()) == ["down", "up"]
+
+
+def test_the_admin_page_creates_a_project_from_a_file_adds_an_annotator_whose_link_works_and_exports(tmp_path, server_factory):
+    playwright = pytest.importorskip("playwright.sync_api")
+    from rlhfkit.feedback.db import Annotator, Project
+
+    db_url = str(tmp_path / "feedback.db")
+    Database(db_url).dispose()
+    server = server_factory(db_url)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "responses": ["a", "b"]}\n{"prompt": "q", "responses": ["same", "same"]}\n')
+    good = write_jsonl(tmp_path / "cands.jsonl", [PAIR])
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        refused = []
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        page.goto(server.url + "/admin")
+        page.fill("#admin-token", ADMIN)
+        page.press("#admin-token", "Enter")
+        page.wait_for_selector("#admin-main:not([hidden])")
+        page.fill("#import-name", "tutor")
+        page.set_input_files("#import-file", str(bad))
+        page.click("#import-form button[type=submit]")
+        page.wait_for_selector("#import-status.error")
+        assert "bad.jsonl:2" in page.inner_text("#import-status")  # the file and line at fault
+        page.set_input_files("#import-file", str(good))
+        page.click("#import-form button[type=submit]")
+        page.wait_for_function("() => document.querySelector('#import-status').textContent.includes('tasks added')")
+        assert "tutor: 1 prompts, 4 tasks added" in page.inner_text("#import-status")  # rate × 2 + rank + compare
+        page.wait_for_selector("tr[data-project='tutor']")
+        page.fill("#annotator-name", "ann")
+        page.press("#annotator-name", "Enter")
+        page.wait_for_selector("li[data-annotator='ann'] code.link")
+        link = page.inner_text("li[data-annotator='ann'] code.link")
+        assert link.startswith(server.url + "/#token=")
+        annotator = browser.new_page(viewport={"width": 1280, "height": 800})
+        annotator.goto(link)
+        annotator.wait_for_selector("#view-task:not([hidden])")
+        assert annotator.inner_text("#who") == "ann"
+        if annotator.get_attribute("#view-task", "data-kind") == "rate":
+            annotator.keyboard.press("5")
+        elif annotator.get_attribute("#view-task", "data-kind") == "compare":
+            annotator.keyboard.press("a")
+            annotator.keyboard.press("2")
+        else:
+            annotator.keyboard.press("1")
+            annotator.keyboard.press("2")
+        annotator.keyboard.press("Enter")
+        annotator.wait_for_function("() => document.querySelector('#progress').textContent.startsWith('1 done')")
+        page.click("tr[data-project='tutor'] button.progress")
+        page.wait_for_selector("#progress-view:not([hidden])")
+        assert "ann" in page.inner_text("#progress-annotators")
+        with page.expect_download() as got:
+            page.click("tr[data-project='tutor'] button.export")
+        exported = Path(got.value.path()).read_text()
+        browser.close()
+    assert refused == []
+    assert len([line for line in exported.splitlines() if line.strip()]) >= 1
+    db = Database(db_url)
+    with db.tx() as s:
+        project = s.scalar(select(Project).where(Project.name == "tutor"))
+        assert project is not None and s.scalar(select(Annotator.name)) == "ann"
+        assert len(list(s.scalars(select(Task).where(Task.project_id == project.id)))) == 4
+    db.dispose()

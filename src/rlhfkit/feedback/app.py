@@ -11,6 +11,7 @@ Every handler is one database transaction; an answer is acknowledged only after 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,7 +31,7 @@ from rlhfkit.feedback.annotate import ApiError
 from rlhfkit.feedback.auth import (TOKEN_CACHE_SECONDS, TokenCache, annotator_named, create_annotator, find_annotator,
                                    is_admin, rotate_token)
 from rlhfkit.feedback.checks import MAX_ID, BadField, check_name, parse_json, printable, text_problem
-from rlhfkit.feedback.db import Annotator, Database, Project, Task, get_project
+from rlhfkit.feedback.db import Annotator, Assignment, Database, Project, Task, get_project
 from rlhfkit.feedback.guard import MAX_BODY, Guard, LoginFailure, error_response, with_security_headers
 
 STATIC = Path(__file__).with_name("static")
@@ -217,6 +218,11 @@ def add_page(app: FastAPI, db: Database) -> None:
     def index():
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
+    @app.get("/admin", include_in_schema=False)
+    def admin_page():
+        """The admin page: projects from a candidates file, annotators and their links, progress, exports."""
+        return FileResponse(STATIC / "admin.html", headers={"Cache-Control": "no-store"})
+
     @app.get("/healthz", include_in_schema=False)
     def healthz():
         return {"ok": True, "schema_version": db.version}
@@ -301,6 +307,58 @@ def add_admin_routes(app: FastAPI, db: Database, tokens: TokenCache) -> None:
             ops.refresh_open(s, p)
             return {"name": p.name, "guidelines": p.guidelines, "annotators_per_task": p.annotators_per_task,
                     "max_held": p.max_held, "hold_minutes": p.hold_minutes, "open_to_all": p.open_to_all}
+
+    @app.get("/api/admin/projects")
+    def list_projects(_: Caller = Depends(admin)):
+        """Every project with its settings and progress: tasks, gold tasks, tasks answered, answers."""
+        with db.tx() as s:
+            projects = list(s.scalars(select(Project).order_by(Project.name)))
+            counts = {pid: (n, gold) for pid, n, gold in s.execute(
+                select(Task.project_id, func.count(Task.id), func.count(Task.id).filter(Task.is_gold))
+                .group_by(Task.project_id)).all()}
+            answered = dict(s.execute(select(Task.project_id, func.count(func.distinct(Task.id)))
+                                      .join(Assignment, Assignment.task_id == Task.id)
+                                      .where(Assignment.status == "done").group_by(Task.project_id)).all())
+            answers = dict(s.execute(select(Assignment.project_id, func.count(Assignment.id))
+                                     .where(Assignment.status == "done").group_by(Assignment.project_id)).all())
+            return [{"name": p.name, "annotators_per_task": p.annotators_per_task, "open_to_all": p.open_to_all,
+                     "tasks": counts.get(p.id, (0, 0))[0], "gold_tasks": counts.get(p.id, (0, 0))[1],
+                     "answered": answered.get(p.id, 0), "answers": answers.get(p.id, 0)} for p in projects]
+
+    @app.post("/api/admin/projects/{name}/import", status_code=201)
+    def import_project(name: str, body: dict = Depends(body_object), _: Caller = Depends(admin)):
+        """A candidates file's text (``candidates``, named ``filename``) as tasks of ``kinds`` in the project, made
+        if new; as ``rlhf feedback import`` does. A bad line is a 422 naming the file, the line and the field."""
+        from rlhfkit.data.formats import RecordError
+        from rlhfkit.feedback.importer import import_candidates
+
+        only(body, {"candidates", "filename", "kinds", "annotators_per_task", "guidelines"})
+        candidates, filename = body.get("candidates"), body.get("filename") or "candidates.jsonl"
+        if not isinstance(candidates, str) or not candidates.strip():
+            raise ApiError(422, "candidates", "expected the text of a candidates JSONL file")
+        if not isinstance(filename, str) or "/" in filename or len(filename) > 200:
+            raise ApiError(422, "filename", "expected a file name (no folders)")
+        kinds = body.get("kinds", ["rate", "rank", "compare", "edit"])
+        if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+            raise ApiError(422, "kinds", "expected a list of task kinds")
+        per_task = body.get("annotators_per_task")
+        if per_task is not None and (not isinstance(per_task, int) or isinstance(per_task, bool)
+                                     or not SETTINGS["annotators_per_task"][0] <= per_task <= SETTINGS["annotators_per_task"][1]):
+            raise ApiError(422, "annotators_per_task", f"expected an integer 1..{SETTINGS['annotators_per_task'][1]}")
+        guidelines = body.get("guidelines")
+        if guidelines is not None and (not isinstance(guidelines, str) or len(guidelines) > MAX_GUIDELINES):
+            raise ApiError(422, "guidelines", f"expected a string of at most {MAX_GUIDELINES} characters")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / filename
+            path.write_text(candidates, encoding="utf-8")
+            try:
+                counts = import_candidates(db, name, path, kinds, guidelines=guidelines, annotators_per_task=per_task)
+            except RecordError as e:
+                raise ApiError(422, "candidates", str(e).replace(str(path), filename)) from None
+            except ValueError as e:
+                field, _, problem = str(e).partition(": ")
+                raise ApiError(422, field.lstrip("-").replace("-", "_") or "body", problem or str(e)) from None
+        return {"project": name, **counts}
 
     @app.get("/api/admin/projects/{name}/members")
     def project_members(name: str, _: Caller = Depends(admin)):
