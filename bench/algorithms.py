@@ -19,6 +19,7 @@ seconds; the x axis is the training steps' own seconds. ``--plot OUT [OUT ...]``
 Usage:
   .venv/bin/python bench/algorithms.py --run runs/d0 --minutes 3 [--algos ppo,grpo,rloo,reinforce++,dpo]
       [--best-of 4] [--eval-prompts 24] [--curve-points 6] [--out bench/out/algorithms/d0] [--eval-only]
+      [--step-seconds-from bench/out/algorithms/d0]
   .venv/bin/python bench/algorithms.py --plot OUT1 OUT2 --figure bench/figures/algorithms.png
 Output: OUT/table.md, OUT/results.json and OUT/gold_vs_minutes.png; each method's run folder under OUT/.
 """
@@ -40,17 +41,25 @@ ROOT = Path(__file__).resolve().parent.parent
 ONLINE = ("ppo", "grpo", "rloo", "reinforce++")
 
 
-def step_seconds(run: Path, out: Path) -> dict[str, float]:
-    """Each method's seconds per training step, to space its curve's evaluations: from an earlier run of the bench
-    into ``out`` where there is one, else the pipeline run's PPO updates (every online method takes the same
-    answers per update) and DPO at 0.4 of that (8 pairs, no sampling; 0.2–0.4 on the recipes here)."""
-    earlier = out / "trained.json"
-    if earlier.exists():
-        return {t["algo"]: t["train_s"] / max(t["steps"], 1) for t in json.loads(earlier.read_text())}
+def step_seconds(run: Path, out: Path, earlier: Path | None = None) -> dict[str, float]:
+    """Each method's seconds per training step, to space its curve's evaluations: measured by an earlier run of the
+    bench (``earlier``, default ``out``: its trained.json, or for a method it did not finish, the mean step of its
+    metrics.jsonl), else the pipeline run's PPO updates (every online method takes the same answers per update)
+    and DPO at 0.4 of that (8 pairs, no sampling)."""
     rows = [json.loads(line) for line in (run / "ppo" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     times = sorted(r["time_step_s"] for r in rows if "time_step_s" in r)
     update = times[len(times) // 2]  # the median update
-    return {**{algo: update for algo in ONLINE}, "dpo": 0.4 * update}
+    seconds = {**{algo: update for algo in ONLINE}, "dpo": 0.4 * update}
+    src = earlier or out
+    for algo in seconds:
+        log = src / algo.replace("+", "p") / "metrics.jsonl"
+        steps = [json.loads(line).get("time_step_s") for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+        steps = [t for t in steps if t]
+        if steps:
+            seconds[algo] = sum(steps) / len(steps)
+    if (src / "trained.json").exists():
+        seconds.update({t["algo"]: t["train_s"] / max(t["steps"], 1) for t in json.loads((src / "trained.json").read_text())})
+    return seconds
 
 
 def method_config(algo: str, run: Path, out: Path, minutes: float, seed: int, curve: dict) -> tuple[str, dict]:
@@ -154,6 +163,8 @@ def main() -> None:
     ap.add_argument("--eval-prompts", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--step-seconds-from", default=None,
+                    help="an earlier bench run's folder whose measured step times space the curve's evaluations")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the methods an earlier run of the bench trained")
     ap.add_argument("--curve-points", type=int, default=6, help="held-out gold evaluations per method after step 0")
     ap.add_argument("--plot", nargs="+", default=None, help="draw these runs of the bench (their OUT folders) and stop")
@@ -173,7 +184,7 @@ def main() -> None:
 
     curve_prompts = out / "curve_prompts.jsonl"
     curve_prompts.write_text("".join(json.dumps(r) + "\n" for r in read_records(eval_cfg["prompts"], "prompt")[: args.eval_prompts]))
-    per_step = step_seconds(run, out)
+    per_step = step_seconds(run, out, Path(args.step_seconds_from) if args.step_seconds_from else None)
     every = {algo: max(1, round(60 * args.minutes / per_step[algo] / args.curve_points)) for algo in per_step}
     curve = {"prompts": str(curve_prompts), "judge": eval_cfg["judge"], "every": every}
     trained = json.loads((out / "trained.json").read_text()) if args.eval_only else []
