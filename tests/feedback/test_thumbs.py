@@ -34,12 +34,12 @@ def test_a_thumbs_answer_is_stored_exported_in_the_unpaired_shape_and_scored_on_
         while (task := client.get("/api/projects/demo/next", headers=auth(token)).json()["task"]) is not None:
             assert task["kind"] == "thumbs" and len(task["responses"]) == 1
             bad = client.post(f"/api/assignments/{task['assignment_id']}/answer", headers=auth(token),
-                              json={"thumb": "sideways", "submission_id": f"bad-{answered:04d}"})
+                              json={"thumb": "sideways", "submission_id": f"bad-answer-{answered:04d}"})
             assert bad.status_code == 422 and bad.json()["field"] == "thumb"
             text = task["responses"][0]["text"]
             thumb = "down" if text in DOWN else "up"
             r = client.post(f"/api/assignments/{task['assignment_id']}/answer", headers=auth(token),
-                            json={"thumb": thumb, "submission_id": f"ok-{answered:04d}"})
+                            json={"thumb": thumb, "submission_id": f"good-answer-{answered:04d}"})
             assert r.status_code == 201, r.text
             answered += 1
         assert answered == 6 + 2  # a task per response: 3 + 3 candidates, 2 gold
