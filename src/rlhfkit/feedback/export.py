@@ -20,7 +20,6 @@ ranking by its annotator's weight in the Bradley–Terry merge, and carries its 
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import secrets
@@ -317,7 +316,7 @@ def agreement_by_kind(tasks: list[Task], answers: dict[int, list[Done]]) -> dict
         entry = {"tasks_with_2plus": len(multi)}
         if kind == "edit":
             # Free text has no exact-agreement scale: mean similarity of two annotators' edits (difflib ratio).
-            sims = [difflib.SequenceMatcher(None, a, b).ratio() for u in units for a, b in combinations(u, 2)]
+            sims = [v for ds in multi for a, b in combinations(ds, 2) for v in agr.answer_agreement(kind, a.payload, b.payload)]
             entry.update(pairwise=sum(sims) / len(sims) if sims else None, alpha=None, metric="text similarity")
         else:
             metric = "interval" if kind == "rate" else "nominal"

@@ -2,17 +2,6 @@
 // Plain JavaScript over the admin API (/api/admin/...); the admin token stays in this tab (sessionStorage).
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const el = (tag, attrs = {}, ...children) => {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v);
-  }
-  for (const c of children) e.append(c);
-  return e;
-};
 let token = sessionStorage.getItem("rlhfkit.admin") || "";
 
 async function api(method, path, body, raw = false) {

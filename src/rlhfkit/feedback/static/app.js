@@ -1,18 +1,6 @@
 // The annotation page: one task at a time. Plain JavaScript, no libraries, talks to /api.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const el = (tag, attrs = {}, ...children) => {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v);
-  }
-  for (const c of children) e.append(c);
-  return e;
-};
-
 const state = {
   token: localStorage.getItem("rlhfkit.token") || "",
   project: null,        // {name, guidelines, rating_labels, strengths}
