@@ -481,6 +481,68 @@ def feedback_export(
     typer.echo(f"wrote {n} {cfg.format} records to {output}", err=True)
 
 
+@feedback_app.command("arena")
+def feedback_arena(
+    eval_dir: Path = typer.Argument(..., help="An evaluation folder (eval.json, samples.jsonl) of `rlhf eval`."),
+    db: str = typer.Option("feedback.db", help="The feedback app's database (a SQLite path or URL)."),
+    project: str = typer.Option("", help="The arena project (default: from the folder's name)."),
+    model: Optional[str] = typer.Option(None, help="The model judged (default: the last evaluated policy)."),
+    reference: Optional[str] = typer.Option(None, help="What it is judged against (default: the reference)."),
+    annotators_per_task: int = typer.Option(1, help="Annotators who judge each pair (a new project)."),
+    wait: bool = typer.Option(False, help="Wait until every pair has its annotators' answers."),
+    poll_seconds: float = typer.Option(10.0, help="With --wait: seconds between progress checks."),
+    seed: int = typer.Option(0, help="Random seed of the task order and the bootstrap."),
+):
+    """Human A/B evaluation: make the blind arena project of an evaluation (once), then write the people's win
+    rate with its interval, beside the gold judge's and the reward model's, to EVAL_DIR/human.json."""
+    from rlhfkit.feedback.arena import arena_project_name, arena_results, human_summary, make_arena, wait_for_answers
+    from rlhfkit.feedback.db import Database
+
+    if not (eval_dir / "samples.jsonl").exists():
+        fail(f"{eval_dir}: no samples.jsonl (run `rlhf eval --output {eval_dir}` first)")
+    database = Database(db)
+    try:
+        info = make_arena(database, project or arena_project_name(eval_dir), eval_dir, model, reference,
+                          annotators_per_task, seed)
+        typer.echo(f"arena project {info['project']}: {info['tasks']} pairs to judge", err=True)
+        if wait:
+            wait_for_answers(database, info["project"], poll_seconds, lambda m: typer.echo(m, err=True))
+        result = arena_results(database, eval_dir, seed=seed)
+    except ValueError as e:
+        fail(str(e))
+    finally:
+        database.dispose()
+    typer.echo(human_summary(result))
+    typer.echo(f"wrote {eval_dir / 'human.json'}", err=True)
+
+
+@feedback_app.command("simulate-team")
+def feedback_simulate_team(
+    url: str = typer.Option("http://127.0.0.1:8000", help="The running feedback app."),
+    token: List[str] = typer.Option(..., help="An annotator token (repeat: one simulated annotator each)."),
+    judge: str = typer.Option(..., help="Gold judge the annotators answer by (rlhfkit.judges)."),
+    prompts: List[Path] = typer.Option([], help="Prompt JSONL whose records the judge needs (repeat)."),
+    project: List[str] = typer.Option([], help="Only these projects (repeat; default: every one they may see)."),
+    temperature: float = typer.Option(0.0, help="Bradley–Terry temperature, in gold-score units."),
+    flip_rate: float = typer.Option(0.0, help="Probability that a choice is reversed."),
+    tie_margin: float = typer.Option(0.0, help="Perceived scores this close tie."),
+    idle_seconds: float = typer.Option(0.0, help="Keep looking for new tasks this long before stopping (0: stop at once)."),
+    seed: int = typer.Option(0, help="Random seed."),
+):
+    """Simulated annotators answering through the app's HTTP API, as people's browsers do (for demos and tests)."""
+    from rlhfkit.data.formats import RecordError, read_records
+    from rlhfkit.feedback.team import TeamSettings, records_by_prompt, run_team
+    from rlhfkit.judges import get_judge
+
+    try:
+        records = records_by_prompt([r for p in prompts for r in read_records(p, "prompt")])
+        settings = TeamSettings(temperature=temperature, flip_rate=flip_rate, tie_margin=tie_margin,
+                                idle_seconds=idle_seconds, seed=seed, projects=list(project))
+        run_team(url, list(token), get_judge(judge), records, settings, say=lambda m: typer.echo(m, err=True))
+    except (RecordError, ValueError, RuntimeError) as e:
+        fail(str(e))
+
+
 @feedback_app.command("stats")
 @feedback_command("project", "fast_seconds")
 def feedback_stats(
@@ -674,6 +736,21 @@ def eval_(cfg, split: Optional[str] = SplitOpt):
                   win(r["win_rate_gold"]), fmt(r["response_len"], ".1f"), fmt(r["no_eos_frac"], ".2f"))
     Console().print(t)
     typer.echo(f"wrote {Path(cfg.output) / 'eval.json'}", err=True)
+    if cfg.human:
+        from rlhfkit.feedback.arena import arena_project_name, make_arena
+        from rlhfkit.feedback.db import Database
+
+        database = Database(cfg.db)
+        try:
+            info = make_arena(database, cfg.human_project or arena_project_name(cfg.output), cfg.output,
+                              annotators_per_task=cfg.human_annotators, seed=cfg.seed)
+        except ValueError as e:
+            fail(str(e))
+        finally:
+            database.dispose()
+        typer.echo(f"arena project {info['project']}: {info['tasks']} pairs of {info['model']} and {info['reference']} "
+                   f"to judge ({info['identical']} identical pairs count as ties); serve it with `rlhf feedback serve "
+                   f"--db {cfg.db}`, then `rlhf feedback arena {cfg.output} --db {cfg.db}` reads the verdict")
 
 
 @app.command()

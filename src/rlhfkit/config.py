@@ -356,6 +356,13 @@ class EvalConfig:
     seed: int = field(default=0, metadata={
         "help": "Seed every model samples with, so identical models give identical answers."})
     threads: int = field(default=0, metadata={"help": "Torch threads (0: leave torch's default)."})
+    human: bool = field(default=False, metadata={
+        "help": "Then put the last model's answers and the reference's side by side, blind, as an arena project in "
+                "--db for people to judge (`rlhf feedback arena OUTPUT` reads their verdict)."})
+    db: str = field(default="feedback.db", metadata={"help": "Human evaluation: the feedback app's database."})
+    human_project: str = field(default="", metadata={
+        "help": "Human evaluation: the arena project's name (default: from the output folder)."})
+    human_annotators: int = field(default=1, metadata={"help": "Human evaluation: annotators who judge each pair."})
 
 
 @dataclass

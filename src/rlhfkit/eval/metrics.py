@@ -63,6 +63,16 @@ def win_rate(a: Sequence[float], b: Sequence[float], tie_tol: float = 0.0, n_boo
             "losses": int((out == 0).sum()), "n": len(out), "n_prompts": len(prompts)}
 
 
+def grouped_rate(groups: Sequence[Sequence[float]], n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Mean of per-pair outcomes (1 a win, ½ a tie, 0 a loss, or a share of several judges) grouped by prompt: each
+    prompt counts the mean of its pairs, and the bootstrap interval resamples prompts. Empty groups are left out."""
+    groups = [list(g) for g in groups if len(g)]
+    flat = np.array([x for g in groups for x in g], dtype=float)
+    lo, hi = bootstrap_ci([float(np.mean(g)) for g in groups], np.mean, n_boot, confidence, seed)
+    return {"win_rate": mean(flat), "ci": [lo, hi], "wins": int((flat > 0.5).sum()), "ties": int((flat == 0.5).sum()),
+            "losses": int((flat < 0.5).sum()), "n": len(flat), "n_prompts": len(groups)}
+
+
 def macro_f1(predicted: Sequence[str | None], gold: Sequence[str], labels: Sequence[str]) -> float | None:
     """Mean over ``labels`` of each label's F1, 2·TP / (2·TP + FP + FN); labels neither side uses are left out.
 

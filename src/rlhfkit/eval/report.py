@@ -325,6 +325,30 @@ def eval_table(ev: dict) -> str:
     return f"<table><tr><th>model</th>{head}</tr>{''.join(body)}</table>{note}"
 
 
+def human_table(h: dict) -> str:
+    """The people's blind A/B verdict (eval/human.json) beside the gold judge's and the reward model's, on the same
+    pairs, with how often each judge agrees with people."""
+    def row(who: str, w: dict, agree: str) -> str:
+        cell = win_cell(w) if w["n"] else "no answers yet"
+        return f"<tr><td>{who}</td><td class=win>{cell}</td><td>{agree}</td></tr>"
+
+    body = [row(f"people <small>({h['answers']} answers, {len(h['annotators'])} annotator(s))</small>", h["people"],
+                "–" if h.get("annotator_agreement") is None else f"between annotators {h['annotator_agreement']:.2f}")]
+    for j in h.get("judges", {}).values():
+        agree = "–" if j["agreement"] is None else f"<b>{j['agreement']:.2f}</b> <small>on {j['pairs']} pairs both decided</small>"
+        body.append(row(html.escape(j["name"]), j, agree))
+    c = h.get("choices", {})
+    note = (f"<p class=note>Project <code>{html.escape(h['project'])}</code>: {h['tasks']} pairs of "
+            f"{html.escape(h['model'])} and {html.escape(h['reference'])} answers shown blind, in an order drawn for "
+            f"each annotator; {h['answered_pairs']} answered; {h['identical']} pairs with identical answers were not "
+            f"asked and count as ties. Answers: A better or B better {c.get('a_better', 0) + c.get('b_better', 0)}, tie "
+            f"{c.get('tie', 0)}, both bad {c.get('both_bad', 0)} (a tie or both bad counts ½). Agreement: over the pairs "
+            "where people chose a side and the judge's scores differ, the share where the judge prefers the same "
+            "answer.</p>")
+    return (f"<table><tr><th>judged by</th><th>win rate of {html.escape(h['model'])} over {html.escape(h['reference'])}"
+            f"</th><th>agreement with people</th></tr>{''.join(body)}</table>{note}")
+
+
 def samples_table(samples: list[dict], ev: dict | None, n: int = 8) -> str | None:
     """Answers before (the reference) and after (the last evaluated policy, and best-of-N) for the same prompts."""
     by_model: dict[str, dict[int, dict]] = {}
@@ -543,10 +567,18 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
         return body
 
     parts = [f"<h1>rlhfkit report: {name}</h1>"]
+    human_path = run / "eval" / "human.json"
+    human = json.loads(human_path.read_text(encoding="utf-8")) if human_path.exists() else None
     lines = summary_lines(ev) if ev else []
+    if human:
+        from rlhfkit.feedback.arena import human_summary
+
+        lines.append(human_summary(human))
     if lines:
         parts.append("<ul class=summary>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
     parts.append("<h2>Evaluation</h2>" + shown(eval_table(ev) if ev else None, "evaluation table", "no eval/eval.json"))
+    if human:
+        parts.append("<h2>People's verdict: blind A/B</h2>" + human_table(human))
     parts.append("<h2>Supervised fine-tuning and reward model</h2><div class=grid>"
                  + shown(plot_sft(sft), "SFT curve", "no loss in sft/metrics.jsonl")
                  + shown(plot_rm(rm), "reward-model curve", "no accuracy in rm/metrics.jsonl") + "</div>")

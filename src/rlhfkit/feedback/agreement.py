@@ -60,8 +60,9 @@ def pairwise_agreement(units: Sequence[Sequence[Hashable]]) -> Optional[float]:
 
 def unit_value(kind: str, payload: dict):
     """What an answer of ``kind`` says, as agreement compares it: a rating's score, a comparison's better position
-    (or "tie"), an edit's text, a thumb (up or down)."""
+    (or "tie"), an arena answer's better position (or "tie", "both_bad"), an edit's text, a thumb (up or down)."""
     return {"rate": lambda: payload["score"], "compare": lambda: "tie" if payload["better"] is None else payload["better"],
+            "arena": lambda: payload["choice"] if payload["better"] is None else payload["better"],
             "edit": lambda: payload["edited"], "thumbs": lambda: payload["thumb"]}[kind]()
 
 

@@ -22,6 +22,8 @@ RATING_LABELS = {1: "Very poor", 2: "Poor", 3: "Somewhat poor", 4: "Acceptable",
                  7: "Excellent"}
 # Compare strength → margin on the reward model's preference loss (export writes it as "margin").
 STRENGTH_MARGIN = {"slightly": 1.0, "clearly": 2.0, "much": 3.0}
+# An arena answer, in the order shown: A better, B better, equally good, or neither is acceptable.
+ARENA_CHOICES = ("a", "b", "tie", "both_bad")
 MAX_TEXT = 100_000
 _shuffle = random.SystemRandom().shuffle
 
@@ -176,6 +178,12 @@ def normalise_answer(kind: str, body: dict, n_responses: int, display_order: lis
             raise ApiError(422, "ranking", "rank at least 2 responses (or set none_acceptable)")
         return {"ranking": groups, "none_acceptable": none_ok, "partial": len(seen) < n_responses,
                 "shown": display_order, "comment": _comment(body)}
+    if kind == "arena":  # two models' answers, blind: which is better, a tie, or both bad
+        choice = body.get("choice")
+        if choice not in ARENA_CHOICES:
+            raise ApiError(422, "choice", f"expected a, b, tie or both_bad, got {choice!r}")
+        better = display_order[0 if choice == "a" else 1] if choice in ("a", "b") else None
+        return {"choice": choice, "better": better, "shown": display_order, "comment": _comment(body)}
     if kind == "thumbs":
         thumb = body.get("thumb")
         if thumb not in ("up", "down"):

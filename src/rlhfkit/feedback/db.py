@@ -24,7 +24,8 @@ from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integ
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-KINDS = ("rate", "rank", "compare", "edit", "thumbs")
+KINDS = ("rate", "rank", "compare", "edit", "thumbs", "arena")
+IMPORT_KINDS = KINDS[:-1]  # arena tasks are made from an evaluation's answers (feedback/arena.py), not imported
 SCHEMA_VERSION_TABLE = "schema_version"
 
 

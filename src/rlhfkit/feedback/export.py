@@ -1,7 +1,8 @@
 """Export answers as the record formats of docs/design.md §3, and the project's stats (progress, agreement, gold).
 
 Formats (each record carries the annotator's name):
-  pairs    compare answers  → {"prompt", "chosen", "rejected", "margin", "annotator"} (ties are left out)
+  pairs    compare answers  → {"prompt", "chosen", "rejected", "margin", "annotator"} (ties are left out);
+           arena answers    → {"prompt", "chosen", "rejected", "annotator"} (ties and "both bad" are left out)
   rankings rank answers     → {"prompt", "responses", "ranking", "annotator"}, one per task: several
                               annotators' rankings merged by Bradley–Terry, with their "agreement"
   ratings  rate answers     → {"prompt", "response", "score", "annotator"}
@@ -41,7 +42,8 @@ from rlhfkit.feedback.db import (Annotator, Answer, Assignment, Database, Projec
 
 FORMATS = ("all", "pairs", "rankings", "ratings", "edits", "thumbs")
 LABELS = ("all", "majority", "resolved")
-KIND_OF_FORMAT = {"pairs": "compare", "rankings": "rank", "ratings": "rate", "edits": "edit", "thumbs": "thumbs"}
+KINDS_OF_FORMAT = {"pairs": ("compare", "arena"), "rankings": ("rank",), "ratings": ("rate",), "edits": ("edit",),
+                   "thumbs": ("thumbs",)}
 
 
 @dataclass
@@ -71,7 +73,7 @@ def working_seconds(events: list[tuple[int, str, datetime, datetime]]) -> dict[i
     return out
 
 
-def _load(db: Database, project: str) -> tuple[list[Task], dict[int, list[Done]], dict, dict, list[dict]]:
+def load_answers(db: Database, project: str) -> tuple[list[Task], dict[int, list[Done]], dict, dict, list[dict]]:
     """Tasks, answers per task id, prompt records and response texts by id, and assignment rows."""
     with db.tx() as s:
         proj = get_project(s, project)
@@ -140,6 +142,11 @@ def _answer_record(kind: str, prompt: dict, responses: list[str], name: str, p: 
             return None
         return _weighted({**prompt, "chosen": responses[p["better"]], "rejected": responses[1 - p["better"]],
                           "margin": p["margin"], "annotator": name, "strength": p["strength"]}, weight, c)
+    if kind == "arena":
+        if p["better"] is None:
+            return None
+        return _weighted({**prompt, "chosen": responses[p["better"]], "rejected": responses[1 - p["better"]],
+                          "annotator": name}, weight, c)
     if kind == "rate":
         return _weighted({**prompt, "response": responses[0], "score": p["score"], "annotator": name}, weight, c)
     if kind == "edit":
@@ -167,6 +174,8 @@ def _majority(kind: str, dones: list[Done]) -> Optional[dict]:
     (top, n), *rest = votes.most_common()
     if top is None or (rest and rest[0][1] == n):
         return None
+    if kind == "arena":
+        return {"better": top, "choice": "ab"[top]}
     side = [d.payload for d in dones if d.payload["better"] == top]
     return {"better": top, "margin": sum(p["margin"] for p in side) / len(side),
             "strength": Counter(p["strength"] for p in side).most_common(1)[0][0]}
@@ -194,9 +203,9 @@ def _records(db: Database, project: str, fmt: str, merge: bool, weights: Optiona
         raise ValueError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if labels not in LABELS:
         raise ValueError(f"--labels: expected one of {', '.join(LABELS)}, got {labels!r}")
-    kinds = set(KIND_OF_FORMAT.values()) if fmt == "all" else {KIND_OF_FORMAT[fmt]}
+    kinds = {k for ks in KINDS_OF_FORMAT.values() for k in ks} if fmt == "all" else set(KINDS_OF_FORMAT[fmt])
     weights = weights or {}
-    tasks, answers, prompts, texts, _ = _load(db, project)
+    tasks, answers, prompts, texts, _ = load_answers(db, project)
     resolved = _resolutions(db, project) if labels == "resolved" else {}
     for task in tasks:
         if task.is_gold or task.kind not in kinds:
@@ -219,7 +228,7 @@ def _records(db: Database, project: str, fmt: str, merge: bool, weights: Optiona
             if rec:
                 yield f"{where}, annotators {[d.annotator for d in dones]!r}", rec
             continue
-        if labels == "majority" and task.kind in ("rate", "compare", "thumbs") and len(dones) >= 2:
+        if labels == "majority" and task.kind in ("rate", "compare", "thumbs", "arena") and len(dones) >= 2:
             payload = _majority(task.kind, dones)
             if payload is not None:
                 mean_weight = sum(weights.get(d.annotator, 1.0) for d in dones) / len(dones)
@@ -307,7 +316,7 @@ def _gold_score(task: Task, p: dict) -> Optional[float]:
 def agreement_by_kind(tasks: list[Task], answers: dict[int, list[Done]]) -> dict:
     """Pairwise agreement and Krippendorff's alpha per task kind, over tasks with at least 2 answers."""
     out = {}
-    for kind in ("rate", "rank", "compare", "edit", "thumbs"):
+    for kind in ("rate", "rank", "compare", "edit", "thumbs", "arena"):
         multi = [answers[t.id] for t in tasks if t.kind == kind and len(answers.get(t.id, [])) >= 2]
         if kind == "rank":
             units = [u for ds in multi for u in agr.ranking_units([d.payload["ranking"] for d in ds])]
@@ -383,7 +392,7 @@ class Decision:
 
 def judge_annotators(db: Database, project: str, rule: GoldRule) -> list[Decision]:
     """One decision per annotator with an answer in ``project``; their ``weight`` goes to :func:`write_export`."""
-    tasks, answers, _, _, _ = _load(db, project)
+    tasks, answers, _, _, _ = load_answers(db, project)
     gold = gold_accuracy(tasks, answers)
     out = []
     for name in sorted({d.annotator for ds in answers.values() for d in ds}):
@@ -404,7 +413,7 @@ def judge_annotators(db: Database, project: str, rule: GoldRule) -> list[Decisio
 def stats(db: Database, project: str, fast_seconds: float = 2.0) -> dict:
     """Progress per task kind and per annotator, gold accuracy per annotator, agreement per kind and per annotator,
     each annotator's median working seconds per task and their answers faster than ``fast_seconds``."""
-    tasks, answers, _, _, assignments = _load(db, project)
+    tasks, answers, _, _, assignments = load_answers(db, project)
     kinds: dict[str, dict] = {}
     for t in tasks:
         k = kinds.setdefault(t.kind, {"tasks": 0, "gold": 0, "answered": 0, "answers": 0})

@@ -27,7 +27,7 @@ from rlhfkit.data.formats import (RecordError, check_ranking, decode_line, open_
                                   record_responses)
 from rlhfkit.feedback.annotate import refresh_open
 from rlhfkit.feedback.checks import check_name, find_bad_text, text_problem
-from rlhfkit.feedback.db import KINDS, Database, Project, Prompt, Response, Task, get_project
+from rlhfkit.feedback.db import IMPORT_KINDS, Database, Project, Prompt, Response, Task, get_project
 
 THUMBS_UP_FROM = 4  # a gold or simulated rating of 4 (acceptable) or more is a thumbs up
 
@@ -158,9 +158,12 @@ def task_specs(kinds: list[str], k: int) -> list[tuple[str, list[int]]]:
 def parse_kinds(kinds: str | list[str]) -> list[str]:
     items = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else list(kinds)
     items = [k for k in items if k]
-    bad = [k for k in items if k not in KINDS]
+    if "arena" in items:
+        raise ValueError("--kinds: arena tasks compare two models' answers; make them with `rlhf eval --human` "
+                         "(or `rlhf feedback arena`), not from candidates")
+    bad = [k for k in items if k not in IMPORT_KINDS]
     if bad or not items:
-        raise ValueError(f"--kinds: expected a comma-separated list of {','.join(KINDS)}, got {','.join(items) or 'nothing'}")
+        raise ValueError(f"--kinds: expected a comma-separated list of {','.join(IMPORT_KINDS)}, got {','.join(items) or 'nothing'}")
     return items
 
 

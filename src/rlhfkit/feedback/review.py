@@ -35,6 +35,8 @@ def describe(kind: str, payload: dict) -> str:
         return f"{payload['score']} · {RATING_LABELS[payload['score']]}"
     if kind == "thumbs":
         return f"thumbs {payload['thumb']}"
+    if kind == "arena":
+        return {"tie": "tie", "both_bad": "both bad"}.get(payload["choice"]) or f"{'AB'[payload['better']]} better"
     if kind == "compare":
         if payload["better"] is None:
             return "tie"

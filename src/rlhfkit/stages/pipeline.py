@@ -184,6 +184,28 @@ def app_feedback(cfg: PipelineConfig, recipe: Recipe, candidates: Path, feedback
         raise RuntimeError(f"project {project}: no answers to export yet; annotate some tasks or rerun with --no-wait later")
 
 
+def app_human_eval(cfg: PipelineConfig, recipe: Recipe, out: Path) -> dict:
+    """People judge the tuned policy against the SFT model, blind, in the app (an arena project of the evaluation's
+    answers) when the feedback came from people; their verdict goes to eval/human.json for the report."""
+    from rlhfkit.feedback.arena import arena_results, human_summary, make_arena, wait_for_answers
+    from rlhfkit.feedback.db import Database
+
+    db = Database(cfg.db)
+    try:
+        info = make_arena(db, f"{recipe.name}-{out.name}-arena", out / "eval",
+                          annotators_per_task=int(recipe.feedback.get("arena_annotators", 1)), seed=cfg.seed)
+        console.print(f"pipeline: people judge {info['model']} against {info['reference']}: arena project "
+                      f"[bold]{info['project']}[/bold], {info['tasks']} blind pairs ({info['identical']} identical "
+                      f"ones count as ties)")
+        if cfg.wait:
+            wait_for_answers(db, info["project"], cfg.poll_seconds, lambda m: console.print(f"pipeline: {m}"))
+        result = arena_results(db, out / "eval", seed=cfg.seed)
+    finally:
+        db.dispose()
+    console.print(f"pipeline: {human_summary(result)}")
+    return result
+
+
 def policy_algo(cfg: PipelineConfig, recipe: Recipe) -> str:
     """The policy optimisation a run does: the command's ``algo``, else an override's ``ppo.algo``, the recipe's
     ``algo``, its ppo section's ``algo``, else PPO."""
@@ -265,7 +287,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         timed_stage(f"sample (round {r})", rd / "sample", lambda: sample_candidates(sample_cfg))
         planner.measured("sample", rd / "sample", f"sample (round {r})", units=count_lines(candidates))
         if cfg.feedback == "simulated":
-            sim = {k: v for k, v in sec["feedback"].items() if k != "kinds"}
+            sim = {k: v for k, v in sec["feedback"].items() if k not in ("kinds", "arena_annotators")}
             sim_cfg = stage_config(SimulateConfig, sim, where, judge=recipe.judge, candidates=str(candidates),
                                    output=str(feedback), seed=cfg.seed + r)
             timed_stage(f"feedback (round {r}, simulated)", rd / "feedback", lambda: simulate_feedback(sim_cfg))
@@ -340,9 +362,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                             judge=recipe.judge, reward=str(last_rm), best_of=cfg.best_of or None,
                             sft_data=str(sft_heldout) if sft_heldout.exists() else None, **common)
     timed_stage("eval", out / "eval", lambda: evaluate_models(eval_cfg))
+    human = app_human_eval(cfg, recipe, out) if cfg.feedback == "app" else None
     report = build_report(out)
     ev = json.loads((out / "eval" / "eval.json").read_text(encoding="utf-8"))
     lines = summary_lines(ev)
+    if human:
+        from rlhfkit.feedback.arena import human_summary
+
+        lines.append(human_summary(human))
     console.rule("pipeline: done")
     print_before_after(out / "eval" / "samples.jsonl", n=3)
     print(f"report: {report}")

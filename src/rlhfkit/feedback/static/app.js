@@ -187,10 +187,10 @@ function render(task) {
     $("review-answers").replaceChildren(...task.answers.map((a) =>
       el("li", {}, el("strong", {}, a.annotator + ": "), a.says, a.comment ? ` (comment: ${a.comment})` : "")));
   }
-  $("task-kind").textContent = { rate: "Rate the response", compare: "Which response is better?", rank: "Rank the responses", edit: "Improve the response", thumbs: "Is the response good?" }[task.kind];
+  $("task-kind").textContent = { rate: "Rate the response", compare: "Which response is better?", rank: "Rank the responses", edit: "Improve the response", thumbs: "Is the response good?", arena: "Which answer would you rather get?" }[task.kind];
   renderPrompt(task);
   $("btn-submit").textContent = task.kind === "edit" ? "Submit (Ctrl+Enter)" : "Submit (Enter)";
-  ({ rate: renderRate, compare: renderCompare, rank: renderRank, edit: renderEdit, thumbs: renderThumbs })[task.kind](task, prev);
+  ({ rate: renderRate, compare: renderCompare, rank: renderRank, edit: renderEdit, thumbs: renderThumbs, arena: renderArena })[task.kind](task, prev);
   setStatus("");
   show("view-task");
 }
@@ -257,6 +257,34 @@ function pickChoice(c) {
   $("resp-a").classList.toggle("picked", c === "a");
   $("resp-b").classList.toggle("picked", c === "b");
   $("strength-row").hidden = c === "tie";
+}
+
+// Two models' answers, blind: one key answers and sends (a: A better, b: B better, t: tie, x: both bad).
+const ARENA_KEYS = { a: "a", b: "b", t: "tie", x: "both_bad" };
+
+function renderArena(task, prev) {
+  const [a, b] = task.responses;
+  const choice = (c, text) => el("button", { type: "button", "data-arena": c, onclick: () => answerArena(c) }, text);
+  $("task-body").replaceChildren(
+    el("div", { class: "responses" },
+      el("div", { class: "response", id: "resp-a" }, el("h3", {}, "A"), a.text),
+      el("div", { class: "response", id: "resp-b" }, el("h3", {}, "B"), b.text)),
+    el("div", { class: "row" }, choice("a", "A is better (a)"), choice("tie", "Tie (t)"), choice("b", "B is better (b)"),
+      choice("both_bad", "Both are bad (x)")));
+  $("keys").innerHTML = "<kbd>a</kbd> A better · <kbd>b</kbd> B better · <kbd>t</kbd> tie · <kbd>x</kbd> both bad (each sends the answer) · <kbd>s</kbd> skip · <kbd>u</kbd> back · <kbd>g</kbd> guidelines";
+  if (prev) pickArena(prev.choice);
+}
+
+function pickArena(c) {
+  state.answer.choice = c;
+  document.querySelectorAll("[data-arena]").forEach((b) => b.classList.toggle("picked", b.dataset.arena === c));
+  $("resp-a").classList.toggle("picked", c === "a");
+  $("resp-b").classList.toggle("picked", c === "b");
+}
+
+function answerArena(c) {
+  pickArena(c);
+  return submit();
 }
 
 function pickStrength(s) {
@@ -339,6 +367,10 @@ function buildBody() {
     if (a.choice !== "tie" && !a.strength) throw new Error("Say how much better: slightly, clearly or much.");
     return { choice: a.choice, strength: a.choice === "tie" ? null : a.strength, comment };
   }
+  if (t.kind === "arena") {
+    if (!a.choice) throw new Error("A better (a), B better (b), tie (t) or both bad (x).");
+    return { choice: a.choice, comment };
+  }
   if (t.kind === "thumbs") {
     if (!a.thumb) throw new Error("Thumbs up (y) or down (n).");
     return { thumb: a.thumb, comment };
@@ -418,6 +450,7 @@ document.addEventListener("keydown", (ev) => {
   else if (kind === "rate" && n >= 1 && n <= 7) pickScore(n);
   else if (kind === "thumbs" && (ev.key === "y" || ev.key === "ArrowUp")) answerThumb("up");
   else if (kind === "thumbs" && (ev.key === "n" || ev.key === "ArrowDown")) answerThumb("down");
+  else if (kind === "arena" && Object.hasOwn(ARENA_KEYS, ev.key)) answerArena(ARENA_KEYS[ev.key]);
   else if (kind === "compare" && ["a", "b", "t"].includes(ev.key)) pickChoice(ev.key === "t" ? "tie" : ev.key);
   else if (kind === "compare" && n >= 1 && n <= 3) pickStrength(state.project.strengths[n - 1]);
   else if (kind === "rank" && n === 0) clearPlaces();
