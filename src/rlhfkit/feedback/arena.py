@@ -134,23 +134,26 @@ def make_arena(db: Database, project: str, eval_dir: str | Path, model: Optional
     return info
 
 
-def arena_progress(db: Database, project: str) -> tuple[int, int]:
-    """(answers given, answers wanted: tasks × annotators per task) of an arena project."""
+def answer_progress(db: Database, project: str) -> tuple[int, int]:
+    """(answers given, answers wanted: non-gold tasks × annotators per task) of a project; an answer's revisions
+    count once and gold tasks (every annotator's) not at all."""
     with db.tx() as s:
         proj = get_project(s, project)
         if proj is None:
             raise ValueError(f"--project: no project named {project!r} in this database")
-        tasks = s.scalar(select(func.count()).select_from(Task).where(Task.project_id == proj.id, Task.kind == "arena"))
+        tasks = s.scalar(select(func.count()).select_from(Task).where(Task.project_id == proj.id, ~Task.is_gold))
         done = s.scalar(select(func.count(func.distinct(Assignment.id))).select_from(Assignment)
-                        .join(Answer, Answer.assignment_id == Assignment.id).where(Assignment.project_id == proj.id))
+                        .join(Answer, Answer.assignment_id == Assignment.id).join(Task, Task.id == Assignment.task_id)
+                        .where(Assignment.project_id == proj.id, ~Task.is_gold))
         return int(done or 0), int(tasks or 0) * proj.annotators_per_task
 
 
-def wait_for_answers(db: Database, project: str, poll_seconds: float, say: Callable[[str], None]) -> None:
-    """Poll until every arena task has its annotators' answers."""
+def wait_for_answers(db: Database, project: str, poll_seconds: float, say: Callable[[str], None], target: int = 0) -> None:
+    """Poll until every task has its annotators' answers (or ``target`` answers are in)."""
     while True:
-        done, wanted = arena_progress(db, project)
-        say(f"arena {project}: {done}/{wanted} answers")
+        done, wanted = answer_progress(db, project)
+        wanted = target or wanted
+        say(f"project {project}: {done}/{wanted} answers")
         if done >= wanted:
             return
         time.sleep(poll_seconds)

@@ -159,7 +159,8 @@ def round_dir(out: Path, r: int) -> Path:
 def app_feedback(cfg: PipelineConfig, recipe: Recipe, candidates: Path, feedback: Path, round_no: int) -> None:
     """Feedback from people: import the candidates into the app, wait for answers, export them."""
     from rlhfkit.feedback.db import Database
-    from rlhfkit.feedback.export import export_records, stats
+    from rlhfkit.feedback.arena import wait_for_answers
+    from rlhfkit.feedback.export import export_records
     from rlhfkit.feedback.importer import import_candidates
 
     project = f"{recipe.name}-{Path(cfg.output).name}-r{round_no}"
@@ -172,13 +173,8 @@ def app_feedback(cfg: PipelineConfig, recipe: Recipe, candidates: Path, feedback
     console.print(f"pipeline: annotate project [bold]{project}[/bold]: start the app with "
                   f"`rlhf feedback serve --db {cfg.db}` and open http://127.0.0.1:8000/ with an annotator token "
                   f"(`rlhf feedback add-annotator --db {cfg.db} ...`)")
-    while cfg.wait:
-        st = stats(db, project)
-        done, total = st.get("answers", 0), cfg.target or st.get("tasks", 0)
-        console.print(f"pipeline: feedback {done}/{total} answers")
-        if done >= total:
-            break
-        time.sleep(cfg.poll_seconds)
+    if cfg.wait:
+        wait_for_answers(db, project, cfg.poll_seconds, lambda m: console.print(f"pipeline: feedback: {m}"), cfg.target)
     n = write_records(feedback, export_records(db, project))
     if n == 0:
         raise RuntimeError(f"project {project}: no answers to export yet; annotate some tasks or rerun with --no-wait later")
