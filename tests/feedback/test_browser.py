@@ -152,6 +152,7 @@ def test_a_reviewer_resolves_a_disagreement_in_the_page_and_it_is_stored_beside_
         said = page.inner_text("#review-answers")
         assert "ann: A clearly better" in said and "bob: B clearly better" in said and "bob thinks so" in said
         assert "agreement 0.00" in page.inner_text("#banner")
+        screenshot(page, "review")
         page.keyboard.press("b")
         page.keyboard.press("3")
         page.keyboard.press("Enter")
@@ -224,6 +225,8 @@ def test_a_thumbs_task_is_answered_with_one_key(tmp_path, server_factory):
             assert page.get_attribute("#view-task", "data-kind") == "thumbs"
             shown = page.get_attribute("#view-task", "data-assignment")
             key = "n" if "4/12" in page.inner_text("#task-body") else "ArrowUp"
+            if not answers:
+                screenshot(page, "thumbs")
             answers[int(shown)] = "down" if key == "n" else "up"
             page.keyboard.press(key)  # one key: no Enter
             page.wait_for_function("(shown) => document.querySelector('#view-task').dataset.assignment !== shown "
@@ -270,6 +273,7 @@ def test_the_admin_page_creates_a_project_from_a_file_adds_an_annotator_whose_li
         page.wait_for_selector("li[data-annotator='ann'] code.link")
         link = page.inner_text("li[data-annotator='ann'] code.link")
         assert link.startswith(server.url + "/#token=")
+        screenshot(page, "admin")
         annotator = browser.new_page(viewport={"width": 1280, "height": 800})
         annotator.goto(link)
         annotator.wait_for_selector("#view-task:not([hidden])")
@@ -299,3 +303,98 @@ def test_the_admin_page_creates_a_project_from_a_file_adds_an_annotator_whose_li
         assert project is not None and s.scalar(select(Annotator.name)) == "ann"
         assert len(list(s.scalars(select(Task).where(Task.project_id == project.id)))) == 4
     db.dispose()
+
+
+def screenshot(page, name: str) -> None:
+    """With RLHFKIT_SCREENSHOTS=DIR, save the page as DIR/feedback-NAME.png (docs/screenshots/ is made this way)."""
+    if os.environ.get("RLHFKIT_SCREENSHOTS"):
+        shots = Path(os.environ["RLHFKIT_SCREENSHOTS"])
+        shots.mkdir(parents=True, exist_ok=True)
+        page.evaluate("() => window.scrollTo(0, 0)")  # a full-page shot from the top, the sticky header in place
+        page.screenshot(path=str(shots / f"feedback-{name}.png"), full_page=True)
+
+
+def next_shown(page, shown: str) -> None:
+    page.wait_for_function("(shown) => document.querySelector('#view-task').dataset.assignment !== shown "
+                           "|| !document.querySelector('#view-done').hidden", arg=shown)
+
+
+def test_an_arena_pair_is_judged_blind_with_one_key_each(tmp_path, server_factory):
+    playwright = pytest.importorskip("playwright.sync_api")
+    from rlhfkit.feedback.arena import make_arena
+
+    from .test_arena import eval_folder
+
+    db_url = str(tmp_path / "feedback.db")
+    db = Database(db_url)
+    info = make_arena(db, "arena", eval_folder(tmp_path))
+    server = server_factory(db_url)
+    token = httpx.post(server.url + "/api/admin/annotators", json={"name": "ann"}, headers=auth(ADMIN)).json()["token"]
+    keys = ["a", "b", "t", "x", "a"]
+    pressed = {}
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        refused = []
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        page.goto(f"{server.url}/#token={token}")
+        for key in keys:
+            page.wait_for_selector("#view-task:not([hidden])")
+            assert page.get_attribute("#view-task", "data-kind") == "arena"
+            body = page.inner_text("#task-body")
+            assert "ppo" not in body and "sft" not in body and "both bad" in page.inner_text("#keys")  # blind
+            if not pressed:
+                screenshot(page, "arena")
+            shown = page.get_attribute("#view-task", "data-assignment")
+            pressed[int(shown)] = key
+            page.keyboard.press(key)  # one key answers: no Enter
+            next_shown(page, shown)
+        page.wait_for_selector("#view-done:not([hidden])")
+        browser.close()
+    assert refused == [] and info["tasks"] == len(keys)
+    with db.tx() as s:
+        rows = s.execute(select(Answer.assignment_id, Assignment.display_order, Answer.payload)
+                         .join(Assignment, Assignment.id == Answer.assignment_id)).all()
+    db.dispose()
+    choice = {"a": "a", "b": "b", "t": "tie", "x": "both_bad"}
+    assert {a: p["choice"] for a, _, p in rows} == {a: choice[k] for a, k in pressed.items()}
+    for _, order, p in rows:  # the stored side is the task's position of the answer shown under that letter
+        assert p["better"] == ({"a": order[0], "b": order[1]}.get(p["choice"])) and p["shown"] == order
+
+
+def test_a_tied_ranking_and_none_acceptable_are_given_with_keys(tmp_path, server_factory):
+    playwright = pytest.importorskip("playwright.sync_api")
+    db_url = str(tmp_path / "feedback.db")
+    db = Database(db_url)
+    three = {**PAIR, "responses": PAIR["responses"] + ["The sky is blue because blue is a nice colour."]}
+    other = {**three, "prompt": "Why is the sea salty?"}
+    import_candidates(db, "tutor", write_jsonl(tmp_path / "three.jsonl", [three, other]), "rank")
+    server = server_factory(db_url)
+    token = httpx.post(server.url + "/api/admin/annotators", json={"name": "ann"}, headers=auth(ADMIN)).json()["token"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{server.url}/#token={token}")
+        page.wait_for_selector("#view-task:not([hidden])")
+        first = page.get_attribute("#view-task", "data-assignment")
+        page.keyboard.press("1")  # response 1 (as shown) first,
+        page.keyboard.press("Shift+Digit2")  # response 2 tied with it,
+        page.keyboard.press("3")  # response 3 next
+        assert [page.input_value(f"select[data-rank-id] >> nth={i}") for i in range(3)] == ["1", "1", "2"]
+        screenshot(page, "rank-tie")
+        page.keyboard.press("Enter")
+        next_shown(page, first)
+        page.wait_for_selector("#view-task:not([hidden])")
+        second = page.get_attribute("#view-task", "data-assignment")
+        page.keyboard.press("n")  # none is acceptable, nothing ranked
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#view-done:not([hidden])")
+        browser.close()
+    with db.tx() as s:
+        rows = dict((a, (order, p)) for a, order, p in s.execute(
+            select(Answer.assignment_id, Assignment.display_order, Answer.payload)
+            .join(Assignment, Assignment.id == Answer.assignment_id)).all())
+    db.dispose()
+    order, tied = rows[int(first)]
+    assert tied["ranking"] == [sorted(order[:2]), [order[2]]] and tied["none_acceptable"] is False
+    assert rows[int(second)][1]["ranking"] == [] and rows[int(second)][1]["none_acceptable"] is True
