@@ -137,3 +137,22 @@ def test_an_arena_needs_two_models_and_arena_is_not_an_import_kind(db_url, tmp_p
     with pytest.raises(ValueError, match="--kinds: arena tasks compare two models"):
         import_candidates(db, "y", candidates, "rank,arena")
     db.dispose()
+
+
+def test_rlhf_feedback_arena_makes_the_project_once_and_prints_the_verdict_so_far(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    ev = eval_folder(tmp_path)
+    db = str(tmp_path / "feedback.db")
+    runner = CliRunner()
+    first = runner.invoke(app, ["feedback", "arena", str(ev), "--db", db, "--project", "demo-arena"])
+    assert first.exit_code == 0, first.output
+    assert "win rate of ppo over sft by people: 0.50 [0.50, 0.50] (0 answers from 0 annotator(s) on 0 pairs, " \
+           "1 identical pairs counted as ties)" in first.output
+    assert json.loads((ev / "arena.json").read_text())["tasks"] == 5
+    again = runner.invoke(app, ["feedback", "arena", str(ev), "--db", db, "--project", "demo-arena"])
+    assert again.exit_code == 0 and "5 pairs to judge" in again.output
+    missing = runner.invoke(app, ["feedback", "arena", str(tmp_path), "--db", db])
+    assert missing.exit_code == 2 and "no samples.jsonl" in missing.output
