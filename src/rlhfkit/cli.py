@@ -705,7 +705,8 @@ def gym(cfg):
 
 @app.command("eval")
 @config_command(EvalConfig, ["models", "prompts", "output", "judge", "reward", "reference", "best_of", "sft_data",
-                             "max_new_tokens", "max_prompts", "samples_per_prompt", "seed"],
+                             "max_new_tokens", "max_prompts", "samples_per_prompt", "human", "db", "human_project",
+                             "human_annotators", "seed"],
                 {"models": Flag(("--model",), type=List[str])})
 def eval_(cfg, split: Optional[str] = SplitOpt):
     """Checkpoints against a reference: RM and gold scores, KL, win rates with CIs, BLEU/ROUGE, perplexity."""

@@ -435,8 +435,14 @@ class DPOConfig:
     eval_fraction: float = field(default=0.1, metadata={"help": "Share of prompts held out (a prompt is never on both sides)."})
     beta: float = field(default=0.1, metadata={
         "help": "The KL coefficient β: how far from the reference the policy may move (larger: closer to it)."})
-    loss_type: typing.Literal["sigmoid", "ipo"] = field(default="sigmoid", metadata={
-        "help": "The loss: sigmoid (DPO, −log σ(β·h)) or ipo ((h − 1/(2β))², on length-averaged log-probs)."})
+    loss_type: typing.Literal["sigmoid", "ipo", "kto"] = field(default="sigmoid", metadata={
+        "help": "The loss: sigmoid (DPO, −log σ(β·h)), ipo ((h − 1/(2β))², on length-averaged log-probs) or kto (KTO on "
+                "unpaired answers: each one desirable or not, against a KL reference point)."})
+    desirable_weight: float = field(default=1.0, metadata={"help": "KTO: λ_D, the weight of a desirable answer's loss."})
+    undesirable_weight: float = field(default=1.0, metadata={"help": "KTO: λ_U, the weight of an undesirable answer's loss."})
+    desirable_rating: float = field(default=4.0, metadata={
+        "help": "KTO: a rating at or above this is a desirable answer (4: the app's 'Acceptable'); files of 0/1 "
+                "scores (unpaired labels, thumbs) are read as their label."})
     label_smoothing: float = field(default=0.0, metadata={
         "help": "With the sigmoid loss, the assumed share of flipped labels ε (conservative DPO; 0: off)."})
     max_steps: int = field(default=100, metadata={"help": "Optimiser steps."})

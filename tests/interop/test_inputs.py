@@ -60,10 +60,10 @@ SHAPES = {  # name: (TRL rows, the kind a stage reads it as, the rlhfkit record 
          "chosen": "Green.", "rejected": "Purple."}),
     "unpaired preference": ([{"prompt": "The sky is", "completion": " blue.", "label": True},
                              {"prompt": "The sky is", "completion": " green.", "label": False}], "rating",
-                            {"prompt": "The sky is", "response": " blue.", "score": 1.0}),
+                            {"prompt": "The sky is", "response": " blue.", "score": 1.0, "label": True}),
     "conversational unpaired preference": (
         [{"prompt": user("What colour is the sky?"), "completion": assistant("It is blue."), "label": True}], "rating",
-        {"messages": user("What colour is the sky?"), "response": "It is blue.", "score": 1.0}),
+        {"messages": user("What colour is the sky?"), "response": "It is blue.", "score": 1.0, "label": True}),
 }
 
 

@@ -153,3 +153,23 @@ def test_dpo_and_ipo_losses_on_hand_computed_log_probs():
     assert ipo.tolist() == pytest.approx([(1 - 1 / (2 * 0.5)) ** 2] * 2)  # h − 1/(2β) = 0: IPO is content at h = 1/(2β)
     with pytest.raises(ValueError, match="sigmoid or ipo"):
         dpo_loss(pc, pr, rc, rr, loss_type="kto")
+
+
+def test_kto_loss_against_a_hand_computed_example():
+    import math
+
+    from rlhfkit.rl.losses import kto_loss, kto_reference_point
+
+    policy, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])  # log-ratios r = +0.5 and −1.0
+    desirable = torch.tensor([True, False])
+    kl = kto_reference_point(torch.tensor([-3.0, -2.0]), torch.tensor([-3.1, -2.1]))
+    assert float(kl) == pytest.approx(0.1)  # the mismatched answers' mean log-ratio
+    assert float(kto_reference_point(torch.tensor([-3.0]), torch.tensor([-2.0]))) == 0.0  # never below 0
+    losses, rewards = kto_loss(policy, ref, desirable, kl, beta=0.5, desirable_weight=2.0, undesirable_weight=1.0)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert losses.tolist() == pytest.approx([2.0 * (1 - sig(0.5 * (0.5 - 0.1))), 1 - sig(0.5 * (0.1 + 1.0))])
+    assert rewards.tolist() == pytest.approx([0.25, -0.5])
+    # pushing a desirable answer up (or an undesirable one down) lowers its loss
+    up, _ = kto_loss(policy + torch.tensor([1.0, -1.0]), ref, desirable, kl, beta=0.5)
+    base, _ = kto_loss(policy, ref, desirable, kl, beta=0.5)
+    assert (up < base).all()

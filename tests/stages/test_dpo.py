@@ -146,3 +146,43 @@ def test_a_records_weight_decides_which_of_two_conflicting_preferences_dpo_learn
         train_dpo(dpo_cfg(data, tmp_path / name, eval_data=str(held), eval_every=0))
         margins[name] = read_metrics(tmp_path / name / "metrics.jsonl")[-1]["eval_reward_margin"]  # on "excellent ≻ boring"
     assert margins["good"] > 0.05 and margins["bad"] < -0.05, margins
+
+
+def test_unpaired_answers_from_every_feedback_kind_for_kto():
+    from rlhfkit.stages.dpo import unpaired_answers
+
+    recs = [{"prompt": "p", "response": "good", "score": 1.0, "label": True},  # an unpaired record, read as a rating
+            {"prompt": "p", "response": "bad", "score": 0.0, "label": False},
+            {"prompt": "q", "response": "fine", "score": 5}, {"prompt": "q", "response": "poor", "score": 2},
+            {"prompt": "r", "chosen": "yes", "rejected": "no", "weight": 0.5},
+            {"prompt": "s", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}]
+    got = [(p["prompt"], text, good, w) for p, text, good, w in unpaired_answers(recs, desirable_rating=4.0)]
+    assert got[:5] == [("p", "good", True, 1.0), ("p", "bad", False, 1.0), ("q", "fine", True, 1.0),
+                       ("q", "poor", False, 1.0), ("r", "yes", True, 0.5)]
+    assert got[5] == ("r", "no", False, 0.5) and len(got) == 6 + 2 * 3  # the ranking's 3 ordered pairs unpaired
+
+
+def unpaired_file(tmp_path, n: int = 60, seed: int = 0):
+    """Unpaired (KTO-shaped) records: answers ending in "excellent" labelled true, in "boring" false, on separate
+    prompts (no pair shares a prompt)."""
+    rng = random.Random(seed)
+    recs = []
+    for i in range(n):
+        base = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6)))
+        good = i % 2 == 0
+        recs.append({"prompt": f"Review {i}: {rng.choice(WORDS)}", "completion": f"{base} {'excellent' if good else 'boring'}",
+                     "label": good})
+    return write_jsonl(tmp_path / "unpaired.jsonl", recs)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kto_teaches_a_tiny_policy_the_desirable_word_from_unpaired_labels(tmp_path, seed):
+    # β 0.5: KTO's gradient is β·σ'(β·(r − z₀))-scaled, and at β 0.1 thirty steps barely move the held-out answers
+    train_dpo(dpo_cfg(unpaired_file(tmp_path, seed=seed), tmp_path / "kto", loss_type="kto", seed=seed, beta=0.5))
+    log = read_metrics(tmp_path / "kto" / "metrics.jsonl")
+    assert {"loss", "reward_desirable", "reward_undesirable", "reward_margin", "reward_accuracy", "kl", "eval_loss",
+            "eval_reward_margin", "eval_reward_accuracy"} <= set(log[-1])
+    assert log[0]["loss"] == pytest.approx(0.5, abs=1e-3)  # the policy starts as the reference: r = z₀ = 0, 1 − σ(0)
+    # held-out prompts: the desirable answers' rewards rise above the undesirable ones' (seeds 0–2 measured: margins
+    # 0.66–1.02, losses 0.38–0.43; the sign accuracy against z₀ = 0 is 0.67–0.92 on 12 answers, too coarse for a bar)
+    assert log[-1]["eval_reward_margin"] > 0.3 and log[-1]["eval_loss"] < 0.47

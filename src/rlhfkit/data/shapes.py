@@ -12,7 +12,7 @@ one record at a time, before the record is checked (so a problem still names its
 | conversational preference | ``prompt: [messages]``, ``chosen``/``rejected: [one assistant message]`` | ``messages``, ``chosen``/``rejected`` texts |
 | implicit prompt | ``chosen``/``rejected`` only (whole conversations or texts) | the shared start as the prompt |
 | Anthropic HH | ``chosen``/``rejected`` strings of ``\\n\\nHuman: … \\n\\nAssistant: …`` turns | ``messages`` + the last answers |
-| unpaired preference (KTO) | ``prompt``, ``completion``, ``label`` (bool) | a rating: ``response``, ``score`` 1 (true) or 0 (false) |
+| unpaired preference (KTO) | ``prompt``, ``completion``, ``label`` (bool) | a rating: ``response``, ``score`` 1 (true) or 0 (false), ``label`` kept |
 
 Unpaired records are ratings for the reward model and DPO (label-true ≻ label-false answers to one prompt);
 SFT refuses them by name (it would learn the label-false answers too).
@@ -97,7 +97,7 @@ def from_trl(rec: dict) -> dict:
     out = dict(rec)
     prompt = out.get("prompt")
     if is_unpaired(out):
-        label = out.pop("label")
+        label = out["label"]  # kept beside the score: KTO reads the label itself
         completion = out.pop("completion")
         if is_messages(prompt):
             out["messages"] = out.pop("prompt")

@@ -125,6 +125,27 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor | None = No
     return torch.where(var_returns > 0, 1.0 - var_residual / var_returns, torch.full_like(var_returns, float("nan")))
 
 
+def kto_loss(policy_logps: Tensor, ref_logps: Tensor, desirable: Tensor, kl: Tensor, beta: float = 0.1,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Kahneman–Tversky optimisation (Ethayarajh et al. 2024) on (answers,) sequence log-probs of unpaired answers.
+
+    With r = log π(y) − log π_ref(y) and z₀ the batch's KL estimate (detached, at least 0), a desirable answer
+    loses λ_D·(1 − σ(β·(r − z₀))) and an undesirable one λ_U·(1 − σ(β·(z₀ − r))): the policy is paid for raising
+    good answers above, and pushing bad ones below, the reference point z₀ rather than against each other.
+    Returns (per-answer losses, rewards β·r), each (answers,).
+    """
+    logratio = policy_logps - ref_logps
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (logratio - kl))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - logratio))))
+    return losses, beta * logratio.detach()
+
+
+def kto_reference_point(policy_mismatched: Tensor, ref_mismatched: Tensor) -> Tensor:
+    """KTO's z₀: the mean log π − log π_ref of answers paired with other answers' prompts (an estimate of
+    KL(π ‖ π_ref) that carries no label), at least 0 and detached, as the paper and TRL compute it."""
+    return (policy_mismatched - ref_mismatched).mean().clamp(min=0).detach()
+
+
 def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float = 0.1,
              loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Direct preference optimisation on (pairs,) sequence log-probs of the chosen and rejected answers.

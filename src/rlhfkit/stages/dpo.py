@@ -14,6 +14,14 @@ far the policy has moved on the data), and the held-out ``eval_loss``, ``eval_re
 held-out evaluation and after the last step, logged as PPO logs them (``eval/heldout.py``: ``eval/gold_score``
 by ``eval_judge``, ``eval/rm_score`` by ``eval_reward``, ``eval/kl``), so DPO's gold can be drawn against time
 beside the online methods'.
+
+KTO (``loss_type: kto``) learns from unpaired answers, each desirable or not: a rating by its score
+(``desirable_rating``; an unpaired record or a thumb by its label), a preference's chosen answer desirable and its
+rejected one not (rankings and edits through their pairs, as TRL unpairs them). A step scores its answers and, for
+the reference point z₀, the same answers after the next answer's prompt (mismatched, so they carry no label).
+Logged: ``loss``, ``reward_desirable``/``reward_undesirable`` (β·(log π − log π_ref)), ``reward_margin`` (their
+difference), ``reward_accuracy`` (the share of answers on their label's side of β·z₀), ``kl`` (z₀), and the same
+held out.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ import torch
 from rlhfkit import distributed as dist
 from rlhfkit.accel.precision import autocast, resolve_precision
 from rlhfkit.config import ConfigError, DPOConfig
-from rlhfkit.data.formats import RecordError, prompt_key, prompt_messages, read_records
+from rlhfkit.data.formats import (RecordError, detect_kind, feedback_to_pairs, prompt_key, prompt_messages, read_records,
+                                  record_weight)
 from rlhfkit.data.groups import Group, build_groups
 from rlhfkit.data.splits import batch_indices, none_held_out, split_records
 from rlhfkit.data.tokenize import encode_prompt, encode_response, left_pad, pad_sequences
@@ -36,7 +45,7 @@ from rlhfkit.eval.heldout import held_out_eval
 from rlhfkit.models.loading import add_lora, disable_dropout, load_start, load_tokenizer, save_model
 from rlhfkit.models.reward import JudgeReward, load_reward
 from rlhfkit.models.rollout import forward_tokens
-from rlhfkit.rl.losses import dpo_loss
+from rlhfkit.rl.losses import dpo_loss, kto_loss, kto_reference_point
 from rlhfkit.run import Run
 
 
@@ -60,18 +69,87 @@ def encode_pairs(tok, groups: list[Group], cfg: DPOConfig) -> list[EncodedPair]:
     return pairs
 
 
-def sequence_logprobs(model, pairs: list[EncodedPair], pad_id: int, device, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) log-probs of each pair's answers under ``model``, (pairs,) each: summed over the answer's
-    tokens, or their mean with ``average`` (IPO). Both answers of every pair go through one pass."""
-    query, query_mask = left_pad([p.prompt for p in pairs] * 2, pad_id)
-    response, response_mask = pad_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, "right")
+@dataclass
+class EncodedAnswer:
+    """One unpaired answer (KTO): desirable or not."""
+
+    prompt: list[int]
+    answer: list[int]
+    desirable: bool
+    weight: float = 1.0
+
+
+def unpaired_answers(records: list[dict], desirable_rating: float) -> list[tuple[dict, str, bool, float]]:
+    """(prompt record, answer, desirable, weight) of every answer the feedback labels: a rating at or above
+    ``desirable_rating`` (an unpaired record by its label), a preference's chosen answer and not its rejected one."""
+    out = []
+    for rec in records:
+        prompt = {"messages": prompt_messages(rec)} if "messages" in rec else {"prompt": rec["prompt"]}
+        if detect_kind(rec) == "rating":
+            good = rec["label"] if isinstance(rec.get("label"), bool) else float(rec["score"]) >= desirable_rating
+            out.append((prompt, rec["response"], good, record_weight(rec)))
+            continue
+        for pair in feedback_to_pairs([rec]):
+            out += [(prompt, pair.chosen, True, pair.weight), (prompt, pair.rejected, False, pair.weight)]
+    return out
+
+
+def encode_answers(tok, answers: list[tuple[dict, str, bool, float]], cfg: DPOConfig) -> list[EncodedAnswer]:
+    out = []
+    for prompt, text, good, weight in answers:
+        ids = encode_prompt(tok, prompt_messages(prompt), cfg.chat)[-cfg.max_prompt_len:]
+        out.append(EncodedAnswer(ids, encode_response(tok, text)[:max(cfg.max_len - len(ids), 1)], good, weight))
+    return out
+
+
+def answer_logprobs(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int, device,
+                    average: bool = False) -> torch.Tensor:
+    """Each answer's log-prob after its prompt under ``model``, (answers,): summed over the answer's tokens, or
+    their mean with ``average`` (IPO). One pass for all of them."""
+    query, query_mask = left_pad(prompts, pad_id)
+    response, response_mask = pad_sequences(answers, pad_id, "right")
     query, query_mask, response, response_mask = (t.to(device) for t in (query, query_mask, response, response_mask))
     logprobs, _ = forward_tokens(model, query, query_mask, response, response_mask, temperature=1.0)
     mask = response_mask.to(logprobs.dtype)
     total = (logprobs * mask).sum(1)
-    if average:
-        total = total / mask.sum(1).clamp(min=1.0)
+    return total / mask.sum(1).clamp(min=1.0) if average else total
+
+
+def sequence_logprobs(model, pairs: list[EncodedPair], pad_id: int, device, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) log-probs of each pair's answers under ``model``, (pairs,) each; both in one pass."""
+    total = answer_logprobs(model, [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs],
+                            pad_id, device, average)
     return total[: len(pairs)], total[len(pairs):]
+
+
+def kto_logprobs(model, batch: list[EncodedAnswer], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(matched, mismatched) log-probs: each answer after its own prompt, and after the next answer's prompt
+    (the reference point's sample: the same answers, no label), in one pass."""
+    shifted = [batch[(i + 1) % len(batch)].prompt for i in range(len(batch))]
+    total = answer_logprobs(model, [a.prompt for a in batch] + shifted, [a.answer for a in batch] * 2, pad_id, device)
+    return total[: len(batch)], total[len(batch):]
+
+
+def kto_terms(policy, reference, batch: list[EncodedAnswer], cfg: DPOConfig, pad_id: int, device):
+    """(per-answer losses, rewards, desirable mask, z₀) of a KTO batch; the policy's pass keeps its graph."""
+    with torch.no_grad(), (policy.disable_adapter() if reference is None else nullcontext()):
+        ref, ref_mismatched = kto_logprobs(reference if reference is not None else policy, batch, pad_id, device)
+    pol, pol_mismatched = kto_logprobs(policy, batch, pad_id, device)
+    kl = kto_reference_point(pol_mismatched, ref_mismatched)
+    desirable = torch.tensor([a.desirable for a in batch], device=pol.device)
+    losses, rewards = kto_loss(pol, ref, desirable, kl, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
+    return losses, rewards, desirable, kl
+
+
+def kto_metrics(losses, rewards, desirable, kl, beta: float, prefix: str = "") -> dict:
+    good, bad = rewards[desirable], rewards[~desirable]
+    nan = float("nan")
+    return {f"{prefix}loss": float(losses.mean()),
+            f"{prefix}reward_accuracy": float(((rewards > beta * kl) == desirable).float().mean()),
+            f"{prefix}reward_desirable": float(good.mean()) if len(good) else nan,
+            f"{prefix}reward_undesirable": float(bad.mean()) if len(bad) else nan,
+            f"{prefix}reward_margin": float(good.mean() - bad.mean()) if len(good) and len(bad) else nan,
+            f"{prefix}kl": float(kl)}
 
 
 def build_model(cfg: DPOConfig, ckpt: Path | None):
@@ -105,8 +183,16 @@ def pair_metrics(losses, chosen_rewards, rejected_rewards, prefix: str = "") -> 
 
 
 @torch.no_grad()
-def evaluate(cfg: DPOConfig, policy, reference, held: list[EncodedPair], pad_id: int, device, precision: str) -> dict:
-    """Held-out loss, reward accuracy and margin over every held-out pair."""
+def evaluate(cfg: DPOConfig, policy, reference, held: list, pad_id: int, device, precision: str) -> dict:
+    """Held-out loss, reward accuracy and margin over every held-out pair (KTO: answer)."""
+    if cfg.loss_type == "kto":
+        parts = []
+        for i in range(0, len(held), cfg.batch_size):
+            with autocast(precision, device.type):
+                parts.append(kto_terms(policy, reference, held[i:i + cfg.batch_size], cfg, pad_id, device))
+        losses, rewards, desirable, kls = zip(*parts)
+        return kto_metrics(torch.cat(losses), torch.cat(rewards), torch.cat(desirable), torch.stack(kls).mean(), cfg.beta,
+                           prefix="eval_")
     losses, chosen, rejected = [], [], []
     average = cfg.loss_type == "ipo"
     for i in range(0, len(held), cfg.batch_size):
@@ -171,7 +257,21 @@ def train_dpo(cfg: DPOConfig) -> dict:
         n_prompts = len(groups)
         groups, held_groups = split_records(groups, cfg.eval_fraction, cfg.seed)
     tok = load_tokenizer(cfg.model)
-    train, held = encode_pairs(tok, groups, cfg), encode_pairs(tok, held_groups, cfg)
+    kto = cfg.loss_type == "kto"
+    if kto:  # unpaired answers (a prompt may have one), held out by prompt as the pairs are
+        keys = list(dict.fromkeys(prompt_key(r) for r in records))
+        if cfg.eval_data:
+            held_records = read_records(cfg.eval_data, "auto")
+            train_keys = set(keys) - {prompt_key(r) for r in held_records}
+        else:
+            train_keys, held_keys = (set(k) for k in split_records(keys, cfg.eval_fraction, cfg.seed))
+            held_records, n_prompts = [r for r in records if prompt_key(r) in held_keys], len(keys)
+        train = encode_answers(tok, unpaired_answers([r for r in records if prompt_key(r) in train_keys],
+                                                     cfg.desirable_rating), cfg)
+        held = encode_answers(tok, unpaired_answers(held_records, cfg.desirable_rating), cfg)
+        groups, held_groups = sorted(train_keys), sorted({prompt_key(r) for r in held_records})  # counted below
+    else:
+        train, held = encode_pairs(tok, groups, cfg), encode_pairs(tok, held_groups, cfg)
     answers = answer_eval(cfg, tok)  # its prompts are read (and checked) before any model loads
     if not train:
         raise RecordError(cfg.data, None, "no preference pairs (every record was a tie, an unchanged edit or not feedback)")
@@ -179,8 +279,10 @@ def train_dpo(cfg: DPOConfig) -> dict:
     device = accelerator.device
     precision = resolve_precision(cfg.precision, device.type)
     empty = "" if cfg.eval_data else none_held_out(n_prompts, cfg.eval_fraction, held_groups, "prompts")
-    run.say(f"{len(train)} train pairs ({len(groups)} prompts) / {len(held)} held-out pairs ({len(held_groups)} prompts){empty}; "
-            f"β {cfg.beta}, {cfg.loss_type} loss, precision {precision}")
+    what = "answers" if kto else "pairs"
+    desirable = f" ({sum(a.desirable for a in train)} desirable)" if kto else ""
+    run.say(f"{len(train)} train {what}{desirable} ({len(groups)} prompts) / {len(held)} held-out {what} ({len(held_groups)} "
+            f"prompts){empty}; β {cfg.beta}, {cfg.loss_type} loss, precision {precision}")
 
     ckpt = run.checkpoint_to_resume()
     policy, reference = build_model(cfg, ckpt)
@@ -213,24 +315,34 @@ def train_dpo(cfg: DPOConfig) -> dict:
             for i in range(0, len(batch), micro):
                 mb = batch[i:i + micro]
                 with autocast(precision, device.type):
-                    rc, rr = reference_logprobs(policy, reference, mb, tok.pad_token_id, device, average)
-                    pc, pr = sequence_logprobs(policy, mb, tok.pad_token_id, device, average)
-                losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+                    if kto:  # unpaired answers against the reference point
+                        losses, rewards, good, kl = kto_terms(policy, reference, mb, cfg, tok.pad_token_id, device)
+                    else:
+                        rc, rr = reference_logprobs(policy, reference, mb, tok.pad_token_id, device, average)
+                        pc, pr = sequence_logprobs(policy, mb, tok.pad_token_id, device, average)
+                if not kto:
+                    losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
                 weight = torch.tensor([p.weight for p in mb], dtype=losses.dtype, device=losses.device)
-                # the (weighted) mean over the step's pairs, whatever the micro-batches
+                # the (weighted) mean over the step's pairs (KTO: answers), whatever the micro-batches
                 ((losses * weight).sum() / total_weight).backward()
-                parts.append((losses.detach(), chosen, rejected, pc.detach(), pr.detach(), (pc - rc).detach()))
+                parts.append((losses.detach(), rewards, good, kl) if kto else
+                             (losses.detach(), chosen, rejected, pc.detach(), pr.detach(), (pc - rc).detach()))
             with loop.step(step + 1) as done:  # Ctrl-C from here waits for the step's log line and checkpoint
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses, chosen, rejected, pc, pr, chosen_logratio = (torch.cat(x) for x in zip(*parts))
-                metrics = {**pair_metrics(losses, chosen, rejected), "reward_chosen": float(chosen.mean()),
-                           "reward_rejected": float(rejected.mean()), "logp_chosen": float(pc.mean()),
-                           "logp_rejected": float(pr.mean()), "implicit_kl": float(chosen_logratio.mean()),
-                           "lr": lr, "grad_norm": float(grad_norm), "time_step_s": time.perf_counter() - t0}
+                if kto:
+                    losses, rewards, good, kls = zip(*parts)
+                    metrics = kto_metrics(torch.cat(losses), torch.cat(rewards), torch.cat(good), torch.stack(kls).mean(),
+                                          cfg.beta)
+                else:
+                    losses, chosen, rejected, pc, pr, chosen_logratio = (torch.cat(x) for x in zip(*parts))
+                    metrics = {**pair_metrics(losses, chosen, rejected), "reward_chosen": float(chosen.mean()),
+                               "reward_rejected": float(rejected.mean()), "logp_chosen": float(pc.mean()),
+                               "logp_rejected": float(pr.mean()), "implicit_kl": float(chosen_logratio.mean())}
+                metrics.update(lr=lr, grad_norm=float(grad_norm), time_step_s=time.perf_counter() - t0)
                 # stop when the next step (as long as the mean one so far) and then the final held-out evaluation (as
                 # long as the last one, or estimated: a forward pass of each held-out pair is about half a step's work
                 # per pair); without time_budget_counts_eval, the budget is the training steps' seconds alone
