@@ -495,15 +495,19 @@ def feedback_arena(
 ):
     """Human A/B evaluation: make the blind arena project of an evaluation (once), then write the people's win
     rate with its interval, beside the gold judge's and the reward model's, to EVAL_DIR/human.json."""
+    import json
+
     from rlhfkit.feedback.arena import arena_project_name, arena_results, human_summary, make_arena, wait_for_answers
     from rlhfkit.feedback.db import Database
 
-    if not (eval_dir / "samples.jsonl").exists():
-        fail(f"{eval_dir}: no samples.jsonl (run `rlhf eval --output {eval_dir}` first)")
+    for name in ("samples.jsonl", "eval.json"):
+        if not (eval_dir / name).exists():
+            fail(f"{eval_dir}: no {name} (run `rlhf eval --output {eval_dir}` first)")
+    made = json.loads((eval_dir / "arena.json").read_text(encoding="utf-8")) if (eval_dir / "arena.json").exists() else {}
     database = Database(db)
-    try:
-        info = make_arena(database, project or arena_project_name(eval_dir), eval_dir, model, reference,
-                          annotators_per_task, seed)
+    try:  # an arena made before (by --human or the pipeline) is read again under its own name and models
+        info = make_arena(database, project or made.get("project") or arena_project_name(eval_dir), eval_dir,
+                          model or made.get("model"), reference or made.get("reference"), annotators_per_task, seed)
         typer.echo(f"arena project {info['project']}: {info['tasks']} pairs to judge", err=True)
         if wait:
             wait_for_answers(database, info["project"], poll_seconds, lambda m: typer.echo(m, err=True))

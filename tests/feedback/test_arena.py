@@ -57,7 +57,7 @@ def test_the_arena_is_blind_and_the_peoples_win_rate_and_agreement_are_counted_a
     plan = {"ann1": {k: "model" for k in ANSWERS}, "ann2": {(0, 0): "model", (0, 1): "tie", (1, 0): "reference",
                                                            (1, 1): "reference", (2, 0): "both_bad"}}
     app = create_app(db_url, ADMIN)
-    orders = set()
+    orders, model_ids = set(), set()
     with TestClient(app) as client:
         for name, wants in plan.items():
             token = client.post("/api/admin/annotators", json={"name": name}, headers=auth(ADMIN)).json()["token"]
@@ -69,6 +69,7 @@ def test_the_arena_is_blind_and_the_peoples_win_rate_and_agreement_are_counted_a
                 key = next(model_text[t] for t in shown if t in model_text)
                 model_at = "ab"[shown.index(ANSWERS[key][0])]
                 orders.add(model_at)
+                model_ids.add(task["responses"]["ab".index(model_at)]["id"])
                 want = wants[key]
                 choice = {"model": model_at, "reference": "b" if model_at == "a" else "a"}.get(want, want)
                 bad = client.post(f"/api/assignments/{task['assignment_id']}/answer", headers=auth(token),
@@ -84,6 +85,7 @@ def test_the_arena_is_blind_and_the_peoples_win_rate_and_agreement_are_counted_a
         st = stats(app.state.db, "arena-demo")
     app.state.db.dispose()
     assert len(orders) == 2  # each annotator's order is drawn: the model's answer was shown as A and as B
+    assert model_ids == {0, 1}  # and the task's own order is random: a response's id does not name its model
 
     # Per pair, the model's outcome averaged over the two annotators; the identical pair is a tie nobody was asked.
     expected = {(0, 0): 1.0, (0, 1): 0.75, (1, 0): 0.5, (1, 1): 0.5, (2, 0): 0.75, (2, 1): 0.5}
@@ -118,7 +120,8 @@ def test_the_report_shows_the_peoples_win_rate_beside_the_judges(db_url, tmp_pat
     db = Database(db_url)
     make_arena(db, "arena-report", ev)
     empty = arena_results(db, ev, n_boot=50)
-    assert empty["people"]["n"] == 1 and empty["answered_pairs"] == 0  # the identical pair alone, nobody asked
+    assert empty["answers"] == 0 and empty["answered_pairs"] == 0  # nobody has answered: no verdict yet
+    assert human_summary(empty) == "win rate of ppo over sft by people: no answers yet (project arena-report)"
     db.dispose()
     html = build_report(ev.parent).read_text()
     assert "People&#x27;s verdict" in html or "People's verdict" in html
@@ -136,6 +139,13 @@ def test_an_arena_needs_two_models_and_arena_is_not_an_import_kind(db_url, tmp_p
         make_arena(db, "x", ev, model="dpo")
     with pytest.raises(ValueError, match="--kinds: arena tasks compare two models"):
         import_candidates(db, "y", candidates, "rank,arena")
+    # a project made for other answers (an earlier run's evaluation) is refused, not reused
+    make_arena(db, "z", ev)
+    rows = [json.loads(line) for line in (ev / "samples.jsonl").read_text().splitlines()]
+    rows[0]["response"] = "A new answer from a new run."
+    write_jsonl(ev / "samples.jsonl", rows)
+    with pytest.raises(ValueError, match="'z' holds other answers than"):
+        make_arena(db, "z", ev)
     db.dispose()
 
 
@@ -149,10 +159,11 @@ def test_rlhf_feedback_arena_makes_the_project_once_and_prints_the_verdict_so_fa
     runner = CliRunner()
     first = runner.invoke(app, ["feedback", "arena", str(ev), "--db", db, "--project", "demo-arena"])
     assert first.exit_code == 0, first.output
-    assert "win rate of ppo over sft by people: 0.50 [0.50, 0.50] (0 answers from 0 annotator(s) on 0 pairs, " \
-           "1 identical pairs counted as ties)" in first.output
+    assert "win rate of ppo over sft by people: no answers yet (project demo-arena)" in first.output
     assert json.loads((ev / "arena.json").read_text())["tasks"] == 5
-    again = runner.invoke(app, ["feedback", "arena", str(ev), "--db", db, "--project", "demo-arena"])
-    assert again.exit_code == 0 and "5 pairs to judge" in again.output
+    again = runner.invoke(app, ["feedback", "arena", str(ev), "--db", db])  # the name arena.json keeps
+    assert again.exit_code == 0 and "arena project demo-arena: 5 pairs to judge" in again.output
     missing = runner.invoke(app, ["feedback", "arena", str(tmp_path), "--db", db])
     assert missing.exit_code == 2 and "no samples.jsonl" in missing.output
+    (ev / "eval.json").unlink()
+    assert "no eval.json" in runner.invoke(app, ["feedback", "arena", str(ev), "--db", db]).output

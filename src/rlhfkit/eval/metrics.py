@@ -68,8 +68,9 @@ def grouped_rate(groups: Sequence[Sequence[float]], n_boot: int = 1000, confiden
     prompt counts the mean of its pairs, and the bootstrap interval resamples prompts. Empty groups are left out."""
     groups = [list(g) for g in groups if len(g)]
     flat = np.array([x for g in groups for x in g], dtype=float)
-    lo, hi = bootstrap_ci([float(np.mean(g)) for g in groups], np.mean, n_boot, confidence, seed)
-    return {"win_rate": mean(flat), "ci": [lo, hi], "wins": int((flat > 0.5).sum()), "ties": int((flat == 0.5).sum()),
+    per_prompt = [float(np.mean(g)) for g in groups]
+    lo, hi = bootstrap_ci(per_prompt, np.mean, n_boot, confidence, seed)
+    return {"win_rate": mean(per_prompt), "ci": [lo, hi], "wins": int((flat > 0.5).sum()), "ties": int((flat == 0.5).sum()),
             "losses": int((flat < 0.5).sum()), "n": len(flat), "n_prompts": len(groups)}
 
 

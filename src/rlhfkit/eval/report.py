@@ -329,7 +329,7 @@ def human_table(h: dict) -> str:
     """The people's blind A/B verdict (eval/human.json) beside the gold judge's and the reward model's, on the same
     pairs, with how often each judge agrees with people."""
     def row(who: str, w: dict, agree: str) -> str:
-        cell = win_cell(w) if w["n"] else "no answers yet"
+        cell = win_cell(w) if h["answers"] else "no answers yet"
         return f"<tr><td>{who}</td><td class=win>{cell}</td><td>{agree}</td></tr>"
 
     body = [row(f"people <small>({h['answers']} answers, {len(h['annotators'])} annotator(s))</small>", h["people"],

@@ -2,9 +2,11 @@
 
 Making it (:func:`make_arena`): an evaluation's ``samples.jsonl`` holds one answer per prompt and sample for each
 model, sampled with the same seed. Each (prompt, sample) gives one ``arena`` task over the model's answer and the
-reference's. The app shows the two answers with no model names, in an order drawn for each annotator (the order
-is recorded), and takes one of: A better, B better, tie, both bad. Pairs whose two answers are the same text are
-not asked; they count as ties, as the gold judge scores them.
+reference's, in a random order per task (so not even the API's response ids say which is which; the side is kept
+in the responses' stored meta, never sent). The app shows the two answers with no model names, in an order drawn
+again for each annotator (the order is recorded), and takes one of: A better, B better, tie, both bad. Pairs whose
+two answers are the same text are not asked; they count as ties, as the gold judge scores them. A project made
+for other answers (an earlier run's) is refused, not reused.
 
 Reading it (:func:`arena_results`, written to ``eval/human.json``): per pair, the model's outcome is 1 when people
 chose its answer, 0 when they chose the reference's, ½ for a tie or "both bad"; several annotators of one pair
@@ -106,9 +108,15 @@ def make_arena(db: Database, project: str, eval_dir: str | Path, model: Optional
     asked = [p for p in pairs if not p.identical]
     info = {"project": project, "model": model, "reference": reference, "pairs": len(pairs), "tasks": len(asked),
             "identical": len(pairs) - len(asked), "annotators_per_task": annotators_per_task}
-    rng = random.Random(seed)
+    rng, sides_rng = random.Random(seed), random.Random(f"arena-sides-{seed}")  # task order; each task's two sides
     with db.tx() as s:
-        if get_project(s, project) is None:
+        existing = get_project(s, project)
+        if existing is not None:
+            held = stored_pairs(s, existing)
+            if held != {(p.index, p.sample): (p.model["response"], p.reference["response"]) for p in asked}:
+                raise ValueError(f"--project: {project!r} holds other answers than {eval_dir / 'samples.jsonl'} (an "
+                                 "earlier evaluation's?); give the arena a new project name")
+        else:
             proj = Project(name=project, guidelines=GUIDELINES, annotators_per_task=annotators_per_task, max_held=5,
                            open_tasks=0)
             s.add(proj)
@@ -122,9 +130,9 @@ def make_arena(db: Database, project: str, eval_dir: str | Path, model: Optional
                 sides = [Response(prompt_id=prompts[p.index].id, text=row["response"], model=label,
                                   meta={"arena": {"index": p.index, "sample": p.sample, "side": side}})
                          for side, label, row in (("model", model, p.model), ("reference", reference, p.reference))]
+                sides_rng.shuffle(sides)  # the task's own order is random too: its positions say nothing of the models
                 s.add_all(sides)
                 s.flush()
-                # Task positions: 0 the model, 1 the reference; each annotator sees them in an order drawn for them.
                 s.add(Task(project_id=proj.id, prompt_id=prompts[p.index].id, kind="arena",
                            response_ids=[sides[0].id, sides[1].id], is_gold=False, gold=None, order_key=rng.random(),
                            n_active=0, is_open=True))
@@ -132,6 +140,18 @@ def make_arena(db: Database, project: str, eval_dir: str | Path, model: Optional
             refresh_open(s, proj)
     (eval_dir / "arena.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
+
+
+def stored_pairs(s, proj: Project) -> dict[tuple[int, int], tuple[str, str]]:
+    """(index, sample) → (the model's answer, the reference's) of an arena project's tasks."""
+    rows = s.execute(select(Response.text, Response.meta).join(Prompt, Prompt.id == Response.prompt_id)
+                     .where(Prompt.project_id == proj.id)).all()
+    sides: dict[tuple[int, int], dict[str, str]] = {}
+    for text, meta in rows:
+        where = (meta or {}).get("arena")
+        if where:
+            sides.setdefault((where["index"], where["sample"]), {})[where["side"]] = text
+    return {k: (v.get("model", ""), v.get("reference", "")) for k, v in sides.items()}
 
 
 def answer_progress(db: Database, project: str) -> tuple[int, int]:
@@ -185,11 +205,13 @@ def arena_results(db: Database, eval_dir: str | Path, tie_tol: float = 0.0, n_bo
         metas = dict(s.execute(select(Response.id, Response.meta).join(Prompt, Prompt.id == Response.prompt_id)
                                .join(Project, Project.id == Prompt.project_id)
                                .where(Project.name == info["project"])).all())
-    by_pair = {}
+    by_pair, model_at = {}, {}
     for t in tasks:
         if t.kind == "arena":
-            where = metas[t.response_ids[0]]["arena"]
-            by_pair[(where["index"], where["sample"])] = answers.get(t.id, [])
+            where = [metas[r]["arena"] for r in t.response_ids]
+            key = (where[0]["index"], where[0]["sample"])
+            by_pair[key] = answers.get(t.id, [])
+            model_at[key] = next(i for i, w in enumerate(where) if w["side"] == "model")  # its task position
     outcome = {"a_better": 0, "b_better": 0, "tie": 0, "both_bad": 0}
     rows = []  # (pair, people's outcome for the model)
     annotators, agree_units = set(), []
@@ -204,7 +226,7 @@ def arena_results(db: Database, eval_dir: str | Path, tie_tol: float = 0.0, n_bo
         for d in dones:
             annotators.add(d.annotator)
             better = d.payload["better"]
-            votes.append(0.5 if better is None else float(better == 0))  # task position 0 is the model's answer
+            votes.append(0.5 if better is None else float(better == model_at[(p.index, p.sample)]))
             outcome[{"a": "a_better", "b": "b_better"}.get(d.payload["choice"], d.payload["choice"])] += 1
         agree_units += [v for a, b in combinations(dones, 2) for v in agr.answer_agreement("arena", a.payload, b.payload)]
         rows.append((p, sum(votes) / len(votes)))
@@ -233,7 +255,7 @@ def arena_results(db: Database, eval_dir: str | Path, tie_tol: float = 0.0, n_bo
 def human_summary(h: dict) -> str:
     """One line: the people's win rate with its interval, how many answered, and their agreement with the gold judge."""
     w = h["people"]
-    if not w["n"]:
+    if not h["answers"]:
         return f"win rate of {h['model']} over {h['reference']} by people: no answers yet (project {h['project']})"
     gold = h["judges"].get("gold_score")
     agree = (f"; people and the gold judge agree on {gold['agreement']:.2f} of {gold['pairs']} pairs both decided"

@@ -18,7 +18,7 @@ beside the online methods'.
 KTO (``loss_type: kto``) learns from unpaired answers, each desirable or not: a rating by its score
 (``desirable_rating``; an unpaired record or a thumb by its label), a preference's chosen answer desirable and its
 rejected one not (rankings and edits through their pairs, as TRL unpairs them). A step scores its answers and, for
-the reference point z₀, the same answers after the next answer's prompt (mismatched, so they carry no label).
+the reference point z₀, the same answers each after another prompt of the batch (mismatched, so they carry no label).
 Logged: ``loss``, ``reward_desirable``/``reward_undesirable`` (β·(log π − log π_ref)), ``reward_margin`` (their
 difference), ``reward_accuracy`` (the share of answers on their label's side of β·z₀), ``kl`` (z₀), and the same
 held out.
@@ -125,7 +125,9 @@ def sequence_logprobs(model, pairs: list[EncodedPair], pad_id: int, device, aver
 def kto_logprobs(model, batch: list[EncodedAnswer], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(matched, mismatched) log-probs: each answer after its own prompt, and after the next answer's prompt
     (the reference point's sample: the same answers, no label), in one pass."""
-    shifted = [batch[(i + 1) % len(batch)].prompt for i in range(len(batch))]
+    n = len(batch)  # each answer after the next answer's prompt that is another prompt (a pair's two share one)
+    shifted = [next((batch[k % n].prompt for k in range(i + 1, i + n) if batch[k % n].prompt != a.prompt), a.prompt)
+               for i, a in enumerate(batch)]
     total = answer_logprobs(model, [a.prompt for a in batch] + shifted, [a.answer for a in batch] * 2, pad_id, device)
     return total[: len(batch)], total[len(batch):]
 
@@ -258,6 +260,9 @@ def train_dpo(cfg: DPOConfig) -> dict:
         groups, held_groups = split_records(groups, cfg.eval_fraction, cfg.seed)
     tok = load_tokenizer(cfg.model)
     kto = cfg.loss_type == "kto"
+    if kto and cfg.batch_size // max(cfg.grad_accum, 1) < 2:
+        raise ConfigError("dpo: kto needs at least 2 answers per micro-batch (batch_size / grad_accum): its reference "
+                          "point pairs each answer with another answer's prompt")
     if kto:  # unpaired answers (a prompt may have one), held out by prompt as the pairs are
         keys = list(dict.fromkeys(prompt_key(r) for r in records))
         if cfg.eval_data:
