@@ -2,7 +2,8 @@
 
 Components (data, models, rl, accel, judges, eval, and the top-level config, checkpoint, tracking, distributed,
 run) never import a stage; a stage never imports another stage (the pipeline, which runs them all, excepted);
-the feedback app imports only record formats (``data/formats.py``), the gold judges and the config; the RL
+the feedback app imports only record formats (``data/formats.py``), the gold judges, the config and the evaluation's
+statistics (``eval/metrics.py``: plain functions on lists, so the arena's win rate is computed as eval's is); the RL
 maths imports nothing but torch and the standard library.
 """
 
@@ -14,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rlhfkit"
 RUNS_STAGES = {"rlhfkit.stages.pipeline", "rlhfkit.cli", "rlhfkit.__main__"}
-FEEDBACK_MAY_IMPORT = ("rlhfkit.feedback", "rlhfkit.data.formats", "rlhfkit.judges", "rlhfkit.config")
+FEEDBACK_MAY_IMPORT = ("rlhfkit.feedback", "rlhfkit.data.formats", "rlhfkit.judges", "rlhfkit.config", "rlhfkit.eval.metrics")
 RL_MAY_IMPORT = ("rlhfkit.rl", "torch", "__future__")
 
 
