@@ -497,7 +497,8 @@ def feedback_arena(
     rate with its interval, beside the gold judge's and the reward model's, to EVAL_DIR/human.json."""
     import json
 
-    from rlhfkit.feedback.arena import arena_project_name, arena_results, human_summary, make_arena, wait_for_answers
+    from rlhfkit.feedback.arena import arena_project_name, arena_results, human_summary, make_arena
+    from rlhfkit.feedback.export import wait_for_answers
     from rlhfkit.feedback.db import Database
 
     for name in ("samples.jsonl", "eval.json"):

@@ -34,6 +34,16 @@ GUIDELINES = ("Judge the answer a patient tutor would give: correct first, then 
               "Wrong facts make an answer poor however well it reads.")
 
 
+def open_page(p, width: int = 1280, height: int = 800):
+    """(browser, page, refused): Debian's chromium with one page, and the messages it logs for whatever the
+    Content-Security-Policy blocks (a list that stays empty when the page keeps to its policy)."""
+    browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    page = browser.new_page(viewport={"width": width, "height": height})
+    refused: list[str] = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+    return browser, page, refused
+
+
 def test_one_task_of_each_kind_through_the_page(tmp_path, server_factory):
     playwright = pytest.importorskip("playwright.sync_api")
     db_url = str(tmp_path / "feedback.db")
@@ -46,10 +56,7 @@ def test_one_task_of_each_kind_through_the_page(tmp_path, server_factory):
     shots = Path(os.environ["RLHFKIT_SCREENSHOTS"]) if os.environ.get("RLHFKIT_SCREENSHOTS") else None
 
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 760})
-        refused = []  # the browser reports whatever the Content-Security-Policy blocks on the console
-        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        browser, page, refused = open_page(p, 1100, 760)
         page.goto(server.url + "/")
         page.fill("#token", token)
         page.press("#token", "Enter")
@@ -74,9 +81,7 @@ def test_one_task_of_each_kind_through_the_page(tmp_path, server_factory):
                 shots.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(shots / f"feedback-{kind}.png"), full_page=True)
             page.keyboard.press("Enter")
-            # A function, not an expression string: the page's CSP forbids eval, which a string predicate needs.
-            page.wait_for_function("(shown) => document.querySelector('#view-task').dataset.assignment !== shown "
-                                   "|| !document.querySelector('#view-done').hidden", arg=assignment)
+            next_shown(page, assignment)
         page.wait_for_selector("#view-done:not([hidden])")
         # Go back and change the last answer: it becomes revision 2.
         page.keyboard.press("u")
@@ -140,10 +145,7 @@ def test_a_reviewer_resolves_a_disagreement_in_the_page_and_it_is_stored_beside_
         answers_before = sorted((a.id, a.payload["better"]) for a in s.scalars(select(Answer)))
 
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        refused = []
-        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        browser, page, refused = open_page(p, 1280, 800)
         page.goto(f"{server.url}/#token={reviewer}")
         page.wait_for_selector("#view-projects:not([hidden])")
         assert "(reviewer)" in page.inner_text("#who")
@@ -183,8 +185,7 @@ def test_markdown_guidelines_without_raw_html_long_words_the_rank_legend_at_1280
     tokens = {name: httpx.post(server.url + "/api/admin/annotators", json={"name": name}, headers=auth(ADMIN)).json()["token"]
               for name in ("ann", "bob")}
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        browser, page, _ = open_page(p)
         page.goto(f"{server.url}/#token={tokens['ann']}")
         page.wait_for_selector("#view-task:not([hidden])")
         # Markdown, rendered; the raw HTML in it shown as text, never run; no javascript: link made
@@ -216,8 +217,7 @@ def test_a_thumbs_task_is_answered_with_one_key(tmp_path, server_factory):
     server = server_factory(db_url)
     token = httpx.post(server.url + "/api/admin/annotators", json={"name": "ann"}, headers=auth(ADMIN)).json()["token"]
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        browser, page, _ = open_page(p)
         page.goto(f"{server.url}/#token={token}")
         answers = {}
         for _ in range(2):
@@ -229,8 +229,7 @@ def test_a_thumbs_task_is_answered_with_one_key(tmp_path, server_factory):
                 screenshot(page, "thumbs")
             answers[int(shown)] = "down" if key == "n" else "up"
             page.keyboard.press(key)  # one key: no Enter
-            page.wait_for_function("(shown) => document.querySelector('#view-task').dataset.assignment !== shown "
-                                   "|| !document.querySelector('#view-done').hidden", arg=shown)
+            next_shown(page, shown)
         page.wait_for_selector("#view-done:not([hidden])")
         browser.close()
     with db.tx() as s:
@@ -250,10 +249,7 @@ def test_the_admin_page_creates_a_project_from_a_file_adds_an_annotator_whose_li
     bad.write_text('{"prompt": "p", "responses": ["a", "b"]}\n{"prompt": "q", "responses": ["same", "same"]}\n')
     good = write_jsonl(tmp_path / "cands.jsonl", [PAIR])
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        refused = []
-        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        browser, page, refused = open_page(p, 1280, 800)
         page.goto(server.url + "/admin")
         page.fill("#admin-token", ADMIN)
         page.press("#admin-token", "Enter")
@@ -315,6 +311,8 @@ def screenshot(page, name: str) -> None:
 
 
 def next_shown(page, shown: str) -> None:
+    """Wait until the page shows another task than assignment ``shown``, or the done view. (A function, not an
+    expression string: the page's CSP forbids eval, which a string predicate needs.)"""
     page.wait_for_function("(shown) => document.querySelector('#view-task').dataset.assignment !== shown "
                            "|| !document.querySelector('#view-done').hidden", arg=shown)
 
@@ -333,10 +331,7 @@ def test_an_arena_pair_is_judged_blind_with_one_key_each(tmp_path, server_factor
     keys = ["a", "b", "t", "x", "a"]
     pressed = {}
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        refused = []
-        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        browser, page, refused = open_page(p, 1280, 800)
         page.goto(f"{server.url}/#token={token}")
         for key in keys:
             page.wait_for_selector("#view-task:not([hidden])")
@@ -372,8 +367,7 @@ def test_a_tied_ranking_and_none_acceptable_are_given_with_keys(tmp_path, server
     server = server_factory(db_url)
     token = httpx.post(server.url + "/api/admin/annotators", json={"name": "ann"}, headers=auth(ADMIN)).json()["token"]
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        browser, page, _ = open_page(p)
         page.goto(f"{server.url}/#token={token}")
         page.wait_for_selector("#view-task:not([hidden])")
         first = page.get_attribute("#view-task", "data-assignment")

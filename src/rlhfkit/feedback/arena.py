@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from rlhfkit.data.formats import read_records
 from rlhfkit.eval import metrics as M
 from rlhfkit.feedback import agreement as agr
 from rlhfkit.feedback.annotate import refresh_open
 from rlhfkit.feedback.checks import check_name
-from rlhfkit.feedback.db import Answer, Assignment, Database, Project, Prompt, Response, Task, get_project
+from rlhfkit.feedback.db import Database, Project, Prompt, Response, Task, get_project
 from rlhfkit.feedback.export import load_answers
 
 GUIDELINES = """Two answers to the same prompt, from two versions of a model, in an order drawn for you.
@@ -152,31 +151,6 @@ def stored_pairs(s, proj: Project) -> dict[tuple[int, int], tuple[str, str]]:
         if where:
             sides.setdefault((where["index"], where["sample"]), {})[where["side"]] = text
     return {k: (v.get("model", ""), v.get("reference", "")) for k, v in sides.items()}
-
-
-def answer_progress(db: Database, project: str) -> tuple[int, int]:
-    """(answers given, answers wanted: non-gold tasks × annotators per task) of a project; an answer's revisions
-    count once and gold tasks (every annotator's) not at all."""
-    with db.tx() as s:
-        proj = get_project(s, project)
-        if proj is None:
-            raise ValueError(f"--project: no project named {project!r} in this database")
-        tasks = s.scalar(select(func.count()).select_from(Task).where(Task.project_id == proj.id, ~Task.is_gold))
-        done = s.scalar(select(func.count(func.distinct(Assignment.id))).select_from(Assignment)
-                        .join(Answer, Answer.assignment_id == Assignment.id).join(Task, Task.id == Assignment.task_id)
-                        .where(Assignment.project_id == proj.id, ~Task.is_gold))
-        return int(done or 0), int(tasks or 0) * proj.annotators_per_task
-
-
-def wait_for_answers(db: Database, project: str, poll_seconds: float, say: Callable[[str], None], target: int = 0) -> None:
-    """Poll until every task has its annotators' answers (or ``target`` answers are in)."""
-    while True:
-        done, wanted = answer_progress(db, project)
-        wanted = target or wanted
-        say(f"project {project}: {done}/{wanted} answers")
-        if done >= wanted:
-            return
-        time.sleep(poll_seconds)
 
 
 def side(diff: float, tie_tol: float = 0.0) -> int:

@@ -26,14 +26,15 @@ import os
 import secrets
 import shutil
 import statistics
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import combinations
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from rlhfkit.feedback import agreement as agr
 from rlhfkit.feedback.checks import find_bad_text
@@ -441,3 +442,28 @@ def stats(db: Database, project: str, fast_seconds: float = 2.0) -> dict:
                            "fast_answers": sum(t < fast_seconds for t in times)})
     return {"project": project, "kinds": kinds, "annotators": annotators, "fast_seconds": fast_seconds,
             "agreement": agreement_by_kind(tasks, answers)}
+
+
+def answer_progress(db: Database, project: str) -> tuple[int, int]:
+    """(answers given, answers wanted: non-gold tasks × annotators per task) of a project; an answer's revisions
+    count once and gold tasks (every annotator's) not at all."""
+    with db.tx() as s:
+        proj = get_project(s, project)
+        if proj is None:
+            raise ValueError(f"--project: no project named {project!r} in this database")
+        tasks = s.scalar(select(func.count()).select_from(Task).where(Task.project_id == proj.id, ~Task.is_gold))
+        done = s.scalar(select(func.count(func.distinct(Assignment.id))).select_from(Assignment)
+                        .join(Answer, Answer.assignment_id == Assignment.id).join(Task, Task.id == Assignment.task_id)
+                        .where(Assignment.project_id == proj.id, ~Task.is_gold))
+        return int(done or 0), int(tasks or 0) * proj.annotators_per_task
+
+
+def wait_for_answers(db: Database, project: str, poll_seconds: float, say: Callable[[str], None], target: int = 0) -> None:
+    """Poll until every task has its annotators' answers (or ``target`` answers are in)."""
+    while True:
+        done, wanted = answer_progress(db, project)
+        wanted = target or wanted
+        say(f"project {project}: {done}/{wanted} answers")
+        if done >= wanted:
+            return
+        time.sleep(poll_seconds)

@@ -159,8 +159,7 @@ def round_dir(out: Path, r: int) -> Path:
 def app_feedback(cfg: PipelineConfig, recipe: Recipe, candidates: Path, feedback: Path, round_no: int) -> None:
     """Feedback from people: import the candidates into the app, wait for answers, export them."""
     from rlhfkit.feedback.db import Database
-    from rlhfkit.feedback.arena import wait_for_answers
-    from rlhfkit.feedback.export import export_records
+    from rlhfkit.feedback.export import export_records, wait_for_answers
     from rlhfkit.feedback.importer import import_candidates
 
     project = f"{recipe.name}-{Path(cfg.output).name}-r{round_no}"
@@ -183,7 +182,8 @@ def app_feedback(cfg: PipelineConfig, recipe: Recipe, candidates: Path, feedback
 def app_human_eval(cfg: PipelineConfig, recipe: Recipe, out: Path) -> dict:
     """People judge the tuned policy against the SFT model, blind, in the app (an arena project of the evaluation's
     answers) when the feedback came from people; their verdict goes to eval/human.json for the report."""
-    from rlhfkit.feedback.arena import arena_results, human_summary, make_arena, wait_for_answers
+    from rlhfkit.feedback.arena import arena_results, human_summary, make_arena
+    from rlhfkit.feedback.export import wait_for_answers
     from rlhfkit.feedback.db import Database
 
     db = Database(cfg.db)
