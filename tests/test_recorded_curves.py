@@ -22,6 +22,7 @@ from tests.stages.test_reward_model import token_preference_data
 
 RECORDED = Path(__file__).parent / "recorded_curves.json"
 PPO_KEYS = ["score", "kl", "policy_loss", "value_loss", "entropy", "approx_kl"]
+KL_ABS = 1e-5
 WORDS = ["apple", "banana", "cherry", "dragon", "eagle", "falcon", "grape", "harbor"]
 
 
@@ -52,4 +53,6 @@ def test_tiny_sft_reward_model_and_ppo_curves_match_the_recorded_ones(tmp_path):
     assert set(now) == set(recorded)
     for name, values in recorded.items():
         assert len(now[name]) == len(values), name
-        assert now[name] == pytest.approx(values, rel=1e-4, abs=1e-6), name
+        # The KL is a difference of two nearly equal log-prob sums: at the start it is rounding alone, and rounding
+        # differs by CPU kind (AVX2 against AVX-512 kernels: 1e-6 apart here), so it is compared to 1e-5.
+        assert now[name] == pytest.approx(values, rel=1e-4, abs=KL_ABS if name == "ppo_kl" else 1e-6), name

@@ -20,30 +20,53 @@ def test_the_route_is_measured_once_per_machine_cached_and_a_setting_overrides_i
     monkeypatch.delenv("RLHFKIT_CPU_MATMUL")
     monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path))
     rates = {"blas": 129.0, "onednn": 115.0}  # the AVX2-only machine's figures: BLAS is the faster one there
-    monkeypatch.setattr(cpu_linear, "measure_routes", lambda: rates)
+    monkeypatch.setattr(cpu_linear, "measure_routes", lambda shapes: rates)
     cpu_linear.onednn_chosen.cache_clear()
     assert cpu_linear.onednn_chosen() is False
-    assert not cpu_linear.applies(torch.randn(4, 64), torch.randn(64, 64))
+    assert not cpu_linear.applies(torch.randn(512, 64), torch.randn(64, 64))
     assert "BLAS 129 GFLOP/s, oneDNN 115 → BLAS" in capsys.readouterr().err
     saved = json.loads((tmp_path / cpu_linear.ROUTES_FILE).read_text())
     assert saved == {cpu_linear.machine_key(): {"blas_gflops": 129.0, "onednn_gflops": 115.0, "route": "blas"}}
     # the next process on this machine reads the choice: no second measurement, nothing said
-    monkeypatch.setattr(cpu_linear, "measure_routes", lambda: pytest.fail("measured again"))
+    monkeypatch.setattr(cpu_linear, "measure_routes", lambda shapes: pytest.fail("measured again"))
     cpu_linear.onednn_chosen.cache_clear()
     assert cpu_linear.onednn_chosen() is False and capsys.readouterr().err == ""
     # within 5 %: BLAS (torch's own route) is kept; a clear oneDNN win takes oneDNN
     for blas, onednn, chosen in ((100.0, 104.0, False), (190.0, 428.0, True)):
         (tmp_path / cpu_linear.ROUTES_FILE).unlink()
-        monkeypatch.setattr(cpu_linear, "measure_routes", lambda b=blas, o=onednn: {"blas": b, "onednn": o})
+        monkeypatch.setattr(cpu_linear, "measure_routes", lambda shapes, b=blas, o=onednn: {"blas": b, "onednn": o})
         cpu_linear.onednn_chosen.cache_clear()
         assert cpu_linear.onednn_chosen() is chosen
     for setting, chosen in (("blas", False), ("onednn", True)):
         monkeypatch.setenv("RLHFKIT_CPU_MATMUL", setting)
-        monkeypatch.setattr(cpu_linear, "measure_routes", lambda: pytest.fail("a setting needs no measurement"))
+        monkeypatch.setattr(cpu_linear, "measure_routes", lambda shapes: pytest.fail("a setting needs no measurement"))
         cpu_linear.onednn_linear_available.cache_clear()
         cpu_linear.onednn_chosen.cache_clear()
         assert cpu_linear.onednn_chosen() is chosen
     cpu_linear.onednn_linear_available.cache_clear()
+
+
+def test_a_decoding_steps_skinny_products_have_a_route_of_their_own(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("RLHFKIT_CPU_MATMUL")
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path))
+    # the AVX2-only machine's figures: BLAS wins the training shapes, oneDNN the decoding ones
+    rates = {cpu_linear.PROBE_SHAPES: {"blas": 150.0, "onednn": 121.0},
+             cpu_linear.PROBE_DECODE_SHAPES: {"blas": 45.0, "onednn": 79.0}}
+    monkeypatch.setattr(cpu_linear, "measure_routes", lambda shapes: rates[shapes])
+    cpu_linear.onednn_chosen.cache_clear()
+    w = torch.randn(64, 64)
+    assert cpu_linear.applies(torch.randn(32, 64), w)  # a decoding step: 32 rows
+    assert cpu_linear.applies(torch.randn(4, 8, 64), w)  # 32 rows as (batch, 1 token, hidden) would be too
+    assert not cpu_linear.applies(torch.randn(512, 64), w)  # a training pass's rows
+    assert "decoding shapes: BLAS 45 GFLOP/s, oneDNN 79 → oneDNN" in capsys.readouterr().err
+    saved = json.loads((tmp_path / cpu_linear.ROUTES_FILE).read_text())
+    assert saved[cpu_linear.machine_key() + " | decoding"]["route"] == "onednn"
+    assert saved[cpu_linear.machine_key()]["route"] == "blas"
+    # a model's layers switch when either route is oneDNN's; each product then picks its route by its rows
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    assert cpu_linear.use_onednn_linears(model) == 1
+    x = torch.randn(512, 64)
+    torch.testing.assert_close(model(x), x @ model[0].weight.t() + model[0].bias)
 
 
 def test_the_measurement_times_both_routes_on_real_products():

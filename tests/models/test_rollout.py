@@ -43,6 +43,33 @@ def test_sampled_logprobs_equal_a_full_recompute_at_temperature_with_left_padded
     assert (untempered[mask] - s["logprobs"][mask]).abs().max() > 1e-2
 
 
+def test_rows_that_repeat_a_prompt_share_its_pass_and_sample_what_separate_rows_sample(tok, prompts, monkeypatch):
+    import rlhfkit.models.rollout as rollout
+
+    model = load_causal_lm("tiny")
+    rows = [p for p in prompts for _ in range(3)]  # K = 3 answers per prompt, side by side as the trainers lay them
+    query, query_mask = left_pad(rows, tok.pad_token_id)
+    first, row_of = rollout.shared_prompts(query, query_mask)
+    assert sorted(first.tolist()) == [0, 3, 6]  # the first row of each prompt
+    assert torch.equal(first[row_of], torch.tensor([0, 0, 0, 3, 3, 3, 6, 6, 6]))
+    draws = torch.rand(20, len(rows), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        it = iter(draws)
+        return sample(model, query, query_mask, 20, 1.0, tok.eos_token_id, tok.pad_token_id, uniforms=lambda: next(it))
+
+    shared = run()
+    real = rollout.shared_prompts
+    monkeypatch.setattr(rollout, "shared_prompts", lambda q, m: (None, real(q, m)[1]))  # every row's own prompt pass
+    separate = run()
+    assert torch.equal(shared["response"], separate["response"])
+    mask = shared["response_mask"].bool()
+    torch.testing.assert_close(shared["logprobs"][mask], separate["logprobs"][mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared["entropy"][mask], separate["entropy"][mask], atol=1e-4, rtol=1e-5)
+    # distinct prompts share nothing
+    assert rollout.shared_prompts(*left_pad(prompts, tok.pad_token_id))[0] is None
+
+
 def test_a_prompt_alone_and_inside_a_left_padded_batch_give_the_same_logprobs(tok, prompts):
     torch.manual_seed(1)
     model = load_causal_lm("tiny")

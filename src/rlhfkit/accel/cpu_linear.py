@@ -6,8 +6,9 @@ fp32 arithmetic in another summation order: results agree to ~1e-6 relative (tes
 bf16 matmuls (autocast) already go through oneDNN and are left alone. Which route is faster depends on the
 CPU (on one without AVX-512 it can be the slower one), so it is measured, not assumed: the first model set-up
 on a machine times fp32 products of a 135M model's training shapes both ways (:func:`measure_routes`, about a
-second), keeps oneDNN only when it is ≥ 5 % faster, caches the choice per machine (CPU model, its vector
-flags, torch version) in the cache folder and says it once ("fp32 products: BLAS 129 GFLOP/s, oneDNN 115 → BLAS").
+second), and a decoding step's skinny shapes apart (``DECODE_ROWS``), keeps oneDNN only when it is ≥ 5 % faster,
+caches each choice per machine (CPU model, its vector flags, torch version) in the cache folder and says it once
+("fp32 products on this CPU, training shapes: BLAS 129 GFLOP/s, oneDNN 115 → BLAS").
 
 :func:`use_onednn_linears` switches a model's plain ``nn.Linear`` layers to :class:`OneDNNLinear`, a
 subclass with the same parameters, state dict and hooks, whose forward takes this route whenever it
@@ -35,6 +36,13 @@ MIN_DIM = 64  # narrower products (LoRA's rank-16 factors, 1-output heads) ran a
 ROUTES_FILE = "cpu-routes.json"  # in the cache folder: {machine key: the measurement and the choice}
 # (rows, inner, outer) of the products timed: a 135M Llama's attention and MLP projections on 512 tokens
 PROBE_SHAPES = ((512, 576, 576), (512, 576, 1536), (512, 1536, 576))
+# A decoding step's products are skinny (a row per answer) and the routes rank differently on them: on an AVX2-only
+# machine BLAS won the training shapes (150 against 121 GFLOP/s) and lost the 32-row output head (40 ms against 23).
+# Products of at most DECODE_ROWS rows take the route measured on PROBE_DECODE_SHAPES: 32 rows through the
+# projections and a 49k-token output head.
+DECODE_ROWS = 64
+PROBE_DECODE_SHAPES = ((32, 576, 1536), (32, 1536, 576), (32, 576, 49152))
+ROUTE_PROBES = {"training": PROBE_SHAPES, "decoding": PROBE_DECODE_SHAPES}
 ONEDNN_MARGIN = 1.05  # oneDNN must be this much faster to be chosen (BLAS is torch's own route)
 
 
@@ -66,11 +74,11 @@ def machine_key() -> str:
     return f"{model} | {' '.join(sorted(flags))} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
-def measure_routes(reps: int = 3) -> dict:
-    """GFLOP/s of fp32 products of PROBE_SHAPES through BLAS (F.linear) and through oneDNN, the best of ``reps``."""
+def measure_routes(shapes=PROBE_SHAPES, reps: int = 3) -> dict:
+    """GFLOP/s of fp32 products of ``shapes`` through BLAS (F.linear) and through oneDNN, the best of ``reps``."""
     torch.manual_seed(0)
-    cases = [(torch.randn(m, k), torch.randn(n, k)) for m, k, n in PROBE_SHAPES]
-    flops = sum(2 * m * k * n for m, k, n in PROBE_SHAPES)
+    cases = [(torch.randn(m, k), torch.randn(n, k)) for m, k, n in shapes]
+    flops = sum(2 * m * k * n for m, k, n in shapes)
     rates = {}
     for route, mm in (("blas", torch.nn.functional.linear), ("onednn", onednn_mm)):
         for a, w in cases:  # warm up: first calls pick kernels and allocate
@@ -86,9 +94,10 @@ def measure_routes(reps: int = 3) -> dict:
 
 
 @functools.cache
-def onednn_chosen() -> bool:
-    """Whether fp32 products take the oneDNN route: the setting (``RLHFKIT_CPU_MATMUL``), else this machine's
-    cached measurement, else a new one (saved, and said once on stderr)."""
+def onednn_chosen(kind: str = "training") -> bool:
+    """Whether fp32 products of ``kind`` (``training``: many rows; ``decoding``: at most DECODE_ROWS) take the oneDNN
+    route: the setting (``RLHFKIT_CPU_MATMUL``), else this machine's cached measurement of that kind's shapes, else a
+    new one (saved, and said once on stderr)."""
     setting = os.environ.get("RLHFKIT_CPU_MATMUL", "").lower()
     if not onednn_linear_available():
         return False
@@ -96,13 +105,13 @@ def onednn_chosen() -> bool:
         return True
     from rlhfkit.models.loading import cache_dir
 
-    path, key = cache_dir() / ROUTES_FILE, machine_key()
+    path, key = cache_dir() / ROUTES_FILE, machine_key() + ("" if kind == "training" else f" | {kind}")
     try:
         known = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        rates = measure_routes()
+        rates = measure_routes(ROUTE_PROBES[kind])
         route = "onednn" if rates["onednn"] >= ONEDNN_MARGIN * rates["blas"] else "blas"
         known[key] = {"blas_gflops": round(rates["blas"], 1), "onednn_gflops": round(rates["onednn"], 1), "route": route}
         try:
@@ -112,7 +121,7 @@ def onednn_chosen() -> bool:
             tmp.replace(path)
         except OSError:
             pass  # a read-only cache: measured again next time
-        sys.stderr.write(f"rlhfkit: fp32 products on this CPU: BLAS {rates['blas']:.0f} GFLOP/s, oneDNN "
+        sys.stderr.write(f"rlhfkit: fp32 products on this CPU, {kind} shapes: BLAS {rates['blas']:.0f} GFLOP/s, oneDNN "
                          f"{rates['onednn']:.0f} → {'oneDNN' if route == 'onednn' else 'BLAS'} (measured once, kept in "
                          f"{path}; RLHFKIT_CPU_MATMUL=blas|onednn overrides)\n")
     return known[key]["route"] == "onednn"
@@ -127,7 +136,7 @@ def applies(x: Tensor, weight: Tensor) -> bool:
     """Whether ``x · weightᵀ`` takes the oneDNN route (see the module's docstring)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and min(weight.shape) >= MIN_DIM and not torch.is_autocast_enabled("cpu") and accel_on()
-            and onednn_chosen())
+            and onednn_chosen("decoding" if x.numel() <= DECODE_ROWS * x.shape[-1] else "training"))
 
 
 class OneDNNLinearFn(torch.autograd.Function):
@@ -170,7 +179,7 @@ def use_onednn_linears(model: torch.nn.Module, skip: tuple[torch.nn.Module, ...]
     Nothing changes where oneDNN is not available. The switch keeps parameters, buffers, hooks and the
     state dict; ``isinstance(layer, nn.Linear)`` stays true, so peft and saving see the same model.
     """
-    if not accel_on() or not onednn_chosen():
+    if not accel_on() or not (onednn_chosen("training") or onednn_chosen("decoding")):
         return 0
     count = 0
     for module in model.modules():

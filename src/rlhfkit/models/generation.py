@@ -1,4 +1,6 @@
-"""Batched generation with the KV cache (transformers ``generate``), left-padded prompts.
+"""Batched generation with the KV cache, left-padded prompts: sampling from the whole distribution through our
+decoding loop (``models/rollout.sample``: rows that repeat a prompt share its pass), greedy, top-p and top-k
+decoding through transformers' ``generate``.
 
 Prompts are sorted by length so that each batch carries little padding, then answers are put back in
 the caller's order. A response is cut after its first EOS; the EOS stays, so the caller can tell a
@@ -15,6 +17,7 @@ from rich.progress import Progress
 from rlhfkit.config import ConfigError
 from rlhfkit.data.formats import prompt_messages, prompt_text, read_records, write_records
 from rlhfkit.data.tokenize import encode_prompt, left_pad
+from rlhfkit.models.rollout import sample
 
 
 def sampling_kwargs(temperature: float, top_p: float = 1.0, top_k: int = 0) -> dict:
@@ -44,15 +47,22 @@ def generate_ids(model, tok, prompts: list[list[int]], max_new_tokens: int, temp
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int] | None] = [None] * len(prompts)
     kwargs = sampling_kwargs(temperature, top_p, top_k)
+    # sampling from the whole distribution goes through our loop (faster, bench/RESULTS.md); greedy, top-p and
+    # top-k through transformers' generate
+    full_distribution = temperature > 0 and top_p >= 1.0 and not top_k
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("generating", total=len(prompts))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             input_ids, attn = left_pad([prompts[i] for i in idx], tok.pad_token_id)
-            gen = model.generate(input_ids=input_ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs)
+            if full_distribution:  # our decoding loop: repeated prompts share their pass (models/rollout.py)
+                gen = sample(model, input_ids, attn, max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id)["response"]
+            else:
+                gen = model.generate(input_ids=input_ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs)
+                gen = gen[:, input_ids.shape[1]:]
             for row, i in enumerate(idx):
-                out[i] = cut_at_eos(gen[row, input_ids.shape[1]:].tolist(), tok.eos_token_id, tok.pad_token_id)
+                out[i] = cut_at_eos(gen[row].tolist(), tok.eos_token_id, tok.pad_token_id)
             bar.advance(task, len(idx))
     return out  # type: ignore[return-value]
 

@@ -93,6 +93,16 @@ def trim(query: Tensor, query_mask: Tensor, response_mask: Tensor) -> tuple[int,
     return first, max(width, 1)
 
 
+def shared_prompts(query: Tensor, query_mask: Tensor) -> tuple[Tensor | None, Tensor]:
+    """(the first row of each distinct prompt, each row's index among those), or (None, ·) when no prompt repeats."""
+    distinct, row_of = torch.unique(torch.cat([query, query_mask], dim=1), dim=0, return_inverse=True)
+    if distinct.shape[0] == query.shape[0]:
+        return None, row_of
+    first = torch.full((distinct.shape[0],), query.shape[0], dtype=torch.long, device=query.device)
+    first.scatter_reduce_(0, row_of, torch.arange(query.shape[0], device=query.device), reduce="amin")
+    return first, row_of
+
+
 @torch.inference_mode()
 def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temperature: float, eos_id: int,
            pad_id: int, value_head=None, uniforms=None) -> dict[str, Tensor]:
@@ -117,10 +127,19 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
     positions = position_ids_from_mask(query_mask)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logprobs, entropy, values = [], [], [], []
+    # Rows that repeat a prompt (K answers per prompt side by side) share its pass: the prompt's keys and values
+    # are computed once and copied to every row that has it, the attention each row would have computed itself.
+    first, row_of = shared_prompts(query, query_mask)
     for step in range(max_new_tokens):
-        out = backbone(input_ids=ids, attention_mask=mask[:, : width + step], position_ids=positions,
-                       past_key_values=cache, use_cache=True)
-        hidden = out.last_hidden_state[:, -1]  # (B, H)
+        if step == 0 and first is not None:
+            out = backbone(input_ids=ids[first], attention_mask=query_mask[first], position_ids=positions[first],
+                           past_key_values=cache, use_cache=True)
+            cache.reorder_cache(row_of)
+            hidden = out.last_hidden_state[row_of, -1]
+        else:
+            out = backbone(input_ids=ids, attention_mask=mask[:, : width + step], position_ids=positions,
+                           past_key_values=cache, use_cache=True)
+            hidden = out.last_hidden_state[:, -1]  # (B, H)
         logits = lm_head(hidden).float()  # (B, V): one position per row, so no large float copy
         logp = torch.log_softmax(logits / temperature, dim=-1)  # one pass: the sample, its log-prob, the entropy
         probs = logp.clamp(min=EXP_FLOOR).exp()  # the clamp keeps exp off its slow path (see EXP_FLOOR)

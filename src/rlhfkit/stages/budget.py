@@ -361,7 +361,7 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     from rlhfkit.data.formats import prompt_messages, read_records, sft_pair
     from rlhfkit.data.tokenize import IGNORE_INDEX, collate_right, encode_prompt, encode_response, encode_sft, left_pad
     from rlhfkit.models.generation import sampling_kwargs
-    from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer
+    from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer, resolve
     from rlhfkit.models.reward import RewardModule, build_reward_model, rm_inputs
     from rlhfkit.models.rollout import forward_tokens
 
@@ -394,6 +394,9 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
         nonlocal tok, lm
         tok, lm = load_tokenizer(model), load_causal_lm(model)
 
+    if not model.startswith("tiny"):
+        # a fresh machine converts the shipped model once (its first load): not what every stage's load costs
+        resolve(model)
     load_s = timed(load)
     prompt_ids = [encode_prompt(tok, prompt_messages(p), smp.chat) for p in prompts[:PROBE_RECORDS]]
     eval_ids = [encode_prompt(tok, prompt_messages(p), evc["chat"]) for p in evals[:PROBE_RECORDS]]
