@@ -150,7 +150,7 @@ def main() -> None:
     flops = sampling_flops(plain.config, rows, q.shape[1], new)
     best = max(v for k, v in roof.items() if k.startswith("fp32"))
     res = {"machine": cpu_model(), "flags": cpu_flags(), "torch": torch.__version__, "threads": args.threads,
-           "rows": rows, "prompt_width": q.shape[1], "new_tokens": new, "route_chosen": "onednn" if onednn_chosen() else "blas",
+           "rows": rows, "prompt_width": q.shape[1], "new_tokens": new, "route_chosen": {k: "onednn" if onednn_chosen(k) else "blas" for k in ("training", "decoding")},
            "roofline_gflops": {k: round(v / 1e9, 1) for k, v in roof.items()}, "gflop_per_run": round(flops / 1e9, 1)}
     for name, ts in times.items():
         s = statistics.median(ts)

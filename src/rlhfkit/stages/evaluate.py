@@ -204,7 +204,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     console.print(f"eval: {len(prompt_records)} prompts × {per} answer(s), {len(specs)} model(s), reference {ref_spec}")
     ref_tok = load_tokenizer(ref_spec)
     ref_model = load_causal_lm(ref_spec)
-    speed_up(ref_model, device=torch.device("cpu"))  # this machine's measured route for fp32 products (accel/)
+    speed_up(ref_model, device=torch.device("cpu"), head_apart=True)  # fp32 products: the measured route (accel/)
     ref_prompts = [encode_prompt(ref_tok, prompt_messages(r), cfg.chat) for r in records]
     console.print(f"eval: sampling the reference {ref_spec}")
     ref_sampler = sampling_copy(ref_model, cfg.precision)  # one bf16 copy serves the reference and best-of-N
@@ -219,7 +219,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         else:
             console.print(f"eval: sampling {label}")
             tok, model = load_tokenizer(spec), load_causal_lm(spec)
-            speed_up(model, device=torch.device("cpu"))
+            speed_up(model, device=torch.device("cpu"), head_apart=True)
             prompts = [encode_prompt(tok, prompt_messages(r), cfg.chat) for r in records]
             ans = score(sample_answers(sampling_copy(model, cfg.precision), tok, prompts, cfg, cfg.seed))
             kl, method = None, None
