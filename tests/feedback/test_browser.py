@@ -179,7 +179,9 @@ def test_markdown_guidelines_without_raw_html_long_words_the_rank_legend_at_1280
             "responses": [f"Answer {i}: " + "a long explanation that goes on. " * 40 for i in range(4)], "model": "tiny"}
     guidelines = ("# Rules\n\n- Be **correct** first.\n- Then `kind`.\n\n"
                   "<img src=x onerror=\"document.title='pwned'\"> [click](javascript:alert(1))")
-    import_candidates(db, "tutor", write_jsonl(tmp_path / "many.jsonl", [many]), "rank", guidelines=guidelines)
+    # two annotators a task: the one task held by ann is still open to bob
+    import_candidates(db, "tutor", write_jsonl(tmp_path / "many.jsonl", [many]), "rank", guidelines=guidelines,
+                      annotators_per_task=2)
     db.dispose()
     server = server_factory(db_url)
     tokens = {name: httpx.post(server.url + "/api/admin/annotators", json={"name": name}, headers=auth(ADMIN)).json()["token"]
@@ -201,10 +203,13 @@ def test_markdown_guidelines_without_raw_html_long_words_the_rank_legend_at_1280
         box = page.query_selector("#keys").bounding_box()
         assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 800
         assert "tie it with the last place" in page.inner_text("#keys")
-        # a link with another annotator's token, opened in this tab, switches to them
+        # a link with another annotator's token, opened in this tab, switches to them: bob's name, and bob's own
+        # assignment of the task (ann's view stays on screen until his arrives, so it is told apart by its id)
+        ann_assignment = page.get_attribute("#view-task", "data-assignment")
         page.evaluate("(t) => { location.hash = 'token=' + t; }", tokens["bob"])
         page.wait_for_function("() => document.querySelector('#who').textContent === 'bob'")
-        page.wait_for_selector("#view-task:not([hidden])")
+        page.wait_for_function("(a) => { const v = document.querySelector('#view-task'); "
+                               "return !v.hidden && v.dataset.assignment !== a; }", arg=ann_assignment)
         browser.close()
 
 
