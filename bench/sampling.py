@@ -3,7 +3,7 @@
 One command (nothing else should run meanwhile):
   .venv/bin/python bench/sampling.py [--rows 32] [--new-tokens 80] [--repeats 3] [--threads 2]
 It measures the machine's matmul rates (2048² products, best of 10: fp32 through torch's default BLAS route and
-through oneDNN, and bf16), then samples ``--rows`` answers of exactly ``--new-tokens`` tokens (EOS is no stop here)
+through oneDNN, and bf16 where the CPU has bf16 instructions), then samples ``--rows`` answers of exactly ``--new-tokens`` tokens (EOS is no stop here)
 from the shipped model for tutor prompts (8 prompts × 4 rows each, as ``rlhf sample`` batches them), in fp32:
 
   generate      ``model.generate`` (full distribution, temperature 1), what ``rlhf sample`` and ``rlhf eval`` called before
@@ -22,19 +22,14 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ppo_vs_trl import lm_forward_flops, measure_roofline  # noqa: E402  (the FLOP count and rooflines the PPO bench uses)
 PROMPTS = ROOT / "src" / "rlhfkit" / "recipes" / "tutor" / "prompts.jsonl"
-
-
-def lm_forward_flops(config, tokens: int, ctx: float, logit_rows: int) -> float:
-    """Forward FLOPs of a decoder: 2·(linear params) per token, attention 4·ctx·d per token per layer, lm_head rows."""
-    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    kv = h * config.num_key_value_heads // config.num_attention_heads
-    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
-    return 2 * linear * tokens + 4 * layers * h * ctx * tokens + 2 * config.vocab_size * h * logit_rows
 
 
 def sampling_flops(config, rows: int, prompt: int, new: int) -> float:
@@ -43,31 +38,6 @@ def sampling_flops(config, rows: int, prompt: int, new: int) -> float:
     for step in range(new):
         total += lm_forward_flops(config, rows, prompt + step, rows)
     return total
-
-
-def rooflines() -> dict[str, float]:
-    import torch
-
-    from rlhfkit.accel.cpu_linear import onednn_linear_available, onednn_mm
-
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-
-    def rate(fn) -> float:
-        fn()
-        best = float("inf")
-        for _ in range(10):
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-        return 2 * 2048**3 / best
-
-    out = {"fp32_blas": rate(lambda: a @ b)}
-    if onednn_linear_available():
-        out["fp32_onednn"] = rate(lambda: onednn_mm(a, b))
-    if any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16")):  # without them a bf16 product takes minutes
-        a16, b16 = a.bfloat16(), b.bfloat16()
-        out["bf16"] = rate(lambda: a16 @ b16)
-    return out
 
 
 def cpu_flags() -> str:
@@ -110,7 +80,7 @@ def main() -> None:
     from rlhfkit.models.rollout import sample
 
     torch.set_num_threads(args.threads)
-    roof = rooflines()
+    roof = measure_roofline(args.threads, bf16=any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16")))
     tok = load_tokenizer("default")
     plain = load_causal_lm("default")
     routed = load_causal_lm("default")
