@@ -1,7 +1,8 @@
 """Our GRPO and RLOO against TRL's GRPOTrainer and RLOOTrainer, in one run, on the same sentiment work.
 
 One command (creates the peer venv on first use, then runs ours and the peer's for each method in turn):
-  .venv/bin/python bench/grpo_vs_trl.py --run RUN [--updates 8] [--eval-every 2] [--algos grpo,rloo] [--threads 2]
+  .venv/bin/python bench/grpo_vs_trl.py --run RUN [--updates 8] [--eval-every 2] [--eval-answers 1] [--algos grpo,rloo]
+      [--threads 2]
 RUN is a pipeline run on the sentiment recipe (``rlhf pipeline --recipe sentiment --output RUN``): both sides start
 from its SFT model (``sft/merged``, SmolLM2-135M-Instruct tuned) and are rewarded by its reward model (``rm/``,
 MiniLM, normalised by its ``reward_stats.json``). Output: bench/out/grpo_vs_trl/ (table.md, gold_vs_minutes.png,
@@ -17,8 +18,9 @@ reward, no advantage normalisation (TRL's default; ours set to match), the loss 
 averaged over answers (TRL's sequence log-prob; our ``loss_agg: constant``, the same direction, scaled by 1 / 32,
 which Adam does not see). No EOS penalty on either side (TRL has none).
 
-Held-out gold: before training and every ``--eval-every`` updates, one answer to each of the recipe's 40 eval
-prompts sampled at the training temperature from a fixed seed, scored by the recipe's gold judge (VADER); the
+Held-out gold: before training and every ``--eval-every`` updates, ``--eval-answers`` answers (default one) to each
+of the recipe's 40 eval prompts (each prompt repeated in the list both sides answer: 4 answers give the mean a
+standard error about half of one answer's) sampled at the training temperature from a fixed seed, scored by the recipe's gold judge (VADER); the
 evaluations are off the clock on both sides. Reported: seconds per update (median after the first), samples/s,
 peak RSS (each side's own process, os.wait4), gold before → after, and the training seconds our run took to
 reach the peer's final gold gain (its first held-out evaluation at or above it) over the peer's training seconds.
@@ -66,7 +68,18 @@ def texts(path: Path) -> list[str]:
     return [prompt_for_encoder(r) for r in read_records(path, "prompt")]
 
 
-def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int, threads: int, seed: int):
+def eval_prompts_file(out: Path, answers: int) -> Path:
+    """The recipe's eval prompts, each ``answers`` times in a row: the held-out list both sides answer."""
+    if answers == 1:
+        return RECIPE / "eval.jsonl"
+    lines = (RECIPE / "eval.jsonl").read_text(encoding="utf-8").splitlines()
+    path = out / f"eval_x{answers}.jsonl"
+    path.write_text("".join(line + "\n" for line in lines if line.strip() for _ in range(answers)), encoding="utf-8")
+    return path
+
+
+def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int, threads: int, seed: int,
+                eval_prompts: str = str(RECIPE / "eval.jsonl")):
     """Our trainer on the same work (module docstring)."""
     from rlhfkit.config import LORA_TARGETS, PPOConfig
 
@@ -78,7 +91,7 @@ def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int
                      schedule="constant", max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
                      kl_coef=s["kl_coef"], missing_eos_penalty=None, whiten_advantages=False,  # GRPO never whitens; TRL RLOO neither
                      loss_agg="token" if algo == "grpo" else "constant", precision="fp32", threads=threads, seed=seed, save_every=0, report_to="none",
-                     eval_prompts=str(RECIPE / "eval.jsonl"), eval_judge="sentiment", eval_every=eval_every,
+                     eval_prompts=eval_prompts, eval_judge="sentiment", eval_every=eval_every,
                      keep_snapshots=False)
 
 
@@ -86,7 +99,8 @@ def ours_worker(job: dict, result: str) -> None:
     from rlhfkit.stages.ppo import train_ppo
     from rlhfkit.tracking import read_metrics
 
-    cfg = ours_config(job["algo"], Path(job["run"]), job["output"], job["updates"], job["eval_every"], job["threads"], job["seed"])
+    cfg = ours_config(job["algo"], Path(job["run"]), job["output"], job["updates"], job["eval_every"], job["threads"], job["seed"],
+                      job["eval_prompts"])
     train_ppo(cfg)
     rows = read_metrics(Path(cfg.output) / "metrics.jsonl")
     Path(result).write_text(json.dumps({
@@ -115,7 +129,7 @@ def peer_side(python: Path, algo: str, run: Path, out: Path, args) -> dict:
     rm_cfg = yaml.safe_load((run / "rm" / "config.yaml").read_text()) or {}
     job = {"trainer": algo, "policy": str(run / "sft" / "merged"), "reward": str(run / "rm"),
            "reward_max_len": rm_cfg.get("max_len", 512), "prompts": texts(RECIPE / "prompts.jsonl"),
-           "eval_prompts": texts(RECIPE / "eval.jsonl"), "updates": args.updates, "eval_every": args.eval_every,
+           "eval_prompts": texts(eval_prompts_file(out, args.eval_answers)), "updates": args.updates, "eval_every": args.eval_every,
            "threads": args.threads, "seed": args.seed, "output": str(out / f"peer-{algo}"),
            "settings": SETTINGS | {"lora_targets": list(LORA_TARGETS)}}
     (out / f"job-peer-{algo}.json").write_text(json.dumps(job))
@@ -131,7 +145,8 @@ def peer_side(python: Path, algo: str, run: Path, out: Path, args) -> dict:
 
 def ours_side(algo: str, run: Path, out: Path, args) -> dict:
     job = {"algo": algo, "run": str(run), "output": str(out / f"ours-{algo}"), "updates": args.updates,
-           "eval_every": args.eval_every, "threads": args.threads, "seed": args.seed}
+           "eval_every": args.eval_every, "threads": args.threads, "seed": args.seed,
+           "eval_prompts": str(eval_prompts_file(out, args.eval_answers))}
     (out / f"job-ours-{algo}.json").write_text(json.dumps(job))
     result = out / f"result-ours-{algo}.json"
     rss = run_process([sys.executable, str(Path(__file__).resolve()), "--worker", "--job", str(out / f"job-ours-{algo}.json"),
@@ -188,7 +203,7 @@ def plot(results: dict, path: Path) -> None:
             label = f"{algo}, {'TRL ' + r.get('trl', '') if name == 'peer' else 'rlhfkit'}"
             ax.plot(minutes, [g for _, g in r["gold"]], marker="o", linestyle="--" if name == "peer" else "-", label=label)
     ax.set_xlabel("training minutes (held-out evaluations off the clock)")
-    ax.set_ylabel("held-out gold (VADER), 40 prompts")
+    ax.set_ylabel("held-out gold (VADER), mean over the 40 eval prompts")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -199,6 +214,7 @@ def main() -> None:
     ap.add_argument("--run", help="a pipeline run folder on the sentiment recipe")
     ap.add_argument("--updates", type=int, default=8)
     ap.add_argument("--eval-every", type=int, default=2)
+    ap.add_argument("--eval-answers", type=int, default=1, help="answers to each held-out prompt at each evaluation")
     ap.add_argument("--algos", default="grpo,rloo")
     ap.add_argument("--sides", default="ours,peer")
     ap.add_argument("--threads", type=int, default=2, help="torch threads, the same on both sides")

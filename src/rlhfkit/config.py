@@ -384,6 +384,9 @@ class SampleConfig:
         "help": "Prompts per generation batch (each batch generates batch_size × k rows)."})
     chat: bool = field(default=True, metadata={"help": "Apply the tokenizer's chat template."})
     limit: int = field(default=0, metadata={"help": "Sample only the first N prompts of the file (0: all)."})
+    time_budget_minutes: float | None = field(default=None, metadata={
+        "help": "Stop before a batch that would end past this many minutes (a batch as long as the mean so far); "
+                "the prompts sampled by then are kept (None: sample every prompt)."})
     precision: typing.Literal["auto", "fp32", "bf16"] = field(default="fp32", metadata={
         "help": "Weights the candidates are sampled with: fp32 | bf16 | auto (bf16 where the hardware runs it fast)."})
     seed: int = field(default=0, metadata={"help": "Random seed."})

@@ -69,9 +69,13 @@ def test_a_decoding_steps_skinny_products_have_a_route_of_their_own(monkeypatch,
     torch.testing.assert_close(model(x), x @ model[0].weight.t() + model[0].bias)
 
 
-def test_the_measurement_times_both_routes_on_real_products():
-    rates = cpu_linear.measure_routes(reps=1)
+def test_the_measurement_times_both_routes_on_real_products_and_leaves_the_runs_random_numbers_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    rates = cpu_linear.measure_routes(reps=1)  # measured inside a run, on its first product of a kind
     assert set(rates) == {"blas", "onednn"} and all(r > 0.1 for r in rates.values())  # GFLOP/s of real work
+    assert torch.equal(torch.rand(4), expected)  # the run samples what it would have sampled without the measurement
 
 
 def tiny_llama():

@@ -74,9 +74,12 @@ def test_no_pairs_is_an_error_that_names_the_file(tmp_path):
         train_dpo(dpo_cfg(data, tmp_path / "out"))
 
 
-def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(tmp_path, monkeypatch, python_ctrl_c):
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "kto"])
+def test_ctrl_c_during_evaluation_saves_the_step_just_taken_and_resume_repeats_nothing(loss_type, tmp_path, monkeypatch,
+                                                                                       python_ctrl_c):
     data = token_pairs(tmp_path, n=30)
-    check_ctrl_c_during_evaluation(monkeypatch, tmp_path, train_dpo, lambda out, **more: dpo_cfg(data, out, max_steps=8, eval_every=2, **more),
+    check_ctrl_c_during_evaluation(monkeypatch, tmp_path, train_dpo,
+                                   lambda out, **more: dpo_cfg(data, out, max_steps=8, eval_every=2, loss_type=loss_type, **more),
                                    dpo, "evaluate", saved_step=4, weights="adapter_model.safetensors")
 
 

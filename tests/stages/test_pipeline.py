@@ -5,6 +5,7 @@ import yaml
 
 import rlhfkit.stages.sft as sft
 from rlhfkit.config import ConfigError, PipelineConfig
+from rlhfkit.stages.budget import STAGE_SLACK
 from rlhfkit.stages.pipeline import ALGOS, available_recipes, load_recipe, policy_algo, ppo_minutes, run_pipeline
 from rlhfkit.tracking import read_metrics
 
@@ -249,4 +250,25 @@ def test_pipeline_with_algo_dpo_trains_dpo_on_the_feedback_in_ppos_place_and_eva
     assert ev["models"][1]["spec"] == str(out / "dpo" / "merged")
     html = (out / "report.html").read_text()
     assert "<h2>DPO training</h2>" in html and "PPO training" not in html and "DPO curves not shown" not in html
+    assert result["report"] == str(out / "report.html")
+
+
+@pytest.mark.slow
+def test_pipeline_with_a_critic_free_algo_trains_without_a_value_model_and_reports_it_by_name(tmp_path, monkeypatch):
+    import rlhfkit.stages.sample as sample
+
+    out = tmp_path / "run"
+    tiny = {**TINY, "ppo": {**TINY["ppo"], "samples_per_prompt": 2}}
+    real, deadlines = sample.sample_candidates, []
+    monkeypatch.setattr(sample, "sample_candidates", lambda c: deadlines.append(c.time_budget_minutes) or real(c))
+    result = run_pipeline(PipelineConfig(recipe="tutor", output=str(out), model="tiny", algo="grpo", overrides=tiny, threads=1))
+    # sampling's deadline: STAGE_SLACK × the seconds its plan predicted
+    planned = next(p for p in json.loads((out / "plan.json").read_text())["plans"] if p["at"] == "sample/1")
+    assert deadlines == [pytest.approx(STAGE_SLACK * planned["stages"]["sample"]["predicted_s"] / 60)]
+    assert yaml.safe_load((out / "ppo" / "config.yaml").read_text())["algo"] == "grpo"
+    assert not (out / "ppo" / "value").exists()  # critic-free: no value model is built or saved
+    rows = [r for r in read_metrics(out / "ppo" / "metrics.jsonl") if "kl_loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]  # GRPO's KL sits in its loss, logged every update
+    html = (out / "report.html").read_text()
+    assert "<h2>GRPO training</h2>" in html and "<h2>PPO training</h2>" not in html
     assert result["report"] == str(out / "report.html")

@@ -513,9 +513,11 @@ def test_grpo_and_rloo_refuse_one_answer_per_prompt(prompts_file, tmp_path):
         train_ppo(tiny_cfg(prompts_file, tmp_path / "one", algo="grpo", samples_per_prompt=1))
 
 
-def test_ctrl_c_then_resume_of_a_critic_free_run_continues_as_an_unbroken_one(prompts_file, tmp_path, monkeypatch, python_ctrl_c):
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "reinforce++"])
+def test_ctrl_c_then_resume_of_a_critic_free_run_continues_as_an_unbroken_one(algo, prompts_file, tmp_path, monkeypatch,
+                                                                              python_ctrl_c):
     import rlhfkit.stages.ppo as ppo
 
-    kw = held_out_kw(prompts_file, "length", eval_every=2, max_steps=4, algo="grpo", samples_per_prompt=2)
+    kw = held_out_kw(prompts_file, "length", eval_every=2, max_steps=4, algo=algo, samples_per_prompt=2)
     check_ctrl_c_during_evaluation(monkeypatch, tmp_path, train_ppo, lambda out, **more: tiny_cfg(prompts_file, out, **kw, **more),
                                    ppo, "evaluate", saved_step=2, weights="adapter_model.safetensors", tolerance=1e-5)

@@ -60,6 +60,18 @@ def test_a_line_cut_off_by_an_interrupted_write_is_sampled_again(tmp_path):
     assert len(lines(tmp_path / "cand.jsonl")) == 3
 
 
+def test_a_time_budget_stops_after_the_batch_that_leaves_no_room_and_keeps_what_it_wrote(tmp_path):
+    write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    full = tmp_path / "full.jsonl"
+    assert sample_candidates(cfg(tmp_path, output=str(full), time_budget_minutes=60.0)) == 3  # room for every batch
+    # a budget smaller than one batch: the first batch (2 prompts) always runs, the second would pass the deadline
+    assert sample_candidates(cfg(tmp_path, time_budget_minutes=1e-5)) == 2
+    cut = lines(tmp_path / "cand.jsonl")
+    assert cut == lines(full)[:2]  # the same records as a run without the deadline: batches are seeded by position
+    assert sample_candidates(cfg(tmp_path)) == 1  # a rerun without it samples the prompt left out
+    assert lines(tmp_path / "cand.jsonl") == lines(full)
+
+
 def test_cli_sample_on_the_tiny_model(tmp_path):
     write_jsonl(tmp_path / "prompts.jsonl", PROMPTS[:2])
     out = tmp_path / "c.jsonl"

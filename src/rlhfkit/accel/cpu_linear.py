@@ -75,9 +75,12 @@ def machine_key() -> str:
 
 
 def measure_routes(shapes=PROBE_SHAPES, reps: int = 3) -> dict:
-    """GFLOP/s of fp32 products of ``shapes`` through BLAS (F.linear) and through oneDNN, the best of ``reps``."""
-    torch.manual_seed(0)
-    cases = [(torch.randn(m, k), torch.randn(n, k)) for m, k, n in shapes]
+    """GFLOP/s of fp32 products of ``shapes`` through BLAS (F.linear) and through oneDNN, the best of ``reps``.
+
+    Its operands come from a generator of its own: the first measurement happens inside a run (its first product
+    of a kind), and drawing from torch's global one would change what that run samples next."""
+    gen = torch.Generator().manual_seed(0)
+    cases = [(torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)) for m, k, n in shapes]
     flops = sum(2 * m * k * n for m, k, n in shapes)
     rates = {}
     for route, mm in (("blas", torch.nn.functional.linear), ("onednn", onednn_mm)):

@@ -66,6 +66,9 @@ PPO_HEADROOM = 3.0  # max_steps above the updates the deadline is predicted to f
 # Plans end at AIM × the budget: the rest is for the estimates' error and the seconds before the budget clock
 # starts (Python and torch imports, ~4 s); a 1.5-minute tiny-model run aimed at 100 % ended at 109 %.
 AIM = 0.95
+# Sampling stops at STAGE_SLACK × its planned seconds (the pipeline sets its deadline): on a machine slower than
+# its probe (busy, throttled) the reward model gets fewer prompts and the later stages keep their minutes.
+STAGE_SLACK = 1.25
 FORWARD_SHARE = 1 / 3  # a forward pass's share of a training pass (the backward costs about twice the forward)
 REPORT_S = 5.0  # the report and the summary after eval (matplotlib figures; bench/RESULTS.md has the measured time)
 PROBE_TOKENS = 10  # decode steps timed past the first

@@ -38,7 +38,7 @@ from rlhfkit.config import (
     to_dict,
 )
 from rlhfkit.data.formats import read_records, write_records
-from rlhfkit.stages.budget import COUNTS, Planner, count_lines
+from rlhfkit.stages.budget import COUNTS, STAGE_SLACK, Planner, count_lines
 
 console = Console(stderr=True)
 
@@ -276,10 +276,19 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         rd = round_dir(out, r)
         rd.mkdir(parents=True, exist_ok=True)
         candidates, feedback = rd / "candidates.jsonl", rd / "feedback.jsonl"
+        sample_minutes = None
         if not is_done(rd / "sample"):
-            sec, _ = planner.plan("sample", clock.seconds(), r, resuming=(rd / "sample").exists())
+            sec, plan = planner.plan("sample", clock.seconds(), r, resuming=(rd / "sample").exists())
+            if cfg.deadline and sec["sample"].get("time_budget_minutes") is None:
+                # a machine slower than the probe said (busy, throttled) costs prompts, not minutes past the budget
+                planned = plan["stages"]["sample"]
+                sample_minutes = STAGE_SLACK * planned["predicted_s"] / planned["runs"] / 60
         sample_cfg = stage_config(SampleConfig, sec["sample"], where, model=policy, prompts=str(train_prompts),
                                   output=str(candidates), seed=cfg.seed + r, threads=cfg.threads)
+        if sample_minutes is not None:
+            sample_cfg.time_budget_minutes = sample_minutes
+            console.print(f"pipeline: sampling (round {r}) stops at {sample_minutes:.1f} min "
+                          f"({STAGE_SLACK:g} × its planned time) with the prompts sampled by then")
         timed_stage(f"sample (round {r})", rd / "sample", lambda: sample_candidates(sample_cfg))
         planner.measured("sample", rd / "sample", f"sample (round {r})", units=count_lines(candidates))
         if cfg.feedback == "simulated":

@@ -7,11 +7,17 @@ field of the input record copied through (e.g. a tutor prompt's ``keywords``).
 Resumable by prompt: prompts already in the output file are skipped and each batch is appended and
 flushed as soon as it is generated, so an interrupted run loses at most one batch. Each batch is seeded
 from (seed, index of its first prompt in the input file), so a rerun of the same file is reproducible.
+
+``time_budget_minutes``: a deadline from the start of the call (the model's loading included). Before each
+batch after the first, if the seconds so far plus the mean batch's would pass it, sampling stops there and the
+prompts already written are what the stage gives (the pipeline's budget sets it, so a machine slower than its
+probe said costs prompts, not minutes past the budget).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -64,6 +70,7 @@ def sample_candidates(cfg: SampleConfig) -> int:
 
     if cfg.k < 1:
         raise ValueError(f"k: expected at least 1, got {cfg.k}")
+    started = time.perf_counter()
     set_threads(cfg.threads)
     out = Path(cfg.output)
     records = read_records(cfg.prompts, "prompt")
@@ -79,9 +86,17 @@ def sample_candidates(cfg: SampleConfig) -> int:
     speed_up(model, device=torch.device("cpu"), head_apart=True)  # fp32 products: the measured route (accel/); the head: Fp32Head's
     out.parent.mkdir(parents=True, exist_ok=True)
     columns = [TextColumn("sample"), BarColumn(), TextColumn("{task.completed}/{task.total} prompts"), TimeRemainingColumn()]
+    written, batch_s = 0, []
     with out.open("a", encoding="utf-8") as f, Progress(*columns, console=console) as bar:
         task = bar.add_task("sample", total=len(todo))
         for start in range(0, len(todo), cfg.batch_size):
+            elapsed = time.perf_counter() - started
+            if (cfg.time_budget_minutes is not None and batch_s
+                    and elapsed + sum(batch_s) / len(batch_s) > 60 * cfg.time_budget_minutes):
+                console.print(f"sample: time budget of {cfg.time_budget_minutes:g} min: stopped after {written} of "
+                              f"{len(todo)} prompts ({elapsed:.0f} s; a batch takes {sum(batch_s) / len(batch_s):.0f} s)")
+                break
+            batch_started = time.perf_counter()
             batch = todo[start:start + cfg.batch_size]
             torch.manual_seed(cfg.seed * 1_000_003 + batch[0][0])
             ids = [encode_prompt(tok, prompt_messages(r), cfg.chat) for _, r in batch]
@@ -92,6 +107,8 @@ def sample_candidates(cfg: SampleConfig) -> int:
             for j, (_, rec) in enumerate(batch):
                 f.write(json.dumps(candidate_record(rec, texts[j * cfg.k:(j + 1) * cfg.k], cfg), ensure_ascii=False) + "\n")
             f.flush()
+            written += len(batch)
+            batch_s.append(time.perf_counter() - batch_started)
             bar.advance(task, len(batch))
-    console.print(f"sample: wrote {len(todo)} prompts × {cfg.k} candidates to {out}")
-    return len(todo)
+    console.print(f"sample: wrote {written} prompts × {cfg.k} candidates to {out}")
+    return written
