@@ -104,7 +104,7 @@ def train(algo: str, run: Path, out: Path, minutes: float, seed: int, curve: dic
         raise SystemExit(f"{algo} failed: see {out.parent / f'{out.name}.log'}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_s = sum(r.get("time_step_s", 0.0) for r in rows)
-    samples = sum(r.get("batch_size", 0) for r in rows) if algo in ONLINE else 0
+    samples = sum(r.get("batch_size", 0) for r in rows)  # online: answers; DPO: pairs (its log's batch_size)
     return {"algo": algo, "steps": rows[-1]["step"] if rows else 0, "wall_s": wall, "train_s": train_s,
             "samples_per_s": (samples / train_s) if samples and train_s else None, "peak_rss_gib": usage.ru_maxrss / 2**20,
             "last": rows[-1] if rows else {}, "curve": gold_curve(rows)}
@@ -213,7 +213,7 @@ def main() -> None:
     by_name = {m["name"]: m for m in result["models"]}
     lines = [f"Recipe {recipe}, run {run.name}, seed {args.seed}, {args.minutes:g} min of training each; "
              f"{result['n_prompts']} held-out prompts × {result['samples_per_prompt']} answers.", "",
-             "| method | steps | gold | gold win rate vs SFT [95 % CI] | RM score | KL | grading acc. | samples/s | peak RSS (GiB) |",
+             "| method | steps | gold | gold win rate vs SFT [95 % CI] | RM score | KL | grading acc. | samples/s (DPO: pairs/s) | peak RSS (GiB) |",
              "|---|---|---|---|---|---|---|---|---|"]
 
     def row(name: str, t: dict | None) -> str:

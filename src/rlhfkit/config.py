@@ -697,7 +697,8 @@ class PipelineConfig:
     rounds: int = field(default=1, metadata={"help": "Sample → feedback → reward model → PPO rounds (iterated RLHF)."})
     algo: str = field(default="", metadata={
         "help": "Policy optimisation: ppo, grpo, rloo, reinforce++ (online, the recipe's ppo section) or dpo (offline on "
-                "the feedback, its dpo section); empty: the recipe's algo."})
+                "the feedback, its dpo section); several, comma-separated (ppo,dpo), each train from the same SFT model, "
+                "feedback and reward model in a share of the slot and the eval compares them; empty: the recipe's algo."})
     overrides: dict = field(default_factory=dict, metadata={
         "help": "Per-stage keys over the recipe's, e.g. {rm: {model: tiny-minilm}}."})
     best_of: int = field(default=0, metadata={"help": "Eval: add the reference's best-of-N answers by reward-model score as a baseline."})

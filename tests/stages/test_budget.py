@@ -97,19 +97,21 @@ def test_a_tiny_model_run_plans_less_when_its_budget_is_smaller(tmp_path, monkey
 
     monkeypatch.setattr(sft, "train_sft", stop)
     overrides = {"rm": {"model": "tiny-minilm"}}
-    big, small = tmp_path / "big", tmp_path / "small"
+    first, big, small = tmp_path / "first", tmp_path / "big", tmp_path / "small"
     with pytest.raises(Stop):
-        run_pipeline(PipelineConfig(recipe="tutor", output=str(big), model="tiny", overrides=overrides, threads=1))
+        run_pipeline(PipelineConfig(recipe="tutor", output=str(first), model="tiny", overrides=overrides, threads=1))
     err = capsys.readouterr().err
     budget = load_recipe("tutor").budget_minutes
     assert "pipeline: probe took" in err and f"budget plan before sft: {budget:g} min budget" in err
-    # the same measured speed for both (a second probe would differ by the machine's noise, not by the budget)
-    saved = json.loads((big / "plan.json").read_text())
-    small.mkdir()
-    (small / "plan.json").write_text(json.dumps({"probe": saved["probe"]}))
-    with pytest.raises(Stop):
-        run_pipeline(PipelineConfig(recipe="tutor", output=str(small), model="tiny", budget_minutes=5,
-                                    overrides=overrides, threads=1))
+    # the same measured speed for both, and neither spends its budget on a probe (a second probe would differ by
+    # the machine's noise, and the first probe's seconds by how busy the machine is, not by the budget)
+    saved = json.loads((first / "plan.json").read_text())
+    for folder, minutes in ((big, None), (small, 5)):
+        folder.mkdir()
+        (folder / "plan.json").write_text(json.dumps({"probe": saved["probe"]}))
+        with pytest.raises(Stop):
+            run_pipeline(PipelineConfig(recipe="tutor", output=str(folder), model="tiny", budget_minutes=minutes,
+                                        overrides=overrides, threads=1))
     plans = [json.loads((folder / "plan.json").read_text())["plans"][0] for folder in (big, small)]
     assert [p["at"] for p in plans] == ["sft/1", "sft/1"] and [p["budget_s"] for p in plans] == [budget * 60, 5 * 60]
     wide, narrow = (counts(p) for p in plans)

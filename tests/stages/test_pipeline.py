@@ -6,7 +6,7 @@ import yaml
 import rlhfkit.stages.sft as sft
 from rlhfkit.config import ConfigError, PipelineConfig
 from rlhfkit.stages.budget import STAGE_SLACK
-from rlhfkit.stages.pipeline import ALGOS, available_recipes, load_recipe, policy_algo, ppo_minutes, run_pipeline
+from rlhfkit.stages.pipeline import ALGOS, available_recipes, load_recipe, policy_algos, ppo_minutes, run_pipeline
 from rlhfkit.tracking import read_metrics
 
 TINY = {
@@ -42,14 +42,26 @@ def test_the_policy_optimisation_is_the_commands_then_an_overrides_then_the_reci
     from dataclasses import replace
 
     recipe = load_recipe("tutor")
-    assert policy_algo(PipelineConfig(), recipe) == "ppo"  # the tutor recipe names none
-    assert policy_algo(PipelineConfig(), replace(recipe, ppo={**recipe.ppo, "algo": "rloo"})) == "rloo"
-    assert policy_algo(PipelineConfig(), replace(recipe, algo="dpo", ppo={"algo": "rloo"})) == "dpo"
-    assert policy_algo(PipelineConfig(overrides={"ppo": {"algo": "grpo"}}), replace(recipe, algo="dpo")) == "grpo"
-    assert policy_algo(PipelineConfig(algo="reinforce++", overrides={"ppo": {"algo": "grpo"}}), recipe) == "reinforce++"
+    assert policy_algos(PipelineConfig(), recipe) == ["ppo"]  # the tutor recipe names none
+    assert policy_algos(PipelineConfig(), replace(recipe, ppo={**recipe.ppo, "algo": "rloo"})) == ["rloo"]
+    assert policy_algos(PipelineConfig(), replace(recipe, algo="dpo", ppo={"algo": "rloo"})) == ["dpo"]
+    assert policy_algos(PipelineConfig(overrides={"ppo": {"algo": "grpo"}}), replace(recipe, algo="dpo")) == ["grpo"]
+    assert policy_algos(PipelineConfig(algo="reinforce++", overrides={"ppo": {"algo": "grpo"}}), recipe) == ["reinforce++"]
     assert set(ALGOS) == {"ppo", "grpo", "rloo", "reinforce++", "dpo"}
-    with pytest.raises(ConfigError, match="algo: expected one of ppo, grpo, rloo, reinforce\\+\\+, dpo, got 'ddpg'"):
-        policy_algo(PipelineConfig(algo="ddpg"), recipe)
+    with pytest.raises(ConfigError, match="algo: expected one of ppo, grpo, rloo, reinforce\\+\\+, dpo .*got 'ddpg'"):
+        policy_algos(PipelineConfig(algo="ddpg"), recipe)
+
+
+def test_several_algorithms_are_a_list_or_comma_separated_each_once_and_one_round_only():
+    from dataclasses import replace
+
+    recipe = load_recipe("tutor")
+    assert policy_algos(PipelineConfig(algo="grpo, dpo"), recipe) == ["grpo", "dpo"]
+    assert policy_algos(PipelineConfig(), replace(recipe, algo=["rloo", "ppo"])) == ["rloo", "ppo"]
+    with pytest.raises(ConfigError, match="one or more different algorithms"):
+        policy_algos(PipelineConfig(algo="dpo,dpo"), recipe)
+    with pytest.raises(ConfigError, match="several algorithms are compared on one round's feedback; rounds 2"):
+        policy_algos(PipelineConfig(algo="ppo,dpo", rounds=2), recipe)
 
 
 def test_a_recipe_that_names_an_unknown_algo_is_refused_with_its_file(tmp_path):
@@ -272,3 +284,30 @@ def test_pipeline_with_a_critic_free_algo_trains_without_a_value_model_and_repor
     html = (out / "report.html").read_text()
     assert "<h2>GRPO training</h2>" in html and "<h2>PPO training</h2>" not in html
     assert result["report"] == str(out / "report.html")
+
+
+@pytest.mark.slow
+def test_pipeline_with_several_algorithms_trains_each_from_the_same_feedback_in_a_share_of_the_slot_and_compares_them(tmp_path):
+    out = tmp_path / "run"
+    tiny = {**TINY, "ppo": {**TINY["ppo"], "samples_per_prompt": 2},
+            "dpo": {"max_steps": 2, "batch_size": 4, "max_len": 128, "eval_every": 0, "save_every": 1}}
+    result = run_pipeline(PipelineConfig(recipe="tutor", output=str(out), model="tiny", algo="grpo,dpo", overrides=tiny,
+                                         threads=1))
+    assert (out / "grpo" / ".done.json").exists() and (out / "dpo" / ".done.json").exists() and not (out / "ppo").exists()
+    grpo_cfg = yaml.safe_load((out / "grpo" / "config.yaml").read_text())
+    dpo_cfg = yaml.safe_load((out / "dpo" / "config.yaml").read_text())
+    # both start from the SFT model and learn from the same round's reward model and feedback
+    assert grpo_cfg["algo"] == "grpo" and grpo_cfg["policy"] == dpo_cfg["model"] == str(out / "sft" / "merged")
+    assert grpo_cfg["reward"] == str(out / "rm") and dpo_cfg["data"] == str(out / "feedback_all.jsonl")
+    # the slot is shared: the first plan keeps room for two policy optimisations, the second for one
+    plans = [p for p in json.loads((out / "plan.json").read_text())["plans"] if p["at"] == "ppo/1"]
+    assert [p["stages"]["ppo"]["runs"] for p in plans] == [2, 1]
+    assert 0.0 < grpo_cfg["time_budget_minutes"] and 0.0 < dpo_cfg["time_budget_minutes"]
+    ev = json.loads((out / "eval" / "eval.json").read_text())
+    assert [m["name"] for m in ev["models"]][:3] == ["sft", "grpo", "dpo"]
+    assert ev["models"][2]["spec"] == str(out / "dpo" / "merged")
+    html = (out / "report.html").read_text()
+    assert "<h2>GRPO training</h2>" in html and "<h2>DPO training</h2>" in html and "<h2>PPO training</h2>" not in html
+    assert "KL: the frontier and over-optimisation (GRPO)" in html and "KL: the frontier and over-optimisation (DPO)" in html
+    gold_line = next(line for line in result["summary"] if line.startswith("gold score"))
+    assert "(grpo)" in gold_line and "(dpo)" in gold_line

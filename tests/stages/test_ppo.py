@@ -475,6 +475,21 @@ def test_each_critic_free_advantage_on_a_hand_made_rollout(algo, expected, promp
     assert adv["returns"].abs().sum() == 0 or algo == "reinforce++"  # no critic to fit
 
 
+def test_reinforce_pp_normalises_its_advantages_over_the_whole_batch(prompts_file):
+    """REINFORCE++'s global normalisation by hand: the 11 real tokens' returns to go (the table above) have mean
+    −1.21 / 11 = −0.11 and, Bessel-corrected, variance 28.9316 / 10; every token becomes (x + 0.11) / √2.89316 and
+    the padded token stays 0. Nothing is normalised per prompt: rows 2-3's advantages keep their offset."""
+    cfg = tiny_cfg(prompts_file, "unused", algo="reinforce++", samples_per_prompt=2, whiten_advantages=True,
+                   missing_eos_penalty=None)
+    adv = compute_advantages(cfg, two_prompts_two_answers(), torch.tensor([3.0, 1.0, 0.0, 1.0]), SameReward(), beta=0.1)
+    returns = [[1.97, 1.98, 1.99], [-2.03, -2.02, -2.01], [-1.03, -1.02, -1.01], [0.98, 0.99, None]]
+    std = 2.89316 ** 0.5
+    expected = [[0.0 if x is None else (x + 0.11) / std for x in row] for row in returns]
+    assert adv["advantages"].tolist() == [pytest.approx(row, abs=1e-4) for row in expected]
+    real = adv["advantages"][two_prompts_two_answers().response_mask.bool()]
+    assert float(real.mean()) == pytest.approx(0.0, abs=1e-6) and float(real.std()) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_grpo_adds_beta_times_the_k3_kl_to_the_loss_and_others_do_not(prompts_file):
     torch.manual_seed(0)
     tok, policy = load_tokenizer("tiny"), load_causal_lm("tiny")

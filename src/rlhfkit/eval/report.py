@@ -360,9 +360,9 @@ def samples_table(samples: list[dict], ev: dict | None, n: int = 8) -> str | Non
     rows = ev.get("models", []) if ev else []
     before = next((r["name"] for r in rows if r.get("is_reference")), names[0])
     policies = [r["name"] for r in rows if not r.get("is_reference") and not r.get("best_of")] or [x for x in names if x != before]
-    cols = [before] + policies[-1:] + [r["name"] for r in rows if r.get("best_of")]
+    cols = [before] + policies + [r["name"] for r in rows if r.get("best_of")]  # every tuned policy (several algorithms)
     cols = [c for c in dict.fromkeys(cols) if c in by_model]
-    tags = {before: " (before)", **({cols[1]: " (after)"} if len(cols) > 1 and cols[1] in policies else {})}
+    tags = {before: " (before)", **({cols[1]: " (after)"} if len(cols) > 1 and policies == [cols[1]] else {})}
     head = "<th>prompt</th>" + "".join(f"<th>{html.escape(c)}{tags.get(c, '')}</th>" for c in cols)
     body = []
     for i in sorted(by_model[before])[:n]:
@@ -406,6 +406,8 @@ def summary_lines(ev: dict) -> list[str]:
     after = [r for r in rows if r is not ref and not r.get("best_of")]
     if ref is None or not after:
         return []
+    if len(after) > 1:
+        return several_summary_lines(ev, ref, after)
     new = after[-1]
     lines = []
     for key, what in (("gold_score", f"gold score ({ev.get('judge')})"), ("rm_score", "reward-model score")):
@@ -425,6 +427,31 @@ def summary_lines(ev: dict) -> list[str]:
     if new.get("kl") is not None:
         lines.append(f"KL({new['name']} ‖ {ref['name']}): {new['kl']:.3f} nats per answer")
     for r in rows:
+        if r.get("best_of") and r.get("gold_score") is not None:
+            lines.append(f"{r['name']} baseline: gold score {r['gold_score']:.3f}, KL {r['kl']:.3f}")
+    return lines[:6]
+
+
+def several_summary_lines(ev: dict, ref: dict, after: list[dict]) -> list[str]:
+    """The summary when several algorithms ran from the same SFT model: each figure for every tuned policy, side by side."""
+    def each(key: str, spec: str) -> str:
+        return ", ".join(f"{fmt(m.get(key), spec)} ({m['name']})" for m in after)
+
+    lines = [f"gold score ({ev.get('judge')}): {fmt(ref.get('gold_score'))} ({ref['name']}) → {each('gold_score', '.3f')}"]
+    if ref.get("rm_score") is not None:
+        lines.append(f"reward-model score: {fmt(ref.get('rm_score'))} ({ref['name']}) → {each('rm_score', '.3f')}")
+    if ref.get("grading") and all(m.get("grading") for m in after):
+        g = ref["grading"]
+        lines.append(f"grading accuracy: {g['accuracy']:.2f} ({ref['name']}) → "
+                     + ", ".join(f"{m['grading']['accuracy']:.2f} [{m['grading']['ci'][0]:.2f}, {m['grading']['ci'][1]:.2f}] "
+                                 f"({m['name']})" for m in after) + f", on {g['n_prompts']} grading prompts")
+    wins = [(m["name"], m["win_rate_gold"]) for m in after if m.get("win_rate_gold")]
+    if wins:
+        lines.append(f"win rate over {ref['name']} by the gold judge: "
+                     + ", ".join(f"{name} {w['win_rate']:.2f} [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}]" for name, w in wins))
+    if any(m.get("kl") is not None for m in after):
+        lines.append(f"KL(· ‖ {ref['name']}), nats per answer: {each('kl', '.3f')}")
+    for r in ev.get("models", []):
         if r.get("best_of") and r.get("gold_score") is not None:
             lines.append(f"{r['name']} baseline: gold score {r['gold_score']:.3f}, KL {r['kl']:.3f}")
     return lines[:6]
@@ -549,12 +576,27 @@ def ppo_algo(ppo_dir: Path) -> str:
     return {"reinforce++": "REINFORCE++"}.get(algo, str(algo).upper())
 
 
+# The folders a run's policy optimisations write: ppo/ for the online one (or dpo/), or, when several algorithms
+# ran side by side, one per algorithm (the pipeline's stage_folder).
+POLICY_FOLDERS = ("ppo", "grpo", "rloo", "reinforcepp", "dpo")
+
+
+def policy_runs(run: Path) -> list[tuple[str, str, list[dict]]]:
+    """(folder, heading, training log) of every policy optimisation the run folder holds, in the pipeline's order."""
+    found = []
+    for part in POLICY_FOLDERS:
+        folder = run / part
+        if (folder / "metrics.jsonl").exists() or (folder / "config.yaml").exists():
+            found.append((part, "DPO" if part == "dpo" else ppo_algo(folder), read_metrics(folder / "metrics.jsonl")))
+    return found
+
+
 def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
     """Write ``run_dir/report.html`` (or ``out_path``) from whatever stages the run folder holds; returns its path."""
     run = Path(run_dir)
     out = Path(out_path) if out_path else run / "report.html"
     name = html.escape(run.resolve().name)
-    sft, rm, ppo, dpo = (read_metrics(run / part / "metrics.jsonl") for part in ("sft", "rm", "ppo", "dpo"))
+    sft, rm = (read_metrics(run / part / "metrics.jsonl") for part in ("sft", "rm"))
     ev_path = run / "eval" / "eval.json"
     ev = json.loads(ev_path.read_text(encoding="utf-8")) if ev_path.exists() else None
     samples = read_metrics(run / "eval" / "samples.jsonl")  # a plain JSONL reader; no file → []
@@ -589,22 +631,26 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
                f"pair accuracy <b>{g['gold_accuracy']:.2f}</b> ({g['gold_pairs']} pairs whose gold scores differ; 0.5 is chance)")
         parts.append(f"<p>Reward model against the gold judge <b>{html.escape(str(g['judge']))}</b> on its "
                      f"{g['held_out_prompts']} held-out prompts: {acc}.</p>")
-    if ppo or not dpo:
-        algo = ppo_algo(run / "ppo")
-        parts.append(f"<h2>{algo} training</h2>" + shown(plot_ppo(ppo, f"{algo} training"), f"{algo} curves",
-                                                         "no ppo/metrics.jsonl"))
-    if dpo:
-        parts.append("<h2>DPO training</h2>" + shown(plot_dpo(dpo), "DPO curves", "no loss in dpo/metrics.jsonl"))
-    snaps = read_snapshots(run / "ppo")
-    figure, verdict = gold_vs_proxy(ppo or dpo, ev, snaps)  # DPO's log: its held-out answers, with eval_prompts
-    parts.append("<h2>KL: the frontier and over-optimisation</h2><div class=grid>"
-                 + shown(plot_frontier(ppo, ev), "reward against √KL",
-                         "needs PPO metrics with score and kl, or evaluated checkpoints with RM scores")
-                 + shown(figure, "gold vs proxy", "needs two or more PPO snapshots or evaluated checkpoints with RM and "
-                                                  "gold scores (or gold_score in the PPO log)")
-                 + "</div>" + verdict)
-    if snaps:
-        parts.append("<h3>PPO snapshots</h3>" + snapshots_table(snaps))
+    trained = policy_runs(run) or [("ppo", ppo_algo(run / "ppo"), [])]  # none yet: say the PPO curves are missing
+    several = len(trained) > 1
+    for part, algo, records in trained:
+        plot = plot_dpo(records) if part == "dpo" else plot_ppo(records, f"{algo} training")
+        why = "no loss in dpo/metrics.jsonl" if part == "dpo" else f"no {part}/metrics.jsonl"
+        parts.append(f"<h2>{algo} training</h2>" + shown(plot, f"{algo} curves", why))
+    for part, algo, records in trained:
+        snaps = read_snapshots(run / part) if part != "dpo" else None
+        # DPO's log: its held-out answers, with eval_prompts; online: PPO's snapshots
+        figure, verdict = gold_vs_proxy(records, ev, snaps)
+        frontier = plot_frontier([] if part == "dpo" else records, ev)
+        parts.append(f"<h2>KL: the frontier and over-optimisation{f' ({algo})' if several else ''}</h2><div class=grid>"
+                     + shown(frontier, f"reward against √KL{f' ({algo})' if several else ''}",
+                             "needs PPO metrics with score and kl, or evaluated checkpoints with RM scores")
+                     + shown(figure, f"gold vs proxy{f' ({algo})' if several else ''}",
+                             "needs two or more PPO snapshots or evaluated checkpoints with RM and "
+                             "gold scores (or gold_score in the PPO log)")
+                     + "</div>" + verdict)
+        if snaps:
+            parts.append(f"<h3>{algo} snapshots</h3>" + snapshots_table(snaps))
     parts.append("<h2>Answers before and after</h2>" + shown(samples_table(samples, ev), "sample answers", "no eval/samples.jsonl"))
     if missing:
         parts.append("<h2>Missing parts</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in missing) + "</ul>")

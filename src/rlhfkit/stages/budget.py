@@ -23,8 +23,8 @@ The cost model: a stage's seconds = fixed (loading, saving, its closing evaluati
   rm      steps    batch_size prompts × k responses at their padded width × the reward model's rate
   ppo     updates  a rollout (decode batch_size rows, then reference, policy and reward passes) and
                    ppo_epochs training passes; with eval_prompts, a held-out evaluation every eval_every
-  eval    prompts  samples_per_prompt answers from each of 2 models (decoded in batches), their KL and
-                   reward passes; fixed: loading the models, perplexity, the report
+  eval    prompts  samples_per_prompt answers from each of the models (SFT and each tuned policy: 2 unless several
+                   algorithms ran), their KL and reward passes; fixed: loading the models, perplexity, the report
 Decoding a batch of b rows: b × its prompt tokens × the prefill rate + new tokens × (a step + b × a row);
 a forward pass costs FORWARD_SHARE of a training pass (forward + backward) per token.
 
@@ -149,8 +149,9 @@ def ppo_eval_once_s(r: Rates, ppo: dict, n_dev: int) -> float:
             + FORWARD_SHARE * (2 * ppo_train_s(r, tokens) + rm_train_s(r, n_dev * r.rm_width)))
 
 
-def stage_seconds(stage: str, n: int, sec: dict, r: Rates, n_dev: int = 0) -> tuple[float, float]:
-    """(fixed seconds, seconds for ``n`` units) of one run of ``stage`` with the section ``sec`` (its config keys)."""
+def stage_seconds(stage: str, n: int, sec: dict, r: Rates, n_dev: int = 0, n_models: int = 2) -> tuple[float, float]:
+    """(fixed seconds, seconds for ``n`` units) of one run of ``stage`` with the section ``sec`` (its config keys);
+    ``n_models``: the models eval compares (the SFT model and each tuned policy)."""
     if stage == "sft":
         # fixed: loading, saving and merging (about a load), the held-out loss at the end
         fixed = r.fixed.get("sft", 2 * r.load_s + FORWARD_SHARE * train_s(r, r.n_sft_heldout * r.sft_width))
@@ -179,16 +180,18 @@ def stage_seconds(stage: str, n: int, sec: dict, r: Rates, n_dev: int = 0) -> tu
     if stage == "eval":
         rows = n * sec["samples_per_prompt"]
         tokens = rows * (r.eval_prompt_tokens + sec["max_new_tokens"])
-        # the sft and ppo models' answers; KL (log-probs under ppo and the reference); reward-model scores of both
-        sampled = 2 * decode_s(r, rows, r.eval_prompt_tokens, sec["max_new_tokens"], sec["batch_size"])
-        passes = FORWARD_SHARE * (2 * train_s(r, tokens) + 2 * rm_train_s(r, rows * r.rm_width))
+        # each model's answers (sft and the tuned ones); KL (log-probs under each tuned model and the reference);
+        # reward-model scores of all
+        sampled = n_models * decode_s(r, rows, r.eval_prompt_tokens, sec["max_new_tokens"], sec["batch_size"])
+        passes = FORWARD_SHARE * n_models * (train_s(r, tokens) + rm_train_s(r, rows * r.rm_width))
         best = 0.0
         if sec.get("best_of"):
             best = (decode_s(r, rows * sec["best_of"], r.eval_prompt_tokens, sec["max_new_tokens"], sec["batch_size"])
                     + FORWARD_SHARE * sec["best_of"] * rm_train_s(r, rows * r.rm_width))
-        # fixed: loading the reference (and its bf16 copy), ppo and the reward model; both models' perplexity; the report
-        ppl = FORWARD_SHARE * 2 * train_s(r, r.n_sft_heldout * r.sft_width)
-        return 3 * r.load_s + r.rm_load_s + ppl + REPORT_S, sampled + passes + best
+        # fixed: loading the reference (and its bf16 copy), each tuned model and the reward model; every model's
+        # perplexity; the report
+        ppl = FORWARD_SHARE * n_models * train_s(r, r.n_sft_heldout * r.sft_width)
+        return (1 + n_models) * r.load_s + r.rm_load_s + ppl + REPORT_S, sampled + passes + best
     raise ValueError(f"{stage}: no cost model")
 
 
@@ -220,13 +223,14 @@ def count_caps(sections: dict, r: Rates) -> dict:
 
 def make_plan(sections: dict, r: Rates, budget_s: float, spent_s: float, left: dict, *, ppo_spent_s: float = 0.0,
               held: dict | None = None, ppo_cap: int | None = None, deadline: bool = True, n_dev: int = 0,
-              eval_reserve_s: float | None = None) -> dict:
+              eval_reserve_s: float | None = None, n_models: int = 2) -> dict:
     """Counts for the stages with runs ``left`` (stage → runs to go) that end at AIM × the budget; deterministic.
 
     ``spent_s``: the budget clock's seconds so far, ``ppo_spent_s`` of them PPO's. ``held``: stages whose count
     is fixed (a resumed stage keeps the count it started with). ``ppo_cap``: the most PPO updates (None: what
     fits). ``deadline`` False: PPO runs its held count whatever the time. ``n_dev``: PPO's held-out prompts.
-    ``eval_reserve_s``: seconds kept for eval (its count as given) instead of its estimate.
+    ``eval_reserve_s``: seconds kept for eval (its count as given) instead of its estimate. ``n_models``: the
+    models eval compares. With several algorithms, ``left["ppo"]`` counts their slots.
     """
     held = dict(held or {})
     goal = AIM * budget_s
@@ -241,7 +245,7 @@ def make_plan(sections: dict, r: Rates, budget_s: float, spent_s: float, left: d
     def cost(stage: str, n: int) -> float:  # seconds of the runs left at count n
         if stage == "eval" and eval_reserve_s is not None:
             return eval_reserve_s
-        fixed, variable = stage_seconds(stage, n, keys[stage], r)
+        fixed, variable = stage_seconds(stage, n, keys[stage], r, n_models=n_models)
         return left[stage] * (fixed + variable)
 
     # sft, sample, rm and eval: one factor g of their counts, the largest that fits their share
@@ -296,7 +300,7 @@ def make_plan(sections: dict, r: Rates, budget_s: float, spent_s: float, left: d
     if end > budget_s * 1.1:
         notes.append(f"predicted end {end / 60:.1f} min: this machine's floor for the recipe's shapes is above the budget")
     for s, n in counts.items():
-        fixed, variable = stage_seconds(s, n, keys[s], r, n_dev if s == "ppo" else 0)
+        fixed, variable = stage_seconds(s, n, keys[s], r, n_dev if s == "ppo" else 0, n_models)
         plan["stages"][s] = {"count_key": COUNTS[s], "count": n, "cap": caps[s] if s != "ppo" else ppo_cap,
                              "runs": left[s], "fixed_s": round(fixed, 1), "unit_s": round(variable / max(n, 1), 2),
                              "predicted_s": round(predicted[s], 1),
@@ -549,7 +553,7 @@ class Planner:
     """
 
     def __init__(self, out: Path, sections: dict, budget_minutes: float, rounds: int = 1, *, ppo_cap: int | None = None,
-                 deadline: bool = True, eval_reserve_minutes: float | None = None, n_dev: int = 0):
+                 deadline: bool = True, eval_reserve_minutes: float | None = None, n_dev: int = 0, policies: int = 1):
         self.path = out / "plan.json"
         try:
             saved = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
@@ -562,7 +566,9 @@ class Planner:
         self.sections, self.budget_s, self.rounds = sections, 60 * budget_minutes, rounds
         self.ppo_cap, self.deadline, self.n_dev = ppo_cap, deadline, n_dev
         self.eval_reserve_s = None if eval_reserve_minutes is None else 60 * eval_reserve_minutes
-        self.left = {"sft": 1, "sample": rounds, "rm": rounds, "ppo": rounds, "eval": 1}
+        # policies: the algorithms trained side by side from one round's feedback, each a slot of PPO's share
+        self.left = {"sft": 1, "sample": rounds, "rm": rounds, "ppo": rounds * policies, "eval": 1}
+        self.n_models = 1 + policies  # eval's: the SFT model and each tuned policy
         self.done: dict[str, float] = {}  # finished stages' seconds, for the table
         self.ppo_spent_s = 0.0
         self.rates: Rates | None = None
@@ -602,7 +608,8 @@ class Planner:
             n_dev = count_lines(ppo["eval_prompts"]) if ppo.get("eval_prompts") else 0
         left = {s: n for s, n in self.left.items() if n}
         plan = make_plan(sections, self.rates, self.budget_s, spent_s, left, ppo_spent_s=self.ppo_spent_s, held=held,
-                         ppo_cap=self.ppo_cap, deadline=self.deadline, n_dev=n_dev, eval_reserve_s=self.eval_reserve_s)
+                         ppo_cap=self.ppo_cap, deadline=self.deadline, n_dev=n_dev, eval_reserve_s=self.eval_reserve_s,
+                         n_models=self.n_models)
         plan.update(at=key, rates=asdict(self.rates))
         self.started[key] = plan["stages"][at]["count"]
         self.plans.append(plan)

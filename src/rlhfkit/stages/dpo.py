@@ -348,7 +348,8 @@ def train_dpo(cfg: DPOConfig) -> dict:
                     metrics = {**pair_metrics(losses, chosen, rejected), "reward_chosen": float(chosen.mean()),
                                "reward_rejected": float(rejected.mean()), "logp_chosen": float(pc.mean()),
                                "logp_rejected": float(pr.mean()), "implicit_kl": float(chosen_logratio.mean())}
-                metrics.update(lr=lr, grad_norm=float(grad_norm), time_step_s=time.perf_counter() - t0)
+                # batch_size: the step's pairs (KTO: answers), so pairs per second can be read off the log
+                metrics.update(batch_size=len(batch), lr=lr, grad_norm=float(grad_norm), time_step_s=time.perf_counter() - t0)
                 # stop when the next step (as long as the mean of those after the first) and the final held-out evaluation (as
                 # long as the last one, or estimated: a forward pass of each held-out pair is about half a step's work
                 # per pair); without time_budget_counts_eval, the budget is the training steps' seconds alone

@@ -65,7 +65,8 @@ class Recipe:
     sample: dict = field(default_factory=dict)
     feedback: dict = field(default_factory=dict)
     rm: dict = field(default_factory=dict)
-    algo: str = ""  # the policy optimisation: ppo, grpo, rloo, reinforce++ (the ppo section) or dpo (the dpo section)
+    algo: str | list = ""  # the policy optimisation: ppo, grpo, rloo, reinforce++ (the ppo section) or dpo (the dpo
+    # section); several (a list, or comma-separated) train side by side from the same feedback and the eval compares them
     ppo: dict = field(default_factory=dict)
     dpo: dict = field(default_factory=dict)
     eval: dict = field(default_factory=dict)
@@ -98,8 +99,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     dev = data.get("dev_prompts", 0)
     if isinstance(dev, bool) or not isinstance(dev, int) or dev < 0:
         raise ConfigError(f"{path}: dev_prompts: expected a whole number of prompts ≥ 0, got {dev!r}")
-    if data.get("algo", "ppo") not in ALGOS:  # "" is not one: a recipe that names no algo leaves the key out
-        raise ConfigError(f"{path}: algo: expected one of {', '.join(ALGOS)}, got {data['algo']!r}")
+    if "algo" in data:  # "" is not one: a recipe that names no algo leaves the key out
+        parse_algos(data["algo"], f"{path}: algo")
     if folder.resolve().is_relative_to(Path.cwd()):
         folder = folder.resolve().relative_to(Path.cwd())  # run folders and reports then name no machine path
     return Recipe(name=folder.name, folder=folder, **data)
@@ -202,14 +203,36 @@ def app_human_eval(cfg: PipelineConfig, recipe: Recipe, out: Path) -> dict:
     return result
 
 
-def policy_algo(cfg: PipelineConfig, recipe: Recipe) -> str:
-    """The policy optimisation a run does: the command's ``algo``, else an override's ``ppo.algo``, the recipe's
-    ``algo``, its ppo section's ``algo``, else PPO."""
-    algo = (cfg.algo or cfg.overrides.get("ppo", {}).get("algo") or recipe.algo or recipe.ppo.get("algo")
-            or "ppo")
-    if algo not in ALGOS:
-        raise ConfigError(f"algo: expected one of {', '.join(ALGOS)}, got {algo!r}")
-    return algo
+def parse_algos(value: Any, where: str = "algo") -> list[str]:
+    """One algorithm or several ("ppo,dpo", or a list), each once, in the order given."""
+    names = value if isinstance(value, list) else str(value).split(",")
+    algos = [str(a).strip() for a in names if str(a).strip()]
+    for a in algos:
+        if a not in ALGOS:
+            raise ConfigError(f"{where}: expected one of {', '.join(ALGOS)} (or several, comma-separated), got {a!r}")
+    if not algos or len(set(algos)) != len(algos):
+        raise ConfigError(f"{where}: expected one or more different algorithms, got {value!r}")
+    return algos
+
+
+def policy_algos(cfg: PipelineConfig, recipe: Recipe) -> list[str]:
+    """The policy optimisations a run does: the command's ``algo``, else an override's ``ppo.algo``, the recipe's
+    ``algo``, its ppo section's ``algo``, else PPO. Several train side by side, one round only: each starts from the
+    same SFT model and learns from the same feedback and reward model, so the eval compares the algorithms alone."""
+    algos = parse_algos(cfg.algo or cfg.overrides.get("ppo", {}).get("algo") or recipe.algo or recipe.ppo.get("algo")
+                        or "ppo")
+    if len(algos) > 1 and cfg.rounds > 1:
+        raise ConfigError(f"algo: {', '.join(algos)}: several algorithms are compared on one round's feedback; "
+                          f"rounds {cfg.rounds} needs one algorithm (the next round samples from its policy)")
+    return algos
+
+
+def stage_folder(algo: str, several: bool) -> str:
+    """A policy optimisation's folder in a round: ``ppo`` for every online algorithm (``dpo`` for DPO) when one runs;
+    when several do, each its own name (``reinforce++`` as ``reinforcepp``)."""
+    if algo == "dpo":
+        return "dpo"
+    return algo.replace("+", "p") if several else "ppo"
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
@@ -217,9 +240,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from rlhfkit.data.splits import split_records
     from rlhfkit.eval.report import build_report, summary_lines
     from rlhfkit.feedback.simulate import simulate_feedback
-    from rlhfkit.stages.dpo import train_dpo
     from rlhfkit.stages.evaluate import evaluate_models
-    from rlhfkit.stages.ppo import train_ppo
     from rlhfkit.stages.reward_model import train_reward
     from rlhfkit.stages.sample import sample_candidates
     from rlhfkit.stages.sft import train_sft
@@ -243,18 +264,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     budget = cfg.budget_minutes or recipe.budget_minutes
     sections = {k: {**getattr(recipe, k), **cfg.overrides.get(k, {})} for k in STAGES}
-    algo = policy_algo(cfg, recipe)
-    if algo in ONLINE:
-        sections["ppo"]["algo"] = algo
+    algos = policy_algos(cfg, recipe)
+    several = len(algos) > 1
     common = {"seed": cfg.seed, "threads": cfg.threads}
     where = str(recipe.folder / "recipe.yaml")
     console.print(f"pipeline: recipe {recipe.name} ({recipe.description.strip() or 'no description'}), "
-                  f"policy optimisation {algo}, budget {budget:g} min, output {out}")
+                  f"policy optimisation {', '.join(algos)}, budget {budget:g} min, output {out}")
     # The budget's planner: counts from this machine's measured speed (budget.py). The sections' counts are the
     # most a stage gets, except PPO's: it gets the rest of the budget, capped only by an override's max_steps.
     planner = Planner(out, sections, budget, cfg.rounds, ppo_cap=cfg.overrides.get("ppo", {}).get("max_steps"),
                       deadline=cfg.deadline and sections["ppo"].get("time_budget_minutes") is None,
-                      eval_reserve_minutes=cfg.eval_reserve_minutes, n_dev=recipe.dev_prompts)
+                      eval_reserve_minutes=cfg.eval_reserve_minutes, n_dev=recipe.dev_prompts, policies=len(algos))
     planner.probe(cfg.model, recipe.folder, cfg.threads)
     sec = sections
 
@@ -313,44 +333,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         # the dev prompts: a held-out evaluation and snapshot every eval_every updates (2 unless the recipe says),
         # with the gold judge beside the proxy when the feedback is simulated (there the judge is who gave it).
         # DPO takes PPO's place in the plan: this PPO config then only sizes the slot whose deadline DPO gets.
-        ppo_cfg = stage_config(PPOConfig, {"eval_every": 2, **sec["ppo"]}, where, policy=policy, reward=str(rd / "rm"),
-                               prompts=str(train_prompts), output=str(rd / "ppo"),
-                               reference=reference if r > 1 else None, resume=True,
-                               eval_prompts=str(dev_prompts) if dev_prompts else None,
-                               eval_judge=recipe.judge if cfg.feedback == "simulated" else None, **common)
-        stage_dir = rd / ("dpo" if algo == "dpo" else "ppo")
-        minutes = None
-        if cfg.deadline and ppo_cfg.time_budget_minutes is None and not is_done(stage_dir):
-            # planned as PPO will run (its held-out evaluations included); the reserve: what comes after this PPO
-            # (later rounds, eval, the report) and PPO's own seconds outside its updates (loading, evaluations, saving)
-            _, plan = planner.plan("ppo", clock.seconds(), r, resuming=stage_dir.exists(), ppo=to_dict(ppo_cfg))
-            ppo_cfg.max_steps = plan["stages"]["ppo"]["count"]
-            minutes = ppo_minutes(plan["aim_s"] / 60, clock.seconds() / 60, plan["ppo_reserve_s"] / 60,
-                                  cfg.rounds - r + 1, floor=0.0)  # the plan's aim: 95 % of the budget
-            ppo_cfg.time_budget_minutes = minutes
-        if algo == "dpo":
-            # offline on every round's feedback so far, from the current policy (under LoRA, adapters off = it is
-            # the reference); the steps are the dpo section's, the deadline PPO's slot's; it answers the dev prompts
-            # as PPO would (its length and temperature), scored by the reward model and, when simulated, the judge
-            dpo_cfg = stage_config(DPOConfig, sec["dpo"], where, model=policy, data=str(all_feedback), output=str(stage_dir),
-                                   resume=True, eval_prompts=ppo_cfg.eval_prompts, eval_judge=ppo_cfg.eval_judge,
-                                   eval_reward=str(rd / "rm") if ppo_cfg.eval_prompts else None,
-                                   eval_max_new_tokens=ppo_cfg.max_new_tokens, eval_temperature=ppo_cfg.temperature,
-                                   **common)
-            if minutes is not None and dpo_cfg.time_budget_minutes is None:
-                dpo_cfg.time_budget_minutes = minutes
-                console.print(f"pipeline: DPO (round {r}) gets at most {minutes:.1f} min of the {budget:g}-minute budget "
-                              f"(PPO's slot; max_steps {dpo_cfg.max_steps}; the deadline ends it)")
-            timed_stage(f"DPO (round {r})", stage_dir, lambda: train_dpo(dpo_cfg))
-            planner.took_ppo_slot(stage_dir, f"DPO (round {r})")
-            policy = str(stage_dir / "merged") if (stage_dir / "merged").exists() else str(stage_dir)
-            continue
-        if minutes is not None:
-            console.print(f"pipeline: {algo.upper()} (round {r}) gets at most {minutes:.1f} min of the "
-                          f"{budget:g}-minute budget (max_steps {ppo_cfg.max_steps}; the deadline ends it)")
-        timed_stage(f"{algo.upper()} (round {r})", stage_dir, lambda: train_ppo(ppo_cfg))
-        planner.measured("ppo", stage_dir, f"PPO (round {r})")
-        policy = str(stage_dir)
+        # Several algorithms share the slot: each starts from this round's policy and gets an equal part of what is left.
+        tuned = {}
+        for algo in algos:
+            tuned[algo] = policy_optimisation(cfg, recipe, algo, sec, where, policy, reference, rd, r, train_prompts,
+                                              dev_prompts, all_feedback, planner, clock, several, budget, timed_stage, common)
+        if not several:
+            policy = tuned[algos[0]]
 
     if not is_done(out / "eval"):  # eval last: what PPO left, at most its count
         sec, _ = planner.plan("eval", clock.seconds())
@@ -361,8 +350,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         _, sft_held = split_records(read_records(sft_cfg.data, "sft"), sft_cfg.eval_fraction, sft_cfg.seed)
         if sft_held:
             write_records(sft_heldout, sft_held)
-    tuned = policy if algo == "dpo" else chosen_policy(Path(policy))  # DPO keeps no held-out snapshots: its last policy
-    eval_cfg = stage_config(EvalConfig, sec["eval"], where, models=[f"sft={reference}", f"{algo}={tuned}"],
+    # each online algorithm's snapshot by the held-out proxy; DPO keeps no held-out snapshots: its last policy
+    models = [f"{a}={path if a == 'dpo' else chosen_policy(Path(path))}" for a, path in tuned.items()]
+    eval_cfg = stage_config(EvalConfig, sec["eval"], where, models=[f"sft={reference}", *models],
                             prompts=str(recipe.folder / "eval.jsonl"), output=str(out / "eval"), reference=reference,
                             judge=recipe.judge, reward=str(last_rm), best_of=cfg.best_of or None,
                             sft_data=str(sft_heldout) if sft_heldout.exists() else None, **common)
@@ -381,6 +371,56 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for line in lines:
         print(line)
     return {"report": str(report), "summary": lines}
+
+
+def policy_optimisation(cfg: PipelineConfig, recipe: Recipe, algo: str, sec: dict, where: str, policy: str, reference: str,
+                        rd: Path, r: int, train_prompts: Path, dev_prompts: Path | None, all_feedback: Path,
+                        planner: Planner, clock: BudgetClock, several: bool, budget: float,
+                        timed_stage: Callable, common: dict) -> str:
+    """One policy optimisation of round ``r`` (PPO or a critic-free method in the PPO trainer, or DPO) in its slot of
+    the budget; returns the tuned policy's path."""
+    from rlhfkit.stages.dpo import train_dpo
+    from rlhfkit.stages.ppo import train_ppo
+
+    stage_dir = rd / stage_folder(algo, several)
+    ppo_section = {"eval_every": 2, **sec["ppo"], **({"algo": algo} if algo in ONLINE else {})}
+    ppo_cfg = stage_config(PPOConfig, ppo_section, where, policy=policy, reward=str(rd / "rm"),
+                           prompts=str(train_prompts), output=str(stage_dir),
+                           reference=reference if r > 1 else None, resume=True,
+                           eval_prompts=str(dev_prompts) if dev_prompts else None,
+                           eval_judge=recipe.judge if cfg.feedback == "simulated" else None, **common)
+    minutes = None
+    if cfg.deadline and ppo_cfg.time_budget_minutes is None and not is_done(stage_dir):
+        # planned as PPO will run (its held-out evaluations included); the reserve: what comes after this slot
+        # (the other algorithms' slots, later rounds, eval, the report) and PPO's own seconds outside its updates
+        _, plan = planner.plan("ppo", clock.seconds(), r, resuming=stage_dir.exists(), ppo=to_dict(ppo_cfg))
+        ppo_cfg.max_steps = plan["stages"]["ppo"]["count"]
+        minutes = ppo_minutes(plan["aim_s"] / 60, clock.seconds() / 60, plan["ppo_reserve_s"] / 60,
+                              planner.left["ppo"], floor=0.0)  # the plan's aim: 95 % of the budget, over the slots left
+        ppo_cfg.time_budget_minutes = minutes
+    label = f"{'DPO' if algo == 'dpo' else algo.upper()} (round {r})"
+    if algo == "dpo":
+        # offline on every round's feedback so far, from the current policy (under LoRA, adapters off = it is
+        # the reference); the steps are the dpo section's, the deadline PPO's slot's; it answers the dev prompts
+        # as PPO would (its length and temperature), scored by the reward model and, when simulated, the judge
+        dpo_cfg = stage_config(DPOConfig, sec["dpo"], where, model=policy, data=str(all_feedback), output=str(stage_dir),
+                               resume=True, eval_prompts=ppo_cfg.eval_prompts, eval_judge=ppo_cfg.eval_judge,
+                               eval_reward=str(rd / "rm") if ppo_cfg.eval_prompts else None,
+                               eval_max_new_tokens=ppo_cfg.max_new_tokens, eval_temperature=ppo_cfg.temperature,
+                               **common)
+        if minutes is not None and dpo_cfg.time_budget_minutes is None:
+            dpo_cfg.time_budget_minutes = minutes
+            console.print(f"pipeline: {label} gets at most {minutes:.1f} min of the {budget:g}-minute budget "
+                          f"(PPO's slot; max_steps {dpo_cfg.max_steps}; the deadline ends it)")
+        timed_stage(label, stage_dir, lambda: train_dpo(dpo_cfg))
+        planner.took_ppo_slot(stage_dir, label)
+        return str(stage_dir / "merged") if (stage_dir / "merged").exists() else str(stage_dir)
+    if minutes is not None:
+        console.print(f"pipeline: {label} gets at most {minutes:.1f} min of the {budget:g}-minute budget "
+                      f"(max_steps {ppo_cfg.max_steps}; the deadline ends it)")
+    timed_stage(label, stage_dir, lambda: train_ppo(ppo_cfg))
+    planner.measured("ppo", stage_dir, label)
+    return str(stage_dir)
 
 
 def ppo_minutes(budget: float, elapsed: float, reserve: float, rounds_left: int, floor: float = 1.0) -> float:
