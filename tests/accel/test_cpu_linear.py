@@ -78,6 +78,29 @@ def test_the_measurement_times_both_routes_on_real_products_and_leaves_the_runs_
     assert torch.equal(torch.rand(4), expected)  # the run samples what it would have sampled without the measurement
 
 
+def test_the_routes_take_turns_so_a_burst_of_other_work_slows_both_alike(monkeypatch):
+    """A fake clock: each product costs its route's time, and the machine is busy (every product 10× slower) for
+    the first three products timed after warm-up. Timed one route whole and then the other, that burst would cover
+    all three of BLAS's repetitions and make it look 10× slower than it is; taking turns, each route keeps a clean
+    repetition and the best one is its true rate."""
+    clock, calls = [0.0], []
+    cost = {"blas": 1.0, "onednn": 2.0}
+
+    def route(name):
+        def mm(a, w):
+            calls.append(name)
+            timed = len(calls) - 2  # the first two calls are the warm-up (one shape, two routes)
+            clock[0] += cost[name] * (10 if 1 <= timed <= 3 else 1)
+        return mm
+
+    monkeypatch.setattr(cpu_linear.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(cpu_linear, "onednn_mm", route("onednn"))
+    monkeypatch.setattr(torch.nn.functional, "linear", route("blas"))
+    rates = cpu_linear.measure_routes(shapes=[(1, 1, 1)], reps=3)
+    assert calls == ["blas", "onednn"] + ["blas", "onednn"] * 3  # warm-up, then one repetition of each in turn
+    assert rates == {"blas": pytest.approx(2 / 1.0 / 1e9), "onednn": pytest.approx(2 / 2.0 / 1e9)}
+
+
 def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 

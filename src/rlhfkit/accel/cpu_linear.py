@@ -77,23 +77,25 @@ def machine_key() -> str:
 def measure_routes(shapes=PROBE_SHAPES, reps: int = 3) -> dict:
     """GFLOP/s of fp32 products of ``shapes`` through BLAS (F.linear) and through oneDNN, the best of ``reps``.
 
-    Its operands come from a generator of its own: the first measurement happens inside a run (its first product
-    of a kind), and drawing from torch's global one would change what that run samples next."""
+    The routes take turns, one repetition each, so that a machine busy for part of the measurement slows both
+    alike: the choice is kept for good, and timing one route whole and then the other let a burst of other work
+    land on one of them. Its operands come from a generator of its own: the first measurement happens inside a
+    run (its first product of a kind), and drawing from torch's global one would change what that run samples next."""
     gen = torch.Generator().manual_seed(0)
     cases = [(torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)) for m, k, n in shapes]
     flops = sum(2 * m * k * n for m, k, n in shapes)
-    rates = {}
-    for route, mm in (("blas", torch.nn.functional.linear), ("onednn", onednn_mm)):
+    routes = {"blas": torch.nn.functional.linear, "onednn": onednn_mm}
+    for mm in routes.values():
         for a, w in cases:  # warm up: first calls pick kernels and allocate
             mm(a, w)
-        best = float("inf")
-        for _ in range(reps):
+    best = dict.fromkeys(routes, float("inf"))
+    for _ in range(reps):
+        for route, mm in routes.items():  # in turn
             t0 = time.perf_counter()
             for a, w in cases:
                 mm(a, w)
-            best = min(best, time.perf_counter() - t0)
-        rates[route] = flops / best / 1e9
-    return rates
+            best[route] = min(best[route], time.perf_counter() - t0)
+    return {route: flops / seconds / 1e9 for route, seconds in best.items()}
 
 
 @functools.cache
