@@ -2,7 +2,8 @@
 
 One command (creates the peer venv on first use, then runs ours and the peer's for each method in turn):
   .venv/bin/python bench/grpo_vs_trl.py --run RUN [--updates 8] [--eval-every 2] [--eval-answers 1] [--algos grpo,rloo]
-      [--threads 2]
+      [--threads 2] [--out OUT] [--reuse]
+(--reuse keeps OUT/results.json's other sides and runs only the named --algos × --sides again.)
 RUN is a pipeline run on the sentiment recipe (``rlhf pipeline --recipe sentiment --output RUN``): both sides start
 from its SFT model (``sft/merged``, SmolLM2-135M-Instruct tuned) and are rewarded by its reward model (``rm/``,
 MiniLM, normalised by its ``reward_stats.json``). Output: bench/out/grpo_vs_trl/ (table.md, gold_vs_minutes.png,
@@ -220,6 +221,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads, the same on both sides")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "grpo_vs_trl"))
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep OUT/results.json's sides and run only --algos × --sides again (e.g. a side a busy machine slowed)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -232,7 +235,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     sides = args.sides.split(",")
     python = ensure_peer_venv(PEER_VENV) if "peer" in sides else None
-    results: dict = {}
+    results: dict = json.loads((out / "results.json").read_text())["results"] if args.reuse else {}
     t0 = time.perf_counter()
     for algo in args.algos.split(","):
         for name in sides:
