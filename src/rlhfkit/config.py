@@ -453,7 +453,8 @@ class DPOConfig:
         "help": "Stop after the step that leaves no room for another within this many minutes (None: run max_steps)."})
     batch_size: int = field(default=8, metadata={"help": "Preference pairs per optimiser step."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimiser step (batch_size is split into them)."})
-    lr: float = field(default=5e-6, metadata={"help": "Peak learning rate (LoRA: about 10× larger, e.g. 5e-5)."})
+    lr: float = field(default=5e-5, metadata={
+        "help": "Peak learning rate, for LoRA adapters (the default); full fine-tuning (--full) wants about 10× less, e.g. 5e-6."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps."})
     schedule: typing.Literal["cosine", "linear", "constant"] = field(default="linear", metadata={
