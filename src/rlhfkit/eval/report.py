@@ -426,10 +426,13 @@ def summary_lines(ev: dict) -> list[str]:
                          f"{fmt(w['len_reference'], '.0f')} tokens")
     if new.get("kl") is not None:
         lines.append(f"KL({new['name']} ‖ {ref['name']}): {new['kl']:.3f} nats per answer")
-    for r in rows:
-        if r.get("best_of") and r.get("gold_score") is not None:
-            lines.append(f"{r['name']} baseline: gold score {r['gold_score']:.3f}, KL {r['kl']:.3f}")
-    return lines[:6]
+    return (lines + best_of_lines(rows))[:6]
+
+
+def best_of_lines(rows: list[dict]) -> list[str]:
+    """The best-of-N baselines' summary lines."""
+    return [f"{r['name']} baseline: gold score {r['gold_score']:.3f}, KL {r['kl']:.3f}" for r in rows
+            if r.get("best_of") and r.get("gold_score") is not None]
 
 
 def several_summary_lines(ev: dict, ref: dict, after: list[dict]) -> list[str]:
@@ -451,10 +454,7 @@ def several_summary_lines(ev: dict, ref: dict, after: list[dict]) -> list[str]:
                      + ", ".join(f"{name} {w['win_rate']:.2f} [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}]" for name, w in wins))
     if any(m.get("kl") is not None for m in after):
         lines.append(f"KL(· ‖ {ref['name']}), nats per answer: {each('kl', '.3f')}")
-    for r in ev.get("models", []):
-        if r.get("best_of") and r.get("gold_score") is not None:
-            lines.append(f"{r['name']} baseline: gold score {r['gold_score']:.3f}, KL {r['kl']:.3f}")
-    return lines[:6]
+    return (lines + best_of_lines(ev.get("models", [])))[:6]
 
 
 def reward_hacking_verdict(hack: dict | None, points: list[tuple[float, float, float]] | None = None) -> str:
@@ -642,10 +642,11 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
         # DPO's log: its held-out answers, with eval_prompts; online: PPO's snapshots
         figure, verdict = gold_vs_proxy(records, ev, snaps)
         frontier = plot_frontier([] if part == "dpo" else records, ev)
-        parts.append(f"<h2>KL: the frontier and over-optimisation{f' ({algo})' if several else ''}</h2><div class=grid>"
-                     + shown(frontier, f"reward against √KL{f' ({algo})' if several else ''}",
+        tag = f" ({algo})" if several else ""  # which algorithm's, when several ran
+        parts.append(f"<h2>KL: the frontier and over-optimisation{tag}</h2><div class=grid>"
+                     + shown(frontier, f"reward against √KL{tag}",
                              "needs PPO metrics with score and kl, or evaluated checkpoints with RM scores")
-                     + shown(figure, f"gold vs proxy{f' ({algo})' if several else ''}",
+                     + shown(figure, f"gold vs proxy{tag}",
                              "needs two or more PPO snapshots or evaluated checkpoints with RM and "
                              "gold scores (or gold_score in the PPO log)")
                      + "</div>" + verdict)
