@@ -136,3 +136,70 @@ def test_a_damaged_plan_json_is_a_clear_error_naming_the_file_and_line_and_a_bad
     (recipe / "recipe.yaml").write_text(text)
     with pytest.raises(ConfigError, match=r"recipe\.yaml: dev_prompts: expected a whole number of prompts ≥ 0, got 'many'"):
         load_recipe(str(recipe))
+
+
+def finished_stage(folder, seconds: float, steps: list[float]):
+    """A stage folder as a finished stage leaves it: its .done.json and its metrics' step times."""
+    folder.mkdir(parents=True)
+    (folder / ".done.json").write_text(json.dumps({"stage": folder.name, "seconds": seconds}))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "time_step_s": t}) + "\n"
+                                                  for i, t in enumerate(steps)))
+    return folder
+
+
+def test_a_stage_far_faster_than_a_busy_probe_said_measures_the_machine_again(tmp_path, monkeypatch):
+    """The probe ran while the machine was busy (3× slow); SFT then ran at the quiet speed. The planner probes
+    again, plans from the new rates, and records why; a stage near its rates does not, and two re-probes are
+    the most."""
+    import rlhfkit.stages.budget as budget
+    from rlhfkit.stages.budget import LOAD_CHANGE, MAX_REPROBES, Planner
+
+    sections = tutor_sections()
+    machine = [rates(slow=3.0), rates(), rates(), rates()]  # what each probe finds: busy first, then quiet
+    calls = []
+
+    def fake_probe(sections_, model, folder, threads=0):
+        calls.append((model, threads))
+        return machine[len(calls) - 1]
+
+    monkeypatch.setattr(budget, "probe", fake_probe)
+    planner = Planner(tmp_path, sections, 15)
+    planner.probe("tiny", tmp_path, 1)
+    busy = planner.plan("sft", 10)[1]
+    unit = busy["stages"]["sft"]["unit_s"]
+    assert unit == pytest.approx(3 * make_plan(sections, rates(), 900, 10, ALL_LEFT)["stages"]["sft"]["unit_s"], rel=0.01)
+
+    # SFT's steps took a third of what the busy rates said: more than LOAD_CHANGE× faster
+    planner.measured("sft", finished_stage(tmp_path / "sft", 60, [unit] + [unit / 3] * 9))
+    assert len(calls) == 2 and calls[1] == ("tiny", 1)
+    assert planner.rates.step_s == pytest.approx(rates().step_s)  # every kind of work measured again, decoding too
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert saved["reprobes"] == [{"after": "sft", "ratio": pytest.approx(1 / 3, abs=0.01), "probe_s": 0.0}]
+    assert saved["probe"]["step_s"] == pytest.approx(rates().step_s)  # a resumed run plans from the new rates
+    quiet = planner.plan("sample", 200)[1]
+    assert quiet["stages"]["sample"]["count"] > busy["stages"]["sample"]["count"]
+
+    # sampling within LOAD_CHANGE× of its rates: corrected as before, no probe
+    fixed, predicted = budget.stage_seconds("sample", quiet["stages"]["sample"]["count"],
+                                            budget.cost_keys(sections)["sample"], planner.rates)
+    planner.measured("sample", finished_stage(tmp_path / "sample", fixed + 0.7 * predicted, []),
+                     units=quiet["stages"]["sample"]["count"])
+    assert len(calls) == 2 and planner.rates.scale["decode"] == pytest.approx(0.7, rel=0.01) and 0.7 < LOAD_CHANGE
+
+    # a machine that keeps changing: probed again at most MAX_REPROBES times in a run
+    step = planner.plan("rm", 300)[1]["stages"]["rm"]["unit_s"]
+    planner.measured("rm", finished_stage(tmp_path / "rm", 100, [step * 5] * 10))
+    assert len(calls) == 1 + MAX_REPROBES == 3
+    planner.measured("ppo", finished_stage(tmp_path / "ppo", 100, [0.01] * 5))
+    assert len(calls) == 3 and len(json.loads((tmp_path / "plan.json").read_text())["reprobes"]) == MAX_REPROBES
+
+
+def test_ppo_gets_room_for_updates_when_the_rates_say_none_fit():
+    """Rates a busy spell slowed by 10× say no update fits PPO's deadline; max_steps still leaves the deadline,
+    not the count, to end PPO on the faster machine it then runs on."""
+    from rlhfkit.stages.budget import PPO_MIN_STEPS
+
+    plan = make_plan(tutor_sections(), rates(slow=10.0), 15 * 60, 400, {"ppo": 1, "eval": 1}, n_dev=24)
+    assert plan["ppo_fits"] == 0 and plan["stages"]["ppo"]["count"] == PPO_MIN_STEPS
+    assert make_plan(tutor_sections(), rates(slow=10.0), 15 * 60, 400, {"ppo": 1, "eval": 1}, n_dev=24,
+                     ppo_cap=2)["stages"]["ppo"]["count"] == 2  # an override still caps it

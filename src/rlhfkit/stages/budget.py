@@ -16,6 +16,11 @@ measures before it commits and plans again before every stage:
    their ``.done.json`` seconds and ``metrics.jsonl`` step times): SFT's steps correct the training rate
    (PPO's passes too), sampling the decoding rate, the reward model's steps its rate; PPO's updates and every stage's seconds
    outside its steps are used as measured in later rounds.
+3. Probe again (:meth:`Planner.measured`): a stage that ran more than LOAD_CHANGE× faster or slower than the
+   rates said ran on a machine whose load has changed since the probe (a probe taken while another job ran, or
+   a job started beside the run). One kind's correction does not carry to the others (a busy spell slows each
+   kind of work by its own factor), so the probe runs again and every rate comes from the machine as it is now;
+   at most MAX_REPROBES times a run. On a quiet machine the stages land within 0.6–1.1× of the rates.
 
 The cost model: a stage's seconds = fixed (loading, saving, its closing evaluation) + its count × a unit.
   sft     steps    batch_size examples at the data's padded width × the training rate per token
@@ -32,8 +37,8 @@ A plan aims at AIM of the budget. The split favours PPO: sft, sample, rm and eva
 NON_PPO_SHARE of it, all at one factor of their counts (never above the recipe's count, never below
 MINIMUM); PPO gets the rest: a deadline (the rest less its own loading, saving and held-out evaluations;
 PPO then stops after the update that leaves no room for another, judged from its own mean update) and
-max_steps = the updates the deadline fits × PPO_HEADROOM, so a unit estimate on the slow side leaves no
-minutes unused: the deadline, not the count, ends PPO. An override ``ppo: {max_steps: N}`` caps it. Eval comes last and cannot be cut
+max_steps = the updates the deadline fits × PPO_HEADROOM (at least PPO_MIN_STEPS), so a unit estimate on the slow
+side leaves no minutes unused: the deadline, not the count, ends PPO. An override ``ppo: {max_steps: N}`` caps it. Eval comes last and cannot be cut
 short after the fact, so its seconds are reserved from the measured rates before PPO's deadline is set,
 and it is planned again, from what PPO left, before it starts.
 """
@@ -63,6 +68,13 @@ NON_PPO_SHARE = 0.6
 # model then holds out a prompt), a few reward-model steps, a few eval prompts (PPO: one update, always).
 MINIMUM = {"sft": 3, "sample": 8, "rm": 4, "eval": 4}
 PPO_HEADROOM = 3.0  # max_steps above the updates the deadline is predicted to fit: the deadline ends PPO
+# ... and never fewer than this many: an estimate from rates a busy spell slowed can say none fit (a demo's probe
+# under load said 400 s an update; PPO then made 45-s updates, and its max_steps of 1 left 2 of its 4 minutes unused)
+PPO_MIN_STEPS = 8
+# A finished stage this many times faster or slower than its rates measured a changed machine: probe again.
+# Quiet runs' stages land at 0.6–1.1× their rates (the decoding estimate is the one on the slow side).
+LOAD_CHANGE = 2.0
+MAX_REPROBES = 2
 # Plans end at AIM × the budget: the rest is for the estimates' error and the seconds before the budget clock
 # starts (Python and torch imports, ~4 s); a 1.5-minute tiny-model run aimed at 100 % ended at 109 %.
 AIM = 0.95
@@ -287,7 +299,7 @@ def make_plan(sections: dict, r: Rates, budget_s: float, spent_s: float, left: d
         reserve = sum(predicted.values()) + ppo_left * ppo_fixed  # after this PPO: later rounds, eval, PPO's own fixed seconds
         slot = (remaining - reserve) / ppo_left  # a round's deadline, from PPO's first update
         fits = max(0, math.floor(slot / ppo_one)) if ppo_one > 0 else 0
-        n_ppo = held["ppo"] if "ppo" in held else max(1, math.ceil(fits * PPO_HEADROOM))
+        n_ppo = held["ppo"] if "ppo" in held else max(PPO_MIN_STEPS, math.ceil(fits * PPO_HEADROOM))
         if ppo_cap is not None:
             n_ppo = min(n_ppo, ppo_cap)
         counts["ppo"] = n_ppo
@@ -516,6 +528,23 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
         probe_s=time.perf_counter() - t_probe)
 
 
+def measured_ratio(r: Rates, stage: str, seconds: float, steps: list[float], units: int, sections: dict) -> float | None:
+    """How many times the rates' prediction a finished stage's work took (None: nothing to compare).
+
+    SFT and the reward model: their typical step (the mean past the first, which carries one-off set-up);
+    sampling: its seconds outside the fixed cost, for ``units`` prompts; PPO: its typical update.
+    """
+    typical = (sum(steps[1:]) / len(steps[1:]) if len(steps) > 1 else steps[0]) if steps else None
+    keys = cost_keys(sections)[stage]
+    if stage in ("sft", "rm", "ppo") and typical:
+        _, predicted = stage_seconds(stage, 1, keys, r)  # PPO: no held-out prompts, so an update alone
+        return typical / predicted
+    if stage == "sample" and units:
+        fixed, predicted = stage_seconds("sample", units, keys, r)
+        return max(seconds - fixed, 0.1 * predicted) / predicted
+    return None
+
+
 def corrected(r: Rates, stage: str, seconds: float, steps: list[float], units: int, sections: dict,
               evals: list[float] | None = None) -> Rates:
     """``r`` with what a finished stage took in place of the predictions for its kind of work.
@@ -526,16 +555,14 @@ def corrected(r: Rates, stage: str, seconds: float, steps: list[float], units: i
     """
     r = Rates(**{**asdict(r), "scale": dict(r.scale), "fixed": dict(r.fixed), "measured_by": dict(r.measured_by)})
     typical = (sum(steps[1:]) / len(steps[1:]) if len(steps) > 1 else steps[0]) if steps else None
-    keys = cost_keys(sections)[stage]
-    if stage in ("sft", "rm") and typical:
+    ratio = measured_ratio(r, stage, seconds, steps, units, sections)
+    if stage in ("sft", "rm") and ratio:
         kind = "train" if stage == "sft" else "rm"
-        _, predicted = stage_seconds(stage, 1, keys, r)
-        r.scale[kind] *= typical / predicted
+        r.scale[kind] *= ratio
         r.fixed[stage] = max(seconds - typical * len(steps), 0.0)
         r.measured_by[kind] = f"measured by {stage}"
-    elif stage == "sample" and units:
-        fixed, predicted = stage_seconds("sample", units, keys, r)
-        r.scale["decode"] *= max(seconds - fixed, 0.1 * predicted) / predicted
+    elif stage == "sample" and ratio:
+        r.scale["decode"] *= ratio
         r.measured_by["decode"] = "measured by sampling"
     elif stage == "ppo" and typical:
         r.ppo_update_s = typical
@@ -548,8 +575,9 @@ def corrected(r: Rates, stage: str, seconds: float, steps: list[float], units: i
 class Planner:
     """The plans of one run folder: the probe's rates, their corrections by finished stages, and ``plan.json``.
 
-    ``plan.json``: ``probe`` (the rates as the probe measured them), ``started`` (the count each stage started
-    with: a resumed stage keeps it) and ``plans`` (every plan made, in order, each with its rates and reasons).
+    ``plan.json``: ``probe`` (the rates as the probe last measured them), ``started`` (the count each stage
+    started with: a resumed stage keeps it), ``plans`` (every plan made, in order, each with its rates and
+    reasons) and ``reprobes`` (each probe after the first: the stage that called for it and why).
     """
 
     def __init__(self, out: Path, sections: dict, budget_minutes: float, rounds: int = 1, *, ppo_cap: int | None = None,
@@ -563,6 +591,7 @@ class Planner:
         self.saved_probe: dict | None = saved.get("probe")
         self.started: dict = saved.get("started", {})
         self.plans: list = saved.get("plans", [])
+        self.reprobes: list = saved.get("reprobes", [])
         self.sections, self.budget_s, self.rounds = sections, 60 * budget_minutes, rounds
         self.ppo_cap, self.deadline, self.n_dev = ppo_cap, deadline, n_dev
         self.eval_reserve_s = None if eval_reserve_minutes is None else 60 * eval_reserve_minutes
@@ -572,23 +601,29 @@ class Planner:
         self.done: dict[str, float] = {}  # finished stages' seconds, for the table
         self.ppo_spent_s = 0.0
         self.rates: Rates | None = None
+        self.probe_args: tuple | None = None  # (model, recipe folder, threads): what a second probe times
 
     def probe(self, model: str, folder: Path, threads: int = 0) -> Rates:
         """The probe's rates: measured now, or those an earlier run of this folder measured."""
+        self.probe_args = (model, folder, threads)
         if self.saved_probe is not None:
             self.rates = Rates(**self.saved_probe)
             console.print(f"pipeline: budget: the probe's rates from {self.path} (measured when this run began)")
         else:
-            console.rule("pipeline: probe")
-            self.rates = probe(self.sections, model, folder, threads)
-            self.saved_probe = asdict(self.rates)
-            r = self.rates
-            console.print(f"pipeline: probe took {r.probe_s:.0f} s: loading {r.load_s:.1f} s (reward model {r.rm_load_s:.1f} s); "
-                          f"decoding {1000 * r.step_s:.0f} ms a step + {1000 * r.step_row_s:.1f} ms a row; training "
-                          f"{1000 * r.train_token_s:.2f} ms a token (reward model {1000 * r.rm_token_s:.2f} ms)")
-            self.save()
+            self.measure()
         self.done["probe"] = self.rates.probe_s
         return self.rates
+
+    def measure(self) -> None:
+        """Run the probe (see :meth:`probe`) and keep its rates as this run's."""
+        console.rule("pipeline: probe")
+        self.rates = probe(self.sections, *self.probe_args)
+        self.saved_probe = asdict(self.rates)
+        r = self.rates
+        console.print(f"pipeline: probe took {r.probe_s:.0f} s: loading {r.load_s:.1f} s (reward model {r.rm_load_s:.1f} s); "
+                      f"decoding {1000 * r.step_s:.0f} ms a step + {1000 * r.step_row_s:.1f} ms a row; training "
+                      f"{1000 * r.train_token_s:.2f} ms a token (reward model {1000 * r.rm_token_s:.2f} ms)")
+        self.save()
 
     def plan(self, at: str, spent_s: float, round_no: int = 1, resuming: bool = False,
              ppo: dict | None = None) -> tuple[dict, dict]:
@@ -632,11 +667,24 @@ class Planner:
         rows = [m for m in read_metrics(folder / "metrics.jsonl") if "time_step_s" in m]
         steps = [m["time_step_s"] for m in rows]
         evals = [m["time_eval_s"] for m in rows if "time_eval_s" in m]
-        self.rates = corrected(self.rates, stage, seconds, steps, units or len(steps), self.sections, evals)
+        units = units or len(steps)
+        ratio = measured_ratio(self.rates, stage, seconds, steps, units, self.sections)
+        self.rates = corrected(self.rates, stage, seconds, steps, units, self.sections, evals)
         if stage == "ppo":
             self.ppo_spent_s += seconds
         self.left[stage] -= 1
         self.done[label or stage] = seconds
+        if (ratio and max(ratio, 1 / ratio) > LOAD_CHANGE and len(self.reprobes) < MAX_REPROBES
+                and self.probe_args is not None and any(self.left.values())):
+            # the machine's load changed since the probe: every rate from the machine as it is now
+            how = "faster" if ratio < 1 else "slower"
+            console.print(f"pipeline: budget: {label or stage} ran {max(ratio, 1 / ratio):.1f}× {how} than the probe's "
+                          f"rates said: this machine's load has changed since the probe; measuring it again")
+            self.reprobes.append({"after": label or stage, "ratio": round(ratio, 3)})
+            self.measure()
+            self.reprobes[-1]["probe_s"] = round(self.rates.probe_s, 1)
+            self.done[f"probe again (after {label or stage})"] = self.rates.probe_s
+            self.save()
 
     def took_ppo_slot(self, folder: Path, label: str) -> None:
         """A stage that ran in PPO's slot (DPO) has finished: its seconds count as PPO's, PPO is not left to plan,
@@ -650,7 +698,7 @@ class Planner:
         self.done[label] = seconds
 
     def save(self) -> None:
-        data = {"probe": self.saved_probe, "started": self.started, "plans": self.plans}
+        data = {"probe": self.saved_probe, "started": self.started, "plans": self.plans, "reprobes": self.reprobes}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
         tmp.replace(self.path)
