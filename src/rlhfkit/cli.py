@@ -267,7 +267,7 @@ def _need_project(cfg) -> None:
 
 
 @feedback_app.command("serve")
-@feedback_command("host", "port", "admin_token_file")
+@feedback_command("host", "port", "admin_token_file", "media")
 def feedback_serve(
     cfg,
     max_body: int = typer.Option(1024 * 1024, "--max-body", min=1024, help="Largest request body in bytes (else 413)."),
@@ -284,7 +284,7 @@ def feedback_serve(
     # The audit log (failed logins: address and reason, never the token) goes to stderr with the time.
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.WARNING)
     typer.echo(f"feedback app on http://{cfg.host}:{cfg.port}/  database {cfg.db}  admin token in {where}", err=True)
-    uvicorn.run(create_app(cfg.db, token, max_body=max_body), host=cfg.host, port=cfg.port, log_level="warning")
+    uvicorn.run(create_app(cfg.db, token, max_body=max_body, media=cfg.media), host=cfg.host, port=cfg.port, log_level="warning")
 
 
 @feedback_app.command("import")
@@ -315,7 +315,7 @@ def feedback_import(
 
 @feedback_app.command("simulate")
 @config_command(SimulateConfig, ["judge", "candidates", "kind", "output", "annotators", "temperature", "flip_rate",
-                                 "seed"])
+                                 "edit_to", "edit_error_rate", "seed"])
 def feedback_simulate(cfg):
     """Simulated annotators: turn a gold judge's scores into noisy rate/rank/compare/edit feedback."""
     from rlhfkit.feedback.simulate import simulate_feedback

@@ -232,6 +232,8 @@ class FeedbackConfig:
         "help": "Database: a SQLite file path or URL, or postgresql://user:password@host/dbname."})
     host: str = field(default="127.0.0.1", metadata={"help": "Serve: address to listen on."})
     port: int = field(default=8000, metadata={"help": "Serve: port to listen on."})
+    media: str | None = field(default=None, metadata={
+        "help": "Serve: the folder of the clips that prompts name (a candidates record's audio), played to annotators."})
     admin_token_file: str | None = field(default=None, metadata={
         "help": "Serve: admin token file (default: beside the SQLite file); $RLHFKIT_ADMIN_TOKEN wins over it."})
     project: str = field(default="", metadata={"help": "Project name."})
@@ -419,6 +421,11 @@ class SimulateConfig:
     tie_margin: float = field(default=0.0, metadata={
         "help": "Perceived scores this close count as a tie (compare: skipped; rank: one place)."})
     compare_pairs: int = field(default=1, metadata={"help": "Compare: pairs asked per prompt (at most K·(K−1)/2)."})
+    edit_to: typing.Literal["best", "reference"] = field(default="best", metadata={
+        "help": "Edit: what the annotator rewrites the shown response into — best (the best other candidate, standing in "
+                "for a rewrite) | reference (the prompt record's reference answer, e.g. what a speaker really said)."})
+    edit_error_rate: float = field(default=0.0, metadata={
+        "help": "Edit to reference: the share of the reference's words the annotator gets wrong (mishears, mistypes)."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
 
 

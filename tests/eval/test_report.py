@@ -183,3 +183,31 @@ def test_a_gold_change_within_two_standard_errors_is_called_noise_not_over_optim
     small = snapshots_verdict(snaps([0.1, 0.3], [0.50, 0.52], se=0.02))
     assert "Gold did not move beyond its noise:" in small and "+0.020 at the chosen step 2" in small
     assert "Gold rose with proxy:" in snapshots_verdict(snaps([0.1, 0.3], [0.50, 0.60], se=0.02))
+
+
+def test_a_transcription_run_shows_wer_from_the_recogniser_to_the_policy_and_word_level_diffs(tmp_path):
+    from rlhfkit.eval import metrics as M
+    from rlhfkit.eval.report import word_diff
+
+    said = ["my phone number is four five two", "pay the bill today"]
+    one_best = ["my phone number is for five to", "pay the bills to day"]
+    answers = {"sft": ["my phone number is four five to", "pay the bill to day"],
+               "ppo": ["my phone number is four five two", "pay the bill today"]}
+    records = [{"prompt": f"p{i}", "reference": r, "one_best": b, "nbest": [{"text": b}]}
+               for i, (r, b) in enumerate(zip(said, one_best))]
+    rows = [{"name": name, "is_reference": name == "sft", "transcription": M.transcription(texts, records, n_boot=50),
+             "gold_score": 0.5} for name, texts in answers.items()]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "eval.json").write_text(json.dumps({
+        "prompts": "eval.jsonl", "n_prompts": 2, "judge": "asr", "models": rows,
+        "recogniser": {"one_best": M.transcription(one_best, records, n_boot=50),
+                       "oracle_nbest": M.transcription(one_best, records, n_boot=50)}}))
+    write_jsonl(tmp_path / "eval" / "samples.jsonl", [
+        {"index": i, "sample": 0, "prompt": r["prompt"], "model": name, "response": texts[i], "reference": r["reference"],
+         "one_best": r["one_best"]} for name, texts in answers.items() for i, r in enumerate(records)])
+    page = build_report(tmp_path).read_text()
+    assert "Speech recognition: word error rate" in page
+    assert "word error rate: 0.455" in page and "→ 0.000 [0.000, 0.000] (ppo)" in page  # 5 edits of 11 words → none
+    assert "<del>four</del> <ins>for</ins>" in page  # the recogniser's miss, shown in its place
+    assert word_diff("pay the bill today", "pay the bills to day") == "pay the <del>bill today</del> <ins>bills to day</ins>"
+    assert word_diff("a b c", "a c d") == "a <del>b</del> c <ins>d</ins>"

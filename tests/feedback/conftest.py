@@ -80,14 +80,14 @@ def free_port() -> int:
 class Server:
     """``rlhf feedback serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, db_url: str, log: Path):
-        self.db_url, self.log, self.port, self.proc = db_url, log, free_port(), None
+    def __init__(self, db_url: str, log: Path, args: tuple[str, ...] = ()):
+        self.db_url, self.log, self.port, self.proc, self.args = db_url, log, free_port(), None, list(args)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Server":
         env = {**os.environ, "RLHFKIT_ADMIN_TOKEN": ADMIN}
         self.proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "feedback", "serve", "--db", self.db_url,
-                                      "--host", "127.0.0.1", "--port", str(self.port)],
+                                      "--host", "127.0.0.1", "--port", str(self.port), *self.args],
                                      env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # wait until it answers (a readiness poll, not a timing assertion)
@@ -110,8 +110,8 @@ class Server:
 def server_factory(tmp_path):
     servers: list[Server] = []
 
-    def make(db_url: str) -> Server:
-        s = Server(db_url, tmp_path / f"server{len(servers)}.log").start()
+    def make(db_url: str, *args: str) -> Server:
+        s = Server(db_url, tmp_path / f"server{len(servers)}.log", args).start()
         servers.append(s)
         return s
 

@@ -397,3 +397,59 @@ def test_a_tied_ranking_and_none_acceptable_are_given_with_keys(tmp_path, server
     order, tied = rows[int(first)]
     assert tied["ranking"] == [sorted(order[:2]), [order[2]]] and tied["none_acceptable"] is False
     assert rows[int(second)][1]["ranking"] == [] and rows[int(second)][1]["none_acceptable"] is True
+
+
+def test_an_edit_task_with_a_clip_plays_it_and_the_transcript_edit_is_stored(tmp_path, server_factory):
+    """The asr recipe's task: the annotator hears the clip (served from the app's media folder, fetched with the
+    token, played by an <audio> element under the page's CSP) and edits the model's transcript into what was said."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from rlhfkit.data.speech import SAMPLE_RATE, read_wav, write_wav
+
+    shipped = sorted((Path(__file__).resolve().parents[2] / "src" / "rlhfkit" / "recipes" / "asr" / "audio").glob("*.wav"))
+    media = tmp_path / "media"
+    media.mkdir()
+    write_wav(media / "clip.wav", read_wav(shipped[0]))  # a clip the data build kept: real synthetic speech
+    seconds = len(read_wav(shipped[0])) / SAMPLE_RATE
+    said = "hello i'm calling about my order number four five two"
+    record = {"prompt": "A speech recogniser heard a customer-service call. Its best guesses, most likely first:\n"
+                        "1. the goal i am talking about my dog\nWrite what the speaker said, as a plain transcript.",
+              "response": "the goal i am talking about my dog number four five two", "audio": "clip.wav", "model": "sft"}
+    db_url = str(tmp_path / "feedback.db")
+    db = Database(db_url)
+    import_candidates(db, "asr", write_jsonl(tmp_path / "cand.jsonl", [record, {**record, "audio": "gone.wav",
+                                                                                  "response": "something else"}]), "edit")
+    server = server_factory(db_url, "--media", str(media))
+    token = httpx.post(server.url + "/api/admin/annotators", json={"name": "ann"}, headers=auth(ADMIN)).json()["token"]
+    with playwright.sync_playwright() as p:
+        browser, page, refused = open_page(p)
+        page.goto(server.url + "/")
+        page.fill("#token", token)
+        page.press("#token", "Enter")
+        page.wait_for_selector("#view-task:not([hidden])")
+        if "something else" in page.input_value("#edit-text"):  # the task whose clip is missing: said, then skipped
+            page.wait_for_function("() => document.querySelector('#status').textContent.includes('could not be loaded')")
+            assignment = page.get_attribute("#view-task", "data-assignment")
+            page.keyboard.press("Escape")
+            page.keyboard.press("s")
+            next_shown(page, assignment)
+        page.wait_for_selector("#clip:not([hidden]) audio")
+        page.wait_for_function("() => document.querySelector('#clip-audio').src.startsWith('blob:')")
+        duration = page.evaluate("""() => new Promise((done) => {
+            const a = document.querySelector('#clip-audio');
+            if (a.readyState >= 1) return done(a.duration);
+            a.addEventListener('loadedmetadata', () => done(a.duration));
+        })""")
+        assert duration == pytest.approx(seconds, abs=0.1)
+        assignment = page.get_attribute("#view-task", "data-assignment")
+        page.fill("#edit-text", said)
+        page.keyboard.press("Control+Enter")
+        next_shown(page, assignment)
+        browser.close()
+    assert refused == []
+    with db.tx() as s:
+        answers = s.execute(select(Answer.payload)).scalars().all()
+    db.dispose()
+    assert [a["edited"] for a in answers if "edited" in a] == [said]
+    # the clip is the task's annotator's only: another annotator cannot fetch it
+    other = httpx.post(server.url + "/api/admin/annotators", json={"name": "other"}, headers=auth(ADMIN)).json()["token"]
+    assert httpx.get(server.url + f"/api/assignments/{assignment}/audio", headers=auth(other)).status_code in (403, 404)

@@ -105,3 +105,45 @@ def test_a_project_name_or_guidelines_that_cannot_be_stored_are_refused(tmp_path
     with pytest.raises(ValueError, match="--guidelines: contains a NUL character"):
         import_candidates(db, "demo", candidates, "rate", guidelines="Be kind.\x00")
     db.dispose()
+
+
+@pytest.mark.parametrize("name, problem", [("../secret.wav", "no folders"), ("clips/a.wav", "no folders"),
+                                           (".hidden.wav", "no folders"), ("notes.txt", ".flac, .mp3, .ogg, .wav"),
+                                           (7, "no folders")])
+def test_a_clip_is_a_file_name_of_a_known_audio_type_in_the_media_folder(tmp_path, name, problem):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "p", "responses": ["a", "b"]},
+                                              {"prompt": "q", "responses": ["a", "b"], "audio": name}])
+    with pytest.raises(RecordError, match=rf"c\.jsonl:2: audio: .*{problem}"):
+        read_candidates(path)
+
+
+def test_the_app_serves_a_task_s_clip_to_its_annotator_only_and_says_why_when_it_cannot(tmp_path, db_url):
+    from fastapi.testclient import TestClient
+
+    from rlhfkit.feedback.app import create_app
+
+    from .conftest import ADMIN, auth
+
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "u1.wav").write_bytes(b"RIFF....WAVEfmt ")
+    db = Database(db_url)
+    import_candidates(db, "asr", write_jsonl(tmp_path / "c.jsonl", [
+        {"prompt": "heard: the goal", "response": "the goal", "audio": "u1.wav"},
+        {"prompt": "no clip here", "response": "text"}]), "edit", annotators_per_task=3)
+    db.dispose()
+    for folder, status in ((media, 200), (None, 404)):
+        with TestClient(create_app(db_url, ADMIN, media=folder)) as client:
+            tokens = [client.post("/api/admin/annotators", json={"name": f"{n}{status}"}, headers=auth(ADMIN)).json()["token"]
+                      for n in ("ann", "other")]  # the second app, on the same database, gets annotators of its own
+            tasks = client.post("/api/projects/asr/claim", json={"n": 2}, headers=auth(tokens[0])).json()["tasks"]
+            by_clip = {t.get("audio", False): t["assignment_id"] for t in tasks}
+            r = client.get(f"/api/assignments/{by_clip[True]}/audio", headers=auth(tokens[0]))
+            assert r.status_code == status
+            if status == 200:
+                assert r.content == b"RIFF....WAVEfmt " and r.headers["content-type"] == "audio/wav"
+                assert client.get(f"/api/assignments/{by_clip[True]}/audio", headers=auth(tokens[1])).status_code in (403, 404)
+                r = client.get(f"/api/assignments/{by_clip[False]}/audio", headers=auth(tokens[0]))
+                assert r.status_code == 404 and "has no clip" in r.text
+            else:
+                assert "without a media folder" in r.text

@@ -140,3 +140,24 @@ def test_cli_writes_feedback_records_of_the_asked_kind(tmp_path):
          "--output", str(out), "--temperature", "0.5", "--set", "compare_pairs=2", "--annotators", "2")
     recs = read_records(out, "preference")
     assert len(recs) == 10 and {r["annotator"] for r in recs} == {"sim-0", "sim-1"}
+
+
+def test_an_edit_to_the_reference_types_what_was_said_with_the_stated_share_of_slips(tmp_path):
+    """The asr recipe's transcriber: the shown transcript is edited into the record's reference, each word
+    wrong with probability edit_error_rate (the shown word in its place, or left out past its end)."""
+    reference = "hello i am calling about my order number four five two which arrived damaged on tuesday"
+    shown = "the goal i am talking about my dog"
+    write_jsonl(tmp_path / "cand.jsonl", [{"prompt": f"p{i}", "responses": [shown, "other"], "reference": reference}
+                                          for i in range(200)])
+    cfg = dict(judge="asr", candidates=str(tmp_path / "cand.jsonl"), kind="edit", edit_to="reference")
+    exact = simulate_feedback(SimulateConfig(output=str(tmp_path / "exact.jsonl"), **cfg))
+    assert all(r["edited"] == reference and r["response"] == shown for r in exact)
+    sloppy = simulate_feedback(SimulateConfig(output=str(tmp_path / "sloppy.jsonl"), edit_error_rate=0.1, seed=3, **cfg))
+    judge = get_judge("asr")
+    wer = [1 - s for s in judge([{"reference": reference}] * len(sloppy), [r["edited"] for r in sloppy])]
+    assert 0.07 < sum(wer) / len(wer) < 0.13  # 16 words × 200 edits at 10 %
+    assert all(set(r["edited"].split()) <= set(reference.split()) | set(shown.split()) for r in sloppy)
+    read_records(tmp_path / "sloppy.jsonl", "edit")
+    write_jsonl(tmp_path / "cand.jsonl", [{"prompt": "p", "responses": [shown, "other"]}])
+    with pytest.raises(ValueError, match="has no \"reference\" to edit towards"):
+        simulate_feedback(SimulateConfig(output=str(tmp_path / "none.jsonl"), **{**cfg, "judge": "length"}))

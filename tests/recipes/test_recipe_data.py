@@ -16,6 +16,7 @@ MINIMUMS = {
     "sentiment": {"sft": 80, "prompts": 240, "eval": 40},
     "writer": {"sft": 90, "prompts": 200, "eval": 40},
     "support": {"sft": 90, "prompts": 200, "eval": 40},
+    "asr": {"sft": 150, "prompts": 150, "eval": 50},
 }
 KINDS = {"sft": "sft", "prompts": "prompt", "eval": "prompt"}
 WITH_KEYWORDS = ("tutor", "writer", "support")
@@ -151,3 +152,27 @@ def test_tutor_sft_replies_and_eval_references_score_high_under_the_gold_judge(s
         scores = judge(part, [r[field] for r in part])
         assert sum(scores) / len(scores) >= 0.8, (split, kind)
         assert min(scores) >= 0.5, (split, kind)
+
+
+@pytest.mark.parametrize("split", ["prompts", "eval"])
+def test_asr_prompts_show_the_recogniser_s_hypotheses_and_carry_what_was_said(split):
+    records = load("asr", split)
+    judge = get_judge("asr")
+    assert judge(records, [r["reference"] for r in records]) == [1.0] * len(records)  # the reference is the answer
+    for i, r in enumerate(records, 1):
+        assert r["nbest"][0]["text"] == r["one_best"], f"asr/{split}.jsonl:{i}"
+        assert all(f"{n}. " in r["prompt"] for n in range(1, len(r["nbest"]) + 1)), f"asr/{split}.jsonl:{i}"
+    kinds = {r["kind"] for r in records}
+    assert kinds == {"call", "classroom", "note", "numbers", "names"}
+
+
+def test_asr_the_recogniser_is_wrong_often_enough_to_correct_and_the_clips_it_kept_are_shipped():
+    import json
+
+    build = json.loads((RECIPES / "asr" / "build.json").read_text())
+    assert 0.15 < build["recogniser_one_best"]["wer"] < 0.8  # neither a solved task nor noise
+    assert build["oracle_nbest"]["wer"] < build["recogniser_one_best"]["wer"]
+    clips = [r["audio"] for r in load("asr", "eval") if r.get("audio")]
+    assert clips and all((RECIPES / "asr" / "audio" / c).stat().st_size > 16000 for c in clips)
+    said = [r["completion"] for r in load("asr", "sft")]
+    assert len(set(said)) == len(said)  # each sentence once: the split is by sentence

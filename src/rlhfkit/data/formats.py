@@ -235,7 +235,8 @@ def _check_candidates(rec: dict, where: str) -> None:
 
 def _check_optional_fields(rec: dict, where: str) -> None:
     """Optional fields some stage reads, in any record: eval's ``reference``, the judges' ``keywords`` and ``draft``,
-    and a feedback record's ``weight`` (the reward model's and DPO's losses count its pairs that much)."""
+    a transcription prompt's ``nbest`` and ``one_best`` (a speech recogniser's hypotheses), and a feedback record's
+    ``weight`` (the reward model's and DPO's losses count its pairs that much)."""
     if rec.get("weight") is not None:
         check_number(rec["weight"], "weight", where, lo=0.0)
         if rec["weight"] == 0:
@@ -249,6 +250,19 @@ def _check_optional_fields(rec: dict, where: str) -> None:
             raise RecordError(where, "keywords", f"expected a list of strings, got {_type_name(keywords)}")
         for i, k in enumerate(keywords):
             check_text(k, f"keywords[{i}]", where)
+    if rec.get("one_best") is not None and not isinstance(rec["one_best"], str):
+        raise RecordError(where, "one_best", f"expected a string (\"\" when nothing was heard), got {_type_name(rec['one_best'])}")
+    if rec.get("nbest") is not None:
+        nbest = rec["nbest"]
+        if not isinstance(nbest, list) or not nbest:
+            raise RecordError(where, "nbest", f"expected a non-empty list of {{\"text\", \"score\"}} hypotheses, got "
+                                              f"{_type_name(nbest) if not isinstance(nbest, list) else 'an empty list'}")
+        for i, h in enumerate(nbest):
+            if not isinstance(h, dict) or not isinstance(h.get("text"), str):
+                raise RecordError(where, f"nbest[{i}].text", "expected an object with a \"text\" string (\"\" when "
+                                                             "nothing was heard)")
+            if h.get("score") is not None:
+                check_number(h["score"], f"nbest[{i}].score", where)
 
 
 CHECKS: dict[str, Callable[[dict, str], None]] = {

@@ -119,6 +119,59 @@ def grading(texts: Sequence[str], records: Sequence[dict], n_boot: int = 1000, c
                             n_boot, confidence, seed, per_prompt)
 
 
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int, int, int]:
+    """(word edits, reference words, character edits, reference characters) between two transcripts, both
+    normalised first (lower case, words only: :func:`rlhfkit.data.speech.normalise`); jiwer counts the edits."""
+    import jiwer
+
+    from rlhfkit.data.speech import normalise
+
+    ref, hyp = normalise(reference), normalise(hypothesis)
+    if not ref:
+        raise ValueError("word error rate: the reference transcript is empty")
+    w = jiwer.process_words(ref, hyp) if hyp else None
+    c = jiwer.process_characters(ref, hyp) if hyp else None
+    word_edits = w.substitutions + w.deletions + w.insertions if w else len(ref.split())
+    char_edits = c.substitutions + c.deletions + c.insertions if c else len(ref)
+    return word_edits, len(ref.split()), char_edits, len(ref)
+
+
+def error_rate(counts: Sequence[tuple[int, int, int, int]], per_prompt: int = 1, n_boot: int = 1000,
+               confidence: float = 0.95, seed: int = 0) -> dict:
+    """Corpus WER and CER (all edits over all reference words / characters) with bootstrap intervals that
+    resample prompts (``per_prompt`` consecutive answers share one)."""
+    a = np.array(counts, dtype=float).reshape(-1, per_prompt, 4).sum(axis=1)  # a row per prompt
+    rng = np.random.default_rng(seed)
+    draws = a[rng.integers(0, len(a), size=(n_boot, len(a)))].sum(axis=1)  # (n_boot, 4)
+    alpha = (1 - confidence) / 2
+    total = a.sum(axis=0)
+
+    def ci(edits: int, ref: int) -> list[float]:
+        rates = draws[:, edits] / np.maximum(draws[:, ref], 1)
+        return [float(np.quantile(rates, alpha)), float(np.quantile(rates, 1 - alpha))]
+
+    return {"wer": float(total[0] / total[1]), "wer_ci": ci(0, 1), "cer": float(total[2] / total[3]), "cer_ci": ci(2, 3),
+            "n": len(counts), "n_prompts": len(a)}
+
+
+def transcription(texts: Sequence[str], records: Sequence[dict], n_boot: int = 1000, confidence: float = 0.95,
+                  seed: int = 0, per_prompt: int = 1) -> dict | None:
+    """:func:`error_rate` of the answers to transcription prompts (records with a recogniser's ``nbest`` and the
+    ``reference`` said); None when no record is one."""
+    spoken = [i for i, r in enumerate(records) if r.get("nbest") and r.get("reference")]
+    if not spoken:
+        return None
+    if len(spoken) != len(records):
+        raise ValueError(f"transcription: {len(records) - len(spoken)} of {len(records)} prompt records have no "
+                         f"recogniser \"nbest\" or \"reference\"; a transcription prompt set needs both on every record")
+    return error_rate([word_errors(records[i]["reference"], texts[i]) for i in spoken], per_prompt, n_boot, confidence, seed)
+
+
+def oracle_hypothesis(record: dict) -> str:
+    """The N-best list's hypothesis closest to the reference (fewest word edits): the best a picker could do."""
+    return min((h["text"] for h in record["nbest"]), key=lambda t: word_errors(record["reference"], t)[0])
+
+
 def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Spearman's ρ: the Pearson correlation of the two lists' ranks (tied values share their mean rank);
     None when fewer than two values or one list is constant (no order to compare)."""

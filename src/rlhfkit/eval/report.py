@@ -16,6 +16,7 @@ A part that is missing is named in the report instead of failing the build.
 from __future__ import annotations
 
 import base64
+import difflib
 import html
 import io
 import json
@@ -290,7 +291,62 @@ def grading_cell(g: dict | None) -> str:
             f"{fmt(g['macro_f1'], '.2f')}</small><br><small>{g['n']} replies, {g['no_label']} without a verdict</small>")
 
 
-EVAL_COLUMNS = [("rm_score", "RM score"), ("gold_score", "gold score"), ("grading", "grading accuracy"), ("kl", "KL"),
+def transcription_cell(t: dict | None) -> str:
+    if not t:
+        return "–"
+    return (f"<b>{t['wer']:.3f}</b> <small>[{t['wer_ci'][0]:.3f}, {t['wer_ci'][1]:.3f}]</small><br><small>CER "
+            f"{t['cer']:.3f} [{t['cer_ci'][0]:.3f}, {t['cer_ci'][1]:.3f}]</small>")
+
+
+def word_diff(reference: str, hypothesis: str) -> str:
+    """``hypothesis`` against ``reference`` word by word, as HTML: words missed struck through, words added marked."""
+    ref, hyp = reference.split(), hypothesis.split()
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=ref, b=hyp, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(html.escape(" ".join(ref[i1:i2])))
+            continue
+        if i2 > i1:
+            out.append(f"<del>{html.escape(' '.join(ref[i1:i2]))}</del>")
+        if j2 > j1:
+            out.append(f"<ins>{html.escape(' '.join(hyp[j1:j2]))}</ins>")
+    return " ".join(out)
+
+
+def speech_section(ev: dict, samples: list[dict], n: int = 8) -> str | None:
+    """Transcription prompts: WER and CER of the recogniser's 1-best, the oracle N-best and every model, and the
+    first ``n`` utterances as word-level diffs against what was said."""
+    base = ev.get("recogniser")
+    if not base:
+        return None
+    rows = [("recogniser 1-best", base["one_best"]), ("oracle N-best", base["oracle_nbest"])]
+    rows += [(m["name"] + (" (reference)" if m.get("is_reference") else ""), m["transcription"])
+             for m in ev.get("models", []) if m.get("transcription")]
+    table = ("<table><tr><th>transcripts from</th><th>WER <small>[95 % interval]</small> · CER</th></tr>"
+             + "".join(f"<tr><td>{html.escape(name)}</td><td class=win>{transcription_cell(t)}</td></tr>" for name, t in rows)
+             + "</table>")
+    firsts: dict[int, dict[str, dict]] = {}
+    for s in samples:
+        if s.get("reference"):
+            firsts.setdefault(s["index"], {}).setdefault(s["model"], s)
+    models = [m["name"] for m in ev.get("models", []) if m.get("transcription")]
+    body = []
+    for i in sorted(firsts)[:n]:
+        said = next(iter(firsts[i].values()))
+        cells = [f"<td>{html.escape(said['reference'])}</td>", f"<td>{word_diff(said['reference'], said.get('one_best') or '')}</td>"]
+        cells += [f"<td>{word_diff(said['reference'], firsts[i][m]['response']) if m in firsts[i] else '–'}</td>" for m in models]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    head = "<th>what was said</th><th>recogniser 1-best</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    examples = f"<table class=samples><tr>{head}</tr>{''.join(body)}</table>" if body else ""
+    note = ("<p class=note>WER and CER: jiwer's edits over all the reference words (characters), both sides lower-cased "
+            "and stripped of punctuation; the oracle N-best is the recogniser's hypothesis nearest what was said, the "
+            "best a model that only picks could do. In the diffs, <del>struck</del> words were said and missed, "
+            "<ins>marked</ins> words were not said.</p>")
+    return table + note + examples
+
+
+EVAL_COLUMNS = [("rm_score", "RM score"), ("gold_score", "gold score"), ("grading", "grading accuracy"),
+                ("transcription", "WER · CER"), ("kl", "KL"),
                 ("win_rate_rm", "win vs ref (RM)"), ("win_rate_gold", "win vs ref (gold)"), ("bleu", "BLEU"),
                 ("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"), ("ppl", "perplexity"),
                 ("response_len", "length (tokens)"), ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"),
@@ -306,6 +362,7 @@ def eval_table(ev: dict) -> str:
         name = html.escape(r["name"]) + (" <small>(reference)</small>" if r.get("is_reference") else "")
         cells = [f"<td class=win>{win_cell(r.get(k))}</td>" if k.startswith("win_rate")
                  else f"<td class=win>{grading_cell(r.get(k))}</td>" if k == "grading"
+                 else f"<td class=win>{transcription_cell(r.get(k))}</td>" if k == "transcription"
                  else f"<td>{fmt(r.get(k), '.1f' if k in ('bleu', 'response_len', 'ppl') else '.3f')}</td>" for k, _ in cols]
         body.append(f"<tr><td>{name}</td>{''.join(cells)}</tr>")
     per = ev.get("samples_per_prompt") or 1
@@ -394,6 +451,7 @@ td.win{white-space:nowrap} .samples td{width:30%} .samples td.prompt{width:16%;b
 .warning{background:#fff1f0;border-left:4px solid #d4380d;padding:.6em .8em}
 .ok{background:#f0f8f0;border-left:4px solid #389e0d;padding:.6em .8em}
 .missing{color:#888;font-style:italic}
+del{background:#ffe3e3;color:#a61d24} ins{background:#e3f6e3;text-decoration:none;color:#1d6a2a}
 .summary{background:#f6f8fa;border:1px solid #e1e4e8;padding:.7em 1em .7em 2em;font-size:.95em}
 """
 
@@ -418,6 +476,7 @@ def summary_lines(ev: dict) -> list[str]:
         lines.append(f"grading accuracy: {a['accuracy']:.2f} [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}] ({ref['name']}) → "
                      f"{b['accuracy']:.2f} [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}] ({new['name']}), macro-F1 "
                      f"{fmt(a['macro_f1'], '.2f')} → {fmt(b['macro_f1'], '.2f')}, on {b['n_prompts']} grading prompts")
+    lines += wer_lines(ev, ref, [new])
     for key, what in (("win_rate_gold", "gold judge"), ("win_rate_rm", "reward model")):
         w = new.get(key)
         if w:
@@ -427,6 +486,18 @@ def summary_lines(ev: dict) -> list[str]:
     if new.get("kl") is not None:
         lines.append(f"KL({new['name']} ‖ {ref['name']}): {new['kl']:.3f} nats per answer")
     return (lines + best_of_lines(rows))[:6]
+
+
+def wer_lines(ev: dict, ref: dict, after: list[dict]) -> list[str]:
+    """Transcription prompts: the word error rate from the recogniser's 1-best to each model, with intervals."""
+    base = ev.get("recogniser")
+    if not base or not ref.get("transcription"):
+        return []
+    def one(t: dict) -> str:
+        return f"{t['wer']:.3f} [{t['wer_ci'][0]:.3f}, {t['wer_ci'][1]:.3f}]"
+    models = [ref] + [m for m in after if m.get("transcription")]
+    return [f"word error rate: {one(base['one_best'])} (recogniser 1-best; oracle N-best {base['oracle_nbest']['wer']:.3f}) → "
+            + " → ".join(f"{one(m['transcription'])} ({m['name']})" for m in models)]
 
 
 def best_of_lines(rows: list[dict]) -> list[str]:
@@ -448,6 +519,7 @@ def several_summary_lines(ev: dict, ref: dict, after: list[dict]) -> list[str]:
         lines.append(f"grading accuracy: {g['accuracy']:.2f} ({ref['name']}) → "
                      + ", ".join(f"{m['grading']['accuracy']:.2f} [{m['grading']['ci'][0]:.2f}, {m['grading']['ci'][1]:.2f}] "
                                  f"({m['name']})" for m in after) + f", on {g['n_prompts']} grading prompts")
+    lines += wer_lines(ev, ref, after)
     wins = [(m["name"], m["win_rate_gold"]) for m in after if m.get("win_rate_gold")]
     if wins:
         lines.append(f"win rate over {ref['name']} by the gold judge: "
@@ -652,6 +724,9 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
                      + "</div>" + verdict)
         if snaps:
             parts.append(f"<h3>{algo} snapshots</h3>" + snapshots_table(snaps))
+    speech = speech_section(ev, samples) if ev else None
+    if speech:
+        parts.append("<h2>Speech recognition: word error rate</h2>" + speech)
     parts.append("<h2>Answers before and after</h2>" + shown(samples_table(samples, ev), "sample answers", "no eval/samples.jsonl"))
     if missing:
         parts.append("<h2>Missing parts</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in missing) + "</ul>")

@@ -277,6 +277,8 @@ def task_view(s: Session, a: Assignment) -> dict:
             "answer": None, "revision": 0}
     if "messages" in prompt.record:
         view["messages"] = prompt.record["messages"]
+    if prompt.record.get("audio"):
+        view["audio"] = True  # the page plays GET /api/assignments/{id}/audio
     if ans is not None:
         view["answer"], view["revision"] = ans.payload, ans.revision
     return view

@@ -30,8 +30,8 @@ from rlhfkit.feedback import annotate as ops
 from rlhfkit.feedback.annotate import ApiError
 from rlhfkit.feedback.auth import (TOKEN_CACHE_SECONDS, TokenCache, annotator_named, create_annotator, find_annotator,
                                    is_admin, rotate_token)
-from rlhfkit.feedback.checks import MAX_ID, BadField, check_name, parse_json, printable, text_problem
-from rlhfkit.feedback.db import Annotator, Assignment, Database, Project, Task, get_project
+from rlhfkit.feedback.checks import AUDIO_TYPES, MAX_ID, BadField, check_name, parse_json, printable, text_problem
+from rlhfkit.feedback.db import Annotator, Assignment, Database, Project, Prompt, Task, get_project
 from rlhfkit.feedback.guard import MAX_BODY, Guard, LoginFailure, error_response, with_security_headers
 
 STATIC = Path(__file__).with_name("static")
@@ -138,8 +138,9 @@ def guidelines_html(text: str) -> str:
 
 
 def create_app(db_url: str, admin_token: str, max_body: int = MAX_BODY,
-               token_cache_seconds: float = TOKEN_CACHE_SECONDS) -> FastAPI:
-    """The feedback app on the database at ``db_url``: the page, the admin API and the annotators' API."""
+               token_cache_seconds: float = TOKEN_CACHE_SECONDS, media: str | Path | None = None) -> FastAPI:
+    """The feedback app on the database at ``db_url``: the page, the admin API and the annotators' API.
+    ``media``: the folder of the clips that prompts name (a record's ``audio``), served to the tasks' annotators."""
     db = Database(db_url)
     # No Swagger page: it loads its scripts from a CDN, and the app must work offline. The schema is served.
     app = FeedbackApp(title="rlhfkit feedback", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
@@ -149,7 +150,7 @@ def create_app(db_url: str, admin_token: str, max_body: int = MAX_BODY,
     add_error_handlers(app)
     add_page(app, db)
     add_admin_routes(app, db, tokens)
-    add_annotator_routes(app, db)
+    add_annotator_routes(app, db, Path(media).resolve() if media else None)
     add_review_routes(app, db)
     return app
 
@@ -420,7 +421,7 @@ def add_admin_routes(app: FastAPI, db: Database, tokens: TokenCache) -> None:
         return PlainTextResponse(text, media_type="application/x-ndjson", headers=headers)
 
 
-def add_annotator_routes(app: FastAPI, db: Database) -> None:
+def add_annotator_routes(app: FastAPI, db: Database, media: Path | None = None) -> None:
     """The annotators' API: their projects, the next task, claims, skips and answers."""
 
     @app.get("/api/me")
@@ -474,6 +475,22 @@ def add_annotator_routes(app: FastAPI, db: Database) -> None:
     def get_assignment(assignment_id: int, c: Caller = Depends(annotator)):
         with db.tx() as s:
             return ops.task_view(s, ops.own_assignment(s, assignment_id, s.get(Annotator, c.annotator_id)))
+
+    @app.get("/api/assignments/{assignment_id}/audio")
+    def assignment_audio(assignment_id: int, c: Caller = Depends(annotator)):
+        """The clip the task's prompt names (its record's ``audio``), from the app's media folder: the page fetches it
+        with the annotator's token and plays it in an <audio> element."""
+        with db.tx() as s:
+            a = ops.own_assignment(s, assignment_id, s.get(Annotator, c.annotator_id))
+            name = s.get(Prompt, s.get(Task, a.task_id).prompt_id).record.get("audio")
+        if not name:
+            raise ApiError(404, "audio", "this task's prompt has no clip")
+        if media is None:
+            raise ApiError(404, "audio", "the app was started without a media folder (rlhf feedback serve --media DIR)")
+        path = media / name
+        if path.parent != media or not path.is_file():
+            raise ApiError(404, "audio", f"{printable(name)[:100]}: no such clip in the app's media folder")
+        return FileResponse(path, media_type=AUDIO_TYPES[path.suffix.lower()])
 
     @app.post("/api/assignments/{assignment_id}/skip")
     def skip(assignment_id: int, c: Caller = Depends(annotator)):

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 MAX_ID = 2**31 - 1  # ids are 32-bit INTEGER columns on PostgreSQL; anything larger names no row
 MAX_NAME = 200  # the width of the name columns
+AUDIO_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".flac": "audio/flac"}  # clips a task can play
 _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
 # Characters that show nothing on their own: a text made only of these (and spaces) is empty to a reader.
 _INVISIBLE_CATEGORIES = {"Cc", "Cf", "Zs", "Zl", "Zp"}

@@ -22,9 +22,10 @@ MAX_TOKEN = 512  # characters; real tokens are 43, and a longer one is not looke
 LOGIN_FAILURES, LOGIN_WINDOW = 10, 60.0  # this many bad tokens from one address within this many seconds: 429
 MAX_CLIENTS = 10_000  # addresses whose failures are remembered
 PUBLIC_API = {"/api/openapi.json"}  # under /api but readable without a token
-# The page is one HTML file with its script and style sheet from /static: nothing inline, nothing from elsewhere.
+# The page is one HTML file with its script and style sheet from /static: nothing inline, nothing from elsewhere
+# (a task's clip plays from a blob: URL the page made from the audio it fetched with its token).
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; media-src blob:; "
                                  b"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),

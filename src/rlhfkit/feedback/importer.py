@@ -26,12 +26,12 @@ from sqlalchemy import select
 from rlhfkit.data.formats import (RecordError, check_ranking, decode_line, open_input, prompt_messages, prompt_text, read_located,
                                   record_responses)
 from rlhfkit.feedback.annotate import refresh_open
-from rlhfkit.feedback.checks import check_name, find_bad_text, text_problem
+from rlhfkit.feedback.checks import AUDIO_TYPES, check_name, find_bad_text, text_problem
 from rlhfkit.feedback.db import IMPORT_KINDS, Database, Project, Prompt, Response, Task, get_project
 
 THUMBS_UP_FROM = 4  # a gold or simulated rating of 4 (acceptable) or more is a thumbs up
 
-KNOWN_FIELDS = {"prompt", "messages", "responses", "response", "model", "checkpoint", "sampling", "gold"}
+KNOWN_FIELDS = {"prompt", "messages", "responses", "response", "model", "checkpoint", "sampling", "gold", "audio"}
 
 
 @dataclass
@@ -78,6 +78,15 @@ def _check_gold(gold: Any, k: int, where: str) -> dict:
     return gold
 
 
+def check_clip_name(name, where: str) -> str:
+    """A record's ``audio``: the file name of a clip in the app's media folder (no folders; a known audio type)."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+        raise RecordError(where, "audio", f"expected a clip's file name in the app's media folder (no folders), got {name!r:.60}")
+    if Path(name).suffix.lower() not in AUDIO_TYPES:
+        raise RecordError(where, "audio", f"{name}: expected a {', '.join(sorted(AUDIO_TYPES))} file")
+    return name
+
+
 def read_candidates(path: str | Path) -> list[Group]:
     """Validated prompt groups from a candidates file; a bad line raises ``file:line: field: problem``."""
     groups: dict[str, Group] = {}
@@ -88,6 +97,8 @@ def read_candidates(path: str | Path) -> list[Group]:
         responses, field = record_responses(rec, where), "responses" if "responses" in rec else "response"
         model, checkpoint = _opt_str(rec, "model", where), _opt_str(rec, "checkpoint", where)
         prompt = {"messages": prompt_messages(rec)} if "messages" in rec else {"prompt": rec["prompt"]}
+        if rec.get("audio") is not None:  # a clip the annotator hears (the app serves it from its media folder)
+            prompt["audio"] = check_clip_name(rec["audio"], where)
         key = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
         g = groups.setdefault(key, Group(record=prompt, where=where))
         if "gold" in rec:

@@ -6,6 +6,10 @@ Noise model (one for every kind of feedback):
   sorting by u is Plackett–Luce. T = 0 perceives the gold scores themselves;
 - each choice is then reversed with probability ``flip_rate`` (a careless click): compare swaps the pair,
   rank swaps each adjacent pair, rate draws a uniform 1–7 score, thumbs tosses a coin, edit keeps the shown response;
+- an edit is the best other candidate (``edit_to: best``: it stands in for a person's rewrite), or the prompt
+  record's reference (``edit_to: reference``: a transcriber who listens to the clip and types what was said), each
+  of its words wrong with probability ``edit_error_rate`` (replaced by the shown response's word in that place,
+  or left out where the response has none);
 - each annotator has a rating bias (points on the 1–7 scale, drawn from N(0, bias_std)): lenient or
   harsh raters, which changes ratings but not orderings.
 With T = 0, flip_rate = 0 and bias_std = 0 the feedback reproduces the gold ordering exactly.
@@ -103,6 +107,15 @@ def simulate_prompt(rec: dict, gold: list[float], kind: str, cfg: SimulateConfig
             up = bool(rng.random() < 0.5) if careless else to_rating(ui, lo, hi, bias) >= THUMBS_UP_FROM
             out.append({**base, "completion": resp, "label": up, "annotator": name})
         return out
+    if kind == "edit" and cfg.edit_to == "reference":
+        # The annotator is shown the first candidate and types what it should have been: the reference, with
+        # a person's slips. A shown response that already is the reference is left unedited.
+        reference = rec.get("reference")
+        if not (isinstance(reference, str) and reference.strip()):
+            raise ValueError(f"edit_to reference: candidates record {rec.get('id', '')!r} has no \"reference\" "
+                             "to edit towards (the prompt records must carry one)")
+        edited = with_slips(reference, responses[0], cfg.edit_error_rate, rng)
+        return [{**base, "response": responses[0], "edited": edited, "annotator": name}]
     if kind == "edit":
         # The annotator is shown the first candidate; "rewriting" it means picking the best of the others
         # (extra samples stand in for a person's rewrite). A shown response judged best is left unedited.
@@ -111,6 +124,20 @@ def simulate_prompt(rec: dict, gold: list[float], kind: str, cfg: SimulateConfig
         edited = responses[best] if improve else responses[0]
         return [{**base, "response": responses[0], "edited": edited if edited.strip() else responses[0], "annotator": name}]
     raise ValueError(f"kind: expected rate|rank|compare|edit|thumbs, got {kind!r}")
+
+
+def with_slips(reference: str, shown: str, error_rate: float, rng: np.random.Generator) -> str:
+    """``reference`` as a person types it: each word, with probability ``error_rate``, replaced by the shown
+    response's word in that place (a mishearing the response suggested) or, past the response's end, left out."""
+    words, heard = reference.split(), shown.split()
+    out = []
+    for i, w in enumerate(words):
+        if error_rate > 0 and rng.random() < error_rate:
+            if i < len(heard):
+                out.append(heard[i])
+            continue
+        out.append(w)
+    return " ".join(out) if out else reference
 
 
 def simulate_feedback(cfg: SimulateConfig) -> list[dict]:

@@ -294,3 +294,37 @@ def tutor_score(record: dict, response: str) -> float:
 def tutor(prompts: list[dict], responses: list[str]) -> list[float]:
     """A tutor's reply to a 10-year-old: a clear explanation, or a verdict on a student's answer and its reason."""
     return [tutor_score(p, r) for p, r in zip(prompts, responses)]
+
+
+# A transcript is the words said and nothing else: phrases that talk about the transcript, the speaker or the
+# recogniser are commentary. Each phrase the reference itself does not hold costs COMMENTARY_COST, to at
+# most COMMENTARY_MAX.
+COMMENTARY = ("transcript", "here is", "here's", "the speaker", "the caller", "they said", "he said", "she said",
+              "i think", "corrected", "correction", "hypothes", "recogni", "guess", "probably", "sounds like",
+              "most likely", "the answer is", "should be", "what was said", "it says", "option")
+COMMENTARY_COST, COMMENTARY_MAX = 0.2, 0.6
+
+
+def commentary(response: str, reference: str) -> int:
+    """How many commentary phrases (COMMENTARY) the response holds that the reference does not."""
+    said, ref = response.lower(), reference.lower()
+    return sum(phrase in said and phrase not in ref for phrase in COMMENTARY)
+
+
+def asr_score(record: dict, response: str) -> float:
+    """A corrected transcript, in [0, 1]: 1 − WER against the record's ``reference`` (jiwer's counts, both sides
+    normalised; a WER above 1 scores 0), less COMMENTARY_COST per commentary phrase (at most COMMENTARY_MAX)."""
+    from rlhfkit.eval.metrics import word_errors
+
+    edits, words, _, _ = word_errors(record["reference"], response)
+    penalty = min(COMMENTARY_MAX, COMMENTARY_COST * commentary(response, record["reference"]))
+    return max(0.0, 1.0 - edits / words - penalty)
+
+
+@register("asr")
+def asr(prompts: list[dict], responses: list[str]) -> list[float]:
+    """A speech recogniser's output, corrected: 1 − WER against what was said, less a cost for commentary."""
+    for i, p in enumerate(prompts):
+        if not (isinstance(p.get("reference"), str) and p["reference"].strip()):
+            raise ValueError(f"judge asr: prompt record {i}: reference: expected the transcript said, a non-empty string")
+    return [asr_score(p, r) for p, r in zip(prompts, responses)]

@@ -10,7 +10,11 @@ identical answers), then measure
 - BLEU and ROUGE against the prompt records' "reference" answers, perplexity on held-out SFT data,
   mean length, distinct-1/2 and the share of answers without EOS;
 - on grading prompts (records with a gold ``verdict``): grading accuracy, the share of answers whose opening
-  verdict is the gold one, with a bootstrap interval over prompts, and macro-F1 over the verdicts.
+  verdict is the gold one, with a bootstrap interval over prompts, and macro-F1 over the verdicts;
+- on transcription prompts (records with a speech recogniser's ``nbest`` and the ``reference`` said): word and
+  character error rates (jiwer's edit counts over the whole set) with bootstrap intervals over prompts, and the
+  same for the recogniser's own 1-best and the oracle N-best (its hypothesis nearest the reference) as
+  ``recogniser`` baselines.
 ``best_of=N`` adds a baseline: the reference's best of N samples by reward-model score (rejection
 sampling), whose KL is the analytic log N − (N − 1)/N.
 """
@@ -136,6 +140,7 @@ def summarise(name: str, spec: str, ans: Answers, ref: Answers, records: list[di
         "rm_score": M.mean(ans.rm) if ans.rm is not None else None,
         "gold_score": M.mean(ans.gold) if ans.gold is not None else None,
         "grading": M.grading(ans.texts, records, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.samples_per_prompt),
+        "transcription": M.transcription(ans.texts, records, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.samples_per_prompt),
         "kl": kl, "kl_method": kl_method,
         "win_rate_rm": side_by_side(ans.rm, ref.rm, ans, ref, cfg) if ans.rm is not None else None,
         "win_rate_gold": side_by_side(ans.gold, ref.gold, ans, ref, cfg) if ans.gold is not None else None,
@@ -250,13 +255,19 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         "reward": cfg.reward, "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
         "skipped": skipped, "models": rows,
     }
+    if any(row["transcription"] for row in rows):  # what the recogniser gave the models to start from
+        args = (cfg.bootstrap, cfg.confidence, cfg.seed)
+        result["recogniser"] = {"one_best": M.transcription([r["one_best"] for r in prompt_records], prompt_records, *args),
+                                "oracle_nbest": M.transcription([M.oracle_hypothesis(r) for r in prompt_records],
+                                                                prompt_records, *args)}
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     (out / "eval.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     write_records(out / "samples.jsonl", (
         {"index": i // per, "sample": i % per, "prompt": prompt_text(rec), "model": label, "response": ans.texts[i], "tokens": len(ans.ids[i]),
          "ended": ans.ended[i], "rm_score": ans.rm[i] if ans.rm is not None else None,
-         "gold_score": ans.gold[i] if ans.gold is not None else None}
+         "gold_score": ans.gold[i] if ans.gold is not None else None,
+         **({"reference": rec["reference"], "one_best": rec.get("one_best", "")} if rec.get("nbest") else {})}
         for label, ans in answers.items() for i, rec in enumerate(records)))
     console.print(f"eval: wrote {out / 'eval.json'} and {out / 'samples.jsonl'}")
     return result

@@ -169,6 +169,20 @@ function renderPrompt(task) {
   }
 }
 
+// A task whose prompt names a clip: the page fetches it with the token (an <audio> src cannot send one) and plays
+// it from memory.
+function renderClip(task) {
+  const box = $("clip");
+  if (!task.audio) { box.hidden = true; box.replaceChildren(); return; }
+  const player = el("audio", { id: "clip-audio", controls: "", preload: "auto" });
+  box.replaceChildren(el("span", { class: "role" }, "Listen:"), player);
+  box.hidden = false;
+  fetch(`/api/assignments/${task.assignment_id}/audio`, { headers: { "Authorization": "Bearer " + state.token } })
+    .then((r) => { if (!r.ok) throw new Error(r.statusText); return r.blob(); })
+    .then((b) => { if (state.task === task) player.src = URL.createObjectURL(b); })
+    .catch((e) => setStatus("The clip could not be loaded: " + e.message, true));
+}
+
 function render(task) {
   state.task = task;
   state.pending = null;
@@ -189,6 +203,7 @@ function render(task) {
   }
   $("task-kind").textContent = { rate: "Rate the response", compare: "Which response is better?", rank: "Rank the responses", edit: "Improve the response", thumbs: "Is the response good?", arena: "Which answer would you rather get?" }[task.kind];
   renderPrompt(task);
+  renderClip(task);
   $("btn-submit").textContent = task.kind === "edit" ? "Submit (Ctrl+Enter)" : "Submit (Enter)";
   ({ rate: renderRate, compare: renderCompare, rank: renderRank, edit: renderEdit, thumbs: renderThumbs, arena: renderArena })[task.kind](task, prev);
   setStatus("");
