@@ -98,3 +98,18 @@ def test_bf16_sampling_writes_the_same_records_from_bf16_weights(tmp_path, monke
     assert dtypes and set(dtypes) == {__import__("torch").bfloat16}
     rows = lines(tmp_path / "cand.jsonl")
     assert len(rows) == 3 and all(len(r["responses"]) == 3 for r in rows)
+
+
+def test_each_distinct_answer_is_kept_once_and_a_prompt_whose_answers_are_all_one_text_is_left_out(tmp_path, monkeypatch,
+                                                                                                     capsys):
+    """A confident model on a short answer samples the same text twice or K times: a candidates record holds
+    each text once (a preference needs two different texts), and a prompt with one text has nothing to compare."""
+    import rlhfkit.stages.sample as sample
+
+    answers = iter(["a", "a", "b", "c", "c", "c", "d", "e", "d"])  # K = 3 answers to each of the three prompts
+    monkeypatch.setattr(sample, "decode_response", lambda tok, ids: next(answers))
+    write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    assert sample_candidates(cfg(tmp_path)) == 2
+    assert [r["responses"] for r in lines(tmp_path / "cand.jsonl")] == [["a", "b"], ["d", "e"]]
+    assert "1 left out, their 3 answers all one text" in " ".join(capsys.readouterr().err.split())  # rich wraps lines
+    read_records(tmp_path / "cand.jsonl", "candidates")

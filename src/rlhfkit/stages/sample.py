@@ -1,7 +1,8 @@
 """``rlhf sample``: K candidate responses per prompt, for people or simulated annotators to judge.
 
-One output line per prompt: the prompt (``prompt`` or ``messages``, as in the input), ``responses`` (K
-strings), the ``model`` spec, the ``checkpoint`` that wrote them, the ``sampling`` settings, and every other
+One output line per prompt: the prompt (``prompt`` or ``messages``, as in the input), ``responses`` (its K
+answers, each distinct text once: identical answers give people nothing to choose between, and a preference
+needs two different texts), the ``model`` spec, the ``checkpoint`` that wrote them, the ``sampling`` settings, and every other
 field of the input record copied through (e.g. a tutor prompt's ``keywords``).
 
 Resumable by prompt: prompts already in the output file are skipped and each batch is appended and
@@ -86,7 +87,7 @@ def sample_candidates(cfg: SampleConfig) -> int:
     speed_up(model, device=torch.device("cpu"), head_apart=True)  # fp32 products: the measured route (accel/); the head: Fp32Head's
     out.parent.mkdir(parents=True, exist_ok=True)
     columns = [TextColumn("sample"), BarColumn(), TextColumn("{task.completed}/{task.total} prompts"), TimeRemainingColumn()]
-    written, batch_s = 0, []
+    written, batch_s, alike = 0, [], 0
     with out.open("a", encoding="utf-8") as f, Progress(*columns, console=console) as bar:
         task = bar.add_task("sample", total=len(todo))
         for start in range(0, len(todo), cfg.batch_size):
@@ -105,10 +106,15 @@ def sample_candidates(cfg: SampleConfig) -> int:
                                batch_size=len(rows))
             texts = [decode_response(tok, g) for g in gen]
             for j, (_, rec) in enumerate(batch):
-                f.write(json.dumps(candidate_record(rec, texts[j * cfg.k:(j + 1) * cfg.k], cfg), ensure_ascii=False) + "\n")
+                distinct = list(dict.fromkeys(texts[j * cfg.k:(j + 1) * cfg.k]))  # each text once, in sampled order
+                if len(distinct) < 2:
+                    alike += 1
+                    continue
+                f.write(json.dumps(candidate_record(rec, distinct, cfg), ensure_ascii=False) + "\n")
             f.flush()
             written += len(batch)
             batch_s.append(time.perf_counter() - batch_started)
             bar.advance(task, len(batch))
-    console.print(f"sample: wrote {written} prompts × {cfg.k} candidates to {out}")
-    return written
+    console.print(f"sample: wrote {written - alike} prompts × up to {cfg.k} distinct candidates to {out}"
+                  + (f"; {alike} left out, their {cfg.k} answers all one text (nothing to compare)" if alike else ""))
+    return written - alike
