@@ -16,11 +16,14 @@ measures before it commits and plans again before every stage:
    their ``.done.json`` seconds and ``metrics.jsonl`` step times): SFT's steps correct the training rate
    (PPO's passes too), sampling the decoding rate, the reward model's steps its rate; PPO's updates and every stage's seconds
    outside its steps are used as measured in later rounds.
-3. Probe again (:meth:`Planner.measured`): a stage that ran more than LOAD_CHANGE× faster or slower than the
-   rates said ran on a machine whose load has changed since the probe (a probe taken while another job ran, or
-   a job started beside the run). One kind's correction does not carry to the others (a busy spell slows each
-   kind of work by its own factor), so the probe runs again and every rate comes from the machine as it is now;
-   at most MAX_REPROBES times a run. On a quiet machine the stages land within 0.6–1.1× of the rates.
+3. Probe again (:meth:`Planner.measured`): SFT or the reward model, whose steps have shapes the cost model knows,
+   running more than LOAD_CHANGE× faster or slower than the rates said ran on a machine whose load has changed
+   since the probe (a probe taken while another job ran, or a job started beside the run). One kind's correction
+   does not carry to the others (a busy spell slows each kind of work by its own factor), so the probe runs again
+   and every rate comes from the machine as it is now; at most MAX_REPROBES times a run. On a quiet machine they
+   land within 0.7–1.1× of the rates. Sampling and PPO are not judged so: their answers end at EOS, before the
+   max_new_tokens the rates assume, so their speed also measures how short the answers are (the asr recipe's
+   11-token transcripts made PPO 2.6× faster than its rates on a quiet machine).
 
 The cost model: a stage's seconds = fixed (loading, saving, its closing evaluation) + its count × a unit.
   sft     steps    batch_size examples at the data's padded width × the training rate per token
@@ -71,9 +74,10 @@ PPO_HEADROOM = 3.0  # max_steps above the updates the deadline is predicted to f
 # ... and never fewer than this many: an estimate from rates a busy spell slowed can say none fit (a demo's probe
 # under load said 400 s an update; PPO then made 45-s updates, and its max_steps of 1 left 2 of its 4 minutes unused)
 PPO_MIN_STEPS = 8
-# A finished stage this many times faster or slower than its rates measured a changed machine: probe again.
-# Quiet runs' stages land at 0.6–1.1× their rates (the decoding estimate is the one on the slow side).
+# SFT or the reward model this many times faster or slower than its rates measured a changed machine: probe again.
+# Quiet runs' SFT and reward-model steps land at 0.7–1.1× their rates.
 LOAD_CHANGE = 2.0
+REPROBE_AFTER = ("sft", "rm")  # stages of known shapes: sampling's and PPO's answers end early at EOS
 MAX_REPROBES = 2
 # Plans end at AIM × the budget: the rest is for the estimates' error and the seconds before the budget clock
 # starts (Python and torch imports, ~4 s); a 1.5-minute tiny-model run aimed at 100 % ended at 109 %.
@@ -674,7 +678,7 @@ class Planner:
             self.ppo_spent_s += seconds
         self.left[stage] -= 1
         self.done[label or stage] = seconds
-        if (ratio and max(ratio, 1 / ratio) > LOAD_CHANGE and len(self.reprobes) < MAX_REPROBES
+        if (stage in REPROBE_AFTER and ratio and max(ratio, 1 / ratio) > LOAD_CHANGE and len(self.reprobes) < MAX_REPROBES
                 and self.probe_args is not None and any(self.left.values())):
             # the machine's load changed since the probe: every rate from the machine as it is now
             how = "faster" if ratio < 1 else "slower"
