@@ -606,6 +606,7 @@ class Planner:
         self.ppo_spent_s = 0.0
         self.rates: Rates | None = None
         self.probe_args: tuple | None = None  # (model, recipe folder, threads): what a second probe times
+        self.reprobe_due: dict | None = None  # set by measured(): the next plan probes again first
 
     def probe(self, model: str, folder: Path, threads: int = 0) -> Rates:
         """The probe's rates: measured now, or those an earlier run of this folder measured."""
@@ -637,6 +638,8 @@ class Planner:
         ``resuming``: ``at``'s folder holds an interrupted run, which keeps the count it started with.
         ``ppo``: PPO's config keys as the pipeline runs it (its held-out evaluations cost time too).
         """
+        if self.reprobe_due is not None:
+            self.measure_again()
         key = f"{at}/{round_no}"
         held = {at: self.started[key]} if resuming and key in self.started else {}
         if not self.deadline:
@@ -678,17 +681,23 @@ class Planner:
             self.ppo_spent_s += seconds
         self.left[stage] -= 1
         self.done[label or stage] = seconds
-        if (stage in REPROBE_AFTER and ratio and max(ratio, 1 / ratio) > LOAD_CHANGE and len(self.reprobes) < MAX_REPROBES
-                and self.probe_args is not None and any(self.left.values())):
-            # the machine's load changed since the probe: every rate from the machine as it is now
-            how = "faster" if ratio < 1 else "slower"
-            console.print(f"pipeline: budget: {label or stage} ran {max(ratio, 1 / ratio):.1f}× {how} than the probe's "
-                          f"rates said: this machine's load has changed since the probe; measuring it again")
-            self.reprobes.append({"after": label or stage, "ratio": round(ratio, 3)})
-            self.measure()
-            self.reprobes[-1]["probe_s"] = round(self.rates.probe_s, 1)
-            self.done[f"probe again (after {label or stage})"] = self.rates.probe_s
-            self.save()
+        if (stage in REPROBE_AFTER and ratio and max(ratio, 1 / ratio) > LOAD_CHANGE
+                and len(self.reprobes) + (self.reprobe_due is not None) < MAX_REPROBES and self.probe_args is not None):
+            # the machine's load changed since the probe: the next plan measures it again (a run whose later
+            # stages are all done already makes no plan, so it probes for nothing)
+            self.reprobe_due = {"after": label or stage, "ratio": round(ratio, 3)}
+
+    def measure_again(self) -> None:
+        """The probe again, as :meth:`measured` asked: every rate from the machine as it is now."""
+        due, self.reprobe_due = self.reprobe_due, None
+        ratio = due["ratio"]
+        how = "faster" if ratio < 1 else "slower"
+        console.print(f"pipeline: budget: {due['after']} ran {max(ratio, 1 / ratio):.1f}× {how} than the probe's rates "
+                      f"said: this machine's load has changed since the probe; measuring it again")
+        self.measure()
+        self.reprobes.append({**due, "probe_s": round(self.rates.probe_s, 1)})
+        self.done[f"probe again (after {due['after']})"] = self.rates.probe_s
+        self.save()
 
     def took_ppo_slot(self, folder: Path, label: str) -> None:
         """A stage that ran in PPO's slot (DPO) has finished: its seconds count as PPO's, PPO is not left to plan,
