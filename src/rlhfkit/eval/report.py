@@ -337,7 +337,7 @@ def speech_section(ev: dict, samples: list[dict], n: int = 8) -> str | None:
         cells += [f"<td>{word_diff(said['reference'], firsts[i][m]['response']) if m in firsts[i] else '–'}</td>" for m in models]
         body.append("<tr>" + "".join(cells) + "</tr>")
     head = "<th>what was said</th><th>recogniser 1-best</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in models)
-    examples = f"<table class=samples><tr>{head}</tr>{''.join(body)}</table>" if body else ""
+    examples = f"<table class=diffs><tr>{head}</tr>{''.join(body)}</table>" if body else ""
     note = ("<p class=note>WER and CER: jiwer's edits over all the reference words (characters), both sides lower-cased "
             "and stripped of punctuation; the oracle N-best is the recogniser's hypothesis nearest what was said, the "
             "best a model that only picks could do. In the diffs, <del>struck</del> words were said and missed, "
@@ -446,6 +446,7 @@ table{border-collapse:collapse;width:100%;font-size:.88em;margin:.6em 0}
 th,td{border:1px solid #ddd;padding:.35em .5em;vertical-align:top;text-align:left}
 th{background:#f4f4f6} td small{color:#666}
 td.win{white-space:nowrap} .samples td{width:30%} .samples td.prompt{width:16%;background:#fafafa}
+.diffs td{width:auto}
 .answer{white-space:pre-wrap;margin-bottom:.3em}
 .note{color:#555;font-size:.9em}
 .warning{background:#fff1f0;border-left:4px solid #d4380d;padding:.6em .8em}
