@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from asr_sentences import sentences  # noqa: E402
 
-from rlhfkit.data.speech import recipe_record, utterance  # noqa: E402
+from rlhfkit.data.speech import SpeechToolMissing, recipe_record, utterance  # noqa: E402
 from rlhfkit.eval.metrics import error_rate, oracle_hypothesis, word_errors  # noqa: E402
 
 
@@ -43,10 +43,11 @@ def build(out: Path, n: int, n_eval: int, n_sft: int, keep_audio: int, seed: int
     order = list(range(n))
     random.Random(seed + 1).shuffle(order)
     eval_ids = set(order[:n_eval])
-    records, t0 = [], time.perf_counter()
+    records, kept, t0 = [], 0, time.perf_counter()
     for i, (kind, text) in enumerate(said):
-        keep = out / "audio" if i in eval_ids and sum(r.get("audio") is not None for r in records) < keep_audio else None
+        keep = out / "audio" if i in eval_ids and kept < keep_audio else None
         records.append(utterance(f"u{i:04d}", kind, text, rng, noise_rng, keep=keep))
+        kept += keep is not None
         if (i + 1) % 20 == 0 or i + 1 == n:
             done = time.perf_counter() - t0
             print(f"{i + 1}/{n} utterances, {done:.0f} s, ~{done / (i + 1) * (n - i - 1):.0f} s to go", flush=True)
@@ -79,7 +80,10 @@ def main() -> None:
     ap.add_argument("--keep-audio", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    s = build(a.out, a.n, a.eval, a.sft, a.keep_audio, a.seed)
+    try:
+        s = build(a.out, a.n, a.eval, a.sft, a.keep_audio, a.seed)
+    except SpeechToolMissing as e:
+        raise SystemExit(f"build_asr_data: {e}") from None
     print(f"{s['utterances']} utterances ({s['audio_seconds']:.0f} s of speech) in {s['build_seconds']:.0f} s; "
           f"recogniser WER {s['recogniser_one_best']['wer']:.3f}, oracle N-best {s['oracle_nbest']['wer']:.3f}")
 

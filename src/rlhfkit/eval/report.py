@@ -298,6 +298,14 @@ def transcription_cell(t: dict | None) -> str:
             f"{t['cer']:.3f} [{t['cer_ci'][0]:.3f}, {t['cer_ci'][1]:.3f}]</small>")
 
 
+def first_answers(samples: list[dict]) -> dict[str, dict[int, dict]]:
+    """samples.jsonl's rows as model → prompt index → that model's first answer to the prompt."""
+    by_model: dict[str, dict[int, dict]] = {}
+    for s in samples:
+        by_model.setdefault(s["model"], {}).setdefault(s["index"], s)
+    return by_model
+
+
 def word_diff(reference: str, hypothesis: str) -> str:
     """``hypothesis`` against ``reference`` word by word, as HTML: words missed struck through, words added marked."""
     ref, hyp = reference.split(), hypothesis.split()
@@ -325,16 +333,14 @@ def speech_section(ev: dict, samples: list[dict], n: int = 8) -> str | None:
     table = ("<table><tr><th>transcripts from</th><th>WER <small>[95 % interval]</small> · CER</th></tr>"
              + "".join(f"<tr><td>{html.escape(name)}</td><td class=win>{transcription_cell(t)}</td></tr>" for name, t in rows)
              + "</table>")
-    firsts: dict[int, dict[str, dict]] = {}
-    for s in samples:
-        if s.get("reference"):
-            firsts.setdefault(s["index"], {}).setdefault(s["model"], s)
+    by_model = first_answers([s for s in samples if s.get("reference")])
     models = [m["name"] for m in ev.get("models", []) if m.get("transcription")]
     body = []
-    for i in sorted(firsts)[:n]:
-        said = next(iter(firsts[i].values()))
+    for i in sorted({i for answers in by_model.values() for i in answers})[:n]:
+        said = next(answers[i] for answers in by_model.values() if i in answers)
         cells = [f"<td>{html.escape(said['reference'])}</td>", f"<td>{word_diff(said['reference'], said.get('one_best') or '')}</td>"]
-        cells += [f"<td>{word_diff(said['reference'], firsts[i][m]['response']) if m in firsts[i] else '–'}</td>" for m in models]
+        cells += [f"<td>{word_diff(said['reference'], by_model[m][i]['response']) if i in by_model.get(m, {}) else '–'}</td>"
+                  for m in models]
         body.append("<tr>" + "".join(cells) + "</tr>")
     head = "<th>what was said</th><th>recogniser 1-best</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in models)
     examples = f"<table class=diffs><tr>{head}</tr>{''.join(body)}</table>" if body else ""
@@ -408,9 +414,7 @@ def human_table(h: dict) -> str:
 
 def samples_table(samples: list[dict], ev: dict | None, n: int = 8) -> str | None:
     """Answers before (the reference) and after (the last evaluated policy, and best-of-N) for the same prompts."""
-    by_model: dict[str, dict[int, dict]] = {}
-    for s in samples:
-        by_model.setdefault(s["model"], {}).setdefault(s["index"], s)  # a prompt's first answer
+    by_model = first_answers(samples)
     names = list(by_model)
     if not names:
         return None
