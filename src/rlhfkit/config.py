@@ -391,6 +391,9 @@ class SampleConfig:
                 "the prompts sampled by then are kept (None: sample every prompt)."})
     precision: typing.Literal["auto", "fp32", "bf16"] = field(default="fp32", metadata={
         "help": "Weights the candidates are sampled with: fp32 | bf16 | auto (bf16 where the hardware runs it fast)."})
+    metrics: str = field(default="", metadata={
+        "help": "Append each batch's seconds, rows, prompt width and decoding steps to this JSONL ('': none); "
+                "the pipeline's budget reads them."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
     threads: int = field(default=0, metadata={"help": "Torch threads (0: leave torch's default)."})
 

@@ -199,6 +199,66 @@ def test_a_stage_far_faster_than_a_busy_probe_said_measures_the_machine_again(tm
     assert len(calls) == 3 and len(json.loads((tmp_path / "plan.json").read_text())["reprobes"]) == MAX_REPROBES
 
 
+def sampled_stage(folder, r: Rates, batches: int, rows: int, steps: int, slow: float = 1.0):
+    """A finished sampling stage whose batches each ran ``steps`` token steps, ``slow``× what the rates ``r`` say."""
+    from rlhfkit.stages.budget import decode_batch_s
+
+    folder.mkdir(parents=True)
+    batch_s = slow * decode_batch_s(r, rows, r.prompt_tokens, steps)
+    (folder / ".done.json").write_text(json.dumps({"stage": "sample", "seconds": r.load_s + batches * batch_s}))
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i + 1, "time_step_s": batch_s, "rows": rows, "prompt_tokens": r.prompt_tokens,
+                    "decode_steps": steps}) + "\n" for i in range(batches)))
+    return folder
+
+
+def test_sampling_far_faster_per_token_step_than_a_busy_probe_said_measures_the_machine_again(tmp_path, monkeypatch):
+    """A busy spell met the probe's decoding alone (10× slow; its training pass as on a quiet machine): SFT ran
+    at its rates, sampling at a tenth of them per token step. The next plan probes again. Answers that end
+    early at EOS, at the rates' speed per step, are no such sign."""
+    import dataclasses
+
+    import rlhfkit.stages.budget as budget
+    from rlhfkit.stages.budget import Planner
+
+    sections = tutor_sections()
+    quiet = rates()
+    busy = dataclasses.replace(quiet, prefill_token_s=10 * quiet.prefill_token_s, step_s=10 * quiet.step_s,
+                               step_row_s=10 * quiet.step_row_s)
+    machine = [busy, quiet]
+    calls = []
+
+    def fake_probe(sections_, model, folder, threads=0):
+        calls.append(model)
+        return machine[len(calls) - 1]
+
+    monkeypatch.setattr(budget, "probe", fake_probe)
+    planner = Planner(tmp_path, sections, 15)
+    planner.probe("tiny", tmp_path)
+    unit = planner.plan("sft", 10)[1]["stages"]["sft"]["unit_s"]
+    planner.measured("sft", finished_stage(tmp_path / "sft", 60, [unit] * 10))  # training as the probe said
+    n = planner.plan("sample", 100)[1]["stages"]["sample"]["count"]
+    rows = sections["sample"]["batch_size"] * sections["sample"]["k"]
+    # answers of 40 tokens (max_new_tokens 80), each batch at the quiet machine's speed per step
+    planner.measured("sample", sampled_stage(tmp_path / "sample", quiet, n // 8, rows, 40), units=n)
+    assert len(calls) == 1
+    planner.plan("rm", 300)
+    assert len(calls) == 2 and planner.rates.step_s == pytest.approx(quiet.step_s)
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert saved["reprobes"] == [{"after": "sample", "ratio": pytest.approx(0.1, rel=0.01), "probe_s": 0.0}]
+
+    # the same short answers at the rates' own speed per step: ended early, not a faster machine
+    calls.clear()
+    machine[:] = [quiet]
+    other = Planner(tmp_path / "other", sections, 15)
+    (tmp_path / "other").mkdir()
+    other.probe("tiny", tmp_path)
+    other.plan("sample", 100)
+    other.measured("sample", sampled_stage(tmp_path / "other" / "sample", quiet, 10, rows, 20), units=80)
+    other.plan("rm", 300)
+    assert len(calls) == 1 and other.reprobe_due is None
+
+
 def test_ppo_gets_room_for_updates_when_the_rates_say_none_fit():
     """Rates a busy spell slowed by 10× say no update fits PPO's deadline; max_steps still leaves the deadline,
     not the count, to end PPO on the faster machine it then runs on."""

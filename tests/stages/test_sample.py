@@ -40,6 +40,16 @@ def test_sample_writes_k_responses_per_prompt_with_model_sampling_and_extra_fiel
     read_records(tmp_path / "cand.jsonl", "prompt")  # valid prompt records for the next stages
 
 
+def test_each_batch_logs_its_seconds_rows_prompt_width_and_the_token_steps_it_ran(tmp_path):
+    """What the budget judges the machine's decoding speed by (stages/budget.py, decoding_ratio)."""
+    write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    sample_candidates(cfg(tmp_path, metrics=str(tmp_path / "sample" / "metrics.jsonl")))
+    batches = lines(tmp_path / "sample" / "metrics.jsonl")
+    assert [b["step"] for b in batches] == [1, 2] and [b["rows"] for b in batches] == [6, 3]  # 2 prompts × k=3, then 1
+    assert all(b["time_step_s"] > 0 and 1 <= b["decode_steps"] <= 6 and b["prompt_tokens"] > 1 for b in batches)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_rerun_samples_only_the_prompts_missing_from_the_output(tmp_path):
     write_jsonl(tmp_path / "prompts.jsonl", PROMPTS[:2])
     sample_candidates(cfg(tmp_path))

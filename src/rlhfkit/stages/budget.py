@@ -16,14 +16,16 @@ measures before it commits and plans again before every stage:
    their ``.done.json`` seconds and ``metrics.jsonl`` step times): SFT's steps correct the training rate
    (PPO's passes too), sampling the decoding rate, the reward model's steps its rate; PPO's updates and every stage's seconds
    outside its steps are used as measured in later rounds.
-3. Probe again (:meth:`Planner.measured`): SFT or the reward model, whose steps have shapes the cost model knows,
-   running more than LOAD_CHANGE× faster or slower than the rates said ran on a machine whose load has changed
-   since the probe (a probe taken while another job ran, or a job started beside the run). One kind's correction
-   does not carry to the others (a busy spell slows each kind of work by its own factor), so the probe runs again
-   and every rate comes from the machine as it is now; at most MAX_REPROBES times a run. On a quiet machine they
-   land within 0.7–1.1× of the rates. Sampling and PPO are not judged so: their answers end at EOS, before the
-   max_new_tokens the rates assume, so their speed also measures how short the answers are (the asr recipe's
-   11-token transcripts made PPO 2.6× faster than its rates on a quiet machine).
+3. Probe again (:meth:`Planner.measured`): SFT, sampling or the reward model running more than LOAD_CHANGE×
+   faster or slower than the rates said ran on a machine whose load has changed since the probe (a probe taken
+   while another job ran, or a job started beside the run). One kind's correction does not carry to the others
+   (a busy spell slows each kind of work by its own factor: one measured here slowed the probe's decoding 10×
+   and left its training pass as on a quiet machine), so the probe runs again and every rate
+   comes from the machine as it is now; at most MAX_REPROBES times a run. On a quiet machine they land within
+   0.7–1.1× of the rates. Sampling is judged batch by batch at the token steps each batch ran
+   (:func:`decoding_ratio`), not by its seconds: its answers end at EOS, before the max_new_tokens the rates
+   assume. PPO is not judged: its speed also measures how short its answers are (the asr recipe's 11-token
+   transcripts made PPO 2.6× faster than its rates on a quiet machine).
 
 The cost model: a stage's seconds = fixed (loading, saving, its closing evaluation) + its count × a unit.
   sft     steps    batch_size examples at the data's padded width × the training rate per token
@@ -77,7 +79,9 @@ PPO_MIN_STEPS = 8
 # SFT or the reward model this many times faster or slower than its rates measured a changed machine: probe again.
 # Quiet runs' SFT and reward-model steps land at 0.7–1.1× their rates.
 LOAD_CHANGE = 2.0
-REPROBE_AFTER = ("sft", "rm")  # stages of known shapes: sampling's and PPO's answers end early at EOS
+# stages of known shapes (sampling: each batch judged at the token steps it ran); PPO's speed is no sign, its
+# answers end early at EOS and its updates are not logged by shape
+REPROBE_AFTER = ("sft", "sample", "rm")
 MAX_REPROBES = 2
 # Plans end at AIM × the budget: the rest is for the estimates' error and the seconds before the budget clock
 # starts (Python and torch imports, ~4 s); a 1.5-minute tiny-model run aimed at 100 % ended at 109 %.
@@ -133,13 +137,17 @@ def padded_width(lengths: list[int], batch: int) -> float:
 # ------------------------------------------------------------------------------------------ the cost model
 
 
+def decode_batch_s(r: Rates, rows: int, prompt_tokens: float, steps: int) -> float:
+    """Seconds to decode one batch of ``rows`` rows for ``steps`` token steps, before any correction."""
+    return rows * prompt_tokens * r.prefill_token_s + steps * (r.step_s + rows * r.step_row_s)
+
+
 def decode_s(r: Rates, rows: int, prompt_tokens: float, new_tokens: int, batch: int) -> float:
     """Seconds to sample ``rows`` answers of ``new_tokens`` tokens, ``batch`` rows at a time."""
-    def one(b: int) -> float:
-        return b * prompt_tokens * r.prefill_token_s + new_tokens * (r.step_s + b * r.step_row_s)
-
     full, rest = divmod(rows, max(batch, 1))
-    return r.scale["decode"] * (full * one(batch) + (one(rest) if rest else 0.0))
+    one = decode_batch_s
+    return r.scale["decode"] * (full * one(r, batch, prompt_tokens, new_tokens)
+                                + (one(r, rest, prompt_tokens, new_tokens) if rest else 0.0))
 
 
 def train_s(r: Rates, tokens: float) -> float:
@@ -549,6 +557,18 @@ def measured_ratio(r: Rates, stage: str, seconds: float, steps: list[float], uni
     return None
 
 
+def decoding_ratio(r: Rates, batches: list[dict]) -> float | None:
+    """How many times the rates' prediction sampling's batches took, each at the token steps it ran (None: no
+    batch logged its steps). Unlike :func:`measured_ratio`, answers that end early at EOS do not count as speed:
+    a machine faster or slower than the probe found it shows here as it does in SFT's steps."""
+    logged = [b for b in batches if b.get("decode_steps")]
+    typical = logged[1:] or logged  # the first batch carries one-off set-up
+    if not typical:
+        return None
+    predicted = sum(decode_batch_s(r, b["rows"], b["prompt_tokens"], b["decode_steps"]) for b in typical)
+    return sum(b["time_step_s"] for b in typical) / (r.scale["decode"] * predicted)
+
+
 def corrected(r: Rates, stage: str, seconds: float, steps: list[float], units: int, sections: dict,
               evals: list[float] | None = None) -> Rates:
     """``r`` with what a finished stage took in place of the predictions for its kind of work.
@@ -676,6 +696,8 @@ class Planner:
         evals = [m["time_eval_s"] for m in rows if "time_eval_s" in m]
         units = units or len(steps)
         ratio = measured_ratio(self.rates, stage, seconds, steps, units, self.sections)
+        if stage == "sample":  # the machine's speed, not how short the answers were
+            ratio = decoding_ratio(self.rates, rows)
         self.rates = corrected(self.rates, stage, seconds, steps, units, self.sections, evals)
         if stage == "ppo":
             self.ppo_spent_s += seconds

@@ -304,7 +304,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 planned = plan["stages"]["sample"]
                 sample_minutes = STAGE_SLACK * planned["predicted_s"] / planned["runs"] / 60
         sample_cfg = stage_config(SampleConfig, sec["sample"], where, model=policy, prompts=str(train_prompts),
-                                  output=str(candidates), seed=cfg.seed + r, threads=cfg.threads)
+                                  output=str(candidates), metrics=str(rd / "sample" / "metrics.jsonl"),
+                                  seed=cfg.seed + r, threads=cfg.threads)
         if sample_minutes is not None:
             sample_cfg.time_budget_minutes = sample_minutes
             console.print(f"pipeline: sampling (round {r}) stops at {sample_minutes:.1f} min "

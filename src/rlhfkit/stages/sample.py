@@ -88,6 +88,9 @@ def sample_candidates(cfg: SampleConfig) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     columns = [TextColumn("sample"), BarColumn(), TextColumn("{task.completed}/{task.total} prompts"), TimeRemainingColumn()]
     written, batch_s, alike = 0, [], 0
+    metrics = Path(cfg.metrics) if cfg.metrics else None
+    if metrics is not None:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as f, Progress(*columns, console=console) as bar:
         task = bar.add_task("sample", total=len(todo))
         for start in range(0, len(todo), cfg.batch_size):
@@ -114,6 +117,11 @@ def sample_candidates(cfg: SampleConfig) -> int:
             f.flush()
             written += len(batch)
             batch_s.append(time.perf_counter() - batch_started)
+            if metrics is not None:  # the budget judges the machine's decoding speed by these (stages/budget.py)
+                with metrics.open("a", encoding="utf-8") as m:
+                    m.write(json.dumps({"step": len(batch_s), "time_step_s": batch_s[-1], "rows": len(rows),
+                                        "prompt_tokens": max(map(len, rows)),
+                                        "decode_steps": max(map(len, gen))}) + "\n")
             bar.advance(task, len(batch))
     console.print(f"sample: wrote {written - alike} prompts × up to {cfg.k} distinct candidates to {out}"
                   + (f"; {alike} left out, their {cfg.k} answers all one text (nothing to compare)" if alike else ""))
