@@ -12,7 +12,8 @@ results.json, logs).
 The same work on both sides: the recipe's training prompts in the chat template, 8 prompts × 4 answers = 32
 answers per update, at most 32 new tokens, temperature 1.0 (no top-k/top-p), LoRA r 16 / alpha 32 on every linear
 of the attention and MLP, dropout off, fp32, one optimiser step per update (one epoch, one minibatch, so the
-ratio is 1 and clipping never acts), lr 1e-4 constant, gradient-norm clip 1.0, KL coefficient 0.05 against the
+ratio is 1 and clipping never acts), lr 1e-4 constant, AdamW with eps 1e-8 and no weight decay (TRL's; runs before
+this was matched used our 1e-5), gradient-norm clip 1.0, KL coefficient 0.05 against the
 adapters-off reference. GRPO: group-normalised scores, the k3 KL as a loss term, token-level loss aggregation
 (TRL's ``dapo``, our ``loss_agg: token``). RLOO: leave-one-out baseline, the k1 KL summed over the answer in its
 reward, no advantage normalisation (TRL's default; ours set to match), the loss summed over an answer's tokens and
@@ -43,7 +44,8 @@ RECIPE = ROOT / "src" / "rlhfkit" / "recipes" / "sentiment"
 PEER_VENV = ROOT / "bench" / "out" / "trl-grpo-venv"
 TRL_VERSION = "1.16.0"
 SETTINGS = {"batch_size": 32, "samples_per_prompt": 4, "max_new_tokens": 32, "temperature": 1.0, "lr": 1e-4,
-            "kl_coef": 0.05, "lora_r": 16, "lora_alpha": 32}
+            "kl_coef": 0.05, "lora_r": 16, "lora_alpha": 32,
+            "adam_eps": 1e-8}  # TRL's AdamW (transformers' adam_epsilon); our PPO default is 1e-5
 
 
 def ensure_peer_venv(venv: Path) -> Path:
@@ -90,7 +92,7 @@ def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int
                      lora_targets=list(LORA_TARGETS), max_steps=updates, batch_size=s["batch_size"],
                      samples_per_prompt=s["samples_per_prompt"], ppo_epochs=1, num_minibatches=1, grad_accum=1, lr=s["lr"],
                      schedule="constant", max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
-                     kl_coef=s["kl_coef"], missing_eos_penalty=None, whiten_advantages=False,  # GRPO never whitens; TRL RLOO neither
+                     kl_coef=s["kl_coef"], adam_eps=s["adam_eps"], missing_eos_penalty=None, whiten_advantages=False,  # GRPO never whitens; TRL RLOO neither
                      loss_agg="token" if algo == "grpo" else "constant", precision="fp32", threads=threads, seed=seed, save_every=0, report_to="none",
                      eval_prompts=eval_prompts, eval_judge="sentiment", eval_every=eval_every,
                      keep_snapshots=False)
