@@ -76,8 +76,8 @@ PPO_HEADROOM = 3.0  # max_steps above the updates the deadline is predicted to f
 # ... and never fewer than this many: an estimate from rates a busy spell slowed can say none fit (a demo's probe
 # under load said 400 s an update; PPO then made 45-s updates, and its max_steps of 1 left 2 of its 4 minutes unused)
 PPO_MIN_STEPS = 8
-# SFT or the reward model this many times faster or slower than its rates measured a changed machine: probe again.
-# Quiet runs' SFT and reward-model steps land at 0.7–1.1× their rates.
+# SFT, sampling (per token step) or the reward model this many times faster or slower than its rates measured a
+# changed machine: probe again. Quiet runs' SFT and reward-model steps land at 0.7–1.1× their rates.
 LOAD_CHANGE = 2.0
 # stages of known shapes (sampling: each batch judged at the token steps it ran); PPO's speed is no sign, its
 # answers end early at EOS and its updates are not logged by shape
@@ -145,9 +145,10 @@ def decode_batch_s(r: Rates, rows: int, prompt_tokens: float, steps: int) -> flo
 def decode_s(r: Rates, rows: int, prompt_tokens: float, new_tokens: int, batch: int) -> float:
     """Seconds to sample ``rows`` answers of ``new_tokens`` tokens, ``batch`` rows at a time."""
     full, rest = divmod(rows, max(batch, 1))
-    one = decode_batch_s
-    return r.scale["decode"] * (full * one(r, batch, prompt_tokens, new_tokens)
-                                + (one(r, rest, prompt_tokens, new_tokens) if rest else 0.0))
+    seconds = full * decode_batch_s(r, batch, prompt_tokens, new_tokens)
+    if rest:
+        seconds += decode_batch_s(r, rest, prompt_tokens, new_tokens)
+    return r.scale["decode"] * seconds
 
 
 def train_s(r: Rates, tokens: float) -> float:
