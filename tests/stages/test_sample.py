@@ -48,6 +48,12 @@ def test_each_batch_logs_its_seconds_rows_prompt_width_and_the_token_steps_it_ra
     assert [b["step"] for b in batches] == [1, 2] and [b["rows"] for b in batches] == [6, 3]  # 2 prompts × k=3, then 1
     assert all(b["time_step_s"] > 0 and 1 <= b["decode_steps"] <= 6 and b["prompt_tokens"] > 1 for b in batches)
     assert not (tmp_path / "metrics.jsonl").exists()
+    # a rerun after a write cut off mid-line: the half line goes, every later line is whole JSON
+    log = tmp_path / "sample" / "metrics.jsonl"
+    log.write_text(log.read_text() + '{"step": 3, "time_st')
+    write_jsonl(tmp_path / "prompts.jsonl", PROMPTS + [{"prompt": "One more"}])
+    sample_candidates(cfg(tmp_path, metrics=str(log)))
+    assert [b["step"] for b in lines(log)] == [1, 2, 1]
 
 
 def test_rerun_samples_only_the_prompts_missing_from_the_output(tmp_path):

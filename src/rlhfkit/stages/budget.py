@@ -696,9 +696,9 @@ class Planner:
         steps = [m["time_step_s"] for m in rows]
         evals = [m["time_eval_s"] for m in rows if "time_eval_s" in m]
         units = units or len(steps)
-        ratio = measured_ratio(self.rates, stage, seconds, steps, units, self.sections)
-        if stage == "sample":  # the machine's speed, not how short the answers were
-            ratio = decoding_ratio(self.rates, rows)
+        # the machine's speed against its rates (sampling: per token step, not how short the answers were)
+        ratio = (decoding_ratio(self.rates, rows) if stage == "sample"
+                 else measured_ratio(self.rates, stage, seconds, steps, units, self.sections))
         self.rates = corrected(self.rates, stage, seconds, steps, units, self.sections, evals)
         if stage == "ppo":
             self.ppo_spent_s += seconds

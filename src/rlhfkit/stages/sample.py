@@ -47,6 +47,15 @@ def done_prompts(path: Path) -> set[str]:
     return {prompt_key(r) for _, r in iter_records(path, "prompt")}
 
 
+def drop_cut_off_line(path: Path) -> None:
+    """Cut a JSONL file back to its last complete line (an interrupted append leaves a line without its newline)."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 def checkpoint_of(spec: str) -> str:
     """What wrote the candidates: the folder for a local model, otherwise the spec itself."""
     path = Path(spec).expanduser()
@@ -91,6 +100,7 @@ def sample_candidates(cfg: SampleConfig) -> int:
     metrics = Path(cfg.metrics) if cfg.metrics else None
     if metrics is not None:
         metrics.parent.mkdir(parents=True, exist_ok=True)
+        drop_cut_off_line(metrics)  # an interrupted write's half line would spoil the next one appended
     with out.open("a", encoding="utf-8") as f, Progress(*columns, console=console) as bar:
         task = bar.add_task("sample", total=len(todo))
         for start in range(0, len(todo), cfg.batch_size):
