@@ -521,6 +521,16 @@ def test_a_critic_free_run_has_no_value_model_and_logs_what_ppo_logs(algo, promp
     assert ("kl_loss" in log[-1]) == (algo == "grpo")
 
 
+@pytest.mark.parametrize("algo, setting, eps", [("ppo", None, 1e-5), ("grpo", None, 1e-8), ("rloo", None, 1e-8),
+                                                  ("reinforce++", None, 1e-8), ("rloo", 1e-5, 1e-5), ("ppo", 1e-8, 1e-8)])
+def test_adam_eps_is_1e5_for_ppo_and_1e8_for_the_critic_free_unless_set(algo, setting, eps, prompts_file, tmp_path):
+    from rlhfkit.stages.ppo import build_optimiser
+
+    optimizer, _, _ = build_optimiser(tiny_cfg(prompts_file, tmp_path, algo=algo, adam_eps=setting), 1e-3,
+                                      torch.nn.Linear(2, 2), None)
+    assert optimizer.defaults["eps"] == eps
+
+
 def test_grpo_and_rloo_refuse_one_answer_per_prompt(prompts_file, tmp_path):
     from rlhfkit.config import ConfigError
 

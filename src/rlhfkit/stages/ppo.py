@@ -433,13 +433,25 @@ def check_batches(cfg: PPOConfig) -> tuple[int, int]:
     return world, dist.rank()
 
 
+def adam_eps(cfg: PPOConfig) -> float:
+    """Adam's epsilon: as set, or 1e-5 for PPO and 1e-8 for the critic-free algorithms.
+
+    Adam divides each step by √v + eps. RLOO's ``constant`` loss divides every gradient by answers × max length,
+    so its gradients are ~1/32 of a token mean's; at eps 1e-5 the eps then damps the step (bench/RESULTS.md,
+    "Our GRPO and RLOO against TRL's": RLOO's gold gain +0.088 on average over three seeds at 1e-8, +0.057 at 1e-5).
+    """
+    if cfg.adam_eps is not None:
+        return cfg.adam_eps
+    return 1e-5 if cfg.algo == "ppo" else 1e-8
+
+
 def build_optimiser(cfg: PPOConfig, lr: float, policy, value_module):
     """One AdamW over the policy's and the value's trainable parameters (the value at ``value_lr``), the
     learning-rate schedule (constant, or linear to 0 over ``max_steps``), and those parameters."""
     policy_params = trainable(policy)
     value_params = [] if value_module is None else trainable(value_module)  # critic-free: none
     groups = [{"params": policy_params, "lr": lr}] + ([{"params": value_params, "lr": cfg.value_lr or lr}] if value_params else [])
-    optimizer = torch.optim.AdamW(groups, eps=cfg.adam_eps, weight_decay=0.0,
+    optimizer = torch.optim.AdamW(groups, eps=adam_eps(cfg), weight_decay=0.0,
                                   fused=True)  # one pass over each tensor instead of a Python loop over them
     decay = (lambda s: max(0.0, 1.0 - s / cfg.max_steps)) if cfg.schedule == "linear" else (lambda s: 1.0)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, decay), policy_params + value_params
