@@ -45,7 +45,7 @@ PEER_VENV = ROOT / "bench" / "out" / "trl-grpo-venv"
 TRL_VERSION = "1.16.0"
 SETTINGS = {"batch_size": 32, "samples_per_prompt": 4, "max_new_tokens": 32, "temperature": 1.0, "lr": 1e-4,
             "kl_coef": 0.05, "lora_r": 16, "lora_alpha": 32,
-            "adam_eps": 1e-8}  # TRL's AdamW (transformers' adam_epsilon); our PPO default is 1e-5
+            "adam_eps": 1e-8}  # TRL's AdamW (transformers' adam_epsilon), our critic-free default
 
 
 def ensure_peer_venv(venv: Path) -> Path:
@@ -82,7 +82,7 @@ def eval_prompts_file(out: Path, answers: int) -> Path:
 
 
 def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int, threads: int, seed: int,
-                eval_prompts: str = str(RECIPE / "eval.jsonl")):
+                eval_prompts: str = str(RECIPE / "eval.jsonl"), adam_eps: float | None = None):
     """Our trainer on the same work (module docstring)."""
     from rlhfkit.config import LORA_TARGETS, PPOConfig
 
@@ -92,7 +92,7 @@ def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int
                      lora_targets=list(LORA_TARGETS), max_steps=updates, batch_size=s["batch_size"],
                      samples_per_prompt=s["samples_per_prompt"], ppo_epochs=1, num_minibatches=1, grad_accum=1, lr=s["lr"],
                      schedule="constant", max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
-                     kl_coef=s["kl_coef"], adam_eps=s["adam_eps"], missing_eos_penalty=None, whiten_advantages=False,  # GRPO never whitens; TRL RLOO neither
+                     kl_coef=s["kl_coef"], adam_eps=s["adam_eps"] if adam_eps is None else adam_eps, missing_eos_penalty=None, whiten_advantages=False,  # GRPO never whitens; TRL RLOO neither
                      loss_agg="token" if algo == "grpo" else "constant", precision="fp32", threads=threads, seed=seed, save_every=0, report_to="none",
                      eval_prompts=eval_prompts, eval_judge="sentiment", eval_every=eval_every,
                      keep_snapshots=False)
@@ -103,7 +103,7 @@ def ours_worker(job: dict, result: str) -> None:
     from rlhfkit.tracking import read_metrics
 
     cfg = ours_config(job["algo"], Path(job["run"]), job["output"], job["updates"], job["eval_every"], job["threads"], job["seed"],
-                      job["eval_prompts"])
+                      job["eval_prompts"], job.get("adam_eps"))
     train_ppo(cfg)
     rows = read_metrics(Path(cfg.output) / "metrics.jsonl")
     Path(result).write_text(json.dumps({
@@ -149,7 +149,7 @@ def peer_side(python: Path, algo: str, run: Path, out: Path, args) -> dict:
 def ours_side(algo: str, run: Path, out: Path, args) -> dict:
     job = {"algo": algo, "run": str(run), "output": str(out / f"ours-{algo}"), "updates": args.updates,
            "eval_every": args.eval_every, "threads": args.threads, "seed": args.seed,
-           "eval_prompts": str(eval_prompts_file(out, args.eval_answers))}
+           "eval_prompts": str(eval_prompts_file(out, args.eval_answers)), "adam_eps": args.adam_eps}
     (out / f"job-ours-{algo}.json").write_text(json.dumps(job))
     result = out / f"result-ours-{algo}.json"
     rss = run_process([sys.executable, str(Path(__file__).resolve()), "--worker", "--job", str(out / f"job-ours-{algo}.json"),
@@ -222,6 +222,8 @@ def main() -> None:
     ap.add_argument("--sides", default="ours,peer")
     ap.add_argument("--threads", type=int, default=2, help="torch threads, the same on both sides")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--adam-eps", type=float, default=None,
+                    help="our side's Adam epsilon (default: SETTINGS', TRL's 1e-8); the peer's stays TRL's")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "grpo_vs_trl"))
     ap.add_argument("--reuse", action="store_true",
                     help="keep OUT/results.json's sides and run only --algos × --sides again (e.g. a side a busy machine slowed)")
@@ -250,6 +252,7 @@ def main() -> None:
     (out / "table.md").write_text(text + "\n")
     plot(results, out / "gold_vs_minutes.png")
     (out / "results.json").write_text(json.dumps({"results": results, "settings": SETTINGS, "updates": args.updates,
+                                                  "ours_adam_eps": SETTINGS["adam_eps"] if args.adam_eps is None else args.adam_eps,
                                                   "wall_s": time.perf_counter() - t0}, indent=1))
 
 

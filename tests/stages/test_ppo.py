@@ -290,12 +290,12 @@ def yaml_precision(run: Path) -> str:
     return yaml.safe_load((run / "config.yaml").read_text())["precision"]
 
 
-def test_auto_precision_picks_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch):
+def test_auto_precision_picks_bf16_only_where_it_measured_faster(monkeypatch):
     from rlhfkit.accel import precision
 
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_pays", lambda: True)
     assert precision.resolve_precision("auto", "cpu") == "bf16"
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_pays", lambda: False)
     assert precision.resolve_precision("auto", "cpu") == "fp32"
     assert precision.resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="precision"):

@@ -43,6 +43,7 @@ PROBE_SHAPES = ((512, 576, 576), (512, 576, 1536), (512, 1536, 576))
 DECODE_ROWS = 64
 PROBE_DECODE_SHAPES = ((32, 576, 1536), (32, 1536, 576), (32, 576, 49152))
 ROUTE_PROBES = {"training": PROBE_SHAPES, "decoding": PROBE_DECODE_SHAPES}
+ISA_SETTINGS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")  # part of the machine's key
 ONEDNN_MARGIN = 1.05  # oneDNN must be this much faster to be chosen (BLAS is torch's own route)
 
 
@@ -59,7 +60,8 @@ def onednn_linear_available() -> bool:
 
 
 def machine_key() -> str:
-    """CPU model, its vector-instruction flags and the torch version: what decides which route is faster."""
+    """CPU model, its vector-instruction flags, the torch version, the thread count and any instruction-set cap set
+    for oneDNN, MKL or torch (``ISA_SETTINGS``): what decides which route is faster."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -71,43 +73,48 @@ def machine_key() -> str:
                 break
     except OSError:
         pass
-    return f"{model} | {' '.join(sorted(flags))} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    key = f"{model} | {' '.join(sorted(flags))} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    # the libraries' own instruction-set caps (e.g. ONEDNN_MAX_CPU_ISA=AVX2 to stand in for a CPU without AVX-512)
+    caps = [f"{name}={os.environ[name]}" for name in ISA_SETTINGS if os.environ.get(name)]
+    return key + "".join(f" | {c}" for c in caps)
 
 
 def measure_routes(shapes=PROBE_SHAPES, reps: int = 3) -> dict:
-    """GFLOP/s of fp32 products of ``shapes`` through BLAS (F.linear) and through oneDNN, the best of ``reps``.
+    """GFLOP/s of fp32 products of ``shapes`` through BLAS (F.linear) and through oneDNN, the best of ``reps``
+    (:func:`rates_in_turns`)."""
+    return rates_in_turns(shapes, {"blas": (torch.nn.functional.linear, torch.float32),
+                                   "onednn": (onednn_mm, torch.float32)}, reps)
 
-    The routes take turns, one repetition each, so that a machine busy for part of the measurement slows both
-    alike: the choice is kept for good, and timing one route whole and then the other let a burst of other work
-    land on one of them. Its operands come from a generator of its own: the first measurement happens inside a
-    run (its first product of a kind), and drawing from torch's global one would change what that run samples next."""
+
+def rates_in_turns(shapes, routes: dict, reps: int = 3) -> dict:
+    """GFLOP/s of the products ``shapes`` ((rows, inner, outer) each) by each route, the best of ``reps``.
+
+    ``routes``: name → (product function ``f(a, w) = a · wᵀ``, operand dtype). The routes take turns, one repetition
+    each, so that a machine busy for part of the measurement slows both alike: the choice is kept for good, and
+    timing one route whole and then the other let a burst of other work land on one of them. Operands come from a
+    generator of their own: the first measurement happens inside a run (its first product of a kind), and drawing
+    from torch's global one would change what that run samples next."""
     gen = torch.Generator().manual_seed(0)
-    cases = [(torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)) for m, k, n in shapes]
+    fp32 = [(torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)) for m, k, n in shapes]
+    cases = {name: [(a.to(dtype), w.to(dtype)) for a, w in fp32] for name, (_, dtype) in routes.items()}
     flops = sum(2 * m * k * n for m, k, n in shapes)
-    routes = {"blas": torch.nn.functional.linear, "onednn": onednn_mm}
-    for mm in routes.values():
-        for a, w in cases:  # warm up: first calls pick kernels and allocate
+    for name, (mm, _) in routes.items():
+        for a, w in cases[name]:  # warm up: first calls pick kernels and allocate
             mm(a, w)
     best = dict.fromkeys(routes, float("inf"))
     for _ in range(reps):
-        for route, mm in routes.items():  # in turn
+        for name, (mm, _) in routes.items():  # in turn
             t0 = time.perf_counter()
-            for a, w in cases:
+            for a, w in cases[name]:
                 mm(a, w)
-            best[route] = min(best[route], time.perf_counter() - t0)
-    return {route: flops / seconds / 1e9 for route, seconds in best.items()}
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: flops / seconds / 1e9 for name, seconds in best.items()}
 
 
-@functools.cache
-def onednn_chosen(kind: str = "training") -> bool:
-    """Whether fp32 products of ``kind`` (``training``: many rows; ``decoding``: at most DECODE_ROWS) take the oneDNN
-    route: the setting (``RLHFKIT_CPU_MATMUL``), else this machine's cached measurement of that kind's shapes, else a
-    new one (saved, and said once on stderr)."""
-    setting = os.environ.get("RLHFKIT_CPU_MATMUL", "").lower()
-    if not onednn_linear_available():
-        return False
-    if setting == "onednn":
-        return True
+def cached_choice(kind: str, measure) -> dict:
+    """This machine's measured choice of ``kind`` (a product route, the precision): read from the cache folder, or
+    measured now by ``measure() -> (record, line)``, saved under the machine's key (:func:`machine_key`) and its line
+    said once on stderr. A read-only cache folder only means measuring again next time."""
     from rlhfkit.models.loading import cache_dir
 
     path, key = cache_dir() / ROUTES_FILE, machine_key() + ("" if kind == "training" else f" | {kind}")
@@ -116,9 +123,7 @@ def onednn_chosen(kind: str = "training") -> bool:
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        rates = measure_routes(ROUTE_PROBES[kind])
-        route = "onednn" if rates["onednn"] >= ONEDNN_MARGIN * rates["blas"] else "blas"
-        known[key] = {"blas_gflops": round(rates["blas"], 1), "onednn_gflops": round(rates["onednn"], 1), "route": route}
+        known[key], line = measure()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -126,10 +131,29 @@ def onednn_chosen(kind: str = "training") -> bool:
             tmp.replace(path)
         except OSError:
             pass  # a read-only cache: measured again next time
-        sys.stderr.write(f"rlhfkit: fp32 products on this CPU, {kind} shapes: BLAS {rates['blas']:.0f} GFLOP/s, oneDNN "
-                         f"{rates['onednn']:.0f} → {'oneDNN' if route == 'onednn' else 'BLAS'} (measured once, kept in "
-                         f"{path}; RLHFKIT_CPU_MATMUL=blas|onednn overrides)\n")
-    return known[key]["route"] == "onednn"
+        sys.stderr.write(f"rlhfkit: {line} (measured once, kept in {path})\n")
+    return known[key]
+
+
+@functools.cache
+def onednn_chosen(kind: str = "training") -> bool:
+    """Whether fp32 products of ``kind`` (``training``: many rows; ``decoding``: at most DECODE_ROWS) take the oneDNN
+    route: the setting (``RLHFKIT_CPU_MATMUL``), else this machine's cached measurement of that kind's shapes, else a
+    new one (saved, and said once on stderr)."""
+    setting = os.environ.get("RLHFKIT_CPU_MATMUL", "").lower()
+    if setting == "blas" or not onednn_linear_available():
+        return False
+    if setting == "onednn":
+        return True
+
+    def measure():
+        rates = measure_routes(ROUTE_PROBES[kind])
+        route = "onednn" if rates["onednn"] >= ONEDNN_MARGIN * rates["blas"] else "blas"
+        line = (f"fp32 products on this CPU, {kind} shapes: BLAS {rates['blas']:.0f} GFLOP/s, oneDNN {rates['onednn']:.0f} "
+                f"→ {'oneDNN' if route == 'onednn' else 'BLAS'}; RLHFKIT_CPU_MATMUL=blas|onednn overrides")
+        return {"blas_gflops": round(rates["blas"], 1), "onednn_gflops": round(rates["onednn"], 1), "route": route}, line
+
+    return cached_choice(kind, measure)["route"] == "onednn"
 
 
 def onednn_mm(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
