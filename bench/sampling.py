@@ -13,13 +13,16 @@ from the shipped model for tutor prompts (8 prompts × 4 rows each, as ``rlhf sa
 
 For each: tokens/s (rows × new tokens / seconds, median of repeats after a warm-up round), GFLOP/s achieved
 (``lm_forward_flops``: the prompt pass and every decoding step, attention over the growing context) and that as a
-share of the better fp32 roofline. Output: one JSON line on stdout and bench/out/sampling/<machine>.json.
+share of the better fp32 roofline, beside the machine's measured choices (the product routes, what ``precision:
+auto`` takes). To stand in for a CPU without AVX-512 or bf16, run it with ``ONEDNN_MAX_CPU_ISA=AVX2
+MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2``. Output: one JSON line on stdout and bench/out/sampling/<machine>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -72,7 +75,8 @@ def main() -> None:
     import torch
 
     from rlhfkit.accel import speed_up
-    from rlhfkit.accel.cpu_linear import onednn_chosen
+    from rlhfkit.accel.cpu_linear import ISA_SETTINGS, onednn_chosen
+    from rlhfkit.accel.precision import resolve_precision
     from rlhfkit.data.formats import prompt_messages, read_records
     from rlhfkit.data.tokenize import encode_prompt, left_pad
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
@@ -121,6 +125,8 @@ def main() -> None:
     best = max(v for k, v in roof.items() if k.startswith("fp32"))
     res = {"machine": cpu_model(), "flags": cpu_flags(), "torch": torch.__version__, "threads": args.threads,
            "rows": rows, "prompt_width": q.shape[1], "new_tokens": new, "route_chosen": {k: "onednn" if onednn_chosen(k) else "blas" for k in ("training", "decoding")},
+           "precision_auto": resolve_precision("auto", "cpu"),
+           "isa_caps": {n: os.environ[n] for n in ISA_SETTINGS if os.environ.get(n)},
            "roofline_gflops": {k: round(v / 1e9, 1) for k, v in roof.items()}, "gflop_per_run": round(flops / 1e9, 1)}
     for name, ts in times.items():
         s = statistics.median(ts)
@@ -131,6 +137,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "-".join(res["machine"].replace("/", " ").split()).lower()
+    if res["isa_caps"]:  # a capped run stands in for another machine kind: its own file
+        name += "-capped-" + next(iter(res["isa_caps"].values())).lower()
     (out / f"{name}-rows{rows}.json").write_text(json.dumps(res, indent=1))
 
 

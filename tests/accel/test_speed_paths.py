@@ -170,10 +170,15 @@ def test_logsumexp_and_the_sampler_keep_exp_off_its_slow_path_without_changing_t
     torch.testing.assert_close(logsumexp(x), torch.logsumexp(x, -1), atol=1e-5, rtol=0)
 
 
-def test_short_cpu_sequences_take_the_math_attention_kernel_and_match_the_default():
-    from rlhfkit.accel.attention import MATH_ATTENTION_MAX_TOKENS, short_sequence_attention
+def test_short_cpu_sequences_take_the_math_attention_kernel_and_match_the_default(monkeypatch, request):
+    from rlhfkit.accel import attention
+    from rlhfkit.accel.attention import short_sequence_attention
 
-    short, long = torch.zeros(2, 10, dtype=torch.long), torch.zeros(2, MATH_ATTENTION_MAX_TOKENS + 1, dtype=torch.long)
+    monkeypatch.setenv("RLHFKIT_MATH_ATTENTION_MAX_TOKENS", "256")
+    attention.math_attention_max_tokens.cache_clear()
+    request.addfinalizer(attention.math_attention_max_tokens.cache_clear)  # the setting is not this process's choice
+    monkeypatch.setattr(attention, "measure_kernels", lambda *a, **k: pytest.fail("a setting needs no measurement"))
+    short, long = torch.zeros(2, 10, dtype=torch.long), torch.zeros(2, 257, dtype=torch.long)
     assert type(short_sequence_attention(long)).__name__ == "nullcontext"
     assert type(short_sequence_attention(short)).__name__ != "nullcontext"
     torch.manual_seed(0)
