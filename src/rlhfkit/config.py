@@ -620,8 +620,7 @@ class PPOConfig:
         "help": "Learning-rate schedule: linear (decay to 0 over max_steps) | constant."})
     adam_eps: float | None = field(default=None, metadata={
         "help": "Adam epsilon (None: 1e-5 for ppo, as the PPO implementation studies use; 1e-8 for the critic-free "
-                "algorithms, as TRL and OpenRLHF use: their losses, RLOO's above all, make gradients small enough "
-                "that 1e-5 damps the step)."})
+                "algorithms, as TRL and OpenRLHF run them)."})
     max_new_tokens: int = field(default=53, metadata={"help": "Response length limit in tokens."})
     max_prompt_len: int = field(default=256, metadata={"help": "Prompt tokens kept (from the end)."})
     temperature: float = field(default=0.7, metadata={
