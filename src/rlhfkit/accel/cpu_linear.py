@@ -112,7 +112,7 @@ def rates_in_turns(shapes, routes: dict, reps: int = 3) -> dict:
 
 
 def cached_choice(kind: str, measure) -> dict:
-    """This machine's measured choice of ``kind`` (a product route, the precision): read from the cache folder, or
+    """This machine's measured choice of ``kind`` (a product route, the precision, the attention kernel): read from the cache folder, or
     measured now by ``measure() -> (record, line)``, saved under the machine's key (:func:`machine_key`) and its line
     said once on stderr. A read-only cache folder only means measuring again next time."""
     from rlhfkit.models.loading import cache_dir

@@ -27,7 +27,7 @@ def cpu_bf16_pays() -> bool:
     """Whether bf16 products run at least ``BF16_MARGIN`` × faster than fp32 ones on this CPU: the cached measurement
     of this machine (CPU model, flags, torch version), else a new one on a 135M model's training shapes, fp32 through
     the route this machine chose (``accel/cpu_linear.py``) against bf16 as autocast runs it; saved, and said once
-    ("products on this CPU, training shapes: fp32 190 GFLOP/s, bf16 428 → bf16"). A CPU with bf16 instructions
+    ("products on this CPU, training shapes: fp32 193 GFLOP/s, bf16 357 → bf16"). A CPU with bf16 instructions
     (AVX512-BF16, AMX) runs them about twice as fast; one without emulates bf16, slower than fp32."""
     from rlhfkit.accel.cpu_linear import PROBE_SHAPES, cached_choice, onednn_chosen, onednn_mm, rates_in_turns
 

@@ -438,7 +438,7 @@ def adam_eps(cfg: PPOConfig) -> float:
 
     Adam divides each step by √v + eps. RLOO's ``constant`` loss divides every gradient by answers × max length, so its
     gradients are ~1/32 of a token mean's and a larger eps weighs more against them. Measured on five seeds of the
-    RLOO bench (bench/RESULTS.md, "Our GRPO and RLOO against TRL's"): gold gain +0.052 on average at 1e-8, +0.043 at
+    RLOO bench (bench/RESULTS.md, "RLOO against TRL 1.16.0's on five seeds"): gold gain +0.052 on average at 1e-8, +0.043 at
     1e-5, a difference within the noise; the default follows the peers, so comparisons with them are like for like.
     """
     if cfg.adam_eps is not None:
