@@ -62,6 +62,11 @@ def test_a_setting_or_the_speed_paths_off_need_no_measurement(fresh, monkeypatch
     assert uses_math(300) and not uses_math(301)
     monkeypatch.setenv("RLHFKIT_ACCEL", "0")
     assert not uses_math(10)
+    monkeypatch.setenv("RLHFKIT_ACCEL", "1")
+    monkeypatch.setenv("RLHFKIT_MATH_ATTENTION_MAX_TOKENS", "lots")
+    attention.math_attention_max_tokens.cache_clear()
+    with pytest.raises(ValueError, match="RLHFKIT_MATH_ATTENTION_MAX_TOKENS: expected a whole number"):
+        uses_math(10)
 
 
 def test_the_probe_times_both_kernels_on_real_attention_inside_a_no_grad_pass_and_leaves_the_runs_random_numbers_alone(

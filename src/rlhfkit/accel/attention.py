@@ -70,6 +70,8 @@ def math_attention_max_tokens(dtype: torch.dtype = torch.float32) -> int:
     measurement, else a new one (saved, and said once on stderr)."""
     setting = os.environ.get("RLHFKIT_MATH_ATTENTION_MAX_TOKENS", "")
     if setting:
+        if not setting.isdigit():
+            raise ValueError(f"RLHFKIT_MATH_ATTENTION_MAX_TOKENS: expected a whole number of tokens (0: never), got {setting!r}")
         return int(setting)
     from rlhfkit.accel.cpu_linear import cached_choice
 
