@@ -55,11 +55,14 @@ def get_accelerator(gradient_accumulation_steps: int = 1, micro_batch_size: int 
     """
     from accelerate import Accelerator
 
-    if world_size() > 1 and not torch.cuda.is_available():
+    on_cpus = world_size() > 1 and not torch.cuda.is_available()
+    if on_cpus:
         # Several processes and no GPU: without this accelerate would join them with no backend and
         # no DDP wrapping; with it they form a gloo group (MULTI_CPU), as ACCELERATE_USE_CPU=true does.
         kwargs.setdefault("cpu", True)
     acc = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, **kwargs)
+    if on_cpus and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        use_fsdp_on_cpus(acc)
     if _initialised():
         # Leaving the process group to interpreter teardown can abort a gloo rank ("terminate called without
         # an active exception"); close it once, when the program ends, since later stages reuse it.
@@ -69,6 +72,28 @@ def get_accelerator(gradient_accumulation_steps: int = 1, micro_batch_size: int 
     if plugin is not None and micro_batch_size and plugin.is_auto("train_micro_batch_size_per_gpu"):
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
     return acc
+
+
+def use_fsdp_on_cpus(acc) -> None:
+    """FSDP2 over the gloo group of CPU processes, as the launch config (``configs/accelerate/fsdp.yaml``) asks.
+
+    accelerate turns FSDP on for GPU processes only: CPU processes become MULTI_CPU, which ``prepare`` wraps in
+    DDP. torch's FSDP2 (``fully_shard``) itself shards over gloo, so the state is given the launch's FSDP plugin
+    (its ``FSDP_*`` settings) and ``accelerator.prepare`` then shards with FSDP2 exactly as it does on GPUs.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from rlhfkit.config import ConfigError
+
+    plugin = FullyShardedDataParallelPlugin()  # fields from the launcher's FSDP_* environment
+    if plugin.fsdp_version != 2:
+        raise ConfigError(f"fsdp_version: {plugin.fsdp_version}: FSDP on CPU processes is FSDP2 only; set fsdp_version: 2")
+    if acc.state.mixed_precision != "no":
+        plugin.set_mixed_precision(acc.state.mixed_precision)
+    acc.state.fsdp_plugin = plugin
+    acc.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate does: a later state copies it
 
 
 def _close_process_group() -> None:
@@ -81,6 +106,13 @@ def is_sharded(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator is not None and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def is_fsdp(accelerator) -> bool:
+    """True under FSDP (on GPUs, or on CPU processes: :func:`use_fsdp_on_cpus`)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator is not None and accelerator.distributed_type == DistributedType.FSDP
 
 
 def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
@@ -165,6 +197,11 @@ def unwrap(accelerator, model):
 def gathered_state(accelerator, model) -> dict:
     """Extra ``save_pretrained`` arguments: the full ``state_dict`` when weights are sharded (FSDP, ZeRO-3
     gather it collectively, so call this on EVERY rank), nothing otherwise (the model saves itself)."""
+    if is_fsdp(accelerator):
+        # torch's own gather (accelerate's get_state_dict hands FSDP2's DTensors back as they are, here, on CPUs)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return {"state_dict": get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))}
     return {"state_dict": accelerator.get_state_dict(model)} if is_sharded(accelerator) else {}
 
 

@@ -61,6 +61,7 @@ class Run:
         seed_everything(cfg.seed)
         console.quiet = not dist.is_main()
         self.optimizer = self.scheduler = self.logger = None
+        self.sharded_model = None  # the FSDP-prepared model, whose optimiser state is gathered to save it
         self.save: Callable[[Path | None], dict | None] | None = None
 
     def processes(self, batch_size: int, what: str, per: int = 1) -> tuple[int, int]:
@@ -101,21 +102,25 @@ class Run:
             speed_up(model, device=accelerator.device, head_apart=head_apart)
         model, optimizer = accelerator.prepare(model, optimizer)
         params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
+        self.sharded_model = model if dist.is_fsdp(accelerator) else None
         return model, optimizer, scheduler, params
 
     def begin(self, optimizer, scheduler, ckpt: Path | None, accelerator=None,
-              restore: Callable[[dict], None] | None = None) -> int:
+              restore: Callable[[dict], None] | None = None, sharded_model=None) -> int:
         """Restore the optimiser, schedule and RNG of ``ckpt`` (and the stage's own parts: ``restore(tensors)``)
         and cut the metrics log back to its step, or start a fresh log; save the config; open the metrics
-        logger. Returns the step to start from."""
+        logger. Returns the step to start from. ``sharded_model``: the FSDP-prepared model the optimiser steps,
+        when the stage prepared it itself (:meth:`prepare` records its own)."""
         self.optimizer, self.scheduler = optimizer, scheduler
+        if sharded_model is not None:
+            self.sharded_model = sharded_model
         start = 0
         if ckpt is not None:
-            if dist.is_sharded(accelerator):
-                raise ConfigError("resume: checkpoints hold rank 0's optimiser state, which FSDP/DeepSpeed shard; "
-                                  "resume under DDP or one process (configs/accelerate/ddp.yaml)")
+            if accelerator is not None and dist.is_sharded(accelerator) and not dist.is_fsdp(accelerator):
+                raise ConfigError("resume: DeepSpeed keeps its own optimiser state, which these checkpoints do not hold; "
+                                  "resume under FSDP (configs/accelerate/fsdp.yaml), DDP or one process")
             state, tensors = load_state(ckpt)
-            optimizer.load_state_dict(tensors["optimizer"])
+            self.load_optimizer(tensors["optimizer"])
             if scheduler is not None:
                 scheduler.load_state_dict(tensors["scheduler"])
             if restore is not None:
@@ -139,17 +144,39 @@ class Run:
         """The checkpoint of step ``step``: the stage's models and parts (``save(folder)``, called on every
         rank: a sharded model gathers; it writes into ``folder`` and returns its other tensors), optimiser,
         schedule, RNG (now, or ``rng`` as taken at the step's end). Rank 0 writes, the others wait."""
+        optimizer = self.optimizer_state()  # every rank: FSDP gathers the optimiser's shards
         if not dist.is_main():
             self.save(None)
             dist.barrier()
             return
         with atomic_dir(self.out / "checkpoint") as tmp:
             tensors = self.save(tmp) or {}
-            tensors.update({"optimizer": self.optimizer.state_dict(), "rng": rng or rng_state()})
+            tensors.update({"optimizer": optimizer, "rng": rng or rng_state()})
             if self.scheduler is not None:
                 tensors["scheduler"] = self.scheduler.state_dict()
             save_state(tmp, {"step": step}, tensors)
         dist.barrier()
+
+    def optimizer_state(self) -> dict | None:
+        """The optimiser's whole state: its own ``state_dict``, or under FSDP the shards gathered into one state keyed
+        by parameter name (torch's ``get_optimizer_state_dict``; a collective), held by rank 0 alone."""
+        if self.sharded_model is None:
+            return self.optimizer.state_dict() if dist.is_main() else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # the torch optimiser inside accelerate's
+        return get_optimizer_state_dict(self.sharded_model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_optimizer(self, state: dict) -> None:
+        """A checkpoint's optimiser state back into the optimiser; under FSDP every rank reads the whole state and
+        keeps its own shard of it (torch's ``set_optimizer_state_dict``)."""
+        if self.sharded_model is None:
+            self.optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        set_optimizer_state_dict(self.sharded_model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
     @contextmanager
     def loop(self, start: int, save: Callable[[Path | None], dict | None]) -> Iterator["Loop"]:

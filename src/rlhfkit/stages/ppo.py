@@ -203,16 +203,58 @@ def compute_advantages(cfg: PPOConfig, r: Rollout, scores: torch.Tensor, reward,
 class TrainPass(torch.nn.Module):
     """The policy's training pass (and a value head on its hidden states) as one module's forward.
 
-    ``forward_tokens`` reads the policy's backbone and head directly, so under DDP this module is what
-    ``accelerator.prepare`` wraps: the wrapper's forward then surrounds the whole pass, as gradient sync needs.
+    ``forward_tokens`` reads the policy's backbone and head directly, so under DDP and FSDP this module is what
+    ``accelerator.prepare`` wraps: the wrapper's forward then surrounds the whole pass, as gradient sync (DDP) and
+    gathering the shards (FSDP) need. ``value_model``: a separate value model run in the same pass (under FSDP,
+    where the two train as one sharded module).
     """
 
-    def __init__(self, policy, value_head, temperature: float):
+    def __init__(self, policy, value_head, temperature: float, value_model=None):
         super().__init__()
-        self.policy, self.value_head, self.temperature = policy, value_head, temperature
+        self.policy, self.value_head, self.value_model, self.temperature = policy, value_head, value_model, temperature
+        # FSDP shards each decoder layer as a unit of its own; accelerate finds their classes here
+        self._no_split_modules = sorted({name for m in (policy, value_model) if m is not None
+                                         for name in getattr(unwrap_value(m), "_no_split_modules", None) or []})
+
+    def tie_weights(self) -> None:
+        """Tie each model's shared weights (input and output embeddings) again: accelerate's FSDP set-up calls this
+        after moving the parameters, and untied they would train as two."""
+        for model in (self.policy, self.value_model):
+            if model is not None and hasattr(unwrap_value(model), "tie_weights"):
+                unwrap_value(model).tie_weights()
 
     def forward(self, query, query_mask, response, response_mask):
-        return forward_tokens(self.policy, query, query_mask, response, response_mask, self.temperature, self.value_head)
+        logprobs, values = forward_tokens(self.policy, query, query_mask, response, response_mask, self.temperature, self.value_head)
+        if self.value_model is not None:
+            values = self.value_model(torch.cat([query, response], 1), torch.cat([query_mask, response_mask], 1), query.shape[1])
+        # fresh tensors, not views (B × R numbers): FSDP's backward hook on a view would be lost to an in-place op
+        return logprobs.clone(), None if values is None else values.clone()
+
+
+def unwrap_value(module):
+    """The transformers model inside a :class:`ValueModel` (the module itself otherwise)."""
+    return module.classifier if isinstance(module, ValueModel) else module
+
+
+def sync_weights(trainer, parts: TrainPass) -> None:
+    """Under FSDP, after an update: the trainer's trained weights, gathered whole on every rank (a collective: every
+    rank calls it), into the rollout's unsharded models ``parts`` — what each rank samples, evaluates and saves with."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    whole = get_model_state_dict(trainer, options=StateDictOptions(full_state_dict=True, ignore_frozen_params=True))
+    _, unexpected = parts.load_state_dict(whole, strict=False)  # the frozen weights are left out, and equal already
+    if unexpected:
+        raise RuntimeError(f"ppo: the sharded trainer has weights the rollout's models lack: {unexpected[:3]}")
+
+
+def push_weights(parts: TrainPass, trainer) -> None:
+    """Under FSDP, on resume: the trainable weights restored into the rollout's models (value head) into the
+    sharded trainer; every rank holds them whole and keeps its shard (torch's ``set_model_state_dict``)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    names = {n for n, p in parts.named_parameters() if p.requires_grad}
+    whole = {k: v for k, v in parts.state_dict().items() if k in names}
+    set_model_state_dict(trainer, whole, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def train_pass(policy, value_head, temperature: float):
@@ -470,8 +512,10 @@ def train_ppo(cfg: PPOConfig) -> dict:
     out = run.out
     world, me = check_batches(cfg)
     accelerator = dist.get_accelerator()
-    if dist.is_sharded(accelerator):
-        raise ConfigError("ppo: runs in one process or under DDP (configs/accelerate/ddp.yaml); FSDP/DeepSpeed are not supported")
+    sharded = dist.is_fsdp(accelerator)
+    if dist.is_sharded(accelerator) and not sharded:
+        raise ConfigError("ppo: runs in one process, under DDP (configs/accelerate/ddp.yaml) or FSDP "
+                          "(configs/accelerate/fsdp.yaml); DeepSpeed is not supported")
     device = accelerator.device  # a GPU when there is one (one per process under DDP), else the CPU
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device.type))
     records = read_records(cfg.prompts, "prompt")  # the data first: a bad file fails before any model loads
@@ -492,17 +536,25 @@ def train_ppo(cfg: PPOConfig) -> dict:
     for module in (policy, reference, value_model, value_head, reward.model):  # every pass runs on the one device
         if module is not None:
             module.to(device)
+    # The training pass. Under FSDP it is a copy of the models whose weights are split over the processes;
+    # rollout, evaluation and saving use the whole models (``parts``), which take its weights after every update.
     speed_up(policy, reference, value_model, reward.model, device=device, head_apart=True)  # the head: accel/head.py
+    parts = TrainPass(policy, value_head, cfg.temperature, value_model if sharded else None)
+    policy_train = copy.deepcopy(parts) if sharded else parts  # the same layers: the same numbers as the rollout's
+    value_train = policy_train.value_model if sharded else value_model
     lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 3e-6)
-    optimizer, scheduler, params = build_optimiser(cfg, lr, policy, value_model if value_model is not None else value_head)
+    optimizer, scheduler, params = build_optimiser(cfg, lr, policy_train.policy,
+                                                   value_train if value_train is not None else policy_train.value_head)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     health = HealthMonitor(cfg.max_new_tokens)
-    # The training passes, DDP-wrapped under several processes; rollout, evaluation and saving use the plain models.
-    policy_train, value_train = TrainPass(policy, value_head, cfg.temperature), value_model
-    if world > 1:
+    if sharded:  # FSDP2: each decoder layer a unit; AdamW keeps the state of its own shard
+        policy_train, optimizer = accelerator.prepare(policy_train, optimizer)
+        params, value_train = trainable(policy_train), None  # the value model runs inside the sharded pass
+    elif world > 1:  # DDP-wrapped training passes over the models the rollout uses
         policy_train = accelerator.prepare(policy_train)
         value_train = value_model if value_model is None else accelerator.prepare(value_model)
+    if world > 1:
         run.say(f"{world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
     value_params_module = value_head if value_head is not None else None if value_model is None else value_model.head
 
@@ -520,7 +572,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
         parts = {"kl_ctl": kl_ctl.state_dict(), "health": health.state_dict()}
         return parts if value_params_module is None else {**parts, "value": value_params_module.state_dict()}
 
-    start = run.begin(optimizer, scheduler, ckpt, restore=restore)
+    start = run.begin(optimizer, scheduler, ckpt, accelerator, restore=restore, sharded_model=policy_train if sharded else None)
+    if sharded and ckpt is not None:
+        push_weights(parts, policy_train)  # the value head, restored into the whole models, into the trainer
     # the held-out rows so far: a resumed run keeps those up to its checkpoint's step (as its log), a fresh run none
     snapshots = truncate_snapshots(out, start if ckpt is not None else -1) if dist.is_main() else []
     run.say(f"{len(records)} prompts; policy {cfg.policy} ({'LoRA' if cfg.lora else 'full'}, lr {lr:g}); "
@@ -557,6 +611,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 # 3. optimise: ppo_epochs × num_minibatches clipped policy and value updates
                 t1 = time.perf_counter()
                 train_stats = optimise(cfg, policy_train, value_train, value_head, optimizer, params, rollout, adv, accelerator)
+                if sharded:
+                    sync_weights(policy_train, parts)  # the next rollout samples with the updated weights
                 metrics = rollout_metrics(rollout, scores, adv, beta)
                 metrics.update(train_stats)
                 metrics["lr"] = scheduler.get_last_lr()[0]
