@@ -678,6 +678,16 @@ class PPOConfig:
     precision: typing.Literal["auto", "fp32", "bf16"] = field(default="fp32", metadata={
         "help": "Matmuls: fp32 | bf16 autocast (fp32 weights and optimiser; rollout log-probs then come from the "
                 "training pass, and small updates can round away) | auto (bf16 where the hardware runs it fast)."})
+    generation: typing.Literal["transformers", "vllm"] = field(default="transformers", metadata={
+        "help": "Rollout sampling: transformers (our decoding loop) | vllm (a vLLM engine in this process, on its GPU: "
+                "the policy's weights are pushed into it after every update, LoRA merged, and every log-prob is "
+                "recomputed by the policy; needs `pip install vllm`, on a GPU or with vLLM's CPU build)."})
+    vllm_sleep: bool = field(default=True, metadata={
+        "help": "With generation vllm: put the engine to sleep (weights to CPU memory, KV cache freed) while the models "
+                "train, and wake it for the next rollout."})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={
+        "help": "With generation vllm: the share of the GPU's memory the engine may take (the models being trained "
+                "share the GPU)."})
     health: bool = field(default=True, metadata={
         "help": "Health checks on the logged metrics (warnings; NaN/inf stops the run)."})
     save_every: int = field(default=10, metadata={"help": "Steps between checkpoints (and always at the end)."})

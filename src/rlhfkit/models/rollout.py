@@ -44,6 +44,7 @@ class Rollout:
     entropy: Tensor  # entropy of the sampling distribution at each step
     texts: list[str]  # decoded responses (what the reward scores)
     has_eos: Tensor  # (B,) bool: the response ended with EOS within the length limit
+    engine_gap: float | None = None  # an inference engine sampled: max |its log-prob − the policy's| over the tokens
 
     def input_ids(self) -> Tensor:
         return torch.cat([self.query, self.response], dim=1)
@@ -207,10 +208,26 @@ def _pad_to(x: Tensor, width: int) -> Tensor:
     return x if x.shape[1] == width else torch.nn.functional.pad(x, (0, width - x.shape[1]))
 
 
+def engine_sample(engine, prompts: list[list[int]], max_new_tokens: int, temperature: float, eos_id: int, pad_id: int,
+                  device) -> dict[str, Tensor]:
+    """One answer per prompt from an inference engine (vLLM): the response (B, R), pad after each answer, its mask (up
+    to and including EOS) and the engine's log-prob of each sampled token (a check on the policy's; never trained on)."""
+    answers = engine.sample(prompts, max_new_tokens, temperature)
+    width = max(1, max(len(ids) for ids, _ in answers))
+    response = torch.full((len(answers), width), pad_id, dtype=torch.long)
+    logprobs = torch.zeros(len(answers), width)
+    for i, (ids, lps) in enumerate(answers):
+        response[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        logprobs[i, :len(ids)] = torch.tensor(lps, dtype=torch.float32)
+    lengths = torch.tensor([len(ids) for ids, _ in answers])
+    mask = response_mask_from_eos(response, eos_id) * (torch.arange(width)[None, :] < lengths[:, None])
+    return {"response": response.to(device), "response_mask": mask.to(device), "engine_logprobs": logprobs.to(device)}
+
+
 @torch.inference_mode()
 def collect(policy, tok, prompts: list[list[int]], records: list[dict], reward, *, max_new_tokens: int,
             temperature: float, value_model=None, value_head=None, reference=None, uniforms=None,
-            amp=nullcontext, recompute: bool = False) -> tuple[Rollout, Tensor]:
+            amp=nullcontext, recompute: bool = False, engine=None) -> tuple[Rollout, Tensor]:
     """Sample a response per prompt and compute reference log-probs, values and raw reward scores.
 
     ``value_head``: a head on the policy's hidden states (values come out of sampling for free);
@@ -220,18 +237,26 @@ def collect(policy, tok, prompts: list[list[int]], records: list[dict], reward, 
     policy's log-probs (and head values) from one full pass, the training pass's own code path, instead of
     from the sampling loop — needed under bf16, where the cached step-by-step pass rounds differently and
     the PPO ratio would not start at 1.
+    ``engine``: an inference engine (vLLM, :class:`~rlhfkit.models.vllm_backend.VLLMGenerator`) samples instead, and
+    the policy's own pass gives every log-prob (the ratio starts at 1); the entropy is then the one-sample estimate
+    −log π(token), and ``engine_gap`` records how far the engine's log-probs were from the policy's.
     Every tensor of the rollout is on the policy's device; the scores are on the CPU.
     Returns the rollout and the raw scores (B,).
     """
     device = model_device(policy)
     query, query_mask = (t.to(device) for t in left_pad(prompts, tok.pad_token_id))
     with amp():  # every model pass; the reward below scores text with its own settings
-        s = sample(policy, query, query_mask, max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id, value_head, uniforms)
+        if engine is None:
+            s = sample(policy, query, query_mask, max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id, value_head, uniforms)
+        else:
+            s = engine_sample(engine, prompts, max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id, device)
         response, response_mask = s["response"], s["response_mask"]
-        if recompute:
+        if recompute or engine is not None:
             s["logprobs"], head_values = forward_tokens(policy, query, query_mask, response, response_mask, temperature, value_head)
             if head_values is not None:
                 s["values"] = head_values
+        if engine is not None:
+            s["entropy"] = -s["logprobs"]  # E[−log π(x)] over x ~ π is the entropy: an unbiased one-sample estimate
         # the reference is the same weights without the adapters: one copy
         with policy.disable_adapter() if reference is None else nullcontext():
             ref_logprobs, _ = forward_tokens(reference or policy, query, query_mask, response, response_mask, temperature)
@@ -244,8 +269,9 @@ def collect(policy, tok, prompts: list[list[int]], records: list[dict], reward, 
     texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True).strip() for r, m in zip(response, response_mask)]
     scores = reward.score(records, texts)
     mask = response_mask.to(torch.float32)
+    gap = None if engine is None else float(((s["engine_logprobs"] - s["logprobs"]).abs() * mask).max())
     rollout = Rollout(query, query_mask, response, response_mask, s["logprobs"] * mask, ref_logprobs * mask,
-                      values * mask, s["entropy"] * mask, texts, has_eos)
+                      values * mask, s["entropy"] * mask, texts, has_eos, gap)
     return rollout, scores
 
 
@@ -263,4 +289,5 @@ def concat(parts: list[Rollout], pad_id: int) -> Rollout:
     return Rollout(cat("query", P, True, pad_id), cat("query_mask", P, True, 0), cat("response", R, False, pad_id),
                    cat("response_mask", R, False, 0), cat("logprobs", R, False, 0.0), cat("ref_logprobs", R, False, 0.0),
                    cat("values", R, False, 0.0), cat("entropy", R, False, 0.0), [t for p in parts for t in p.texts],
-                   torch.cat([p.has_eos for p in parts]))
+                   torch.cat([p.has_eos for p in parts]),
+                   None if parts[0].engine_gap is None else max(p.engine_gap for p in parts))

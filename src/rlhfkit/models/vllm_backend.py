@@ -101,6 +101,31 @@ class VLLMGenerator:
             llm = vllm.LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                            max_model_len=max_model_len, seed=seed, enable_prefix_caching=False, **engine_kwargs)
         self.llm = llm
+        self.asleep = False
+
+    def sample(self, prompt_token_ids: list[list[int]], max_new_tokens: int, temperature: float) -> list[tuple[list[int], list[float]]]:
+        """One answer per prompt from softmax(logits / temperature) over the whole vocabulary (no top-k/top-p: the
+        distribution the trainer's log-probs describe), with the engine's log-prob of each sampled token."""
+        vllm = require_vllm()
+        params = vllm.SamplingParams(n=1, max_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=-1, logprobs=0)
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_token_ids], params, use_tqdm=False)
+        answers = []
+        for o in outs:
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            answers.append((ids, [c.logprobs[i][t].logprob for i, t in enumerate(ids)] if c.logprobs else [0.0] * len(ids)))
+        return answers
+
+    def sleep(self) -> None:
+        """Free the GPU for training: vLLM's sleep mode level 1 (weights to CPU memory, KV cache dropped)."""
+        self.llm.sleep(level=1)
+        self.asleep = True
+
+    def wake_up(self) -> None:
+        """Back on the GPU for the next rollout (weights as they were; :meth:`load_weights` then updates them)."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def generate(self, prompt_token_ids: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, n: int = 1) -> list[list[int]]:

@@ -355,10 +355,23 @@ def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params,
     return out
 
 
+def rollout_engine(cfg: PPOConfig, policy, tok):
+    """``generation: vllm``: a vLLM engine in this process beside the models being trained, holding the policy's current
+    weights (LoRA merged), each process its own on its GPU; None for our decoding loop (``transformers``)."""
+    if cfg.generation != "vllm":
+        return None
+    from rlhfkit.models.generation import make_generator
+
+    return make_generator("vllm", cfg.policy, tok, model=policy, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                          seed=cfg.seed + dist.rank(), enable_sleep_mode=cfg.vllm_sleep,
+                          logprobs_mode="processed_logprobs")  # log-probs after the temperature, as the policy's
+
+
 def rollout_metrics(r: Rollout, scores: torch.Tensor, adv: dict, beta: float) -> dict:
     mask = r.response_mask.float()
     ev = float(explained_variance(r.values, adv["returns"], mask))
-    return {
+    engine = {} if r.engine_gap is None else {"engine_logprob_gap": r.engine_gap}  # vLLM's log-probs against the policy's
+    return {**engine,
         "score": float(scores.mean()),
         "reward": float(adv["final"].mean()),
         "kl": float(adv["kl"].sum(1).mean()),
@@ -575,6 +588,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     start = run.begin(optimizer, scheduler, ckpt, accelerator, restore=restore, sharded_model=policy_train if sharded else None)
     if sharded and ckpt is not None:
         push_weights(parts, policy_train)  # the value head, restored into the whole models, into the trainer
+    engine = rollout_engine(cfg, policy, tok)  # generation: vllm; None: our decoding loop samples
     # the held-out rows so far: a resumed run keeps those up to its checkpoint's step (as its log), a fresh run none
     snapshots = truncate_snapshots(out, start if ckpt is not None else -1) if dist.is_main() else []
     run.say(f"{len(records)} prompts; policy {cfg.policy} ({'LoRA' if cfg.lora else 'full'}, lr {lr:g}); "
@@ -599,7 +613,10 @@ def train_ppo(cfg: PPOConfig) -> dict:
                                       value_model=value_model, value_head=value_head, reference=reference,
                                       uniforms=step_uniforms(cfg.seed, step, cfg.batch_size, lo, hi)
                                       if world > 1 or cfg.row_noise else None,  # None: the global RNG
-                                      amp=lambda: autocast(cfg.precision, device.type), recompute=cfg.precision == "bf16")
+                                      amp=lambda: autocast(cfg.precision, device.type), recompute=cfg.precision == "bf16",
+                                      engine=engine)
+            if engine is not None and cfg.vllm_sleep:
+                engine.sleep()  # its GPU memory to the training passes until the next rollout
             if world > 1:  # every rank: the whole rollout, in prompt order (gathered through the CPU)
                 shares = dist.gather_object((rollout.to("cpu"), scores))
                 rollout, scores = concat([r for r, _ in shares], tok.pad_token_id).to(device), torch.cat([s for _, s in shares])
@@ -613,6 +630,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 train_stats = optimise(cfg, policy_train, value_train, value_head, optimizer, params, rollout, adv, accelerator)
                 if sharded:
                     sync_weights(policy_train, parts)  # the next rollout samples with the updated weights
+                if engine is not None:
+                    engine.wake_up()
+                    engine.load_weights(policy)  # the engine samples the next rollout with the updated policy
                 metrics = rollout_metrics(rollout, scores, adv, beta)
                 metrics.update(train_stats)
                 metrics["lr"] = scheduler.get_last_lr()[0]
