@@ -36,7 +36,7 @@ def python_ctrl_c():
     signal.signal(signal.SIGINT, previous)
 
 
-TIMES = {"time_step_s", "time_rollout_s", "time_train_s", "time_eval_s", "samples_per_s", "peak_rss_gb"}
+TIMES = {"time_step_s", "time_rollout_s", "time_train_s", "time_eval_s", "samples_per_s", "peak_rss_gb", "rss_gb"}
 
 
 def check_ctrl_c_during_evaluation(monkeypatch, tmp_path: Path, train, make_cfg, module, evaluate_name: str,

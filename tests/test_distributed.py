@@ -304,7 +304,7 @@ def test_ppo_under_fsdp_on_two_gloo_processes_is_killed_resumes_and_follows_the_
 
     ref, got = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     assert [r["step"] for r in got] == [1, 2, 3, 4]
-    # Measured: equal to < 2e-5 relative (the KL to < 1e-6 absolute), as under DDP.
+    # Measured: every metric within 1e-5 absolute (the KL, a sum of log-prob differences, the largest), as under DDP.
     assert [r["score"] for r in got] == [r["score"] for r in ref]
     for key in ("response_len", "kl", "entropy", "policy_loss", "value_loss", "approx_kl", "clipfrac", "ratio_max", "beta"):
         assert [r[key] for r in got] == pytest.approx([r[key] for r in ref], rel=1e-4, abs=2e-5), key

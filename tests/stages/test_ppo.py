@@ -24,7 +24,7 @@ from tests.conftest import check_ctrl_c_during_evaluation, write_jsonl
 DESIGN_KEYS = {"score", "kl", "beta", "non_score_reward", "entropy", "approx_kl", "clipfrac", "policy_loss", "value_loss",
                "explained_variance", "ratio_mean", "response_len", "no_eos_frac", "time_rollout_s", "time_train_s",
                "time_step_s", "ratio_max"}
-TIMING = {"time_rollout_s", "time_train_s", "time_step_s", "samples_per_s", "peak_rss_gb"}
+TIMING = {"time_rollout_s", "time_train_s", "time_step_s", "samples_per_s", "peak_rss_gb", "rss_gb"}
 
 
 @pytest.fixture

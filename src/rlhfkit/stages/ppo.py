@@ -237,14 +237,16 @@ def unwrap_value(module):
 
 
 def sync_weights(trainer, parts: TrainPass) -> None:
-    """Under FSDP, after an update: the trainer's trained weights, gathered whole on every rank (a collective: every
-    rank calls it), into the rollout's unsharded models ``parts`` — what each rank samples, evaluates and saves with."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    """Under FSDP, after an update: the trainer's trained weights into the rollout's unsharded models ``parts`` — what
+    each rank samples, evaluates and saves with. One parameter at a time is gathered whole (``full_tensor``, a
+    collective: every rank calls this), so the gather never holds more than one extra tensor."""
+    from torch.distributed.tensor import DTensor
 
-    whole = get_model_state_dict(trainer, options=StateDictOptions(full_state_dict=True, ignore_frozen_params=True))
-    _, unexpected = parts.load_state_dict(whole, strict=False)  # the frozen weights are left out, and equal already
-    if unexpected:
-        raise RuntimeError(f"ppo: the sharded trainer has weights the rollout's models lack: {unexpected[:3]}")
+    whole = dict(parts.named_parameters())  # the same names: FSDP keeps the module tree
+    with torch.no_grad():
+        for name, param in trainer.named_parameters():
+            if param.requires_grad:  # frozen weights never change, and are equal already
+                whole[name].copy_(param.full_tensor() if isinstance(param, DTensor) else param)
 
 
 def push_weights(parts: TrainPass, trainer) -> None:
@@ -353,6 +355,15 @@ def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params,
     out["ppo_epochs_done"] = epochs_done
     out["logprob_mismatch"] = max(dist.gather_object(first_mismatch))
     return out
+
+
+def resident_gb() -> float | None:
+    """This process's resident memory now, in GiB (Linux's /proc; None elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def rollout_engine(cfg: PPOConfig, policy, tok):
@@ -648,7 +659,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 last_step = done == cfg.max_steps or loop.ending
                 metrics.update({"time_rollout_s": t1 - t0, "time_train_s": t2 - t1, "time_step_s": t2 - t0,
                                 "samples_per_s": cfg.batch_size / (t2 - t0),
-                                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+                                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                                "rss_gb": resident_gb()})  # now, between steps: what the run holds, load-time peaks aside
                 # 4. held-out evaluation, health checks, log, snapshot
                 evaluated = bool(eval_ids) and (bool(cfg.eval_every) and done % cfg.eval_every == 0 or last_step)
                 if evaluated:
