@@ -178,7 +178,8 @@ def rm_args(data: Path, out: Path, max_steps: int) -> list[str]:
 
 @pytest.mark.slow
 @ONE_PROCESS_ON_CPU
-def test_reward_model_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(tmp_path):
+@pytest.mark.parametrize("config, kind", [("ddp", "MULTI_CPU"), ("fsdp", "FSDP")])
+def test_reward_model_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(tmp_path, config, kind):
     from rlhfkit.config import RewardConfig
     from rlhfkit.stages.reward_model import train_reward
     from tests.stages.test_reward_model import token_preference_data
@@ -188,9 +189,9 @@ def test_reward_model_under_two_gloo_processes_follows_the_one_process_curve_and
                               lr=2e-3, warmup_steps=2, schedule="constant", eval_fraction=0.25, eval_every=0,
                               report_to="none", threads=1, max_len=32))
     two = tmp_path / "two"
-    log = launch_two(["-m", "rlhfkit", *rm_args(data, two, 4)], tmp_path)  # stops at step 4 with a checkpoint
-    assert "2 processes (MULTI_CPU), 4 prompts each" in log
-    launch_two(["-m", "rlhfkit", *rm_args(data, two, 8), "--resume"], tmp_path)
+    log = launch_two(["-m", "rlhfkit", *rm_args(data, two, 4)], tmp_path, config)  # stops at step 4 with a checkpoint
+    assert f"2 processes ({kind}), 4 prompts each" in log
+    launch_two(["-m", "rlhfkit", *rm_args(data, two, 8), "--resume"], tmp_path, config)
 
     ref, got = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     assert [r["step"] for r in got] == list(range(1, 9))  # rank 0 alone logs, each step once

@@ -115,6 +115,19 @@ def is_fsdp(accelerator) -> bool:
     return accelerator is not None and accelerator.distributed_type == DistributedType.FSDP
 
 
+def reshard(model) -> None:
+    """After passes without a backward (evaluation, scoring) through an FSDP2 model: free the gathered weights.
+
+    FSDP2 keeps the root's gathered parameters after a forward (its backward would need them at once); with no
+    backward they would stay, and the optimiser's and the checkpoint's view of the parameters would not be the
+    sharded ones. Elsewhere a no-op."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
     """This rank's contiguous share of a step's global batch; sizes differ by at most one, order is kept.
 

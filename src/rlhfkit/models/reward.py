@@ -139,7 +139,8 @@ def reward_forward(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def score_texts(model, tokenizer, prompts: list[dict], responses: list[str], max_len: int, batch_size: int = 16) -> torch.Tensor:
-    """Scores of many (prompt, response) pairs in batches of similar length, without gradients; shape (n,)."""
+    """Scores of many (prompt, response) pairs in batches of similar length, without gradients; shape (n,).
+    ``model``: a classifier, or a :class:`RewardModule` (possibly prepared by accelerate)."""
     out = torch.empty(len(responses))
     order = sorted(range(len(responses)), key=lambda i: len(responses[i]))
     device = next(model.parameters()).device
@@ -147,7 +148,9 @@ def score_texts(model, tokenizer, prompts: list[dict], responses: list[str], max
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             inputs = rm_inputs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_len)
-            out[idx] = reward_forward(model, {k: v.to(device) for k, v in inputs.items()}).cpu()
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            # a (prepared) RewardModule scores through its own forward: under FSDP that gathers the shards
+            out[idx] = (model(**inputs) if isinstance(model, RewardModule) else reward_forward(model, inputs)).cpu()
     return out
 
 

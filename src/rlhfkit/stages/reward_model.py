@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from rlhfkit import distributed as dist
 from rlhfkit.accel.precision import autocast, resolve_precision
-from rlhfkit.config import RewardConfig
+from rlhfkit.config import ConfigError, RewardConfig
 from rlhfkit.data.formats import RecordError, detect_kind, prompt_key, read_located, read_records, record_responses
 from rlhfkit.data.groups import Group, build_groups, flatten, gold_groups
 from rlhfkit.data.splits import batch_indices, none_held_out, split_records
@@ -235,8 +235,12 @@ def train_reward(cfg: RewardConfig) -> dict:
         run.say("pooling: mean — AutoModelForSequenceClassification's own forward pools [CLS] and will score this model "
                 f"differently; score it with rlhfkit or with the function in {out / 'README.md'} (pooling: cls matches)")
 
+    if cfg.lora and dist.is_fsdp(accelerator):
+        raise ConfigError("lora: a LoRA reward model is not supported under FSDP (its merge for saving would change one "
+                          "rank's shards); train it under DDP (configs/accelerate/ddp.yaml) or without LoRA")
     ckpt = run.checkpoint_to_resume()
     model, optimizer, scheduler, params = run.prepare(RewardModule(build_reward_model(cfg, ckpt)), accelerator)
+    sharded = dist.is_fsdp(accelerator)  # then every scoring pass goes through the prepared module, which gathers
     if world > 1:
         run.say(f"{world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
     start = run.begin(optimizer, scheduler, ckpt, accelerator)
@@ -250,7 +254,11 @@ def train_reward(cfg: RewardConfig) -> dict:
 
     def score_fn(prompts, responses):
         # Every rank scores the whole held-out set: identical passes everywhere (sharded models need them).
-        return score_texts(classifier(accelerator, model), tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
+        if not sharded:
+            return score_texts(classifier(accelerator, model), tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
+        scores = score_texts(model, tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
+        dist.reshard(model)  # the gathered weights freed: the shards are what the optimiser and checkpoint see
+        return scores
 
     model.train()
     with run.loop(start, save) as loop:
@@ -290,7 +298,8 @@ def train_reward(cfg: RewardConfig) -> dict:
         final.eval()
         # Every rank scores the same samples (sharded models need identical passes); rank 0 writes the stats.
         prompts, responses, policy = reference_samples(cfg, train + held)
-        scores = score_texts(final, tok, prompts, responses, cfg.max_len, cfg.score_batch_size)
+        scores = score_fn(prompts, responses) if sharded else score_texts(final, tok, prompts, responses, cfg.max_len,
+                                                                          cfg.score_batch_size)
         stats = {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 1.0, "n": len(scores), "policy": policy}
         if dist.is_main():
             (out / STATS_FILE).write_text(json.dumps(stats, indent=1, allow_nan=False), encoding="utf-8")

@@ -123,6 +123,7 @@ def train_sft(cfg: SFTConfig) -> dict:
                     # Every rank evaluates the whole held-out set: the same forward passes everywhere, which
                     # sharded models need (their forwards are collective), and no reduction.
                     metrics.update(heldout_loss(model, held, tok.pad_token_id, cfg.batch_size, accelerator.device))
+                    dist.reshard(model)  # FSDP: the evaluation's gathered weights freed
                 loop.log(done, metrics, f"loss {metrics['loss']:.3f}", always="eval_loss" in metrics)
     run.finish(loop.done, lambda: save_final(cfg, out, model, tok, accelerator))
     run.say(f"done, {loop.done} steps; model saved to {out}")
