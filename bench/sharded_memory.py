@@ -40,7 +40,10 @@ def ppo_args(out: Path, steps: int, lora: bool) -> list[str]:
 def run_mode(mode: str, work: Path, steps: int, lora: bool) -> dict:
     out = work / mode
     peak = work / f"{mode}.peak"
+    # freed memory handed back to the system (RLHFKIT_KEEP_FREED_MEMORY=0): resident memory then follows what the run
+    # holds, not what the allocator kept from the gathers' buffers
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "RLHFKIT_PEAK_RSS_FILE": str(peak),
+           "RLHFKIT_KEEP_FREED_MEMORY": os.environ.get("RLHFKIT_KEEP_FREED_MEMORY", "0"),
            "PYTHONPATH": str(work)}
     (work / "sitecustomize.py").write_text(f"import os\nif os.environ.get('RLHFKIT_PEAK_RSS_FILE'):\n    {PEAK}\n")
     program = ["-m", "rlhfkit", *ppo_args(out, steps, lora)]

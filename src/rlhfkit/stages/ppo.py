@@ -236,6 +236,18 @@ def unwrap_value(module):
     return module.classifier if isinstance(module, ValueModel) else module
 
 
+def shard_what_trains(accelerator, trainer: TrainPass) -> None:
+    """FSDP settings for PPO's trained copy: modules with no trainable weight (a LoRA run's frozen base: embeddings,
+    base linears, norms) are left out of the sharding, so they stay the very tensors the rollout's models use instead
+    of a second, sharded copy of the base. They must not go through rank 0's loading either (it would replace them
+    with copies); every rank holds them already."""
+    frozen = [m for m in trainer.modules()
+              if any(True for _ in m.parameters(recurse=False)) and not any(p.requires_grad for p in m.parameters())]
+    if frozen:
+        plugin = accelerator.state.fsdp_plugin
+        plugin.ignored_modules, plugin.cpu_ram_efficient_loading = frozen, False
+
+
 def sync_weights(trainer, parts: TrainPass) -> None:
     """Under FSDP, after an update: the trainer's trained weights into the rollout's unsharded models ``parts`` — what
     each rank samples, evaluates and saves with. One parameter at a time is gathered whole (``full_tensor``, a
@@ -564,7 +576,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
     # rollout, evaluation and saving use the whole models (``parts``), which take its weights after every update.
     speed_up(policy, reference, value_model, reward.model, device=device, head_apart=True)  # the head: accel/head.py
     parts = TrainPass(policy, value_head, cfg.temperature, value_model if sharded else None)
-    policy_train = copy.deepcopy(parts) if sharded else parts  # the same layers: the same numbers as the rollout's
+    # the same layers: the same numbers as the rollout's; frozen weights (a LoRA base) are the very same tensors
+    policy_train = copy.deepcopy(parts, {id(p): p for p in parts.parameters() if not p.requires_grad}) if sharded else parts
     value_train = policy_train.value_model if sharded else value_model
     lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 3e-6)
     optimizer, scheduler, params = build_optimiser(cfg, lr, policy_train.policy,
@@ -573,6 +586,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
               else FixedKLController(cfg.kl_coef))
     health = HealthMonitor(cfg.max_new_tokens)
     if sharded:  # FSDP2: each decoder layer a unit; AdamW keeps the state of its own shard
+        shard_what_trains(accelerator, policy_train)
         policy_train, optimizer = accelerator.prepare(policy_train, optimizer)
         params, value_train = trainable(policy_train), None  # the value model runs inside the sharded pass
     elif world > 1:  # DDP-wrapped training passes over the models the rollout uses
