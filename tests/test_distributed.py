@@ -339,3 +339,14 @@ def test_reward_and_ppo_batches_that_do_not_split_over_the_processes_are_config_
     with pytest.raises(ConfigError, match="batch_size: 8 does not split into 2 minibatches × 3 processes"):
         train_ppo(PPOConfig(policy="tiny", reward="judge:length", prompts=str(tmp_path / "unread.jsonl"),
                             output=str(tmp_path / "ppo"), batch_size=8, num_minibatches=2))
+
+
+def test_resuming_in_another_mode_than_the_checkpoints_is_one_clear_error(tmp_path):
+    from rlhfkit.run import Run
+
+    run = Run("sft", SFTConfig(model="tiny", data=str(tmp_path / "unread.jsonl"), output=str(tmp_path / "run")))
+    run.optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    fsdp_state = {"state": {"model.embed_tokens.weight": {"step": torch.tensor(1.0)}}, "param_groups": []}  # keyed by name
+    with pytest.raises(ConfigError, match="written under FSDP and this run is not under FSDP"):
+        run.load_optimizer(fsdp_state)
+    run.load_optimizer(run.optimizer.state_dict())  # a one-process checkpoint loads as before

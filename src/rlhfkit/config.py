@@ -681,7 +681,7 @@ class PPOConfig:
     generation: typing.Literal["transformers", "vllm"] = field(default="transformers", metadata={
         "help": "Rollout sampling: transformers (our decoding loop) | vllm (a vLLM engine in this process, on its GPU: "
                 "the policy's weights are pushed into it after every update, LoRA merged, and every log-prob is "
-                "recomputed by the policy; needs `pip install vllm`, on a GPU or with vLLM's CPU build)."})
+                "recomputed by the policy; needs `pip install vllm` (0.11 or later) and a CUDA GPU)."})
     vllm_sleep: bool = field(default=True, metadata={
         "help": "With generation vllm: put the engine to sleep (weights to CPU memory, KV cache freed) while the models "
                 "train, and wake it for the next rollout."})

@@ -121,8 +121,10 @@ def reshard(model) -> None:
     FSDP2 keeps the root's gathered parameters after a forward (its backward would need them at once); with no
     backward they would stay, and the optimiser's and the checkpoint's view of the parameters would not be the
     sharded ones. Elsewhere a no-op."""
-    from torch.distributed.fsdp import FSDPModule
-
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6: no FSDP2, and nothing to free
+        return
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()

@@ -170,6 +170,11 @@ class Run:
     def load_optimizer(self, state: dict) -> None:
         """A checkpoint's optimiser state back into the optimiser; under FSDP every rank reads the whole state and
         keeps its own shard of it (torch's ``set_optimizer_state_dict``)."""
+        by_name = any(isinstance(k, str) for k in state.get("state", {}))  # FSDP's checkpoints key it by parameter name
+        if by_name != (self.sharded_model is not None):
+            raise ConfigError(f"resume: the checkpoint was written {'under FSDP' if by_name else 'without FSDP'} and this run "
+                              f"is {'not under FSDP' if self.sharded_model is None else 'under FSDP'}; resume in the mode "
+                              "it was written in (one process and DDP share checkpoints)")
         if self.sharded_model is None:
             self.optimizer.load_state_dict(state)
             return

@@ -29,12 +29,15 @@ class FakeLLM:
 
     def __init__(self, model: str, **kwargs):
         self.model, self.tok, self.kwargs = load_causal_lm(model), load_tokenizer(model), kwargs
-        self.loads, self.calls = 0, []
+        self.loads, self.calls, self.temperatures = 0, [], []
         FakeLLM.made.append(self)
 
     @torch.inference_mode()
     def generate(self, prompts, params, use_tqdm=False):
         assert self.calls[-1:] != ["sleep"], "sampled while asleep"
+        # the whole distribution at the policy's temperature, one answer each, the sampled token's log-prob
+        assert (params["n"], params["top_p"], params["top_k"], params["logprobs"]) == (1, 1.0, -1, 0), params
+        self.temperatures.append(params["temperature"])
         query, mask = left_pad([p["prompt_token_ids"] for p in prompts], self.tok.pad_token_id)
         s = sample(self.model, query, mask, params["max_tokens"], params["temperature"], self.tok.eos_token_id,
                    self.tok.pad_token_id)
@@ -46,8 +49,10 @@ class FakeLLM:
         return outs
 
     def load_weights(self, weights):
+        assert self.calls[-1:] != ["sleep"], "weights pushed while asleep"
         weights = dict(weights)
         self.loads += 1
+        self.calls.append("load")
         if not FakeLLM.stale:
             missing, unexpected = self.model.load_state_dict(weights, strict=False)
             assert not unexpected and not [k for k in missing if k != "lm_head.weight"], (missing, unexpected)  # tied head
@@ -84,7 +89,8 @@ def test_the_engine_samples_every_rollout_and_gets_the_policys_weights_after_eve
     engine = fake_vllm.made[-1]
     assert engine.kwargs["enable_sleep_mode"] is True and engine.kwargs["logprobs_mode"] == "processed_logprobs"
     assert engine.loads == 1 + 3  # the start policy's weights (LoRA merged), then one push per update
-    assert engine.calls == ["sleep", "wake"] * 3  # asleep while the models train
+    assert engine.calls == ["load"] + ["sleep", "wake", "load"] * 3  # asleep while the models train, woken to take weights
+    assert engine.temperatures == [0.7] * 3  # PPOConfig's default temperature, the one the policy's log-probs use
     assert all(r["logprob_mismatch"] < 1e-4 for r in log)  # every log-prob is the policy's own: the ratio starts at 1
     assert all(r["engine_logprob_gap"] < 1e-4 for r in log)  # the engine sampled with the policy's current weights
     assert log[-1]["approx_kl"] > 0  # the policy moved, so a stale engine would show (next test)

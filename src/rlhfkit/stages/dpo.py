@@ -301,6 +301,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
     if answers is not None and start == 0:  # step 0: the start policy, the point the curve is compared with
         policy.eval()
         run.logger.log(0, answers(policy, reference, precision))
+        dist.reshard(policy)  # FSDP: the evaluation's gathered weights freed
         policy.train()
         last_eval_s = eval_total_s = time.perf_counter() - t_start
 
@@ -372,6 +373,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
                         metrics.update(evaluate(cfg, policy, reference, held, tok.pad_token_id, device, precision))
                     if answers is not None:
                         metrics.update(answers(policy, reference, precision))
+                    dist.reshard(policy)  # FSDP: the evaluation's gathered weights freed
                     policy.train()
                     last_eval_s = metrics["time_eval_s"] = time.perf_counter() - t_eval
                     eval_total_s += last_eval_s

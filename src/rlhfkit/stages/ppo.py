@@ -258,7 +258,9 @@ def sync_weights(trainer, parts: TrainPass) -> None:
     with torch.no_grad():
         for name, param in trainer.named_parameters():
             if param.requires_grad:  # frozen weights never change, and are equal already
-                whole[name].copy_(param.full_tensor() if isinstance(param, DTensor) else param)
+                # activation checkpointing (fsdp_activation_checkpointing) wraps layers under a name of its own
+                whole[name.replace("_checkpoint_wrapped_module.", "")].copy_(
+                    param.full_tensor() if isinstance(param, DTensor) else param)
 
 
 def push_weights(parts: TrainPass, trainer) -> None:
@@ -385,9 +387,12 @@ def rollout_engine(cfg: PPOConfig, policy, tok):
         return None
     from rlhfkit.models.generation import make_generator
 
-    return make_generator("vllm", cfg.policy, tok, model=policy, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                          seed=cfg.seed + dist.rank(), enable_sleep_mode=cfg.vllm_sleep,
-                          logprobs_mode="processed_logprobs")  # log-probs after the temperature, as the policy's
+    # under several processes each runs its own engine on its own GPU, as torchrun's ranks (vLLM's external launcher)
+    several = {"distributed_executor_backend": "external_launcher"} if dist.world_size() > 1 else {}
+    with torch.random.fork_rng():  # vLLM seeds torch's generators; the run's own draws (minibatch order) must not move
+        return make_generator("vllm", cfg.policy, tok, model=policy, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                              seed=cfg.seed + dist.rank(), enable_sleep_mode=cfg.vllm_sleep,
+                              logprobs_mode="processed_logprobs", **several)  # log-probs after the temperature, as the policy's
 
 
 def rollout_metrics(r: Rollout, scores: torch.Tensor, adv: dict, beta: float) -> dict:
