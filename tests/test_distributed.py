@@ -64,11 +64,13 @@ def launch_two_and_kill(args: list[str], cwd: Path, config: str, checkpoint: Pat
     cmd, env = launch_command(args, config)
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 300  # a guard against a hung run, not a timing
     while not (checkpoint / "trainer_state.json").exists():
-        assert proc.poll() is None, f"ended before its first checkpoint: {proc.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "no checkpoint in 300 s"
-        time.sleep(0.02)
+        try:
+            proc.wait(timeout=0.02)  # returns only if the run ended: before its first checkpoint, a failure
+            raise AssertionError(f"ended before its first checkpoint: {proc.stderr.read()[-3000:]}")
+        except subprocess.TimeoutExpired:
+            assert time.monotonic() < deadline, "no checkpoint in 300 s"
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL  # killed mid-run, not finished
 

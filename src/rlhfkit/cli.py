@@ -659,8 +659,8 @@ def rm_eval(
 
 @app.command()
 @config_command(PPOConfig, ["algo", "policy", "reward", "prompts", "output", "max_steps", "batch_size", "samples_per_prompt",
-                            "max_new_tokens", "ppo_epochs", "num_minibatches", "lora", "merge_lora", "value_model", "resume",
-                            "report_to", "seed"],
+                            "max_new_tokens", "ppo_epochs", "num_minibatches", "lora", "merge_lora", "value_model", "generation",
+                            "resume", "report_to", "seed"],
                 LORA_FLAGS)
 def ppo(cfg, split: Optional[str] = SplitOpt):
     """PPO against a reward model or a gold judge (KL penalty, GAE, clipped losses, health checks); --algo grpo, rloo
