@@ -1,15 +1,15 @@
-"""Memory per process of PPO on the shipped model: one process, DDP and FSDP over two CPU processes (gloo).
+"""Memory per process of PPO on the shipped model: one process, DDP, FSDP and DeepSpeed ZeRO-2/3 over two CPU processes (gloo).
 
 One command (nothing else should run meanwhile):
-  .venv/bin/python bench/sharded_memory.py [--steps 2] [--lora false]
+  .venv/bin/python bench/sharded_memory.py [--steps 2] [--lora false] [--modes one,ddp,fsdp,deepspeed_zero2,deepspeed_zero3]
 Each mode runs ``rlhf ppo`` on the shipped SmolLM2-135M (full fine-tuning by default; a value head; the length
 judge as reward, so no reward model) for ``--steps`` updates of 4 prompts × 16 new tokens, fp32, one thread per
 process. Every process writes its own peak resident memory (``ru_maxrss``, read at exit through
 ``RLHFKIT_PEAK_RSS_FILE``); the table gives the largest over the processes, rank 0's resident memory after its last
 update (``rss_gb``: what the run holds, load-time peaks aside) and rank 0's seconds per update.
-FSDP shards the trained model, its gradients and AdamW's state over the processes; each process also keeps the
-whole model that samples the rollout (and the reference, under full fine-tuning), so the saving is the
-gradients' and optimiser's share. Output: one JSON line on stdout and bench/out/sharded_memory.json.
+FSDP and ZeRO-3 shard the trained model, its gradients and AdamW's state over the processes (ZeRO-2: gradients and
+AdamW's state); each process also keeps the whole model that samples the rollout (and the reference, under full
+fine-tuning), so the saving is the gradients' and optimiser's share. Output: one JSON line on stdout and bench/out/sharded_memory.json.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--lora", default="false", choices=["true", "false"])
+    ap.add_argument("--modes", default="one,ddp,fsdp,deepspeed_zero2,deepspeed_zero3",
+                    help="one, or the names of configs/accelerate/*.yaml to launch with 2 processes")
     args = ap.parse_args()
     work = ROOT / "bench" / "out" / "sharded_memory"
     work.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,7 @@ def main() -> None:
     import torch
     import transformers
 
-    rows = [run_mode(m, work, args.steps, args.lora == "true") for m in ("one", "ddp", "fsdp")]
+    rows = [run_mode(m, work, args.steps, args.lora == "true") for m in args.modes.split(",")]
     result = {"machine": platform.processor() or platform.machine(), "nproc": os.cpu_count(), "torch": torch.__version__,
               "accelerate": accelerate.__version__, "transformers": transformers.__version__, "lora": args.lora == "true",
               "steps": args.steps, "rows": rows}

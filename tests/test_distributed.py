@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import socket
@@ -24,11 +25,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def sft_args(data: Path, out: Path, max_steps: int) -> list[str]:
+def sft_args(data: Path, out: Path, max_steps: int, model: str = "tiny") -> list[str]:
     # A constant schedule, so a run stopped at step 4 and resumed to 8 sees the lr of an unbroken 8-step run.
-    return ["--model", "tiny", "--data", str(data), "--output", str(out), "--max-steps", str(max_steps),
+    return ["--model", model, "--data", str(data), "--output", str(out), "--max-steps", str(max_steps),
             "--batch-size", "8", "--lr", "5e-3", "--report-to", "none", "--set", "eval_fraction=0",
             "--set", "warmup_steps=2", "--set", "schedule=constant", "--set", "grad_accum=2", "--set", "threads=1"]
+
+
+NEEDS_DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="DeepSpeed is not installed (make test installs it: the test extra)")
+
+
+def zero(stage: int, *rest) -> pytest.param:
+    """A DeepSpeed ZeRO case of a two-process test (shipped config configs/accelerate/deepspeed_zero<stage>.yaml)."""
+    return pytest.param(f"deepspeed_zero{stage}", "DEEPSPEED", *rest, marks=NEEDS_DEEPSPEED)
 
 
 ONE_PROCESS_ON_CPU = pytest.mark.skipif(
@@ -144,18 +154,26 @@ def test_shipped_accelerate_configs_load_with_accelerates_own_reader(name, kind)
 
 @pytest.mark.slow
 @ONE_PROCESS_ON_CPU
-@pytest.mark.parametrize("config, kind", [("ddp", "MULTI_CPU"), ("fsdp", "FSDP")])
+@pytest.mark.parametrize("config, kind", [("ddp", "MULTI_CPU"), ("fsdp", "FSDP"), zero(2), zero(3)])
 def test_two_gloo_processes_follow_the_one_process_loss_curve_and_resume(memorise_file, tmp_path, config, kind):
-    one = SFTConfig(model="tiny", data=str(memorise_file), output=str(tmp_path / "one"), max_steps=8, batch_size=8,
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+
+    # A saved model, as users start from: ZeRO-3 builds it already split (zero3_init_flag), a random init would differ
+    start = tmp_path / "start"
+    load_causal_lm("tiny").save_pretrained(start)
+    load_tokenizer("tiny").save_pretrained(start)
+    one = SFTConfig(model=str(start), data=str(memorise_file), output=str(tmp_path / "one"), max_steps=8, batch_size=8,
                     lr=5e-3, warmup_steps=2, schedule="constant", grad_accum=2, eval_fraction=0.0, report_to="none", threads=1)
     train_sft(one)
 
     two = tmp_path / "two"
-    log = launch_two(["-m", "rlhfkit", "sft", *sft_args(memorise_file, two, 4)], tmp_path, config)  # stops at step 4, a checkpoint
+    log = launch_two(["-m", "rlhfkit", "sft", *sft_args(memorise_file, two, 4, str(start))], tmp_path, config)  # stops at step 4
     assert f"2 processes ({kind}), 4 examples each" in log
     assert (two / "checkpoint" / "trainer_state.json").exists()
-    # FSDP: the checkpoint holds the optimiser's state gathered from both shards, and resuming splits it again
-    launch_two(["-m", "rlhfkit", "sft", *sft_args(memorise_file, two, 8), "--resume"], tmp_path, config)
+    # FSDP: the checkpoint holds the optimiser's state gathered from both shards, and resuming splits it again;
+    # DeepSpeed: each rank wrote its own shard with the engine's save_checkpoint, and reads it back
+    assert (two / "checkpoint" / "zero").is_dir() == (kind == "DEEPSPEED")
+    launch_two(["-m", "rlhfkit", "sft", *sft_args(memorise_file, two, 8, str(start)), "--resume"], tmp_path, config)
 
     ref, got = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     assert [r["step"] for r in got] == list(range(1, 9))  # rank 0 alone logs, each step once
@@ -167,33 +185,48 @@ def test_two_gloo_processes_follow_the_one_process_loss_curve_and_resume(memoris
 
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "one")
     b = AutoModelForCausalLM.from_pretrained(two)
+    # DeepSpeed reduces flattened gradient buckets, in another order: Adam turns the last bits into ~1e-5 (measured ≤ 1.4e-5)
+    atol = 5e-5 if kind == "DEEPSPEED" else 1e-5
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
-        assert torch.allclose(p, q, rtol=1e-3, atol=1e-5), name
+        assert torch.allclose(p, q, rtol=1e-3, atol=atol), name
+    assert len(read_safetensors_keys(two)) == len(read_safetensors_keys(tmp_path / "one"))  # a tied head saved once
 
 
-def rm_args(data: Path, out: Path, max_steps: int) -> list[str]:
+def read_safetensors_keys(folder: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return list(f.keys())
+
+
+def rm_args(data: Path, out: Path, max_steps: int, model: str = "tiny-minilm") -> list[str]:
     # Constant schedule: the run stopped at step 4 and resumed to 8 sees the lr of an unbroken 8-step run.
-    return ["rm", "train", "--model", "tiny-minilm", "--data", str(data), "--output", str(out), "--max-steps", str(max_steps),
+    return ["rm", "train", "--model", model, "--data", str(data), "--output", str(out), "--max-steps", str(max_steps),
             "--batch-size", "8", "--lr", "2e-3", "--report-to", "none", "--set", "warmup_steps=2", "--set", "schedule=constant",
             "--set", "eval_fraction=0.25", "--set", "eval_every=0", "--set", "max_len=32", "--set", "threads=1"]
 
 
 @pytest.mark.slow
 @ONE_PROCESS_ON_CPU
-@pytest.mark.parametrize("config, kind", [("ddp", "MULTI_CPU"), ("fsdp", "FSDP")])
+@pytest.mark.parametrize("config, kind", [("ddp", "MULTI_CPU"), ("fsdp", "FSDP"), zero(2), zero(3)])
 def test_reward_model_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(tmp_path, config, kind):
     from rlhfkit.config import RewardConfig
     from rlhfkit.stages.reward_model import train_reward
     from tests.stages.test_reward_model import token_preference_data
 
+    from rlhfkit.models.loading import load_sequence_classifier, load_tokenizer
+
     data = token_preference_data(tmp_path, n_prompts=40, k=3)  # 3 pairs per prompt, of uneven lengths
-    train_reward(RewardConfig(model="tiny-minilm", data=str(data), output=str(tmp_path / "one"), max_steps=8, batch_size=8,
+    start = tmp_path / "start"  # a saved model: ZeRO-3 builds it already split, and a random init would differ
+    load_sequence_classifier("tiny-minilm").save_pretrained(start)
+    load_tokenizer("tiny-minilm").save_pretrained(start)
+    train_reward(RewardConfig(model=str(start), data=str(data), output=str(tmp_path / "one"), max_steps=8, batch_size=8,
                               lr=2e-3, warmup_steps=2, schedule="constant", eval_fraction=0.25, eval_every=0,
                               report_to="none", threads=1, max_len=32))
     two = tmp_path / "two"
-    log = launch_two(["-m", "rlhfkit", *rm_args(data, two, 4)], tmp_path, config)  # stops at step 4 with a checkpoint
+    log = launch_two(["-m", "rlhfkit", *rm_args(data, two, 4, str(start))], tmp_path, config)  # stops at step 4, a checkpoint
     assert f"2 processes ({kind}), 4 prompts each" in log
-    launch_two(["-m", "rlhfkit", *rm_args(data, two, 8), "--resume"], tmp_path, config)
+    launch_two(["-m", "rlhfkit", *rm_args(data, two, 8, str(start)), "--resume"], tmp_path, config)
 
     ref, got = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     assert [r["step"] for r in got] == list(range(1, 9))  # rank 0 alone logs, each step once
@@ -283,8 +316,11 @@ def test_ppo_under_two_gloo_processes_follows_the_one_process_curve_and_resumes(
 
 @pytest.mark.slow
 @ONE_PROCESS_ON_CPU
-@pytest.mark.parametrize("lora, value_model", [(True, "tiny"), (False, "head")])
-def test_ppo_under_fsdp_on_two_gloo_processes_is_killed_resumes_and_follows_the_one_process_curve(tmp_path, lora, value_model):
+@pytest.mark.parametrize("config, kind, lora, value_model", [
+    ("fsdp", "FSDP", True, "tiny"), ("fsdp", "FSDP", False, "head"),
+    zero(2, True, "tiny"), zero(2, False, "head"), zero(3, True, "tiny"), zero(3, False, "head")])
+def test_sharded_ppo_on_two_gloo_processes_is_killed_resumes_and_follows_the_one_process_curve(tmp_path, config, kind, lora,
+                                                                                                value_model):
     from rlhfkit.config import PPOConfig
     from rlhfkit.stages.ppo import train_ppo
     from tests.conftest import write_jsonl
@@ -301,9 +337,11 @@ def test_ppo_under_fsdp_on_two_gloo_processes_is_killed_resumes_and_follows_the_
             "--set", "threads=1", "--set", f"lr={settings['lr']}", "--set", f"lora={str(lora).lower()}", "--set", "save_every=1"]
     # The policy and the value model (a separate one: trained in the same sharded pass) split over the two
     # processes; killed after its first checkpoint, wherever it then is.
-    launch_two_and_kill(args, tmp_path, "fsdp", two / "checkpoint")
-    log = launch_two([*args, "--resume"], tmp_path, "fsdp")
-    assert "2 processes (FSDP), 4 prompts each" in log and "resumed from step" in log
+    launch_two_and_kill(args, tmp_path, config, two / "checkpoint")
+    # DeepSpeed: the engine's own checkpoint of its shards (ZeRO-2: AdamW's state; ZeRO-3: the weights too) inside ours
+    assert (two / "checkpoint" / "zero").is_dir() == (kind == "DEEPSPEED")
+    log = launch_two([*args, "--resume"], tmp_path, config)
+    assert f"2 processes ({kind}), 4 prompts each" in log and "resumed from step" in log
 
     ref, got = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     assert [r["step"] for r in got] == [1, 2, 3, 4]
@@ -350,5 +388,11 @@ def test_resuming_in_another_mode_than_the_checkpoints_is_one_clear_error(tmp_pa
     run.optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
     fsdp_state = {"state": {"model.embed_tokens.weight": {"step": torch.tensor(1.0)}}, "param_groups": []}  # keyed by name
     with pytest.raises(ConfigError, match="written under FSDP and this run is not under FSDP"):
-        run.load_optimizer(fsdp_state)
-    run.load_optimizer(run.optimizer.state_dict())  # a one-process checkpoint loads as before
+        run.load_optimizer(fsdp_state, tmp_path)
+    # a DeepSpeed checkpoint holds no optimiser state of ours (the engine wrote its own shards)
+    with pytest.raises(ConfigError, match="written under DeepSpeed and this run is not under DeepSpeed"):
+        run.load_optimizer(None, tmp_path)
+    run.load_optimizer(run.optimizer.state_dict(), tmp_path)  # a one-process checkpoint loads as before
+    run.engine = object()  # a run under DeepSpeed, given a checkpoint of one process
+    with pytest.raises(ConfigError, match="written without DeepSpeed and this run is under DeepSpeed"):
+        run.load_optimizer(run.optimizer.state_dict(), tmp_path)

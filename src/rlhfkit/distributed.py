@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -63,6 +65,8 @@ def get_accelerator(gradient_accumulation_steps: int = 1, micro_batch_size: int 
     acc = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, **kwargs)
     if on_cpus and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         use_fsdp_on_cpus(acc)
+    if on_cpus and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        use_deepspeed_on_cpus(acc)
     if _initialised():
         # Leaving the process group to interpreter teardown can abort a gloo rank ("terminate called without
         # an active exception"); close it once, when the program ends, since later stages reuse it.
@@ -71,6 +75,10 @@ def get_accelerator(gradient_accumulation_steps: int = 1, micro_batch_size: int 
     plugin = getattr(acc.state, "deepspeed_plugin", None)
     if plugin is not None and micro_batch_size and plugin.is_auto("train_micro_batch_size_per_gpu"):
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
+        if plugin.is_auto("gradient_accumulation_steps"):
+            plugin.deepspeed_config["gradient_accumulation_steps"] = gradient_accumulation_steps
+        if plugin.is_auto("train_batch_size"):  # DeepSpeed checks it against micro-batch × accumulation × processes
+            plugin.deepspeed_config["train_batch_size"] = micro_batch_size * gradient_accumulation_steps * acc.num_processes
     return acc
 
 
@@ -96,6 +104,24 @@ def use_fsdp_on_cpus(acc) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate does: a later state copies it
 
 
+def use_deepspeed_on_cpus(acc) -> None:
+    """DeepSpeed ZeRO over the gloo group of CPU processes, as the launch config (``configs/accelerate/deepspeed_*``) asks.
+
+    As with FSDP, accelerate turns DeepSpeed on for GPU processes only. DeepSpeed itself runs on CPUs (its CPU
+    accelerator, communicating over the existing gloo group), so the state is given the launch's DeepSpeed plugin
+    (its ``ACCELERATE_DEEPSPEED_*`` settings) and ``accelerator.prepare`` then builds DeepSpeed's engine as on GPUs.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    plugin = DeepSpeedPlugin()  # fields from the launcher's environment
+    plugin.set_mixed_precision(acc.state.mixed_precision)
+    acc.state.distributed_type = DistributedType.DEEPSPEED
+    PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED  # as accelerate does: a later state copies it
+    acc.state.deepspeed_plugins = plugin
+    plugin.select(_from_accelerator_state=True)
+
+
 def _close_process_group() -> None:
     if _initialised():
         dist.destroy_process_group()
@@ -113,6 +139,41 @@ def is_fsdp(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator is not None and accelerator.distributed_type == DistributedType.FSDP
+
+
+def is_deepspeed(accelerator) -> bool:
+    """True under DeepSpeed (on GPUs, or on CPU processes: :func:`use_deepspeed_on_cpus`)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator is not None and accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+@contextmanager
+def whole_models(accelerator) -> Iterator[None]:
+    """Models built inside are whole on every rank. Under ZeRO-3 with ``zero3_init_flag`` transformers builds every model
+    split over the ranks (``deepspeed.zero.Init``), as long as its DeepSpeed config is registered; it is unregistered
+    meanwhile. Elsewhere a no-op."""
+    if not is_deepspeed(accelerator):
+        yield
+        return
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+
+
+def gathered(param):
+    """A context in which a ZeRO-3 parameter is whole on every rank (DeepSpeed's ``GatheredParameters``, a collective);
+    a no-op for any other tensor."""
+    if not hasattr(param, "ds_id"):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([param])
 
 
 def reshard(model) -> None:
@@ -211,13 +272,23 @@ def unwrap(accelerator, model):
 
 def gathered_state(accelerator, model) -> dict:
     """Extra ``save_pretrained`` arguments: the full ``state_dict`` when weights are sharded (FSDP, ZeRO-3
-    gather it collectively, so call this on EVERY rank), nothing otherwise (the model saves itself)."""
+    gather it collectively, so call this on EVERY rank), nothing otherwise (the model saves itself).
+    A tied weight (the LM head that is the embedding) is kept under its first name only, as the model saves it."""
     if is_fsdp(accelerator):
         # torch's own gather (accelerate's get_state_dict hands FSDP2's DTensors back as they are, here, on CPUs)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return {"state_dict": get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))}
-    return {"state_dict": accelerator.get_state_dict(model)} if is_sharded(accelerator) else {}
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    elif is_sharded(accelerator):
+        state = accelerator.get_state_dict(model)  # ZeRO-3: None on the ranks other than the first, which save nothing
+        if state is None:
+            return {}
+    else:
+        return {}
+    seen, tied = set(), set()
+    for name, p in unwrap(accelerator, model).named_parameters(remove_duplicate=False):
+        (tied if id(p) in seen else seen).add(name if id(p) in seen else id(p))
+    return {"state_dict": {k: v for k, v in state.items() if k not in tied}}
 
 
 def save_pretrained(accelerator, model, path: str | Path, **kwargs) -> None:

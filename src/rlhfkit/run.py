@@ -21,6 +21,7 @@ checkpoint of step ``s`` repeats nothing and equals an unbroken one.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,7 @@ from rlhfkit.tracking import clear_tensorboard, truncate_metrics
 
 console = Console(stderr=True)
 METRICS = "metrics.jsonl"
+ZERO = "zero"  # the DeepSpeed engine's own checkpoint, inside a checkpoint folder
 T = TypeVar("T")
 
 
@@ -62,6 +64,7 @@ class Run:
         console.quiet = not dist.is_main()
         self.optimizer = self.scheduler = self.logger = None
         self.sharded_model = None  # the FSDP-prepared model, whose optimiser state is gathered to save it
+        self.engine = None  # the DeepSpeed engine, which saves and loads its own sharded optimiser state
         self.save: Callable[[Path | None], dict | None] | None = None
 
     def processes(self, batch_size: int, what: str, per: int = 1) -> tuple[int, int]:
@@ -100,27 +103,30 @@ class Run:
         if not dist.is_sharded(accelerator):
             # fp32 products through oneDNN on a CPU (bf16 is oneDNN's already); head_apart: the head has its own route
             speed_up(model, device=accelerator.device, head_apart=head_apart)
-        model, optimizer = accelerator.prepare(model, optimizer)
+        model, optimizer = self.prepare_sharded(accelerator, model, optimizer)
         params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces the parameter objects
-        self.sharded_model = model if dist.is_fsdp(accelerator) else None
         return model, optimizer, scheduler, params
 
-    def begin(self, optimizer, scheduler, ckpt: Path | None, accelerator=None,
-              restore: Callable[[dict], None] | None = None, sharded_model=None) -> int:
+    def prepare_sharded(self, accelerator, model, optimizer, clip: float | None = None):
+        """``accelerator.prepare(model, optimizer)``, and the run remembers what checkpoints need of the result:
+        the FSDP model (whose optimiser state it gathers) or the DeepSpeed engine (which saves its own).
+        Under DeepSpeed the engine clips gradients inside its step, at ``clip`` (default: the stage's ``grad_clip``)."""
+        if dist.is_deepspeed(accelerator):
+            accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = clip if clip is not None else self.cfg.grad_clip
+        model, optimizer = accelerator.prepare(model, optimizer)
+        self.sharded_model = model if dist.is_fsdp(accelerator) else None
+        self.engine = model if dist.is_deepspeed(accelerator) else None
+        return model, optimizer
+
+    def begin(self, optimizer, scheduler, ckpt: Path | None, restore: Callable[[dict], None] | None = None) -> int:
         """Restore the optimiser, schedule and RNG of ``ckpt`` (and the stage's own parts: ``restore(tensors)``)
         and cut the metrics log back to its step, or start a fresh log; save the config; open the metrics
-        logger. Returns the step to start from. ``sharded_model``: the FSDP-prepared model the optimiser steps,
-        when the stage prepared it itself (:meth:`prepare` records its own)."""
+        logger. Returns the step to start from."""
         self.optimizer, self.scheduler = optimizer, scheduler
-        if sharded_model is not None:
-            self.sharded_model = sharded_model
         start = 0
         if ckpt is not None:
-            if accelerator is not None and dist.is_sharded(accelerator) and not dist.is_fsdp(accelerator):
-                raise ConfigError("resume: DeepSpeed keeps its own optimiser state, which these checkpoints do not hold; "
-                                  "resume under FSDP (configs/accelerate/fsdp.yaml), DDP or one process")
             state, tensors = load_state(ckpt)
-            self.load_optimizer(tensors["optimizer"])
+            self.load_optimizer(tensors.get("optimizer"), ckpt)
             if scheduler is not None:
                 scheduler.load_state_dict(tensors["scheduler"])
             if restore is not None:
@@ -144,14 +150,18 @@ class Run:
         """The checkpoint of step ``step``: the stage's models and parts (``save(folder)``, called on every
         rank: a sharded model gathers; it writes into ``folder`` and returns its other tensors), optimiser,
         schedule, RNG (now, or ``rng`` as taken at the step's end). Rank 0 writes, the others wait."""
-        optimizer = self.optimizer_state()  # every rank: FSDP gathers the optimiser's shards
+        optimizer = self.optimizer_state()  # every rank: FSDP gathers the optimiser's shards, DeepSpeed writes its own
         if not dist.is_main():
             self.save(None)
             dist.barrier()
             return
         with atomic_dir(self.out / "checkpoint") as tmp:
             tensors = self.save(tmp) or {}
-            tensors.update({"optimizer": optimizer, "rng": rng or rng_state()})
+            tensors["rng"] = rng or rng_state()
+            if self.engine is not None:
+                (self.out / ZERO).rename(tmp / ZERO)  # every rank's shard, written by the engine
+            else:
+                tensors["optimizer"] = optimizer
             if self.scheduler is not None:
                 tensors["scheduler"] = self.scheduler.state_dict()
             save_state(tmp, {"step": step}, tensors)
@@ -159,7 +169,17 @@ class Run:
 
     def optimizer_state(self) -> dict | None:
         """The optimiser's whole state: its own ``state_dict``, or under FSDP the shards gathered into one state keyed
-        by parameter name (torch's ``get_optimizer_state_dict``; a collective), held by rank 0 alone."""
+        by parameter name (torch's ``get_optimizer_state_dict``; a collective), held by rank 0 alone. Under DeepSpeed
+        every rank writes its own shard with the engine's ``save_checkpoint`` into ``<output>/zero`` (a collective;
+        :meth:`save_checkpoint` moves the folder into the checkpoint) and this returns None."""
+        if self.engine is not None:
+            staging = self.out / ZERO
+            if dist.is_main() and staging.exists():
+                shutil.rmtree(staging)  # a run killed between writing it and moving it
+            dist.barrier()
+            self.engine.save_checkpoint(str(staging), tag=ZERO, save_latest=False)
+            dist.barrier()  # every shard written before rank 0 moves the folder
+            return None
         if self.sharded_model is None:
             return self.optimizer.state_dict() if dist.is_main() else None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -167,9 +187,17 @@ class Run:
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # the torch optimiser inside accelerate's
         return get_optimizer_state_dict(self.sharded_model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def load_optimizer(self, state: dict) -> None:
+    def load_optimizer(self, state: dict | None, ckpt: Path) -> None:
         """A checkpoint's optimiser state back into the optimiser; under FSDP every rank reads the whole state and
-        keeps its own shard of it (torch's ``set_optimizer_state_dict``)."""
+        keeps its own shard of it (torch's ``set_optimizer_state_dict``); under DeepSpeed the engine reads its shards
+        (and the weights, which equal the checkpoint's model) with its ``load_checkpoint``."""
+        if (state is None) != (self.engine is not None):
+            written = "under DeepSpeed" if state is None else "without DeepSpeed"
+            raise ConfigError(f"resume: the checkpoint was written {written} and this run is "
+                              f"{'not ' if self.engine is None else ''}under DeepSpeed; resume in the mode it was written in")
+        if self.engine is not None:
+            self.engine.load_checkpoint(str(ckpt / ZERO), tag=ZERO, load_optimizer_states=True, load_lr_scheduler_states=False)
+            return
         by_name = any(isinstance(k, str) for k in state.get("state", {}))  # FSDP's checkpoints key it by parameter name
         if by_name != (self.sharded_model is not None):
             raise ConfigError(f"resume: the checkpoint was written {'under FSDP' if by_name else 'without FSDP'} and this run "

@@ -294,7 +294,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
     if reference is not None:
         reference.to(device)
     policy, optimizer, scheduler, params = run.prepare(policy, accelerator, head_apart=True)  # the head: accel/head.py
-    start = run.begin(optimizer, scheduler, ckpt, accelerator)
+    start = run.begin(optimizer, scheduler, ckpt)
     t_start = time.perf_counter()  # the budget's clock: from here
     eval_total_s, last_eval_s = 0.0, None  # the held-out evaluations' seconds; the deadline keeps room for the last one
     first_step_s = None

@@ -50,7 +50,7 @@ from rlhfkit.models.loading import (
     save_model,
 )
 from rlhfkit.models.reward import load_reward
-from rlhfkit.models.rollout import Rollout, collect, concat, forward_tokens
+from rlhfkit.models.rollout import Rollout, causal_parts, collect, concat, forward_tokens
 from rlhfkit.models.value import ValueHead, ValueModel, can_be_value_model
 from rlhfkit.rl.advantages import (
     AdaptiveKLController,
@@ -249,18 +249,30 @@ def shard_what_trains(accelerator, trainer: TrainPass) -> None:
 
 
 def sync_weights(trainer, parts: TrainPass) -> None:
-    """Under FSDP, after an update: the trainer's trained weights into the rollout's unsharded models ``parts`` — what
-    each rank samples, evaluates and saves with. One parameter at a time is gathered whole (``full_tensor``, a
-    collective: every rank calls this), so the gather never holds more than one extra tensor."""
+    """Under FSDP and DeepSpeed, after an update: the trainer's trained weights into the rollout's whole models ``parts``
+    — what each rank samples, evaluates and saves with. One parameter at a time is gathered whole (FSDP2's
+    ``full_tensor``, ZeRO-3's ``GatheredParameters``; collectives: every rank calls this), so the gather never holds
+    more than one extra tensor. ZeRO-2 keeps every weight whole on every rank: a copy."""
     from torch.distributed.tensor import DTensor
 
-    whole = dict(parts.named_parameters())  # the same names: FSDP keeps the module tree
+    whole = dict(parts.named_parameters())  # the same names: FSDP and DeepSpeed keep the module tree
     with torch.no_grad():
         for name, param in trainer.named_parameters():
             if param.requires_grad:  # frozen weights never change, and are equal already
-                # activation checkpointing (fsdp_activation_checkpointing) wraps layers under a name of its own
-                whole[name.replace("_checkpoint_wrapped_module.", "")].copy_(
-                    param.full_tensor() if isinstance(param, DTensor) else param)
+                with dist.gathered(param):
+                    # activation checkpointing (fsdp_activation_checkpointing) wraps layers under a name of its own
+                    whole[name.replace("_checkpoint_wrapped_module.", "")].copy_(
+                        param.full_tensor() if isinstance(param, DTensor) else param)
+
+
+def gather_head_with_the_pass(trainer: TrainPass) -> None:
+    """ZeRO-3 gathers a module's weights when its ``forward`` runs. The policy's output head computes log-probs from its
+    weight outside its ``forward`` (``token_logprobs``), so that weight is registered with the whole pass instead."""
+    import deepspeed
+
+    _, head = causal_parts(trainer.policy)
+    for p in head.lm_head.parameters():
+        deepspeed.zero.register_external_parameter(trainer, p)
 
 
 def push_weights(parts: TrainPass, trainer) -> None:
@@ -279,14 +291,16 @@ def train_pass(policy, value_head, temperature: float):
 
 
 def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: dict, idx: torch.Tensor,
-             backward_scale: float | None = None):
+             backward_scale: float | None = None, engine=None):
     """Clipped policy loss + vf_coef × clipped value loss on rows ``idx``; returns (loss, stats, new log-probs).
 
     Every mean is over response tokens only, so tokens after EOS carry no loss.
     With ``backward_scale`` the loss × scale is back-propagated here; a separate value model then runs only
     after the policy's graph is freed — the same gradients (the two parameter sets are disjoint) with the
-    activations of one model alive at a time instead of two.
+    activations of one model alive at a time instead of two. ``engine``: a DeepSpeed engine, whose ``backward`` it is
+    (unscaled: the scale already weighs the micro-batch in its minibatch).
     """
+    backward = (lambda t: engine.backward(t, scale_wrt_gas=False)) if engine is not None else (lambda t: t.backward())
     mask = r.response_mask[idx].float()
     device = r.query.device.type
     with autocast(cfg.precision, device):
@@ -300,7 +314,7 @@ def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: d
         pg_stats["kl_loss"] = kl_loss.detach()
     split = backward_scale is not None and value_model is not None
     if split:
-        (pg_loss * backward_scale).backward()
+        backward(pg_loss * backward_scale)
     if value_model is not None:
         with autocast(cfg.precision, device):
             values = value_model(torch.cat([r.query[idx], r.response[idx]], 1),
@@ -311,7 +325,7 @@ def ppo_loss(cfg: PPOConfig, policy, value_model, value_head, r: Rollout, adv: d
         vf_loss, vf_stats = value_loss(values, r.values[idx], adv["returns"][idx], mask, cfg.vf_clip)
     loss = pg_loss + cfg.vf_coef * vf_loss
     if backward_scale is not None:
-        ((cfg.vf_coef * vf_loss if split else loss) * backward_scale).backward()
+        backward((cfg.vf_coef * vf_loss if split else loss) * backward_scale)
     stats = {"policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), **pg_stats, **vf_stats}
     return loss, stats, logprobs
 
@@ -328,8 +342,9 @@ def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params,
     world, me = dist.world_size(), dist.rank()
     batch = r.query.shape[0]
     mb_size = batch // cfg.num_minibatches
-    micro = max(1, mb_size // world // max(cfg.grad_accum, 1))
-    wrapped = [m for m in (policy, value_model) if hasattr(m, "no_sync")]  # DDP modules
+    micro = micro_rows(cfg, world)
+    engine = policy if hasattr(policy, "set_gradient_accumulation_boundary") else None  # DeepSpeed: it reduces, clips, steps
+    wrapped = [m for m in (policy, value_model) if hasattr(m, "no_sync") and engine is None]  # DDP modules
     stats: dict[str, list[float]] = {}
     first_mismatch = None
     epochs_done = 0
@@ -345,20 +360,27 @@ def optimise(cfg: PPOConfig, policy, value_model, value_head, optimizer, params,
                 # weighted as the loss averages (tokens, or answers): accumulation (and N processes) = one minibatch
                 share = r.response_mask[idx].sum() / tokens if cfg.loss_agg == "token" else len(idx) / len(rows)
                 scale = float(share) * world
+                if engine is not None:  # the minibatch's last micro-batch ends the engine's accumulation
+                    engine.set_gradient_accumulation_boundary(m0 + micro >= len(mine))
                 with contextlib.ExitStack() as no_sync:
                     if m0 + micro < len(mine):  # gradients are all-reduced after the share's last micro-batch only
                         for m in wrapped:
                             no_sync.enter_context(accelerator.no_sync(m))
-                    _, mb_stats, logprobs = ppo_loss(cfg, policy, value_model, value_head, r, adv, idx, backward_scale=scale)
+                    _, mb_stats, logprobs = ppo_loss(cfg, policy, value_model, value_head, r, adv, idx, backward_scale=scale,
+                                                     engine=engine)
                 if first_mismatch is None:  # the classic temperature/padding bug check: the ratio must start at 1
                     first_mismatch = float(((logprobs.detach() - r.logprobs[idx]).abs() * r.response_mask[idx]).max())
                 for k, v in mb_stats.items():
                     stats.setdefault(k, []).append(float(v))
                 epoch_kl.append(float(mb_stats["approx_kl"]))
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if engine is not None:
+                engine.step()  # the reduced gradients clipped to max_grad_norm (its gradient_clipping), AdamW, zero_grad
+                grad_norm = engine.get_global_grad_norm()  # before clipping, as clip_grad_norm_ returns it
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             stats.setdefault("grad_norm", []).append(float(grad_norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
         epochs_done = epoch + 1
         # every rank takes the same decision: the mean over ranks
         if cfg.target_kl is not None and dist.all_reduce_mean(sum(epoch_kl) / len(epoch_kl)) > cfg.target_kl:
@@ -516,6 +538,11 @@ def check_batches(cfg: PPOConfig) -> tuple[int, int]:
     return world, dist.rank()
 
 
+def micro_rows(cfg: PPOConfig, world: int) -> int:
+    """Rows of one backward pass on each process: its share of a minibatch, in ``grad_accum`` micro-batches."""
+    return max(1, cfg.batch_size // cfg.num_minibatches // world // max(cfg.grad_accum, 1))
+
+
 def adam_eps(cfg: PPOConfig) -> float:
     """Adam's epsilon: as set, or 1e-5 for PPO and 1e-8 for the critic-free algorithms, as TRL and OpenRLHF run them.
 
@@ -552,18 +579,17 @@ def train_ppo(cfg: PPOConfig) -> dict:
     run = Run(cfg.algo, cfg)  # its name on every line it prints: ppo, grpo, rloo or reinforce++
     out = run.out
     world, me = check_batches(cfg)
-    accelerator = dist.get_accelerator()
-    sharded = dist.is_fsdp(accelerator)
-    if dist.is_sharded(accelerator) and not sharded:
-        raise ConfigError("ppo: runs in one process, under DDP (configs/accelerate/ddp.yaml) or FSDP "
-                          "(configs/accelerate/fsdp.yaml); DeepSpeed is not supported")
+    accelerator = dist.get_accelerator(1, micro_rows(cfg, world))  # DeepSpeed's micro-batch: the rows of one backward
+    sharded = dist.is_sharded(accelerator)  # FSDP or DeepSpeed ZeRO: the training pass is a copy of its own
+    zero3 = dist.is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
     device = accelerator.device  # a GPU when there is one (one per process under DDP), else the CPU
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device.type))
     records = read_records(cfg.prompts, "prompt")  # the data first: a bad file fails before any model loads
     eval_records = read_records(cfg.eval_prompts, "prompt") if cfg.eval_prompts else []
     tok = load_tokenizer(cfg.policy)
     prompts = encode_prompts(cfg, tok, records)
-    reward = load_reward(cfg.reward, cfg.reward_batch_size)
+    with dist.whole_models(accelerator):
+        reward = load_reward(cfg.reward, cfg.reward_batch_size)
     eval_ids = encode_prompts(cfg, tok, eval_records)
     judge = None
     if cfg.eval_judge:
@@ -572,17 +598,21 @@ def train_ppo(cfg: PPOConfig) -> dict:
         judge = get_judge(cfg.eval_judge)
 
     ckpt = run.checkpoint_to_resume()
-    policy, reference = build_policy(cfg, ckpt)
-    value_model, value_head, value_kind = build_value(cfg, policy, tok, reward, ckpt)
+    with dist.whole_models(accelerator):  # ZeRO-3 would build every model split; the rollout's are whole on each rank
+        policy, reference = build_policy(cfg, ckpt)
+        value_model, value_head, value_kind = build_value(cfg, policy, tok, reward, ckpt)
     for module in (policy, reference, value_model, value_head, reward.model):  # every pass runs on the one device
         if module is not None:
             module.to(device)
-    # The training pass. Under FSDP it is a copy of the models whose weights are split over the processes;
-    # rollout, evaluation and saving use the whole models (``parts``), which take its weights after every update.
+    # The training pass. Under FSDP and DeepSpeed it is a copy of the models whose weights (or optimiser state) are split
+    # over the processes; rollout, evaluation and saving use the whole models (``parts``), which take its weights after
+    # every update.
     speed_up(policy, reference, value_model, reward.model, device=device, head_apart=True)  # the head: accel/head.py
     parts = TrainPass(policy, value_head, cfg.temperature, value_model if sharded else None)
-    # the same layers: the same numbers as the rollout's; frozen weights (a LoRA base) are the very same tensors
-    policy_train = copy.deepcopy(parts, {id(p): p for p in parts.parameters() if not p.requires_grad}) if sharded else parts
+    # the same layers: the same numbers as the rollout's; frozen weights (a LoRA base) are the very same tensors, except
+    # under ZeRO-3, which splits every weight of the module it is given
+    shared = {} if zero3 else {id(p): p for p in parts.parameters() if not p.requires_grad}
+    policy_train = copy.deepcopy(parts, shared) if sharded else parts
     value_train = policy_train.value_model if sharded else value_model
     lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 3e-6)
     optimizer, scheduler, params = build_optimiser(cfg, lr, policy_train.policy,
@@ -590,9 +620,12 @@ def train_ppo(cfg: PPOConfig) -> dict:
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     health = HealthMonitor(cfg.max_new_tokens)
-    if sharded:  # FSDP2: each decoder layer a unit; AdamW keeps the state of its own shard
-        shard_what_trains(accelerator, policy_train)
-        policy_train, optimizer = accelerator.prepare(policy_train, optimizer)
+    if sharded:  # FSDP2: each decoder layer a unit; ZeRO: the engine's partitions; AdamW keeps the state of its own part
+        if dist.is_fsdp(accelerator):
+            shard_what_trains(accelerator, policy_train)
+        policy_train, optimizer = run.prepare_sharded(accelerator, policy_train, optimizer, cfg.max_grad_norm)
+        if zero3:
+            gather_head_with_the_pass(dist.unwrap(accelerator, policy_train))
         params, value_train = trainable(policy_train), None  # the value model runs inside the sharded pass
     elif world > 1:  # DDP-wrapped training passes over the models the rollout uses
         policy_train = accelerator.prepare(policy_train)
@@ -615,8 +648,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
         parts = {"kl_ctl": kl_ctl.state_dict(), "health": health.state_dict()}
         return parts if value_params_module is None else {**parts, "value": value_params_module.state_dict()}
 
-    start = run.begin(optimizer, scheduler, ckpt, accelerator, restore=restore, sharded_model=policy_train if sharded else None)
-    if sharded and ckpt is not None:
+    start = run.begin(optimizer, scheduler, ckpt, restore=restore)
+    if dist.is_fsdp(accelerator) and ckpt is not None:  # (DeepSpeed's engine reads its own weights back)
         push_weights(parts, policy_train)  # the value head, restored into the whole models, into the trainer
     engine = rollout_engine(cfg, policy, tok)  # generation: vllm; None: our decoding loop samples
     # the held-out rows so far: a resumed run keeps those up to its checkpoint's step (as its log), a fresh run none
@@ -659,7 +692,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 t1 = time.perf_counter()
                 train_stats = optimise(cfg, policy_train, value_train, value_head, optimizer, params, rollout, adv, accelerator)
                 if sharded:
-                    sync_weights(policy_train, parts)  # the next rollout samples with the updated weights
+                    sync_weights(dist.unwrap(accelerator, policy_train), parts)  # the next rollout samples with the updated weights
                 if engine is not None:
                     engine.wake_up()
                     engine.load_weights(policy)  # the engine samples the next rollout with the updated policy

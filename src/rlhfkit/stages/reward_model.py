@@ -243,7 +243,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     sharded = dist.is_fsdp(accelerator)  # then every scoring pass goes through the prepared module, which gathers
     if world > 1:
         run.say(f"{world} processes ({accelerator.distributed_type.value}), {cfg.batch_size // world} prompts each per step")
-    start = run.begin(optimizer, scheduler, ckpt, accelerator)
+    start = run.begin(optimizer, scheduler, ckpt)
     if dist.is_main():
         (out / SPLIT_FILE).write_text(json.dumps({"eval_prompts": [g.prompt for g in held]}, ensure_ascii=False), encoding="utf-8")
 

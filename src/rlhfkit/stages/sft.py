@@ -84,7 +84,7 @@ def train_sft(cfg: SFTConfig) -> dict:
 
     ckpt = run.checkpoint_to_resume()
     model, optimizer, scheduler, params = run.prepare(build_model(cfg, ckpt), accelerator)  # AdamW, schedule, DDP/FSDP
-    start = run.begin(optimizer, scheduler, ckpt, accelerator)
+    start = run.begin(optimizer, scheduler, ckpt)
 
     def save(folder: Path | None) -> None:  # the checkpoint's model/
         gathered = dist.gathered_state(accelerator, model)  # every rank: FSDP/ZeRO gather their shards
