@@ -334,7 +334,8 @@ def test_sharded_ppo_on_two_gloo_processes_is_killed_resumes_and_follows_the_one
     args = ["-m", "rlhfkit", "ppo", "--policy", "tiny", "--reward", "judge:length", "--value-model", value_model, "--prompts",
             str(prompts), "--output", str(two), "--max-steps", "4", "--batch-size", "8", "--num-minibatches", "2",
             "--ppo-epochs", "2", "--max-new-tokens", "8", "--set", "schedule=constant", "--set", "report_to=none",
-            "--set", "threads=1", "--set", f"lr={settings['lr']}", "--set", f"lora={str(lora).lower()}", "--set", "save_every=1"]
+            "--set", "threads=1", "--set", f"lr={settings['lr']}", "--set", f"lora={str(lora).lower()}", "--set", "save_every=1",
+            "--set", "grad_accum=2"]  # each rank's share of a minibatch in two micro-batches, accumulated
     # The policy and the value model (a separate one: trained in the same sharded pass) split over the two
     # processes; killed after its first checkpoint, wherever it then is.
     launch_two_and_kill(args, tmp_path, config, two / "checkpoint")
@@ -396,3 +397,36 @@ def test_resuming_in_another_mode_than_the_checkpoints_is_one_clear_error(tmp_pa
     run.engine = object()  # a run under DeepSpeed, given a checkpoint of one process
     with pytest.raises(ConfigError, match="written without DeepSpeed and this run is under DeepSpeed"):
         run.load_optimizer(run.optimizer.state_dict(), tmp_path)
+
+
+def launch_two_expecting_error(args: list[str], cwd: Path, config: str) -> str:
+    """:func:`launch_command` run to its end, which must be a failure; returns its log (stderr)."""
+    cmd, env = launch_command(args, config)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0, done.stderr[-3000:]
+    return done.stderr
+
+
+@pytest.mark.slow
+@NEEDS_DEEPSPEED
+@ONE_PROCESS_ON_CPU
+def test_what_zero3_cannot_save_is_refused_before_training(memorise_file, tmp_path):
+    from tests.stages.test_reward_model import token_preference_data
+
+    # a LoRA reward model's merge, and SFT's merged copy, need whole weights, which no ZeRO-3 rank holds
+    log = launch_two_expecting_error(["-m", "rlhfkit", *rm_args(token_preference_data(tmp_path, n_prompts=8, k=2), tmp_path / "rm", 2),
+                                      "--set", "lora=true"], tmp_path, "deepspeed_zero3")
+    assert "lora: a LoRA reward model is not supported under DEEPSPEED" in log
+    log = launch_two_expecting_error(["-m", "rlhfkit", "sft", *sft_args(memorise_file, tmp_path / "sft", 2), "--set", "lora=true",
+                                      "--set", "merge_lora=true"], tmp_path, "deepspeed_zero3")
+    assert "merge_lora: under DeepSpeed ZeRO-3" in log
+    assert not (tmp_path / "rm" / "checkpoint").exists() and not (tmp_path / "sft" / "checkpoint").exists()
+
+
+def test_dpo_under_a_sharding_launch_is_one_clear_error(tmp_path, monkeypatch):
+    from rlhfkit.config import DPOConfig
+    from rlhfkit.stages.dpo import train_dpo
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # as accelerate launch sets it, here for one process
+    with pytest.raises(ConfigError, match="dpo: runs in one process, without FSDP or DeepSpeed"):
+        train_dpo(DPOConfig(model="tiny", data=str(tmp_path / "unread.jsonl"), output=str(tmp_path / "dpo")))

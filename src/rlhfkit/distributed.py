@@ -73,13 +73,27 @@ def get_accelerator(gradient_accumulation_steps: int = 1, micro_batch_size: int 
         atexit.unregister(_close_process_group)  # once, however many accelerators a program makes
         atexit.register(_close_process_group)
     plugin = getattr(acc.state, "deepspeed_plugin", None)
-    if plugin is not None and micro_batch_size and plugin.is_auto("train_micro_batch_size_per_gpu"):
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
-        if plugin.is_auto("gradient_accumulation_steps"):
-            plugin.deepspeed_config["gradient_accumulation_steps"] = gradient_accumulation_steps
-        if plugin.is_auto("train_batch_size"):  # DeepSpeed checks it against micro-batch × accumulation × processes
-            plugin.deepspeed_config["train_batch_size"] = micro_batch_size * gradient_accumulation_steps * acc.num_processes
+    if plugin is not None and micro_batch_size:  # DeepSpeed checks train_batch_size = micro-batch × accumulation × processes
+        fill_deepspeed_config(plugin, {"train_micro_batch_size_per_gpu": micro_batch_size,
+                                       "gradient_accumulation_steps": gradient_accumulation_steps,
+                                       "train_batch_size": micro_batch_size * gradient_accumulation_steps * acc.num_processes})
     return acc
+
+
+def fill_deepspeed_config(plugin, values: dict[str, Any]) -> None:
+    """Set the DeepSpeed config's entries (dotted keys) that the launch config leaves ``auto`` or unset, from this stage.
+
+    The plugin outlives a stage (a pipeline's next stage in the same process reuses it), so entries filled by an earlier
+    stage are filled again rather than kept."""
+    filled = plugin.__dict__.setdefault("rlhfkit_filled", set())
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = plugin.deepspeed_config
+        for part in parents:
+            node = node.setdefault(part, {})
+        if node.get(leaf, "auto") == "auto" or key in filled:
+            node[leaf] = value
+            filled.add(key)
 
 
 def use_fsdp_on_cpus(acc) -> None:
@@ -279,16 +293,18 @@ def gathered_state(accelerator, model) -> dict:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    elif is_sharded(accelerator):
-        state = accelerator.get_state_dict(model)  # ZeRO-3: None on the ranks other than the first, which save nothing
+    elif is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        state = accelerator.get_state_dict(model)  # None on the ranks other than the first, which save nothing
         if state is None:
             return {}
-    else:
+    else:  # one process, DDP, ZeRO-1/2: every rank holds the whole weights
         return {}
-    seen, tied = set(), set()
+    first_name: dict[int, str] = {}
     for name, p in unwrap(accelerator, model).named_parameters(remove_duplicate=False):
-        (tied if id(p) in seen else seen).add(name if id(p) in seen else id(p))
-    return {"state_dict": {k: v for k, v in state.items() if k not in tied}}
+        first_name.setdefault(id(p), name)
+    kept = set(first_name.values())  # a tied weight's later names are dropped
+    named = {name for name, _ in unwrap(accelerator, model).named_parameters(remove_duplicate=False)}
+    return {"state_dict": {k: v for k, v in state.items() if k in kept or k not in named}}  # buffers stay
 
 
 def save_pretrained(accelerator, model, path: str | Path, **kwargs) -> None:

@@ -26,6 +26,7 @@ held out.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -247,8 +248,9 @@ def train_dpo(cfg: DPOConfig) -> dict:
     run = Run("dpo", cfg)
     out = run.out
     world, _ = run.processes(cfg.batch_size, "pairs")
-    if world > 1:
-        raise ConfigError("dpo: runs in one process for now; start it without accelerate launch")
+    sharded = any(os.environ.get(f"ACCELERATE_USE_{engine}", "false").lower() == "true" for engine in ("FSDP", "DEEPSPEED"))
+    if world > 1 or sharded:  # (its loop steps the optimiser itself, which a DeepSpeed engine would ignore)
+        raise ConfigError("dpo: runs in one process, without FSDP or DeepSpeed, for now; start it without accelerate launch")
     records = read_records(cfg.data, "auto")  # the data first: a bad file fails before any model loads
     groups = build_groups(records)
     if cfg.eval_data:

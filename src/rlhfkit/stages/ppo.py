@@ -50,7 +50,7 @@ from rlhfkit.models.loading import (
     save_model,
 )
 from rlhfkit.models.reward import load_reward
-from rlhfkit.models.rollout import Rollout, causal_parts, collect, concat, forward_tokens
+from rlhfkit.models.rollout import Rollout, collect, concat, forward_tokens
 from rlhfkit.models.value import ValueHead, ValueModel, can_be_value_model
 from rlhfkit.rl.advantages import (
     AdaptiveKLController,
@@ -264,15 +264,6 @@ def sync_weights(trainer, parts: TrainPass) -> None:
                     whole[name.replace("_checkpoint_wrapped_module.", "")].copy_(
                         param.full_tensor() if isinstance(param, DTensor) else param)
 
-
-def gather_head_with_the_pass(trainer: TrainPass) -> None:
-    """ZeRO-3 gathers a module's weights when its ``forward`` runs. The policy's output head computes log-probs from its
-    weight outside its ``forward`` (``token_logprobs``), so that weight is registered with the whole pass instead."""
-    import deepspeed
-
-    _, head = causal_parts(trainer.policy)
-    for p in head.lm_head.parameters():
-        deepspeed.zero.register_external_parameter(trainer, p)
 
 
 def push_weights(parts: TrainPass, trainer) -> None:
@@ -579,7 +570,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
     run = Run(cfg.algo, cfg)  # its name on every line it prints: ppo, grpo, rloo or reinforce++
     out = run.out
     world, me = check_batches(cfg)
-    accelerator = dist.get_accelerator(1, micro_rows(cfg, world))  # DeepSpeed's micro-batch: the rows of one backward
+    share = cfg.batch_size // cfg.num_minibatches // world  # each rank's rows of a minibatch
+    # DeepSpeed's micro-batch (the rows of one backward) and accumulation steps (micro-batches per minibatch)
+    accelerator = dist.get_accelerator(math.ceil(share / micro_rows(cfg, world)), micro_rows(cfg, world))
     sharded = dist.is_sharded(accelerator)  # FSDP or DeepSpeed ZeRO: the training pass is a copy of its own
     zero3 = dist.is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
     device = accelerator.device  # a GPU when there is one (one per process under DDP), else the CPU
@@ -610,8 +603,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
     speed_up(policy, reference, value_model, reward.model, device=device, head_apart=True)  # the head: accel/head.py
     parts = TrainPass(policy, value_head, cfg.temperature, value_model if sharded else None)
     # the same layers: the same numbers as the rollout's; frozen weights (a LoRA base) are the very same tensors, except
-    # under ZeRO-3, which splits every weight of the module it is given
-    shared = {} if zero3 else {id(p): p for p in parts.parameters() if not p.requires_grad}
+    # under ZeRO-3, which splits every weight of the module it is given, and under DeepSpeed's bf16, which casts them
+    apart = zero3 or (dist.is_deepspeed(accelerator) and accelerator.state.mixed_precision != "no")
+    shared = {} if apart else {id(p): p for p in parts.parameters() if not p.requires_grad}
     policy_train = copy.deepcopy(parts, shared) if sharded else parts
     value_train = policy_train.value_model if sharded else value_model
     lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 3e-6)
@@ -624,8 +618,6 @@ def train_ppo(cfg: PPOConfig) -> dict:
         if dist.is_fsdp(accelerator):
             shard_what_trains(accelerator, policy_train)
         policy_train, optimizer = run.prepare_sharded(accelerator, policy_train, optimizer, cfg.max_grad_norm)
-        if zero3:
-            gather_head_with_the_pass(dist.unwrap(accelerator, policy_train))
         params, value_train = trainable(policy_train), None  # the value model runs inside the sharded pass
     elif world > 1:  # DDP-wrapped training passes over the models the rollout uses
         policy_train = accelerator.prepare(policy_train)

@@ -235,9 +235,9 @@ def train_reward(cfg: RewardConfig) -> dict:
         run.say("pooling: mean — AutoModelForSequenceClassification's own forward pools [CLS] and will score this model "
                 f"differently; score it with rlhfkit or with the function in {out / 'README.md'} (pooling: cls matches)")
 
-    if cfg.lora and dist.is_fsdp(accelerator):
-        raise ConfigError("lora: a LoRA reward model is not supported under FSDP (its merge for saving would change one "
-                          "rank's shards); train it under DDP (configs/accelerate/ddp.yaml) or without LoRA")
+    if cfg.lora and dist.is_sharded(accelerator):
+        raise ConfigError(f"lora: a LoRA reward model is not supported under {accelerator.distributed_type.value} (its merge "
+                          "for saving works on whole weights); train it under DDP (configs/accelerate/ddp.yaml) or without LoRA")
     ckpt = run.checkpoint_to_resume()
     model, optimizer, scheduler, params = run.prepare(RewardModule(build_reward_model(cfg, ckpt)), accelerator)
     sharded = dist.is_fsdp(accelerator)  # then every scoring pass goes through the prepared module, which gathers
@@ -297,7 +297,8 @@ def train_reward(cfg: RewardConfig) -> dict:
         final = save_final(cfg, out, model, tok, accelerator)
         final.eval()
         # Every rank scores the same samples (sharded models need identical passes); rank 0 writes the stats.
-        prompts, responses, policy = reference_samples(cfg, train + held)
+        with dist.whole_models(accelerator):  # stats_policy samples on its own, outside any sharding
+            prompts, responses, policy = reference_samples(cfg, train + held)
         scores = score_fn(prompts, responses) if sharded else score_texts(final, tok, prompts, responses, cfg.max_len,
                                                                           cfg.score_batch_size)
         stats = {"mean": float(scores.mean()), "std": float(scores.std()) if len(scores) > 1 else 1.0, "n": len(scores), "policy": policy}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rlhfkit import distributed as dist
 from rlhfkit.accel.precision import autocast, resolve_precision
-from rlhfkit.config import SFTConfig
+from rlhfkit.config import ConfigError, SFTConfig
 from rlhfkit.data.formats import read_records, sft_pair
 from rlhfkit.data.splits import batch_indices, none_held_out, split_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right, encode_sft
@@ -63,6 +63,9 @@ def train_sft(cfg: SFTConfig) -> dict:
     micro = max(1, local // max(cfg.grad_accum, 1))
     n_micro = math.ceil(local / micro)
     accelerator = dist.get_accelerator(n_micro, micro)
+    if cfg.lora and cfg.merge_lora and dist.is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        raise ConfigError("merge_lora: under DeepSpeed ZeRO-3 each rank holds a part of the base; set merge_lora: false and "
+                          "merge the saved adapter afterwards (peft's merge_and_unload), or train under ZeRO-2, FSDP or DDP")
     precision = resolve_precision(cfg.precision, accelerator.device.type)
     records = read_records(cfg.data, "sft")
     if cfg.eval_data:
