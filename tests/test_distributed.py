@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import math
 import os
 import socket
 import subprocess
@@ -46,15 +47,18 @@ ONE_PROCESS_ON_CPU = pytest.mark.skipif(
     reason="compares two CPU processes with a one-process run in this process, which would run on the GPU here")
 
 
-def launch_command(args: list[str], config: str = "ddp") -> tuple[list[str], dict]:
+def launch_command(args: list[str], config: str = "ddp", processes: int = 2, precision: str = "no",
+                   gpus: bool = False) -> tuple[list[str], dict]:
     """``accelerate launch`` of ``args`` (a script, or ``-m module ...``) as two CPU processes over gloo.
 
     Not ``--cpu``: accelerate then starts ONE process (several need mpirun); the shipped config starts two, and
     with no GPU ``get_accelerator`` joins them over gloo (FSDP2 for fsdp.yaml, in fp32 here). GPUs are hidden
-    from them, so that on a machine with one GPU the two processes do not both take it with NCCL."""
+    from them, so that on a machine with one GPU the two processes do not both take it with NCCL (``gpus``: they see it)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml"),
-           "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+           "--num_processes", str(processes), "--mixed_precision", precision, "--main_process_port", str(free_port()), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if not gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     return cmd, env
 
 
@@ -430,3 +434,26 @@ def test_dpo_under_a_sharding_launch_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # as accelerate launch sets it, here for one process
     with pytest.raises(ConfigError, match="dpo: runs in one process, without FSDP or DeepSpeed"):
         train_dpo(DPOConfig(model="tiny", data=str(tmp_path / "unread.jsonl"), output=str(tmp_path / "dpo")))
+
+
+@pytest.mark.slow
+@NEEDS_DEEPSPEED
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run where one is)")
+@pytest.mark.parametrize("config", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_ppo_under_deepspeed_on_a_gpu_in_bf16_trains_checkpoints_and_resumes(tmp_path, config):
+    from tests.conftest import write_jsonl
+
+    # DeepSpeed's own GPU set-up (NCCL, its bf16 cast of the trained copy), one process on the GPU
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": t} for t in PPO_PROMPTS])
+    out = tmp_path / "run"
+    for steps, extra in ((4, []), (6, ["--resume"])):
+        args = ["-m", "rlhfkit", *ppo_args(prompts, out, steps), "--set", "save_every=2", "--set", "precision=bf16", *extra]
+        cmd, env = launch_command(args, config, processes=1, precision="bf16", gpus=True)
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "checkpoint" / "zero").is_dir()
+    log = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(r["policy_loss"]) and math.isfinite(r["value_loss"]) for r in log)
+    # the synced weights reach the rollout: its log-probs are the trainer's up to bf16 rounding
+    assert max(r["logprob_mismatch"] for r in log) < 0.1
