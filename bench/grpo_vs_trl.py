@@ -82,7 +82,8 @@ def eval_prompts_file(out: Path, answers: int) -> Path:
 
 
 def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int, threads: int, seed: int,
-                eval_prompts: str = str(RECIPE / "eval.jsonl"), adam_eps: float | None = None):
+                eval_prompts: str = str(RECIPE / "eval.jsonl"), adam_eps: float | None = None,
+                max_grad_norm: float | None = None):
     """Our trainer on the same work (module docstring)."""
     from rlhfkit.config import LORA_TARGETS, PPOConfig
 
@@ -95,7 +96,7 @@ def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int
                      kl_coef=s["kl_coef"], adam_eps=s["adam_eps"] if adam_eps is None else adam_eps, missing_eos_penalty=None, whiten_advantages=False,  # GRPO never whitens; TRL RLOO neither
                      loss_agg="token" if algo == "grpo" else "constant", precision="fp32", threads=threads, seed=seed, save_every=0, report_to="none",
                      eval_prompts=eval_prompts, eval_judge="sentiment", eval_every=eval_every,
-                     keep_snapshots=False)
+                     keep_snapshots=False, **({} if max_grad_norm is None else {"max_grad_norm": max_grad_norm}))
 
 
 def ours_worker(job: dict, result: str) -> None:
@@ -103,7 +104,7 @@ def ours_worker(job: dict, result: str) -> None:
     from rlhfkit.tracking import read_metrics
 
     cfg = ours_config(job["algo"], Path(job["run"]), job["output"], job["updates"], job["eval_every"], job["threads"], job["seed"],
-                      job["eval_prompts"], job.get("adam_eps"))
+                      job["eval_prompts"], job.get("adam_eps"), job.get("max_grad_norm"))
     train_ppo(cfg)
     rows = read_metrics(Path(cfg.output) / "metrics.jsonl")
     Path(result).write_text(json.dumps({
@@ -149,7 +150,8 @@ def peer_side(python: Path, algo: str, run: Path, out: Path, args) -> dict:
 def ours_side(algo: str, run: Path, out: Path, args) -> dict:
     job = {"algo": algo, "run": str(run), "output": str(out / f"ours-{algo}"), "updates": args.updates,
            "eval_every": args.eval_every, "threads": args.threads, "seed": args.seed,
-           "eval_prompts": str(eval_prompts_file(out, args.eval_answers)), "adam_eps": args.adam_eps}
+           "eval_prompts": str(eval_prompts_file(out, args.eval_answers)), "adam_eps": args.adam_eps,
+           "max_grad_norm": args.max_grad_norm}
     (out / f"job-ours-{algo}.json").write_text(json.dumps(job))
     result = out / f"result-ours-{algo}.json"
     rss = run_process([sys.executable, str(Path(__file__).resolve()), "--worker", "--job", str(out / f"job-ours-{algo}.json"),
@@ -224,6 +226,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--adam-eps", type=float, default=None,
                     help="our side's Adam epsilon (default: SETTINGS', TRL's 1e-8); the peer's stays TRL's")
+    ap.add_argument("--max-grad-norm", type=float, default=None,
+                    help="our side's gradient-norm clip (default: our 1.0, as TRL's); RLOO's loss is TRL's ÷ 32, so "
+                         "1/32 = 0.03125 clips our gradients where TRL's clip of 1 clips its own")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "grpo_vs_trl"))
     ap.add_argument("--reuse", action="store_true",
                     help="keep OUT/results.json's sides and run only --algos × --sides again (e.g. a side a busy machine slowed)")
@@ -253,6 +258,7 @@ def main() -> None:
     plot(results, out / "gold_vs_minutes.png")
     (out / "results.json").write_text(json.dumps({"results": results, "settings": SETTINGS, "updates": args.updates,
                                                   "ours_adam_eps": SETTINGS["adam_eps"] if args.adam_eps is None else args.adam_eps,
+                                                  "ours_max_grad_norm": args.max_grad_norm,
                                                   "wall_s": time.perf_counter() - t0}, indent=1))
 
 
