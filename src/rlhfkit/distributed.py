@@ -162,6 +162,11 @@ def is_deepspeed(accelerator) -> bool:
     return accelerator is not None and accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
+def is_zero3(accelerator) -> bool:
+    """True under DeepSpeed ZeRO stage 3, where every rank holds only a part of each weight."""
+    return is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
 @contextmanager
 def whole_models(accelerator) -> Iterator[None]:
     """Models built inside are whole on every rank. Under ZeRO-3 with ``zero3_init_flag`` transformers builds every model
@@ -293,7 +298,7 @@ def gathered_state(accelerator, model) -> dict:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    elif is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3:
+    elif is_zero3(accelerator):
         state = accelerator.get_state_dict(model)  # None on the ranks other than the first, which save nothing
         if state is None:
             return {}

@@ -122,7 +122,7 @@ class Run:
                                                     "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * h * h),
                                                     "zero_optimization.stage3_param_persistence_threshold": 10 * h})
             zero = plugin.deepspeed_config.get("zero_optimization", {})
-            if plugin.zero_stage == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is False:
+            if dist.is_zero3(accelerator) and zero.get("stage3_gather_16bit_weights_on_model_save") is False:
                 raise ConfigError("DeepSpeed ZeRO-3: set zero3_save_16bit_model: true (stage3_gather_16bit_weights_on_model_save) "
                                   "in the launch config; the checkpoints and the final model are saved gathered")
         model, optimizer = accelerator.prepare(model, optimizer)

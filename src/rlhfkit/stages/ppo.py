@@ -265,7 +265,6 @@ def sync_weights(trainer, parts: TrainPass) -> None:
                         param.full_tensor() if isinstance(param, DTensor) else param)
 
 
-
 def push_weights(parts: TrainPass, trainer) -> None:
     """Under FSDP, on resume: the trainable weights restored into the rollout's models (value head) into the
     sharded trainer; every rank holds them whole and keeps its shard (torch's ``set_model_state_dict``)."""
@@ -570,11 +569,10 @@ def train_ppo(cfg: PPOConfig) -> dict:
     run = Run(cfg.algo, cfg)  # its name on every line it prints: ppo, grpo, rloo or reinforce++
     out = run.out
     world, me = check_batches(cfg)
-    share = cfg.batch_size // cfg.num_minibatches // world  # each rank's rows of a minibatch
+    share, micro = cfg.batch_size // cfg.num_minibatches // world, micro_rows(cfg, world)  # a rank's rows of a minibatch
     # DeepSpeed's micro-batch (the rows of one backward) and accumulation steps (micro-batches per minibatch)
-    accelerator = dist.get_accelerator(math.ceil(share / micro_rows(cfg, world)), micro_rows(cfg, world))
+    accelerator = dist.get_accelerator(math.ceil(share / micro), micro)
     sharded = dist.is_sharded(accelerator)  # FSDP or DeepSpeed ZeRO: the training pass is a copy of its own
-    zero3 = dist.is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
     device = accelerator.device  # a GPU when there is one (one per process under DDP), else the CPU
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device.type))
     records = read_records(cfg.prompts, "prompt")  # the data first: a bad file fails before any model loads
@@ -604,8 +602,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
     parts = TrainPass(policy, value_head, cfg.temperature, value_model if sharded else None)
     # the same layers: the same numbers as the rollout's; frozen weights (a LoRA base) are the very same tensors, except
     # under ZeRO-3, which splits every weight of the module it is given, and under DeepSpeed's bf16, which casts them
-    apart = zero3 or (dist.is_deepspeed(accelerator) and accelerator.state.mixed_precision != "no")
-    shared = {} if apart else {id(p): p for p in parts.parameters() if not p.requires_grad}
+    own_copy = dist.is_zero3(accelerator) or (dist.is_deepspeed(accelerator) and accelerator.state.mixed_precision != "no")
+    shared = {} if own_copy else {id(p): p for p in parts.parameters() if not p.requires_grad}
     policy_train = copy.deepcopy(parts, shared) if sharded else parts
     value_train = policy_train.value_model if sharded else value_model
     lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 3e-6)

@@ -63,7 +63,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     micro = max(1, local // max(cfg.grad_accum, 1))
     n_micro = math.ceil(local / micro)
     accelerator = dist.get_accelerator(n_micro, micro)
-    if cfg.lora and cfg.merge_lora and dist.is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3:
+    if cfg.lora and cfg.merge_lora and dist.is_zero3(accelerator):
         raise ConfigError("merge_lora: under DeepSpeed ZeRO-3 each rank holds a part of the base; set merge_lora: false and "
                           "merge the saved adapter afterwards (peft's merge_and_unload), or train under ZeRO-2, FSDP or DDP")
     precision = resolve_precision(cfg.precision, accelerator.device.type)
