@@ -703,7 +703,7 @@ class PPOConfig:
 class PipelineConfig:
     """The whole pipeline for one recipe (``rlhf pipeline``)."""
 
-    recipe: str = field(default="tutor", metadata={"help": "Recipe name (tutor, sentiment, writer, support) or a recipe folder."})
+    recipe: str = field(default="tutor", metadata={"help": "Recipe name (tutor, sentiment, writer, support, asr) or a recipe folder."})
     output: str = field(default="runs/pipeline", metadata={
         "help": "Run folder: sft/, candidates.jsonl, feedback.jsonl, rm/, ppo/, eval/, report.html."})
     model: str = field(default="default", metadata={"help": "Starting model spec (default: the shipped SmolLM2)."})

@@ -57,6 +57,15 @@ def test_report_embeds_every_plot_and_says_reward_hacking_when_proxy_rises_while
     assert "win vs ref (gold)" in html and "BLEU" in html
 
 
+def test_report_says_when_the_eval_answers_were_decoded_greedily(tmp_path):
+    run = fake_run(tmp_path / "run", gold_after=[0.4])
+    assert "answers sampled at temperature 0.7" in build_report(run).read_text()
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    (run / "eval" / "eval.json").write_text(json.dumps({**ev, "temperature": 0.0}))
+    html = build_report(run).read_text()
+    assert "answers decoded greedily (their KL is biased" in html and "sampled at temperature" not in html
+
+
 def test_report_has_no_reward_hacking_sentence_when_gold_keeps_rising(tmp_path):
     html = build_report(fake_run(tmp_path / "run", gold_after=[0.4, 0.5, 0.6])).read_text()
     assert html.count(IMG) == 5

@@ -136,6 +136,32 @@ def test_a_damaged_plan_json_is_a_clear_error_naming_the_file_and_line_and_a_bad
     (recipe / "recipe.yaml").write_text(text)
     with pytest.raises(ConfigError, match=r"recipe\.yaml: dev_prompts: expected a whole number of prompts ≥ 0, got 'many'"):
         load_recipe(str(recipe))
+    (recipe / "recipe.yaml").write_text(text.replace("dev_prompts: many", "dev_prompts: 24\nppo_share: 1.5"))
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: ppo_share: expected a fraction of the budget between 0 and 1, "
+                                          r"got 1\.5"):
+        load_recipe(str(recipe))
+
+
+def test_a_recipe_s_ppo_share_gives_the_stages_before_it_the_rest_of_the_budget():
+    sections = {**tutor_sections(), "sft": {**tutor_sections()["sft"], "max_steps": 400}}  # more SFT than fits
+    default = make_plan(sections, rates(), 17 * 60, 10, ALL_LEFT, n_dev=32)
+    small = make_plan(sections, rates(), 17 * 60, 10, ALL_LEFT, n_dev=32, non_ppo_share=0.8)
+    assert default["non_ppo_share"] == 0.6 and small["non_ppo_share"] == 0.8
+    assert default["target_s"] == pytest.approx(0.6 * AIM * 17 * 60 - 10, abs=0.2)
+    assert small["target_s"] == pytest.approx(0.8 * AIM * 17 * 60 - 10, abs=0.2)
+    assert small["stages"]["sft"]["count"] > default["stages"]["sft"]["count"]
+    assert small["ppo_deadline_s"] < default["ppo_deadline_s"]
+    assert load_recipe("tutor").ppo_share == 0.4 and load_recipe("asr").ppo_share == 0.2
+
+
+def test_the_planner_plans_with_the_recipe_s_ppo_share(tmp_path):
+    from rlhfkit.stages.budget import Planner
+
+    planner = Planner(tmp_path, tutor_sections(), 17, ppo_share=0.2)
+    planner.rates = rates()
+    _, plan = planner.plan("sft", 10.0)
+    assert plan["non_ppo_share"] == 0.8
+    assert json.loads((tmp_path / "plan.json").read_text())["plans"][0]["non_ppo_share"] == 0.8
 
 
 def finished_stage(folder, seconds: float, steps: list[float]):

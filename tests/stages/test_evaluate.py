@@ -96,6 +96,21 @@ def test_best_of_n_baseline_is_evaluated_beside_the_reference_with_its_analytic_
     assert ref["win_rate_rm"]["win_rate"] == 0.5 and "rm_score" not in ev["skipped"]
 
 
+def test_under_a_greedy_eval_the_best_of_n_baseline_still_samples_its_n(tmp_path):
+    from rlhfkit.config import EvalConfig
+    from rlhfkit.stages.evaluate import evaluate_models
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Question {i}?"} for i in range(3)])
+    cfg = EvalConfig(models=["tiny"], prompts=str(prompts), output=str(tmp_path / "eval"), reward="tiny",
+                     judge="length", best_of=3, max_new_tokens=5, bootstrap=100, temperature=0.0)
+    ev = evaluate_models(cfg)
+    assert ev["temperature"] == 0.0 and [m["name"] for m in ev["models"]] == ["tiny", "best-of-3"]
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    greedy = [s["response"] for s in samples if s["model"] == "tiny"]
+    best = [s["response"] for s in samples if s["model"] == "best-of-3"]
+    assert greedy != best  # three greedy answers would have been the greedy answer itself
+
+
 def test_several_answers_per_prompt_are_sampled_scored_and_compared_prompt_by_prompt(tmp_path):
     from rlhfkit.config import EvalConfig
     from rlhfkit.stages.evaluate import evaluate_models

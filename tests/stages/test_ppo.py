@@ -55,6 +55,29 @@ def test_ppo_logs_every_design_metric_and_starts_each_update_at_ratio_one(prompt
     assert (tmp_path / "run" / "adapter_config.json").exists()  # LoRA by default: the adapter is the output
 
 
+def test_distinct_responses_counts_answers_against_prompts_so_agreeing_answers_to_one_prompt_are_no_collapse():
+    from types import SimpleNamespace
+
+    from rlhfkit.stages.ppo import distinct_responses
+
+    query = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 8, 9], [7, 8, 9]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]])
+    agree = SimpleNamespace(query=query, query_mask=mask, texts=["a", "a", "b", "b"])  # two prompts, each answered alike
+    assert distinct_responses(agree) == 1.0
+    collapsed = SimpleNamespace(query=query, query_mask=mask, texts=["a", "a", "a", "a"])  # both prompts answered alike
+    assert distinct_responses(collapsed) == 0.5
+    # seven prompts answered alike hide behind no variety in the eighth's answers
+    hidden = SimpleNamespace(query=torch.tensor([[i] for i in range(7)] + [[7]] * 4), query_mask=torch.ones(11, 1),
+                             texts=["x"] * 7 + ["a", "b", "c", "d"])
+    assert distinct_responses(hidden) == 2 / 8
+    # the same ids behind another padding are the same prompt; one answer per prompt counts as before
+    padded = SimpleNamespace(query=torch.tensor([[0, 5, 6], [9, 5, 6]]), query_mask=torch.tensor([[0, 1, 1], [0, 1, 1]]),
+                             texts=["a", "a"])
+    assert distinct_responses(padded) == 1.0
+    each = SimpleNamespace(query=torch.tensor([[1], [2], [3], [4]]), query_mask=torch.ones(4, 1), texts=list("aabc"))
+    assert distinct_responses(each) == 0.75
+
+
 def test_tokens_after_eos_carry_no_loss(prompts_file):
     torch.manual_seed(0)
     tok = load_tokenizer("tiny")

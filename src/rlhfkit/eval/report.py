@@ -374,7 +374,9 @@ def eval_table(ev: dict) -> str:
     per = ev.get("samples_per_prompt") or 1
     note = (f"<p class=note>{ev.get('n_prompts', '?')} prompts{f' × {per} answers each' if per > 1 else ''} from "
             f"<code>{html.escape(str(ev.get('prompts', '')))}</code>; "
-            f"answers sampled at temperature {fmt(ev.get('temperature'), 'g')}; reference policy "
+            + ("answers decoded greedily (their KL is biased: a greedy answer is not a sample of the policy); "
+               if ev.get("temperature") == 0 else f"answers sampled at temperature {fmt(ev.get('temperature'), 'g')}; ")
+            + f"reference policy "
             f"<code>{html.escape(str(ev.get('reference', '')))}</code>; gold judge {fmt(ev.get('judge'))}. "
             "Win rates count ties as ½ (with several answers per prompt, a prompt counts the share of its answer pairs won); brackets are bootstrap 95% intervals over prompts; the lengths of both sides stand beside "
             "each win rate so that a win bought by length shows. KL is the sampled estimate Σ log π − log π_ref per "

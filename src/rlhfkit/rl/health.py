@@ -25,7 +25,7 @@ class HealthLimits:
     ratio_mean_band: float = 0.2  # |ratio_mean − 1| above this
     value_loss_growth: float = 10.0  # value loss above this × the median of the first steps
     value_loss_warmup: int = 5  # steps that set the value-loss baseline
-    distinct_floor: float = 0.5  # share of distinct responses in a batch at or below this (batches of 4+)
+    distinct_floor: float = 0.5  # distinct responses per distinct prompt in a batch at or below this (batches of 4+)
     repeat_every: int = 10  # steps between repeats of a warning that persists
 
 
@@ -92,7 +92,7 @@ class HealthMonitor:
                                                      "returns; lower value_lr, keep vf_clip, check the reward scale")
         distinct, n = m.get("distinct_responses"), m.get("batch_size", 0)
         if distinct is not None and n >= 4 and distinct <= lim.distinct_floor:
-            found["identical_answers"] = (f"only {distinct:.0%} of the responses in the batch are distinct: the policy "
+            found["identical_answers"] = (f"distinct responses for only {distinct:.0%} of the batch's prompts: the policy "
                                           "gives the same answer whatever the prompt (mode collapse onto what the reward "
                                           "likes); raise kl_coef, lower lr, check the reward model ignores the prompt")
         warnings = []

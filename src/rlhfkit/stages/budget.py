@@ -38,9 +38,9 @@ The cost model: a stage's seconds = fixed (loading, saving, its closing evaluati
 Decoding a batch of b rows: b × its prompt tokens × the prefill rate + new tokens × (a step + b × a row);
 a forward pass costs FORWARD_SHARE of a training pass (forward + backward) per token.
 
-A plan aims at AIM of the budget. The split favours PPO: sft, sample, rm and eval share at most
-NON_PPO_SHARE of it, all at one factor of their counts (never above the recipe's count, never below
-MINIMUM); PPO gets the rest: a deadline (the rest less its own loading, saving and held-out evaluations;
+A plan aims at AIM of the budget. By default the split favours PPO: sft, sample, rm and eval share at most
+NON_PPO_SHARE of it (a recipe's ``ppo_share`` s makes it 1 − s), all at one factor of their counts (never above the
+recipe's count, never below MINIMUM); PPO gets the rest: a deadline (the rest less its own loading, saving and held-out evaluations;
 PPO then stops after the update that leaves no room for another, judged from its own mean update) and
 max_steps = the updates the deadline fits × PPO_HEADROOM (at least PPO_MIN_STEPS), so a unit estimate on the slow
 side leaves no minutes unused: the deadline, not the count, ends PPO. An override ``ppo: {max_steps: N}`` caps it. Eval comes last and cannot be cut
@@ -69,6 +69,7 @@ COUNTS = {"sft": "max_steps", "sample": "limit", "rm": "max_steps", "ppo": "max_
 UNITS = {"sft": "steps", "sample": "prompts", "rm": "steps", "ppo": "updates", "eval": "prompts"}
 # sft + sample + rm + eval at most: PPO keeps 40 %, its share when the tutor recipe ran on the machine it was sized on
 NON_PPO_SHARE = 0.6
+DEFAULT_PPO_SHARE = round(1 - NON_PPO_SHARE, 4)  # a recipe's ppo_share unless it sets one
 # The least that keeps each stage doing its job: SFT a step past the first, one sampling batch (the reward
 # model then holds out a prompt), a few reward-model steps, a few eval prompts (PPO: one update, always).
 MINIMUM = {"sft": 3, "sample": 8, "rm": 4, "eval": 4}
@@ -248,14 +249,15 @@ def count_caps(sections: dict, r: Rates) -> dict:
 
 def make_plan(sections: dict, r: Rates, budget_s: float, spent_s: float, left: dict, *, ppo_spent_s: float = 0.0,
               held: dict | None = None, ppo_cap: int | None = None, deadline: bool = True, n_dev: int = 0,
-              eval_reserve_s: float | None = None, n_models: int = 2) -> dict:
+              eval_reserve_s: float | None = None, n_models: int = 2, non_ppo_share: float = NON_PPO_SHARE) -> dict:
     """Counts for the stages with runs ``left`` (stage → runs to go) that end at AIM × the budget; deterministic.
 
     ``spent_s``: the budget clock's seconds so far, ``ppo_spent_s`` of them PPO's. ``held``: stages whose count
     is fixed (a resumed stage keeps the count it started with). ``ppo_cap``: the most PPO updates (None: what
     fits). ``deadline`` False: PPO runs its held count whatever the time. ``n_dev``: PPO's held-out prompts.
     ``eval_reserve_s``: seconds kept for eval (its count as given) instead of its estimate. ``n_models``: the
-    models eval compares. With several algorithms, ``left["ppo"]`` counts their slots.
+    models eval compares. With several algorithms, ``left["ppo"]`` counts their slots. ``non_ppo_share``: the
+    most of the budget sft, sample, rm and eval share while PPO has runs left.
     """
     held = dict(held or {})
     goal = AIM * budget_s
@@ -276,7 +278,7 @@ def make_plan(sections: dict, r: Rates, budget_s: float, spent_s: float, left: d
     # sft, sample, rm and eval: one factor g of their counts, the largest that fits their share
     scaled = [s for s in ("sft", "sample", "rm", "eval") if left.get(s)]
     if ppo_left:  # their share of the budget, and never so much that PPO cannot make one update a round
-        target = min(NON_PPO_SHARE * goal - (spent_s - ppo_spent_s), remaining - ppo_left * (ppo_fixed + ppo_one))
+        target = min(non_ppo_share * goal - (spent_s - ppo_spent_s), remaining - ppo_left * (ppo_fixed + ppo_one))
     else:
         target = remaining
 
@@ -307,7 +309,7 @@ def make_plan(sections: dict, r: Rates, budget_s: float, spent_s: float, left: d
 
     # PPO: the rest — a deadline a round, and the updates it fits × PPO_HEADROOM as max_steps
     plan: dict = {"budget_s": round(budget_s, 1), "aim_s": round(goal, 1), "spent_s": round(spent_s, 1), "scaled": scaled,
-                  "factor": round(g, 3), "target_s": round(target, 1), "stages": {}}
+                  "factor": round(g, 3), "target_s": round(target, 1), "non_ppo_share": round(non_ppo_share, 4), "stages": {}}
     if ppo_left:
         reserve = sum(predicted.values()) + ppo_left * ppo_fixed  # after this PPO: later rounds, eval, PPO's own fixed seconds
         slot = (remaining - reserve) / ppo_left  # a round's deadline, from PPO's first update
@@ -371,7 +373,7 @@ def print_plan(plan: dict, at: str, done: dict) -> None:
         runs = f" × {row['runs']} rounds" if row["runs"] > 1 else ""
         t.add_row(stage, f"{row['count_key']} {row['count']}{runs}", f"{row['predicted_s'] / 60:.1f} min", row["why"])
     console.print(t)
-    share = f" (at most {NON_PPO_SHARE:.0%} of the budget); PPO gets the rest" if "ppo_deadline_s" in plan else " (what is left)"
+    share = f" (at most {plan['non_ppo_share']:.0%} of the budget); PPO gets the rest" if "ppo_deadline_s" in plan else " (what is left)"
     console.print(f"pipeline: {', '.join(plan['scaled'])} at {plan['factor']:.0%} of their counts to fit "
                   f"{max(plan['target_s'], 0) / 60:.1f} min{share}"
                   + (f": a {plan['ppo_deadline_s'] / 60:.1f}-min deadline a round" if "ppo_deadline_s" in plan else ""))
@@ -606,7 +608,8 @@ class Planner:
     """
 
     def __init__(self, out: Path, sections: dict, budget_minutes: float, rounds: int = 1, *, ppo_cap: int | None = None,
-                 deadline: bool = True, eval_reserve_minutes: float | None = None, n_dev: int = 0, policies: int = 1):
+                 deadline: bool = True, eval_reserve_minutes: float | None = None, n_dev: int = 0, policies: int = 1,
+                 ppo_share: float = DEFAULT_PPO_SHARE):
         self.path = out / "plan.json"
         try:
             saved = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
@@ -619,6 +622,7 @@ class Planner:
         self.reprobes: list = saved.get("reprobes", [])
         self.sections, self.budget_s, self.rounds = sections, 60 * budget_minutes, rounds
         self.ppo_cap, self.deadline, self.n_dev = ppo_cap, deadline, n_dev
+        self.non_ppo_share = 1 - ppo_share  # sft, sample, rm and eval's most, while PPO has runs left
         self.eval_reserve_s = None if eval_reserve_minutes is None else 60 * eval_reserve_minutes
         # policies: the algorithms trained side by side from one round's feedback, each a slot of PPO's share
         self.left = {"sft": 1, "sample": rounds, "rm": rounds, "ppo": rounds * policies, "eval": 1}
@@ -672,7 +676,7 @@ class Planner:
         left = {s: n for s, n in self.left.items() if n}
         plan = make_plan(sections, self.rates, self.budget_s, spent_s, left, ppo_spent_s=self.ppo_spent_s, held=held,
                          ppo_cap=self.ppo_cap, deadline=self.deadline, n_dev=n_dev, eval_reserve_s=self.eval_reserve_s,
-                         n_models=self.n_models)
+                         n_models=self.n_models, non_ppo_share=self.non_ppo_share)
         plan.update(at=key, rates=asdict(self.rates))
         self.started[key] = plan["stages"][at]["count"]
         self.plans.append(plan)

@@ -16,13 +16,13 @@ identical answers), then measure
   same for the recogniser's own 1-best and the oracle N-best (its hypothesis nearest the reference) as
   ``recogniser`` baselines.
 ``best_of=N`` adds a baseline: the reference's best of N samples by reward-model score (rejection
-sampling), whose KL is the analytic log N − (N − 1)/N.
+sampling; at temperature 1 when eval itself is greedy), whose KL is the analytic log N − (N − 1)/N.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -241,7 +241,9 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     if cfg.best_of:
         n = cfg.best_of
         console.print(f"eval: best-of-{n} baseline from the reference")
-        many = sample_answers(ref_sampler, ref_tok, [p for p in ref_prompts for _ in range(n)], cfg, cfg.seed + 1)
+        # N greedy answers would be one answer: under a greedy eval the N are sampled at temperature 1
+        drawn = cfg if cfg.temperature > 0 else replace(cfg, temperature=1.0)
+        many = sample_answers(ref_sampler, ref_tok, [p for p in ref_prompts for _ in range(n)], drawn, cfg.seed + 1)
         rm = [float(x) for x in scorer.score([r for r in records for _ in range(n)], many.texts)]
         pick = best_of_indices(rm, n)
         best = score(Answers([many.ids[k] for k in pick], [many.texts[k] for k in pick], [many.ended[k] for k in pick]))

@@ -38,7 +38,7 @@ from rlhfkit.config import (
     to_dict,
 )
 from rlhfkit.data.formats import read_records, write_records
-from rlhfkit.stages.budget import COUNTS, STAGE_SLACK, Planner, count_lines
+from rlhfkit.stages.budget import COUNTS, DEFAULT_PPO_SHARE, STAGE_SLACK, Planner, count_lines
 
 console = Console(stderr=True)
 
@@ -61,6 +61,8 @@ class Recipe:
     budget_minutes: float  # the budget the stage settings below were sized for (2-core CPU)
     description: str = ""
     dev_prompts: int = 32  # prompts.jsonl prompts held out (seeded) for PPO's snapshot evaluations, never trained on; 0: none
+    # the budget's share the policy optimisation keeps at least; sft, sample, rm and eval share the rest (budget.py)
+    ppo_share: float = DEFAULT_PPO_SHARE
     sft: dict = field(default_factory=dict)
     sample: dict = field(default_factory=dict)
     feedback: dict = field(default_factory=dict)
@@ -85,7 +87,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not path.exists():
         raise ConfigError(f"{name_or_path}: no such recipe (known: {', '.join(available_recipes())})")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    known = {"judge", "budget_minutes", "dev_prompts", "description", "algo", "sft", "sample", "feedback", "rm",
+    known = {"judge", "budget_minutes", "dev_prompts", "ppo_share", "description", "algo", "sft", "sample", "feedback", "rm",
              "ppo", "dpo", "eval"}
     for key in data:
         if key not in known:
@@ -99,6 +101,9 @@ def load_recipe(name_or_path: str) -> Recipe:
     dev = data.get("dev_prompts", 0)
     if isinstance(dev, bool) or not isinstance(dev, int) or dev < 0:
         raise ConfigError(f"{path}: dev_prompts: expected a whole number of prompts ≥ 0, got {dev!r}")
+    share = data.get("ppo_share", DEFAULT_PPO_SHARE)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share < 1.0:
+        raise ConfigError(f"{path}: ppo_share: expected a fraction of the budget between 0 and 1, got {share!r}")
     if "algo" in data:  # "" is not one: a recipe that names no algo leaves the key out
         parse_algos(data["algo"], f"{path}: algo")
     if folder.resolve().is_relative_to(Path.cwd()):
@@ -274,7 +279,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     # most a stage gets, except PPO's: it gets the rest of the budget, capped only by an override's max_steps.
     planner = Planner(out, sections, budget, cfg.rounds, ppo_cap=cfg.overrides.get("ppo", {}).get("max_steps"),
                       deadline=cfg.deadline and sections["ppo"].get("time_budget_minutes") is None,
-                      eval_reserve_minutes=cfg.eval_reserve_minutes, n_dev=recipe.dev_prompts, policies=len(algos))
+                      eval_reserve_minutes=cfg.eval_reserve_minutes, n_dev=recipe.dev_prompts, policies=len(algos),
+                      ppo_share=recipe.ppo_share)
     planner.probe(cfg.model, recipe.folder, cfg.threads)
     sec = sections
 

@@ -407,6 +407,16 @@ def rollout_engine(cfg: PPOConfig, policy, tok):
                               logprobs_mode="processed_logprobs", **several)  # log-probs after the temperature, as the policy's
 
 
+def distinct_responses(r: Rollout) -> float:
+    """Distinct answers across prompts: each distinct prompt's first answer, the distinct ones over the prompts. A
+    collapsed policy answers every prompt alike, while the answers to one prompt (samples_per_prompt of them) may
+    well agree; with one answer a prompt this is the share of distinct answers in the batch."""
+    first: dict[tuple, str] = {}
+    for q, m, text in zip(r.query, r.query_mask.bool(), r.texts):
+        first.setdefault(tuple(q[m].tolist()), text)
+    return len(set(first.values())) / max(len(first), 1)
+
+
 def rollout_metrics(r: Rollout, scores: torch.Tensor, adv: dict, beta: float) -> dict:
     mask = r.response_mask.float()
     ev = float(explained_variance(r.values, adv["returns"], mask))
@@ -424,7 +434,7 @@ def rollout_metrics(r: Rollout, scores: torch.Tensor, adv: dict, beta: float) ->
         "return_mean": float(masked_mean(adv["returns"], mask)),
         "response_len": float(mask.sum(1).mean()),
         "no_eos_frac": float((~r.has_eos).float().mean()),
-        "distinct_responses": len(set(r.texts)) / max(len(r.texts), 1),
+        "distinct_responses": distinct_responses(r),
         "batch_size": len(r.texts),
     }
 
