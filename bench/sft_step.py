@@ -1,6 +1,7 @@
-"""SFT step time on the shipped model: batch 8 × 256 tokens, full fine-tuning and LoRA.
+"""SFT step time on the shipped model: batch 8 × 256 tokens (64 of them prompt), full fine-tuning and LoRA.
+``--tokens 124 --prompt-tokens 112`` is the asr recipe's shape (a long prompt, a short transcript).
 
-    .venv/bin/python bench/sft_step.py [--steps 5] [--lora] [--precision fp32|bf16|bf16-base]
+    .venv/bin/python bench/sft_step.py [--steps 5] [--lora] [--precision fp32|bf16|bf16-base] [--tokens 256] [--prompt-tokens 64]
 
 ``bf16``: bf16 autocast over fp32 weights (SFT's ``precision: bf16``); ``bf16-base`` (LoRA only): the frozen
 base weights themselves in bf16 under autocast, the adapters fp32 (what PPO's LoRA policy does under bf16).
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--prompt-tokens", type=int, default=64, help="of --tokens: masked, the loss covers the rest")
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--precision", choices=["fp32", "bf16", "bf16-base"], default="fp32")
     args = ap.parse_args()
@@ -43,14 +45,14 @@ def main() -> None:
     use_onednn_linears(model)  # as train_sft does on the CPU (RLHFKIT_CPU_MATMUL=blas: torch's default route)
     model.train()
     g = torch.Generator().manual_seed(0)
-    # 64 prompt tokens (masked) + 192 response tokens per example: the loss covers the response.
+    # --prompt-tokens (masked) + the rest, the response, per example: the loss covers the response.
     examples = []
     for _ in range(args.batch):
         ids = torch.randint(100, 40000, (args.tokens,), generator=g).tolist()
-        examples.append(Encoded(ids, [IGNORE_INDEX] * 64 + ids[64:], False))
+        examples.append(Encoded(ids, [IGNORE_INDEX] * args.prompt_tokens + ids[args.prompt_tokens:], False))
     batch = collate_right(examples, tok.pad_token_id)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as the stages' (run.py)
     times = []
     for _ in range(args.steps + 1):
         t0 = time.perf_counter()
@@ -63,6 +65,7 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps({"mode": "lora" if args.lora else "full", "precision": args.precision, "batch": args.batch, "tokens": args.tokens,
+                      "prompt_tokens": args.prompt_tokens,
                       "median_step_s": round(statistics.median(times[1:]), 3), "steps": args.steps,
                       "threads": torch.get_num_threads(), "peak_rss_gib": round(peak_gib, 2)}))
 

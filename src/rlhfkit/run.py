@@ -97,7 +97,9 @@ class Run:
 
         cfg = self.cfg
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one pass over each tensor instead of a Python loop over them (the shipped model's full
+        # fine-tuning step: 0.43 → 0.12 s for the optimiser and the clip, bench/RESULTS.md), as PPO's
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
         if not dist.is_sharded(accelerator):

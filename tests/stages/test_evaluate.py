@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
@@ -57,6 +58,15 @@ def test_response_log_probs_cover_each_answer_token_and_do_not_depend_on_batchin
     # Batched (right-padded) log-probs equal one-at-a-time ones.
     single = response_logprobs(model, prompts[1:], answers[1:], 0.7, 1, tok.pad_token_id)
     assert abs(single[0][0] - lp[1][0]) < 1e-4
+    # Each equals log softmax(logits / T) of the whole unpadded sequence (logits are made for the answer columns only).
+    with torch.no_grad():
+        for p, a, row in zip(prompts, answers, lp):
+            logits = model(input_ids=torch.tensor([p + a])).logits[0, len(p) - 1:-1] / 0.7
+            want = torch.log_softmax(logits, -1).gather(1, torch.tensor(a)[:, None]).squeeze(1)
+            assert row == pytest.approx(want.tolist(), abs=1e-4)
+    # An empty answer has no log-probs, beside others or alone.
+    assert [len(x) for x in response_logprobs(model, prompts, [[], [14]], 0.7, 2, tok.pad_token_id)] == [0, 1]
+    assert response_logprobs(model, [[1, 4]], [[]], 0.7, 2, tok.pad_token_id) == [[]]
 
 
 def test_model_arguments_take_an_optional_label_and_duplicate_labels_are_numbered():

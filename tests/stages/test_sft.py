@@ -111,3 +111,32 @@ def test_a_fresh_run_into_a_used_folder_starts_fresh_tensorboard_curves(memorise
 def test_an_eval_fraction_that_holds_out_nothing_is_said(memorise_file, tmp_path, capsys):
     train_sft(tiny_cfg(memorise_file, tmp_path / "run", max_steps=1, eval_fraction=0.05))  # 5 % of 8 examples
     assert "rounds to none held out: no held-out metrics" in capsys.readouterr().err.replace("\n", " ")
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_response_loss_from_the_response_columns_equals_the_loss_from_all_logits(lora):
+    """response_loss makes logits only from the batch's first response column to its last; with prompts of
+    different lengths (right-padded rows) its sum and count equal the cross-entropy over every logit."""
+    from rlhfkit.data.tokenize import IGNORE_INDEX, Encoded, collate_right
+    from rlhfkit.models.lm_loss import response_loss, response_window
+    from rlhfkit.models.loading import add_lora
+
+    torch.manual_seed(0)
+    model = load_causal_lm("tiny")
+    if lora:
+        model = add_lora(model, 8, 16, 0.0, ["q_proj", "v_proj"])
+    rows = [(30, 4), (12, 9), (21, 1)]  # (prompt tokens, response tokens): the window spans columns 11 to 33
+    examples = []
+    for prompt, answer in rows:
+        ids = torch.randint(5, 1000, (prompt + answer,)).tolist()
+        examples.append(Encoded(ids, [IGNORE_INDEX] * prompt + ids[prompt:], False))
+    batch = collate_right(examples, 0)
+    assert response_window(batch["labels"][:, 1:]) == (11, 33)
+    loss, n = response_loss(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
+                                             ignore_index=IGNORE_INDEX, reduction="sum")
+    assert n == 4 + 9 + 1
+    assert float(loss.detach()) == pytest.approx(float(full.detach()), rel=1e-5)
+    loss.backward()  # the gradient flows through the kept columns
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)

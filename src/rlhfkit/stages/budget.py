@@ -393,8 +393,9 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     from rlhfkit.accel.runtime import set_threads
     from rlhfkit.config import PPOConfig, RewardConfig, SampleConfig, SFTConfig, from_dict
     from rlhfkit.data.formats import prompt_messages, read_records, sft_pair
-    from rlhfkit.data.tokenize import IGNORE_INDEX, collate_right, encode_prompt, encode_response, encode_sft, left_pad
+    from rlhfkit.data.tokenize import collate_right, encode_prompt, encode_response, encode_sft, left_pad
     from rlhfkit.models.generation import sampling_kwargs
+    from rlhfkit.models.lm_loss import response_loss
     from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer, resolve
     from rlhfkit.models.reward import RewardModule, build_reward_model, rm_inputs
     from rlhfkit.models.rollout import forward_tokens
@@ -471,7 +472,7 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     def train_step_s(params: list, clip: float, passes) -> tuple[float, float]:
         """(forward + backward, optimiser) seconds of one training step; the optimiser is timed at its second
         step, as the first allocates its state (once a run)."""
-        opt = torch.optim.AdamW(params, lr=1e-6)  # the probe's weights are thrown away
+        opt = torch.optim.AdamW(params, lr=1e-6, fused=True)  # as the stages' (run.py); the probe's weights are thrown away
         passes_s = timed(passes)
         torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
@@ -480,11 +481,10 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     batch = collate_right(examples[:max(1, round(sft.batch_size * PROBE_SHARE))], tok.pad_token_id)
     batch = {k: v.to(device) for k, v in batch.items()}
 
-    def sft_passes() -> None:  # SFT's loss: cross-entropy on the response tokens
+    def sft_passes() -> None:  # SFT's own loss: cross-entropy on the response tokens
         with autocast(precision, device.type):
-            logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch["labels"][:, 1:].reshape(-1),
-                                          ignore_index=IGNORE_INDEX).backward()
+            loss, n = response_loss(lm, batch)
+        (loss / max(n, 1)).backward()
 
     passes_s, train_opt_s = train_step_s([p for p in lm.parameters() if p.requires_grad], sft.grad_clip, sft_passes)
     train_token_s = passes_s / batch["input_ids"].numel()

@@ -35,7 +35,7 @@ from rlhfkit.data.formats import prompt_messages, prompt_text, read_records, sft
 from rlhfkit.data.tokenize import encode_prompt, encode_sft
 from rlhfkit.eval import metrics as M
 from rlhfkit.models.generation import decode_response, generate_ids
-from rlhfkit.models.lm_loss import heldout_loss
+from rlhfkit.models.lm_loss import heldout_loss, logits_between
 from rlhfkit.rl.losses import logprobs_from_logits
 
 console = Console(stderr=True)
@@ -89,20 +89,29 @@ def sample_answers(model, tok, prompt_ids: list[list[int]], cfg: EvalConfig, see
 @torch.inference_mode()
 def response_logprobs(model, prompts: list[list[int]], responses: list[list[int]], temperature: float,
                       batch_size: int, pad_id: int) -> list[list[float]]:
-    """log π(token) of each response token given its prompt (right-padded batches; logits / temperature)."""
+    """log π(token) of each response token given its prompt (right-padded batches; logits / temperature).
+
+    Logits are made only for a batch's columns from its first response token to its last (``logits_to_keep``),
+    as SFT's loss makes them: a prompt's columns are most of each row and need none.
+    """
     out: list[list[float]] = []
     for start in range(0, len(prompts), batch_size):
-        seqs = [p + r for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
+        batch_prompts, batch_responses = prompts[start:start + batch_size], responses[start:start + batch_size]
+        seqs = [p + r for p, r in zip(batch_prompts, batch_responses)]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
         attn = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
             ids[i, :len(s)] = torch.tensor(s)
             attn[i, :len(s)] = 1
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # position t predicts token t+1
-        lp = logprobs_from_logits(logits, ids[:, 1:], temperature)  # (batch, width - 1)
-        for i, (p, r) in enumerate(zip(prompts[start:start + batch_size], responses[start:start + batch_size])):
-            out.append(lp[i, len(p) - 1:len(p) - 1 + len(r)].tolist())
+        first, end = min(len(p) for p in batch_prompts) - 1, width - 1  # position t predicts token t+1
+        if first >= end:  # no response tokens in this batch
+            out.extend([] for _ in seqs)
+            continue
+        logits = logits_between(model, ids, attn, first, end)
+        lp = logprobs_from_logits(logits, ids[:, first + 1:end + 1], temperature)  # (batch, end - first)
+        for i, (p, r) in enumerate(zip(batch_prompts, batch_responses)):
+            out.append(lp[i, len(p) - 1 - first:len(p) - 1 - first + len(r)].tolist())
     return out
 
 
@@ -162,7 +171,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     """Evaluate ``cfg.models`` against ``cfg.reference``; writes eval.json and samples.jsonl; returns eval.json's dict."""
     from rlhfkit.accel.runtime import set_threads
     from rlhfkit.judges import get_judge
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.models.loading import load_start, load_tokenizer
 
     if not cfg.models:
         raise ConfigError("config: models: give at least one model (--model SPEC)")
@@ -208,7 +217,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     labels, specs = [label for label, _ in named], [spec for _, spec in named]
     console.print(f"eval: {len(prompt_records)} prompts × {per} answer(s), {len(specs)} model(s), reference {ref_spec}")
     ref_tok = load_tokenizer(ref_spec)
-    ref_model = load_causal_lm(ref_spec)
+    ref_model = load_start(ref_spec)
     speed_up(ref_model, device=torch.device("cpu"), head_apart=True)  # fp32 products: the measured route (accel/)
     ref_prompts = [encode_prompt(ref_tok, prompt_messages(r), cfg.chat) for r in records]
     console.print(f"eval: sampling the reference {ref_spec}")
@@ -223,7 +232,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
             ans, kl, method, model, tok = ref, 0.0, kl_method, ref_model, ref_tok
         else:
             console.print(f"eval: sampling {label}")
-            tok, model = load_tokenizer(spec), load_causal_lm(spec)
+            tok, model = load_tokenizer(spec), load_start(spec)  # LoRA adapters merged: eval trains nothing
             speed_up(model, device=torch.device("cpu"), head_apart=True)
             prompts = [encode_prompt(tok, prompt_messages(r), cfg.chat) for r in records]
             ans = score(sample_answers(sampling_copy(model, cfg.precision), tok, prompts, cfg, cfg.seed))
