@@ -5,7 +5,7 @@ import pytest
 
 import rlhfkit.stages.sft as sft
 from rlhfkit.config import PipelineConfig
-from rlhfkit.stages.budget import AIM, COUNTS, MINIMUM, STAGES, Rates, corrected, make_plan
+from rlhfkit.stages.budget import AIM, COUNTS, MINIMUM, STAGES, Rates, answer_steps, corrected, cost_keys, make_plan, stage_seconds
 from rlhfkit.stages.pipeline import load_recipe, run_pipeline
 
 ALL_LEFT = {"sft": 1, "sample": 1, "rm": 1, "ppo": 1, "eval": 1}
@@ -58,6 +58,24 @@ def test_budget_beyond_the_recipes_counts_goes_to_ppo_and_the_plan_ends_within_t
     assert at_ppo["ppo_reserve_s"] == pytest.approx(ev["predicted_s"] + ppo["fixed_s"], abs=0.2)
     assert at_ppo["ppo_deadline_s"] == pytest.approx(AIM * 17 * 60 - 400 - at_ppo["ppo_reserve_s"], abs=0.2)
     assert ev["count"] == 48  # the stages before PPO took what the plan gave them: eval keeps its count
+
+
+def test_short_sft_answers_predict_short_decoding_and_leave_the_time_to_sft():
+    """A batch decodes until its longest answer ends; the SFT answers' lengths say how long that is (the asr recipe's
+    transcripts end near 17 tokens of 40), capped at max_new_tokens. The time saved goes to the scaled stages."""
+    short = Rates(**{**rates().__dict__, "answer_tokens": [10, 12, 9, 17] * 16})  # 64 answers, batches of 32: 17 steps
+    long = Rates(**{**rates().__dict__, "answer_tokens": [300] * 64})
+    assert answer_steps(rates(), 80, 32) == 80  # no answers read (an older plan.json): max_new_tokens
+    assert answer_steps(short, 80, 32) == 17 and answer_steps(short, 12, 32) == 12 and answer_steps(long, 80, 32) == 80
+    assert answer_steps(Rates(**{**rates().__dict__, "answer_tokens": [5, 20, 5, 5]}), 80, 2) == 13  # (20 + 5) / 2, up
+    sections = tutor_sections()
+    keys = cost_keys(sections)
+    for stage in ("sample", "ppo", "eval"):
+        assert stage_seconds(stage, 10, keys[stage], short)[1] < stage_seconds(stage, 10, keys[stage], rates())[1]
+        assert stage_seconds(stage, 10, keys[stage], long)[1] == pytest.approx(stage_seconds(stage, 10, keys[stage], rates())[1])
+    tight = 12 * 60  # a budget the recipe's counts do not fit: SFT gets what the short answers leave
+    assert (counts(make_plan(sections, short, tight, 10, ALL_LEFT, n_dev=32))["sft"]
+            > counts(make_plan(sections, rates(), tight, 10, ALL_LEFT, n_dev=32))["sft"])
 
 
 def test_a_finished_stage_corrects_the_rates_and_the_rest_is_planned_again():

@@ -29,7 +29,8 @@ measures before it commits and plans again before every stage:
 
 The cost model: a stage's seconds = fixed (loading, saving, its closing evaluation) + its count × a unit.
   sft     steps    batch_size examples at the data's padded width × the training rate per token
-  sample  prompts  k rows each, decoded to max_new_tokens in batches of batch_size × k rows
+  sample  prompts  k rows each, decoded in batches of batch_size × k rows until the batch's longest answer ends (as
+                   long as the SFT answers' batches, at most max_new_tokens: :func:`answer_steps`; PPO and eval too)
   rm      steps    batch_size prompts × k responses at their padded width × the reward model's rate
   ppo     updates  a rollout (decode batch_size rows, then reference, policy and reward passes) and
                    ppo_epochs training passes; with eval_prompts, a held-out evaluation every eval_every
@@ -97,6 +98,7 @@ PROBE_SHARE = 0.5  # of a training batch in the probe's timed steps, scaled by t
 #                   slower per token than a batch, so the probe's batch is not made tiny)
 PPO_PROBE_SHARE = 0.25  # PPO's rollout batch, the largest (32 × ~220 tokens in the tutor recipe): a quarter is enough
 PROBE_RECORDS = 64  # records read for the data's lengths
+ANSWER_RECORDS = 512  # SFT answers whose lengths predict how long a batch decodes
 
 
 @dataclass
@@ -120,6 +122,9 @@ class Rates:
     n_prompts: int
     n_eval: int
     n_sft_heldout: int  # SFT's held-out examples (eval's perplexity runs on them)
+    # the SFT answers' tokens (EOS included), in file order: a model tuned on them answers about as long, and a batch
+    # decodes until its longest answer ends (empty: every batch runs to max_new_tokens)
+    answer_tokens: list = field(default_factory=list)
     probe_s: float = 0.0  # what the probe took
     # corrections from finished stages: measured ÷ predicted per kind of work (SFT corrects PPO's passes too)
     scale: dict = field(default_factory=lambda: {"train": 1.0, "decode": 1.0, "rm": 1.0})
@@ -136,6 +141,14 @@ def padded_width(lengths: list[int], batch: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------ the cost model
+
+
+def answer_steps(r: Rates, max_new_tokens: int, rows: int) -> int:
+    """Token steps a batch of ``rows`` answers decodes: its longest answer's, as the SFT answers' batches of that
+    many run (the asr recipe's transcripts: 17 of its 40 max_new_tokens), never above max_new_tokens."""
+    if not r.answer_tokens:
+        return max_new_tokens
+    return min(max_new_tokens, math.ceil(padded_width(r.answer_tokens, rows)))
 
 
 def decode_batch_s(r: Rates, rows: int, prompt_tokens: float, steps: int) -> float:
@@ -170,8 +183,9 @@ def ppo_eval_once_s(r: Rates, ppo: dict, n_dev: int) -> float:
         return 0.0
     if r.ppo_eval_s is not None:
         return r.ppo_eval_s
-    tokens = n_dev * (r.prompt_tokens + ppo["max_new_tokens"])
-    return (decode_s(r, n_dev, r.prompt_tokens, ppo["max_new_tokens"], ppo["batch_size"])
+    steps = answer_steps(r, ppo["max_new_tokens"], ppo["batch_size"])
+    tokens = n_dev * (r.prompt_tokens + steps)
+    return (decode_s(r, n_dev, r.prompt_tokens, steps, ppo["batch_size"])
             + FORWARD_SHARE * (2 * ppo_train_s(r, tokens) + rm_train_s(r, n_dev * r.rm_width)))
 
 
@@ -185,16 +199,19 @@ def stage_seconds(stage: str, n: int, sec: dict, r: Rates, n_dev: int = 0, n_mod
     if stage == "sample":
         k = sec["k"]
         fixed = r.fixed.get("sample", r.load_s)
-        return fixed, decode_s(r, n * k, r.prompt_tokens, sec["max_new_tokens"], sec["batch_size"] * k)
+        rows = sec["batch_size"] * k
+        return fixed, decode_s(r, n * k, r.prompt_tokens, answer_steps(r, sec["max_new_tokens"], rows), rows)
     if stage == "rm":
         # fixed: loading, saving, reward_stats (the scores of stats_samples responses)
         stats = FORWARD_SHARE * rm_train_s(r, sec["stats_samples"] * r.rm_width)
         fixed = r.fixed.get("rm", 2 * r.rm_load_s + stats)
         return fixed, n * (rm_train_s(r, sec["batch_size"] * sec["k"] * r.rm_width) + r.scale["rm"] * r.rm_opt_s)
     if stage == "ppo":
-        rows, tokens = sec["batch_size"], sec["batch_size"] * (r.prompt_tokens + sec["max_new_tokens"])
+        rows = sec["batch_size"]
+        steps = answer_steps(r, sec["max_new_tokens"], rows)
+        tokens = rows * (r.prompt_tokens + steps)  # the passes cut the columns past the longest answer
         # a rollout: decode, then the reference's and the policy's log-probs and the reward model's scores
-        rollout = (decode_s(r, rows, r.prompt_tokens, sec["max_new_tokens"], rows)
+        rollout = (decode_s(r, rows, r.prompt_tokens, steps, rows)
                    + FORWARD_SHARE * (2 * ppo_train_s(r, tokens) + rm_train_s(r, rows * r.rm_width)))
         training = sec["ppo_epochs"] * (ppo_train_s(r, tokens) + sec["num_minibatches"] * r.scale["train"] * r.train_opt_s)
         update = r.ppo_update_s if r.ppo_update_s is not None else rollout + training
@@ -205,14 +222,15 @@ def stage_seconds(stage: str, n: int, sec: dict, r: Rates, n_dev: int = 0, n_mod
         return fixed, n * per_update
     if stage == "eval":
         rows = n * sec["samples_per_prompt"]
-        tokens = rows * (r.eval_prompt_tokens + sec["max_new_tokens"])
+        steps = answer_steps(r, sec["max_new_tokens"], sec["batch_size"])
+        tokens = rows * (r.eval_prompt_tokens + steps)
         # each model's answers (sft and the tuned ones); KL (log-probs under each tuned model and the reference);
         # reward-model scores of all
-        sampled = n_models * decode_s(r, rows, r.eval_prompt_tokens, sec["max_new_tokens"], sec["batch_size"])
+        sampled = n_models * decode_s(r, rows, r.eval_prompt_tokens, steps, sec["batch_size"])
         passes = FORWARD_SHARE * n_models * (train_s(r, tokens) + rm_train_s(r, rows * r.rm_width))
         best = 0.0
         if sec.get("best_of"):
-            best = (decode_s(r, rows * sec["best_of"], r.eval_prompt_tokens, sec["max_new_tokens"], sec["batch_size"])
+            best = (decode_s(r, rows * sec["best_of"], r.eval_prompt_tokens, steps, sec["batch_size"])
                     + FORWARD_SHARE * sec["best_of"] * rm_train_s(r, rows * r.rm_width))
         # fixed: loading the reference (and its bf16 copy), each tuned model and the reward model; every model's
         # perplexity; the report
@@ -393,7 +411,7 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     from rlhfkit.accel.runtime import set_threads
     from rlhfkit.config import PPOConfig, RewardConfig, SampleConfig, SFTConfig, from_dict
     from rlhfkit.data.formats import prompt_messages, read_records, sft_pair
-    from rlhfkit.data.tokenize import collate_right, encode_prompt, encode_response, encode_sft, left_pad
+    from rlhfkit.data.tokenize import IGNORE_INDEX, collate_right, encode_prompt, encode_response, encode_sft, left_pad
     from rlhfkit.models.generation import sampling_kwargs
     from rlhfkit.models.lm_loss import response_loss
     from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer, resolve
@@ -540,6 +558,7 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
         sft_width=padded_width([len(e.input_ids) for e in examples], sft.batch_size),
         rm_width=padded_width(rm_lengths, rmc.batch_size * smp.k),
         n_prompts=len(prompts), n_eval=len(evals), n_sft_heldout=int(round(len(sft_records) * sft.eval_fraction)),
+        answer_tokens=[sum(t != IGNORE_INDEX for t in e.labels) for e in examples[:ANSWER_RECORDS]],
         probe_s=time.perf_counter() - t_probe)
 
 
