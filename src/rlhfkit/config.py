@@ -458,6 +458,9 @@ class DPOConfig:
                 "scores (unpaired labels, thumbs) are read as their label."})
     label_smoothing: float = field(default=0.0, metadata={
         "help": "With the sigmoid loss, the assumed share of flipped labels ε (conservative DPO; 0: off)."})
+    rpo_alpha: float = field(default=0.0, metadata={
+        "help": "RPO: add α × the chosen answer's negative log-likelihood per token to the sigmoid or IPO loss, so the "
+                "chosen answer's likelihood rises rather than only its margin (Pang et al. 2024; 0: off)."})
     max_steps: int = field(default=100, metadata={"help": "Optimiser steps."})
     time_budget_minutes: float | None = field(default=None, metadata={
         "help": "Stop after the step that leaves no room for another within this many minutes (None: run max_steps)."})

@@ -155,6 +155,15 @@ def test_dpo_and_ipo_losses_on_hand_computed_log_probs():
         dpo_loss(pc, pr, rc, rr, loss_type="kto")
 
 
+def test_rpo_s_term_is_the_chosen_answer_s_negative_log_likelihood_per_token():
+    from rlhfkit.rl.losses import chosen_nll
+
+    # summed log-probs −6 over 3 tokens and −2 over 4: NLL per token 2 and 0.5; averaged ones (IPO) pass through
+    assert chosen_nll(torch.tensor([-6.0, -2.0]), torch.tensor([3.0, 4.0])).tolist() == pytest.approx([2.0, 0.5])
+    assert chosen_nll(torch.tensor([-1.5]), torch.tensor([1.0])).tolist() == pytest.approx([1.5])
+    assert chosen_nll(torch.tensor([-1.5]), torch.tensor([0.0])).tolist() == pytest.approx([1.5])  # an empty answer: no ÷0
+
+
 def test_kto_loss_against_a_hand_computed_example():
     import math
 

@@ -66,6 +66,25 @@ def test_full_fine_tuning_uses_a_frozen_reference_and_ipo_moves_towards_its_targ
     assert (tmp_path / "ipo" / "model.safetensors").exists()
 
 
+def test_rpo_adds_the_chosen_answer_s_nll_and_raises_its_likelihood_more_than_dpo_alone(tmp_path):
+    """rpo_alpha α: the loss at step 1 is log 2 + α × the chosen answers' NLL per token (the policy starts as the
+    reference), and the chosen answers' log-probs rise above where DPO alone leaves them. Both runs draw the same
+    batches step by step, so each step's logp_chosen compares the same answers (measured: RPO 0.5 nats above
+    DPO by step 12 on seeds 0 and 1)."""
+    data = token_pairs(tmp_path)
+    train_dpo(dpo_cfg(data, tmp_path / "dpo", max_steps=12, eval_every=0))
+    train_dpo(dpo_cfg(data, tmp_path / "rpo", max_steps=12, eval_every=0, rpo_alpha=1.0))
+    dpo_log, rpo_log = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("dpo", "rpo"))
+    assert dpo_log[0]["logp_chosen"] == pytest.approx(rpo_log[0]["logp_chosen"], abs=1e-5)
+    assert rpo_log[0]["loss"] > dpo_log[0]["loss"] + 5.0  # log 2 + the NLL per token of random-model answers (~10.8)
+    assert all(r["logp_chosen"] >= d["logp_chosen"] - 1e-3 for r, d in zip(rpo_log, dpo_log))
+    assert rpo_log[-1]["logp_chosen"] > dpo_log[-1]["logp_chosen"] + 0.25
+    with pytest.raises(ConfigError, match="rpo_alpha"):
+        train_dpo(dpo_cfg(data, tmp_path / "bad", rpo_alpha=-1.0))
+    with pytest.raises(ConfigError, match="rpo_alpha.*kto"):
+        train_dpo(dpo_cfg(data, tmp_path / "bad", rpo_alpha=1.0, loss_type="kto"))
+
+
 def test_no_pairs_is_an_error_that_names_the_file(tmp_path):
     from rlhfkit.data.formats import RecordError
 

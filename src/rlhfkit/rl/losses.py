@@ -146,6 +146,13 @@ def kto_reference_point(policy_mismatched: Tensor, ref_mismatched: Tensor) -> Te
     return (policy_mismatched - ref_mismatched).mean().clamp(min=0).detach()
 
 
+def chosen_nll(policy_chosen: Tensor, chosen_tokens: Tensor) -> Tensor:
+    """The chosen answers' negative log-likelihood per token, (pairs,): RPO's term (Pang et al. 2024), which DPO adds
+    at a weight α so that the chosen answer's likelihood rises, not only its margin over the rejected one (with
+    DPO alone both can fall). ``policy_chosen``: summed log-probs (or already averaged: give tokens of 1)."""
+    return -policy_chosen / chosen_tokens.clamp(min=1)
+
+
 def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float = 0.1,
              loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Direct preference optimisation on (pairs,) sequence log-probs of the chosen and rejected answers.

@@ -46,7 +46,7 @@ from rlhfkit.eval.heldout import held_out_eval
 from rlhfkit.models.loading import add_lora, disable_dropout, load_start, load_tokenizer, save_model
 from rlhfkit.models.reward import JudgeReward, load_reward
 from rlhfkit.models.rollout import forward_tokens
-from rlhfkit.rl.losses import dpo_loss, kto_loss, kto_reference_point
+from rlhfkit.rl.losses import chosen_nll, dpo_loss, kto_loss, kto_reference_point
 from rlhfkit.run import Run
 
 
@@ -114,6 +114,12 @@ def answer_logprobs(model, prompts: list[list[int]], answers: list[list[int]], p
     mask = response_mask.to(logprobs.dtype)
     total = (logprobs * mask).sum(1)
     return total / mask.sum(1).clamp(min=1.0) if average else total
+
+
+def chosen_tokens(pairs: list[EncodedPair], average: bool, like: torch.Tensor) -> torch.Tensor:
+    """Each pair's chosen-answer tokens, (pairs,), to make its summed log-prob a per-token one (1s when the
+    log-probs are length-averaged already, as IPO's are)."""
+    return torch.tensor([1 if average else len(p.chosen) for p in pairs], dtype=like.dtype, device=like.device)
 
 
 def sequence_logprobs(model, pairs: list[EncodedPair], pad_id: int, device, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +210,7 @@ def evaluate(cfg: DPOConfig, policy, reference, held: list, pad_id: int, device,
             pc, pr = sequence_logprobs(policy, batch, pad_id, device, average)
             rc, rr = reference_logprobs(policy, reference, batch, pad_id, device, average)
         loss, c, r = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        loss = loss + cfg.rpo_alpha * chosen_nll(pc, chosen_tokens(batch, average, pc)) if cfg.rpo_alpha else loss
         losses.append(loss), chosen.append(c), rejected.append(r)
     return pair_metrics(torch.cat(losses), torch.cat(chosen), torch.cat(rejected), prefix="eval_")
 
@@ -262,6 +269,9 @@ def train_dpo(cfg: DPOConfig) -> dict:
         groups, held_groups = split_records(groups, cfg.eval_fraction, cfg.seed)
     tok = load_tokenizer(cfg.model)
     kto = cfg.loss_type == "kto"
+    if cfg.rpo_alpha < 0 or (kto and cfg.rpo_alpha):
+        raise ConfigError(f"dpo: rpo_alpha: expected 0 or more with the sigmoid or ipo loss, got {cfg.rpo_alpha} "
+                          f"({cfg.loss_type} loss)")
     if kto and cfg.batch_size // max(cfg.grad_accum, 1) < 2:
         raise ConfigError("dpo: kto needs at least 2 answers per micro-batch (batch_size / grad_accum): its reference "
                           "point pairs each answer with another answer's prompt")
@@ -331,6 +341,8 @@ def train_dpo(cfg: DPOConfig) -> dict:
                         pc, pr = sequence_logprobs(policy, mb, tok.pad_token_id, device, average)
                 if not kto:
                     losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+                    if cfg.rpo_alpha:  # RPO: + α × the chosen answer's NLL per token
+                        losses = losses + cfg.rpo_alpha * chosen_nll(pc, chosen_tokens(mb, average, pc))
                 weight = torch.tensor([p.weight for p in mb], dtype=losses.dtype, device=losses.device)
                 # the (weighted) mean over the step's pairs (KTO: answers), whatever the micro-batches
                 ((losses * weight).sum() / total_weight).backward()
