@@ -70,9 +70,11 @@ def test_short_sft_answers_predict_short_decoding_and_leave_the_time_to_sft():
     assert answer_steps(Rates(**{**rates().__dict__, "answer_tokens": [5, 20, 5, 5]}), 80, 2) == 13  # (20 + 5) / 2, up
     sections = tutor_sections()
     keys = cost_keys(sections)
-    for stage in ("sample", "ppo", "eval"):
+    for stage in ("sample", "ppo"):
         assert stage_seconds(stage, 10, keys[stage], short)[1] < stage_seconds(stage, 10, keys[stage], rates())[1]
         assert stage_seconds(stage, 10, keys[stage], long)[1] == pytest.approx(stage_seconds(stage, 10, keys[stage], rates())[1])
+    # eval, last and not to be cut short, keeps max_new_tokens: a tuned policy may stop ending its answers
+    assert stage_seconds("eval", 10, keys["eval"], short) == stage_seconds("eval", 10, keys["eval"], rates())
     tight = 12 * 60  # a budget the recipe's counts do not fit: SFT gets what the short answers leave
     assert (counts(make_plan(sections, short, tight, 10, ALL_LEFT, n_dev=32))["sft"]
             > counts(make_plan(sections, rates(), tight, 10, ALL_LEFT, n_dev=32))["sft"])

@@ -132,7 +132,12 @@ def test_the_response_loss_from_the_response_columns_equals_the_loss_from_all_lo
         examples.append(Encoded(ids, [IGNORE_INDEX] * prompt + ids[prompt:], False))
     batch = collate_right(examples, 0)
     assert response_window(batch["labels"][:, 1:]) == (11, 33)
+    head = (model.get_base_model() if lora else model).get_output_embeddings()
+    seen = []
+    hook = head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
     loss, n = response_loss(model, batch)
+    hook.remove()
+    assert seen == [34 - 11]  # the head ran on the columns from the window's first to the last, not on all 34
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
                                              ignore_index=IGNORE_INDEX, reduction="sum")

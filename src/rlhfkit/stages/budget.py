@@ -23,14 +23,15 @@ measures before it commits and plans again before every stage:
    and left its training pass as on a quiet machine), so the probe runs again and every rate
    comes from the machine as it is now; at most MAX_REPROBES times a run. On a quiet machine they land within
    0.7–1.1× of the rates. Sampling is judged batch by batch at the token steps each batch ran
-   (:func:`decoding_ratio`), not by its seconds: its answers end at EOS, before the max_new_tokens the rates
-   assume. PPO is not judged: its speed also measures how short its answers are (the asr recipe's 11-token
+   (:func:`decoding_ratio`), not by its seconds: its answers end at EOS, sooner or later than the SFT answers' lengths
+   the rates assume. PPO is not judged: its speed also measures how short its answers are (the asr recipe's 11-token
    transcripts made PPO 2.6× faster than its rates on a quiet machine).
 
 The cost model: a stage's seconds = fixed (loading, saving, its closing evaluation) + its count × a unit.
   sft     steps    batch_size examples at the data's padded width × the training rate per token
   sample  prompts  k rows each, decoded in batches of batch_size × k rows until the batch's longest answer ends (as
-                   long as the SFT answers' batches, at most max_new_tokens: :func:`answer_steps`; PPO and eval too)
+                   long as the SFT answers' batches, at most max_new_tokens: :func:`answer_steps`; PPO too, and eval
+                   to max_new_tokens)
   rm      steps    batch_size prompts × k responses at their padded width × the reward model's rate
   ppo     updates  a rollout (decode batch_size rows, then reference, policy and reward passes) and
                    ppo_epochs training passes; with eval_prompts, a held-out evaluation every eval_every
@@ -145,7 +146,8 @@ def padded_width(lengths: list[int], batch: int) -> float:
 
 def answer_steps(r: Rates, max_new_tokens: int, rows: int) -> int:
     """Token steps a batch of ``rows`` answers decodes: its longest answer's, as the SFT answers' batches of that
-    many run (the asr recipe's transcripts: 17 of its 40 max_new_tokens), never above max_new_tokens."""
+    many run (the asr recipe's transcripts: 17 of its 40 max_new_tokens), never above max_new_tokens. Sampling's and
+    PPO's estimate (both are measured as they run); eval's reserve keeps max_new_tokens."""
     if not r.answer_tokens:
         return max_new_tokens
     return min(max_new_tokens, math.ceil(padded_width(r.answer_tokens, rows)))
@@ -222,7 +224,9 @@ def stage_seconds(stage: str, n: int, sec: dict, r: Rates, n_dev: int = 0, n_mod
         return fixed, n * per_update
     if stage == "eval":
         rows = n * sec["samples_per_prompt"]
-        steps = answer_steps(r, sec["max_new_tokens"], sec["batch_size"])
+        # max_new_tokens, not the SFT answers' lengths: a tuned policy may stop ending its answers, and eval, last,
+        # cannot be cut short
+        steps = sec["max_new_tokens"]
         tokens = rows * (r.eval_prompt_tokens + steps)
         # each model's answers (sft and the tuned ones); KL (log-probs under each tuned model and the reference);
         # reward-model scores of all
@@ -453,6 +457,8 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     # the first load reads the weights from disk (on a cold page cache 15 s against 2.4 s warm for the shipped model,
     # measured); every stage after the probe finds them cached, so the second load is what each of theirs costs
     load()
+    tok, lm = None, None  # one copy at a time
+    gc.collect()
     load_s = timed(load)
     prompt_ids = [encode_prompt(tok, prompt_messages(p), smp.chat) for p in prompts[:PROBE_RECORDS]]
     eval_ids = [encode_prompt(tok, prompt_messages(p), evc["chat"]) for p in evals[:PROBE_RECORDS]]

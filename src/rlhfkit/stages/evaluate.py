@@ -171,7 +171,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     """Evaluate ``cfg.models`` against ``cfg.reference``; writes eval.json and samples.jsonl; returns eval.json's dict."""
     from rlhfkit.accel.runtime import set_threads
     from rlhfkit.judges import get_judge
-    from rlhfkit.models.loading import load_start, load_tokenizer
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
     if not cfg.models:
         raise ConfigError("config: models: give at least one model (--model SPEC)")
@@ -217,7 +217,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     labels, specs = [label for label, _ in named], [spec for _, spec in named]
     console.print(f"eval: {len(prompt_records)} prompts × {per} answer(s), {len(specs)} model(s), reference {ref_spec}")
     ref_tok = load_tokenizer(ref_spec)
-    ref_model = load_start(ref_spec)
+    ref_model = load_causal_lm(ref_spec)
     speed_up(ref_model, device=torch.device("cpu"), head_apart=True)  # fp32 products: the measured route (accel/)
     ref_prompts = [encode_prompt(ref_tok, prompt_messages(r), cfg.chat) for r in records]
     console.print(f"eval: sampling the reference {ref_spec}")
@@ -232,7 +232,9 @@ def evaluate_models(cfg: EvalConfig) -> dict:
             ans, kl, method, model, tok = ref, 0.0, kl_method, ref_model, ref_tok
         else:
             console.print(f"eval: sampling {label}")
-            tok, model = load_tokenizer(spec), load_start(spec)  # LoRA adapters merged: eval trains nothing
+            # an adapter stays apart from its base: merged into the bf16 sampling copy, updates below half a bf16
+            # step of a weight would round away
+            tok, model = load_tokenizer(spec), load_causal_lm(spec)
             speed_up(model, device=torch.device("cpu"), head_apart=True)
             prompts = [encode_prompt(tok, prompt_messages(r), cfg.chat) for r in records]
             ans = score(sample_answers(sampling_copy(model, cfg.precision), tok, prompts, cfg, cfg.seed))
