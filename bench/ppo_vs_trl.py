@@ -263,9 +263,19 @@ def instrument() -> list[dict]:
 PHASES = ["generation", "reference pass", "value pass", "reward pass", "training"]
 
 
-def measure_roofline(threads: int, bf16: bool = True) -> dict[str, float]:
+def has_bf16_instructions() -> bool:
+    """Whether the CPU's flags name bf16 instructions (AVX-512 bf16 or AMX)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def measure_roofline(threads: int, bf16: bool | None = None) -> dict[str, float]:
     """This machine's best matmul rates (FLOP/s; 2048² products, best of 10) in fp32 through oneDNN, fp32
-    through torch's default BLAS route (MKL) and bf16: the rooflines the profile compares with.
+    through torch's default BLAS route (MKL) and, where the CPU has bf16 instructions (``bf16`` None: its flags
+    say), bf16: the rooflines the profile compares with.
 
     Measured, not assumed: on the 2-core VMs this bench ran on, fp32 ranged 200-460 GFLOP/s by processor
     (MKL runs its AVX2 code on AMD processors, oneDNN AVX-512). Taken before and after the runs (the better
@@ -289,7 +299,9 @@ def measure_roofline(threads: int, bf16: bool = True) -> dict[str, float]:
 
     mkl = rate(lambda: a @ b)
     out = {"fp32_blas": mkl, "fp32": rate(lambda: onednn_mm(a, b)) if onednn_linear_available() else mkl}
-    if bf16:  # without bf16 instructions a bf16 product of this size takes about a minute
+    if bf16 is None:
+        bf16 = has_bf16_instructions()
+    if bf16:  # without bf16 instructions a bf16 product of this size takes about a minute (11 of them: 11 minutes)
         a16, b16 = a.bfloat16(), b.bfloat16()
         out["bf16"] = rate(lambda: a16 @ b16)
     print("roofline (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in out.items()), flush=True)

@@ -77,13 +77,14 @@ def main() -> None:
     from rlhfkit.accel import speed_up
     from rlhfkit.accel.cpu_linear import ISA_SETTINGS, onednn_chosen
     from rlhfkit.accel.precision import resolve_precision
+    from rlhfkit.accel.runtime import set_threads
     from rlhfkit.data.formats import prompt_messages, read_records
     from rlhfkit.data.tokenize import encode_prompt, left_pad
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     import rlhfkit.models.rollout as rollout
     from rlhfkit.models.rollout import sample
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)  # as every stage sets up: the threads, and the allocator keeping freed memory for reuse
     roof = measure_roofline(args.threads, bf16=any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16")))
     tok = load_tokenizer("default")
     plain = load_causal_lm("default")

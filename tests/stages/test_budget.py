@@ -314,3 +314,37 @@ def test_ppo_gets_room_for_updates_when_the_rates_say_none_fit():
     assert plan["ppo_fits"] == 0 and plan["stages"]["ppo"]["count"] == PPO_MIN_STEPS
     assert make_plan(tutor_sections(), rates(slow=10.0), 15 * 60, 400, {"ppo": 1, "eval": 1}, n_dev=24,
                      ppo_cap=2)["stages"]["ppo"]["count"] == 2  # an override still caps it
+
+
+def test_the_probe_decodes_with_the_stages_own_sampler_and_times_training_after_a_warm_up_pass(monkeypatch):
+    """Sampling from the whole distribution goes through our loop, where the K rows of a prompt share its pass: the
+    probe times that loop, not ``generate``, and times each training pass only after an untimed one of the same batch
+    (a first pass pays one-off set-up that a stage pays once)."""
+    import rlhfkit.models.rollout as rollout
+    from rlhfkit.stages.budget import PROBE_TOKENS, probe
+
+    recipe = load_recipe("tutor")
+    sections = {k: {**dict(getattr(recipe, k)), **over} for k, over in {
+        "sft": {"batch_size": 4, "max_len": 128}, "sample": {"k": 3, "batch_size": 2, "max_new_tokens": 8},
+        "feedback": {}, "rm": {"model": "tiny-minilm"}, "ppo": {"batch_size": 16, "max_new_tokens": 8}, "eval": {}}.items()}
+    decoded, passes = [], []
+    real_sample, real_forward = rollout.sample, rollout.forward_tokens
+
+    def counting_sample(model, query, query_mask, n, *args, **kwargs):
+        decoded.append((query.shape[0], n, len({tuple(r) for r in query.tolist()})))
+        return real_sample(model, query, query_mask, n, *args, **kwargs)
+
+    def counting_forward(model, query, *args, **kwargs):
+        passes.append(tuple(query.shape))
+        return real_forward(model, query, *args, **kwargs)
+
+    monkeypatch.setattr(rollout, "sample", counting_sample)
+    monkeypatch.setattr(rollout, "forward_tokens", counting_forward)
+    r = probe(sections, "tiny", recipe.folder, 1)
+    # the warm-up and the three timed decodes at (rows, 1), (rows, 1 + D), (rows / 8, 1 + D): 2 prompts × k = 3 rows
+    # each, every prompt's rows alike (they share its pass)
+    assert [(rows, n) for rows, n, _ in decoded] == [(6, 1), (6, 1), (6, 1 + PROBE_TOKENS), (1, 1 + PROBE_TOKENS)]
+    assert [distinct for *_, distinct in decoded[:3]] == [2, 2, 2]
+    # PPO's pass twice on the same batch (an eighth of its 16 rows): the warm-up, then the timed one
+    assert passes == [(2, passes[0][1])] * 2
+    assert r.ppo_token_s > 0 and r.train_token_s > 0 and r.rm_token_s > 0 and r.step_s + r.step_row_s > 0

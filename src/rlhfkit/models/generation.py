@@ -27,6 +27,12 @@ def sampling_kwargs(temperature: float, top_p: float = 1.0, top_k: int = 0) -> d
     return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k or None}
 
 
+def uses_our_sampler(temperature: float, top_p: float = 1.0, top_k: int = 0) -> bool:
+    """Whether :func:`generate_ids` decodes through our loop (sampling from the whole distribution: faster, and rows
+    that repeat a prompt share its pass) rather than through transformers' ``generate`` (greedy, top-p, top-k)."""
+    return temperature > 0 and top_p >= 1.0 and not top_k
+
+
 def cut_at_eos(ids: list[int], eos_id: int, pad_id: int) -> list[int]:
     """Response ids up to and including the first EOS (generate pads finished rows afterwards)."""
     out = []
@@ -49,7 +55,7 @@ def generate_ids(model, tok, prompts: list[list[int]], max_new_tokens: int, temp
     kwargs = sampling_kwargs(temperature, top_p, top_k)
     # sampling from the whole distribution goes through our loop (faster, bench/RESULTS.md); greedy, top-p and
     # top-k through transformers' generate
-    full_distribution = temperature > 0 and top_p >= 1.0 and not top_k
+    full_distribution = uses_our_sampler(temperature, top_p, top_k)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("generating", total=len(prompts))
         for start in range(0, len(order), batch_size):

@@ -6,9 +6,11 @@ measures before it commits and plans again before every stage:
 
 1. Probe (:func:`probe`, once per run folder, before any stage): the run's own starting model and reward
    backbone at the recipe's shapes — loading each, a short decode at two batch widths (the prompt pass and
-   the per-token step apart), an SFT and a PPO training pass, a reward-model step. Seconds, not minutes:
-   on the quiet 2-core machine 6–8 s for the tiny model (28 s when the machine was busy), ~20 s for the
-   shipped 135M model (2 % of the tutor recipe's 17 minutes). Why a probe rather than timing each stage's
+   the per-token step apart) through the stages' own decoder, an SFT and a PPO training pass, a reward-model
+   step, each timed after an untimed one (a first pass pays one-off set-up a stage pays once). Seconds, not
+   minutes: on the quiet 2-core machine 6–8 s for the tiny model (28 s when the machine was busy), ~20 s for the
+   shipped 135M model with AVX-512 and bf16, ~31 s on an AVX2-only one (3 % of the tutor recipe's 15 minutes).
+   Why a probe rather than timing each stage's
    first steps: a stage takes a count, fixed when it starts (PPO alone also takes a deadline), so its own
    first steps come too late to size it; SFT, the first stage, would run blind.
 2. Re-plan (:meth:`Planner.plan`, before each stage): the stages left are planned from the seconds the
@@ -97,7 +99,7 @@ REPORT_S = 5.0  # the report and the summary after eval (matplotlib figures; ben
 PROBE_TOKENS = 10  # decode steps timed past the first
 PROBE_SHARE = 0.5  # of a training batch in the probe's timed steps, scaled by tokens to the batch (a few rows run far
 #                   slower per token than a batch, so the probe's batch is not made tiny)
-PPO_PROBE_SHARE = 0.25  # PPO's rollout batch, the largest (32 × ~220 tokens in the tutor recipe): a quarter is enough
+PPO_PROBE_SHARE = 0.125  # PPO's rollout batch, the largest (32 × ~220 tokens in the tutor recipe): an eighth, timed warm
 PROBE_RECORDS = 64  # records read for the data's lengths
 ANSWER_RECORDS = 512  # SFT answers whose lengths predict how long a batch decodes
 
@@ -416,11 +418,11 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     from rlhfkit.config import PPOConfig, RewardConfig, SampleConfig, SFTConfig, from_dict
     from rlhfkit.data.formats import prompt_messages, read_records, sft_pair
     from rlhfkit.data.tokenize import IGNORE_INDEX, collate_right, encode_prompt, encode_response, encode_sft, left_pad
-    from rlhfkit.models.generation import sampling_kwargs
+    from rlhfkit.models.generation import sampling_kwargs, uses_our_sampler
     from rlhfkit.models.lm_loss import response_loss
     from rlhfkit.models.loading import add_lora, load_causal_lm, load_tokenizer, resolve
     from rlhfkit.models.reward import RewardModule, build_reward_model, rm_inputs
-    from rlhfkit.models.rollout import forward_tokens
+    from rlhfkit.models.rollout import forward_tokens, sample
 
     t_probe = time.perf_counter()
     set_threads(threads)
@@ -465,18 +467,27 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     examples = [encode_sft(tok, *sft_pair(x), sft.max_len, sft.max_prompt_len) for x in sft_records]
 
     # decoding: t(b rows, n tokens) = b × width × prefill + n × (step + b × row), timed at (R, 1), (R, 1 + D), (R/8, 1 + D)
+    # by the stages' own decoder (generate_ids's choice: our loop, where the K rows of a prompt share its pass, so the
+    # prefill rate is per row at sampling's K; or transformers' generate), set up as sampling sets it up
     sampler = sampling_copy(lm, smp.precision, device.type).to(device)
+    speed_up(sampler, device=device, head_apart=True)
     rows = [p for p in prompt_ids[:smp.batch_size] for _ in range(smp.k)]
     small = rows[:max(1, len(rows) // 8)]
 
     @torch.inference_mode()
     def decode(batch: list[list[int]], n: int) -> None:
         ids, attn = left_pad(batch, tok.pad_token_id)
-        sampler.generate(input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=n, min_new_tokens=n,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                         **sampling_kwargs(smp.temperature, smp.top_p, smp.top_k))
+        ids, attn = ids.to(device), attn.to(device)
+        if uses_our_sampler(smp.temperature, smp.top_p, smp.top_k):  # EOS -1: every row runs n steps
+            sample(sampler, ids, attn, n, smp.temperature, eos_id=-1, pad_id=tok.pad_token_id)
+        else:
+            sampler.generate(input_ids=ids, attention_mask=attn, max_new_tokens=n, min_new_tokens=n,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                             **sampling_kwargs(smp.temperature, smp.top_p, smp.top_k))
 
-    decode(rows[:2], 2)  # warm-up: one-off set-up of the kernels
+    # warm-up at the full batch: the first pass of a shape pays one-off set-up (kernels, fresh memory); timed without
+    # it, one AVX2-only machine's fit read the prompt pass ~2 s slow and the token steps as nearly free
+    decode(rows, 1)
     a = timed(lambda: decode(rows, 1))
     b = timed(lambda: decode(rows, 1 + PROBE_TOKENS))
     c = timed(lambda: decode(small, 1 + PROBE_TOKENS))
@@ -488,8 +499,9 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     step_s = max(step_big - len(rows) * step_row_s, 0.0)
     del sampler
 
-    # a training step at SFT's precision (LoRA as SFT trains it) on PROBE_SHARE of its batch. No warm-up step: a first
-    # step's one-off set-up (SFT's own first step pays it too) errs on the slow side, and SFT's steps correct it.
+    # a training step at SFT's precision (LoRA as SFT trains it) on PROBE_SHARE of its batch, timed after an untimed
+    # pass of the same batch: a first pass pays one-off set-up that a stage pays once, not every step (on an
+    # AVX2-only machine the first SFT pass ran 1.5× and the first PPO pass 2.4× the next one's seconds per token)
     if sft.lora:
         lm = add_lora(lm, sft.lora_r, sft.lora_alpha, sft.lora_dropout, sft.lora_targets)
     speed_up(lm, device=device)
@@ -500,6 +512,8 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
         """(forward + backward, optimiser) seconds of one training step; the optimiser is timed at its second
         step, as the first allocates its state (once a run)."""
         opt = torch.optim.AdamW(params, lr=1e-6, fused=True)  # as the stages' (run.py); the probe's weights are thrown away
+        passes()  # warm-up
+        opt.zero_grad(set_to_none=True)
         passes_s = timed(passes)
         torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
@@ -528,11 +542,13 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
                                          torch.ones_like(response).to(device), ppo.temperature)
         logprobs.sum().backward()
 
+    ppo_passes()  # warm-up
+    lm.zero_grad(set_to_none=True)
     ppo_token_s = timed(ppo_passes) / (query.numel() + response.numel())
     del lm
     gc.collect()
 
-    # a reward-model step on PROBE_SHARE of its batch's rows (prompt, a response of max_new_tokens); no warm-up either
+    # a reward-model step on PROBE_SHARE of its batch's rows (prompt, a response of max_new_tokens), after a warm-up pass
     rm_tok, rm = None, None
 
     def load_rm() -> None:
