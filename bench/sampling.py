@@ -85,7 +85,7 @@ def main() -> None:
     from rlhfkit.models.rollout import sample
 
     set_threads(args.threads)  # as every stage sets up: the threads, and the allocator keeping freed memory for reuse
-    roof = measure_roofline(args.threads, bf16=any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16")))
+    roof = measure_roofline(args.threads)  # bf16 too where the CPU's flags name bf16 instructions
     tok = load_tokenizer("default")
     plain = load_causal_lm("default")
     routed = load_causal_lm("default")
