@@ -119,3 +119,14 @@ def test_value_model_applies_the_normalised_reward_head_at_every_response_positi
             prefix = full[:, : ids.shape[1] + t]
             score = raw(input_ids=prefix, attention_mask=torch.ones_like(prefix)).logits[0, 0]
             assert values[0, t].item() == pytest.approx(((score - mean) / std).item(), abs=1e-4)
+
+
+def test_the_decoding_loop_passes_its_cache_by_the_keyword_the_installed_transformers_takes(tok, prompts):
+    import warnings
+
+    model = load_causal_lm("tiny")
+    query, query_mask = left_pad(prompts, tok.pad_token_id)
+    with warnings.catch_warnings():  # a deprecated keyword warns (and a removed one would raise)
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        s = sample(model, query, query_mask, 4, 1.0, tok.eos_token_id, tok.pad_token_id)
+    assert s["response"].shape == (len(prompts), 4)

@@ -17,6 +17,7 @@ token, so the mask comes from the first EOS position, never from comparing ids w
 
 from __future__ import annotations
 
+import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
@@ -66,6 +67,12 @@ def causal_parts(model):
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), fp32_logits(base.get_output_embeddings())
+
+
+def cache_keyword(backbone) -> str:
+    """The keyword a decoder's forward takes its KV cache by: ``cache`` in newer transformers 5 releases (where
+    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` in older ones."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 
 def response_mask_from_eos(response: Tensor, eos_id: int) -> Tensor:
@@ -131,15 +138,15 @@ def sample(model, query: Tensor, query_mask: Tensor, max_new_tokens: int, temper
     # Rows that repeat a prompt (K answers per prompt side by side) share its pass: the prompt's keys and values
     # are computed once and copied to every row that has it, the attention each row would have computed itself.
     first, row_of = shared_prompts(query, query_mask)
+    with_cache = {cache_keyword(backbone): cache, "use_cache": True}
     for step in range(max_new_tokens):
         if step == 0 and first is not None:
             out = backbone(input_ids=ids[first], attention_mask=query_mask[first], position_ids=positions[first],
-                           past_key_values=cache, use_cache=True)
+                           **with_cache)
             cache.reorder_cache(row_of)
             hidden = out.last_hidden_state[row_of, -1]
         else:
-            out = backbone(input_ids=ids, attention_mask=mask[:, : width + step], position_ids=positions,
-                           past_key_values=cache, use_cache=True)
+            out = backbone(input_ids=ids, attention_mask=mask[:, : width + step], position_ids=positions, **with_cache)
             hidden = out.last_hidden_state[:, -1]  # (B, H)
         logits = lm_head(hidden).float()  # (B, V): one position per row, so no large float copy
         logp = torch.log_softmax(logits / temperature, dim=-1)  # one pass: the sample, its log-prob, the entropy
