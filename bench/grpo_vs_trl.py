@@ -26,6 +26,13 @@ standard error about half of one answer's) sampled at the training temperature f
 evaluations are off the clock on both sides. Reported: seconds per update (median after the first), samples/s,
 peak RSS (each side's own process, os.wait4), gold before → after, and the training seconds our run took to
 reach the peer's final gold gain (its first held-out evaluation at or above it) over the peer's training seconds.
+
+One evaluator (``--common-answers``, default 4 answers a prompt; 0 skips it): each side's own evaluations start from
+its own sampler's first draw, so the two sides' step-0 figures differ although both hold the same SFT model, and a
+gain measured from a higher first draw is smaller. So both sides also save their LoRA adapters at each evaluation
+(OUTPUT/snapshots/step-NNNN/), and after training one process scores the SFT model and every snapshot of both sides
+with our held-out evaluation: the same prompts, answers and sampling seed for each, so step 0 is one figure and two
+snapshots differ by their weights alone. Its table and plot are the comparison; the sides' own figures stay beside it.
 """
 
 from __future__ import annotations
@@ -96,7 +103,7 @@ def ours_config(algo: str, run: Path, output: str, updates: int, eval_every: int
                      kl_coef=s["kl_coef"], adam_eps=s["adam_eps"] if adam_eps is None else adam_eps, missing_eos_penalty=None, whiten_advantages=False,  # GRPO never whitens; TRL RLOO neither
                      loss_agg="token" if algo == "grpo" else "constant", precision="fp32", threads=threads, seed=seed, save_every=0, report_to="none",
                      eval_prompts=eval_prompts, eval_judge="sentiment", eval_every=eval_every,
-                     keep_snapshots=False, **({} if max_grad_norm is None else {"max_grad_norm": max_grad_norm}))
+                     keep_snapshots=True, **({} if max_grad_norm is None else {"max_grad_norm": max_grad_norm}))
 
 
 def ours_worker(job: dict, result: str) -> None:
@@ -112,6 +119,63 @@ def ours_worker(job: dict, result: str) -> None:
         "gold": [(r["step"], r["eval/gold_score"]) for r in rows if "eval/gold_score" in r],
         "kl": [r["kl"] for r in rows if "kl" in r],
     }))
+
+
+def snapshots(folder: Path) -> dict[int, Path]:
+    """A side's saved adapters by update: OUTPUT/snapshots/step-NNNN/ (both sides write them at each evaluation)."""
+    return {int(d.name.split("-")[1]): d for d in sorted((folder / "snapshots").glob("step-*"))}
+
+
+def one_evaluator_worker(job: dict, result: str) -> None:
+    """Every side's snapshots scored by one evaluator: ours (``eval/heldout.py``), the same prompts, answers and
+    sampling seed for every checkpoint, so step 0 (the SFT model both sides start from) is one figure and two
+    checkpoints' scores differ by their weights alone (common random numbers)."""
+    import torch
+
+    from rlhfkit.accel.runtime import set_threads
+    from rlhfkit.data.formats import prompt_messages, read_records
+    from rlhfkit.data.tokenize import encode_prompt
+    from rlhfkit.eval.heldout import held_out_eval
+    from rlhfkit.judges import get_judge
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.models.reward import load_reward
+
+    set_threads(job["threads"])
+    s, run = SETTINGS, Path(job["run"])
+    tok = load_tokenizer(str(run / "sft" / "merged"))
+    records = read_records(job["eval_prompts"], "prompt")
+    prompts = [encode_prompt(tok, prompt_messages(r), True) for r in records]
+    reward, judge = load_reward(str(run / "rm"), 32), get_judge("sentiment")
+    score = lambda policy, reference: held_out_eval(policy, reference, tok, prompts, records, reward, judge, seed=job["seed"],
+                                                     batch_size=s["batch_size"], max_new_tokens=s["max_new_tokens"],
+                                                     temperature=s["temperature"], precision="fp32")
+    base = load_causal_lm(str(run / "sft" / "merged"))
+    t0 = time.perf_counter()
+    start = score(base, base)
+    print(f"step 0 (the SFT model): gold {start['eval/gold_score']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    out: dict = {}
+    for algo, sides in job["sides"].items():
+        for name, folder in sides.items():
+            rows = [(0, start)]
+            for step, path in snapshots(Path(folder)).items():
+                with torch.no_grad():
+                    rows.append((step, score(load_causal_lm(str(path)), None)))  # reference: the adapters off
+                print(f"{algo} {name} step {step}: gold {rows[-1][1]['eval/gold_score']:.3f}", flush=True)
+            out.setdefault(algo, {})[name] = [{"step": st, **{k.removeprefix("eval/"): v for k, v in m.items()}} for st, m in rows]
+    Path(result).write_text(json.dumps(out))
+
+
+def one_evaluator(run: Path, out: Path, results: dict, args) -> dict:
+    """Run :func:`one_evaluator_worker` in its own process over every side in ``results``; {algo: {side: rows}}."""
+    sides = {algo: {name: str(out / f"{name}-{algo}") for name in r if snapshots(out / f"{name}-{algo}")}
+             for algo, r in results.items()}  # sides from runs before snapshots were kept have none: left out
+    job = {"run": str(run), "sides": sides, "threads": args.threads, "seed": args.seed,
+           "eval_prompts": str(eval_prompts_file(out, args.common_answers))}
+    (out / "job-one-evaluator.json").write_text(json.dumps(job))
+    result = out / "result-one-evaluator.json"
+    run_process([sys.executable, str(Path(__file__).resolve()), "--one-evaluator", "--job", str(out / "job-one-evaluator.json"),
+                 "--result", str(result)], out / "log-one-evaluator.txt")
+    return json.loads(result.read_text())
 
 
 def run_process(cmd: list[str], log: Path) -> float:
@@ -194,8 +258,30 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, path: Path) -> None:
-    """Held-out gold against cumulative training minutes, every run of the bench on one axis."""
+def one_evaluator_table(results: dict, scored: dict) -> str:
+    """The same runs by the one evaluator: each side's gold at every snapshot, and the training seconds ours took
+    to reach the peer's final gain (both gains now from the same step-0 figure)."""
+    lines = ["| method | side | held-out gold at each evaluation (update: gold ± se) | gain | training s to the peer's "
+             "final gain, ours/peer |", "|---|---|---|---|---|"]
+    for algo, sides in scored.items():
+        peer = sides.get("peer")
+        peer_gain = peer[-1]["gold_score"] - peer[0]["gold_score"] if peer else None
+        for name, rows in sides.items():
+            side = results[algo][name] | {"gold": [(r["step"], r["gold_score"]) for r in rows]}
+            reach = "—"
+            if name == "ours" and peer_gain is not None:
+                t, peer_s = to_reach(side, peer_gain), sum(results[algo]["peer"]["seconds"])
+                reach = (f"peer gained nothing ({peer_gain:+.3f})" if peer_gain <= 0 else
+                         f"{t / peer_s:.2f} ({t:.0f} s / {peer_s:.0f} s)" if t is not None else "not reached")
+            curve = ", ".join(f"{r['step']}: {r['gold_score']:.3f} ± {r['gold_se']:.3f}" for r in rows)
+            label = f"TRL {results[algo][name].get('trl', '')}" if name == "peer" else "rlhfkit"
+            lines.append(f"| {algo} | {label} | {curve} | {rows[-1]['gold_score'] - rows[0]['gold_score']:+.3f} | {reach} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path, scored: dict | None = None) -> None:
+    """Held-out gold against cumulative training minutes, every run of the bench on one axis (the one evaluator's
+    figures where it ran, each side's own otherwise)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,11 +290,12 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for algo, sides in results.items():
         for name, r in sides.items():
-            minutes = [sum(r["seconds"][:step]) / 60 for step, _ in r["gold"]]
+            gold = ([(row["step"], row["gold_score"]) for row in scored[algo][name]] if scored else r["gold"])
+            minutes = [sum(r["seconds"][:step]) / 60 for step, _ in gold]
             label = f"{algo}, {'TRL ' + r.get('trl', '') if name == 'peer' else 'rlhfkit'}"
-            ax.plot(minutes, [g for _, g in r["gold"]], marker="o", linestyle="--" if name == "peer" else "-", label=label)
+            ax.plot(minutes, [g for _, g in gold], marker="o", linestyle="--" if name == "peer" else "-", label=label)
     ax.set_xlabel("training minutes (held-out evaluations off the clock)")
-    ax.set_ylabel("held-out gold (VADER), mean over the 40 eval prompts")
+    ax.set_ylabel(f"held-out gold (VADER), {'one evaluator' if scored else 'each side its own'}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -232,12 +319,18 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "grpo_vs_trl"))
     ap.add_argument("--reuse", action="store_true",
                     help="keep OUT/results.json's sides and run only --algos × --sides again (e.g. a side a busy machine slowed)")
+    ap.add_argument("--common-answers", type=int, default=4,
+                    help="answers to each held-out prompt when one evaluator scores both sides' snapshots afterwards "
+                         "(0: skip it)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--one-evaluator", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return ours_worker(json.loads(Path(args.job).read_text()), args.result)
+    if args.one_evaluator:
+        return one_evaluator_worker(json.loads(Path(args.job).read_text()), args.result)
     if not args.run:
         ap.error("--run is required")
     run, out = Path(args.run).resolve(), Path(args.out).resolve()
@@ -253,10 +346,16 @@ def main() -> None:
             print(f"  {algo} {name}: s/update {[round(x, 1) for x in r['seconds']]}, gold "
                   f"{[(s, round(g, 3)) for s, g in r['gold']]}, peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
     text = table(results)
+    scored = one_evaluator(run, out, results, args) if args.common_answers > 0 else None
+    if scored:
+        text += ("\n\nOne evaluator (ours) over both sides' snapshots, "
+                 f"{args.common_answers} answers to each held-out prompt, sampling seed {args.seed}:\n\n"
+                 + one_evaluator_table(results, scored))
     print(text)
     (out / "table.md").write_text(text + "\n")
-    plot(results, out / "gold_vs_minutes.png")
-    (out / "results.json").write_text(json.dumps({"results": results, "settings": SETTINGS, "updates": args.updates,
+    plot(results, out / "gold_vs_minutes.png", scored)
+    (out / "results.json").write_text(json.dumps({"results": results, "one_evaluator": scored, "settings": SETTINGS,
+                                                  "updates": args.updates,
                                                   "ours_adam_eps": SETTINGS["adam_eps"] if args.adam_eps is None else args.adam_eps,
                                                   "ours_max_grad_norm": args.max_grad_norm,
                                                   "wall_s": time.perf_counter() - t0}, indent=1))

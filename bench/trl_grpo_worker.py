@@ -6,6 +6,8 @@ JOB.json names the trainer (grpo | rloo), the policy folder, the reward-model fo
 prompts and the settings. RESULT.json gets the seconds of each update (held-out evaluations left out) and, before
 training and every ``eval_every`` updates, the policy's answers to the held-out prompts (sampled at the training
 temperature from a fixed seed, as rlhfkit's held-out evaluation does); the harness scores them with the gold judge.
+At each of those evaluations after the first the LoRA adapters are saved in OUTPUT/snapshots/step-NNNN/, which the
+harness's one evaluator then scores as it scores ours.
 
 Nothing of TRL is changed. The reward is a plain function over TRL's (prompts, completions) that scores each pair
 with the reward model's folder exactly as rlhfkit's reward model scores it (the code its README.md gives: the
@@ -104,6 +106,8 @@ def main() -> None:
                                  temperature=s["temperature"], top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id)
         texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         answers.append({"step": step, "responses": texts})
+        if step > 0:  # the adapters at this step, for the harness's one evaluator (it scores both sides' snapshots alike)
+            model.save_pretrained(f"{job['output']}/snapshots/step-{step:04d}")
         model.train()
 
     seconds: list[float] = []  # per update, from the end of the previous update (or evaluation) to its end

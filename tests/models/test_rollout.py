@@ -70,6 +70,49 @@ def test_rows_that_repeat_a_prompt_share_its_pass_and_sample_what_separate_rows_
     assert rollout.shared_prompts(*left_pad(prompts, tok.pad_token_id))[0] is None
 
 
+def test_rows_that_repeat_a_prompt_share_its_pass_in_the_training_and_reference_passes(tok, prompts, monkeypatch):
+    """forward_tokens and the value model run each distinct prompt once: the log-probs, values and every LoRA and value
+    gradient are those of the rows' own passes, with answers of different lengths and prompts of different padding."""
+    import rlhfkit.models.rollout as rollout
+
+    torch.manual_seed(0)
+    policy = add_lora(load_causal_lm("tiny"), targets=["q_proj", "v_proj", "up_proj"])
+    with torch.no_grad():  # LoRA's B starts at zero, which would leave A's gradient zero: give the adapters a value
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    policy.train()
+    value = ValueModel(load_sequence_classifier("tiny"), mean=0.3, std=2.0).train()
+    rows = [prompts[i] for i in (0, 1, 0, 2, 1, 0)]  # three prompts, in no order, once to three times
+    query, query_mask = left_pad(rows, tok.pad_token_id)
+    response = torch.randint(3, tok.vocab_size, (len(rows), 7), generator=torch.Generator().manual_seed(1))
+    response_mask = torch.ones_like(response)
+    response_mask[1, 3:] = 0
+    response_mask[4, 1:] = 0
+    calls = []
+    real = rollout.shared_prompt_hidden
+    monkeypatch.setattr(rollout, "shared_prompt_hidden", lambda *a: calls.append(a[4].tolist()) or real(*a))
+
+    def run():
+        logprobs, _ = forward_tokens(policy, query, query_mask, response, response_mask, 0.7)
+        values = value(torch.cat([query, response], 1), torch.cat([query_mask, response_mask], 1), query.shape[1])
+        loss = (logprobs * response_mask).sum() + (values * response_mask).pow(2).sum()
+        params = [p for p in [*policy.parameters(), *value.parameters()] if p.requires_grad]
+        return logprobs.detach(), values.detach(), torch.autograd.grad(loss, params)
+
+    shared = run()
+    assert len(calls) == 2 and sorted(calls[0]) == [0, 1, 3]  # both models took the shared path, three distinct prompts
+    monkeypatch.setattr(rollout, "shared_prompts", lambda q, m: (None, None))  # every row's own prompt pass
+    separate = run()
+    mask = response_mask.bool()
+    torch.testing.assert_close(shared[0][mask], separate[0][mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared[1][mask], separate[1][mask], atol=1e-5, rtol=0)
+    assert len(shared[2]) == len(separate[2]) > 0
+    for a, b in zip(shared[2], separate[2]):
+        assert b.abs().max() > 0  # every gradient is there to compare
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_a_prompt_alone_and_inside_a_left_padded_batch_give_the_same_logprobs(tok, prompts):
     torch.manual_seed(1)
     model = load_causal_lm("tiny")

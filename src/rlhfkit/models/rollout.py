@@ -86,12 +86,48 @@ def response_hidden(backbone, input_ids: Tensor, attention_mask: Tensor, prompt_
     """Last hidden states at the positions that predict the response tokens: (B, R, H).
 
     Position ids come from the attention mask, so left-padded rows see the positions an unpadded prompt
-    would (docs/design.md §4.7).
+    would (docs/design.md §4.7). Rows that repeat a prompt (K answers per prompt) share its pass
+    (:func:`shared_prompt_hidden`).
     """
+    query, query_mask = input_ids[:, :prompt_width], attention_mask[:, :prompt_width]
+    first, row_of = shared_prompts(query, query_mask) if prompt_width > 0 else (None, None)
+    if first is not None and not getattr(backbone, "gradient_checkpointing", False):
+        return shared_prompt_hidden(backbone, input_ids, attention_mask, prompt_width, first, row_of)
     with short_sequence_attention(input_ids):
         out = backbone(input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=position_ids_from_mask(attention_mask), use_cache=False)
     return out.last_hidden_state[:, prompt_width - 1 : -1]  # position t predicts token t+1
+
+
+def shared_prompt_hidden(backbone, input_ids: Tensor, attention_mask: Tensor, prompt_width: int, first: Tensor,
+                         row_of: Tensor) -> Tensor:
+    """:func:`response_hidden` with each distinct prompt run once: the same numbers, fewer products.
+
+    1. The distinct prompts (rows ``first``) go through the backbone, keeping their keys and values.
+    2. Those keys and values are copied to every row that has the prompt (an index, so under autograd each row's
+       gradient flows back into its prompt's one pass and the prompt's weights get the sum, as they would
+       from the rows' own passes).
+    3. The responses go through the backbone on top of them.
+    A prompt of P tokens answered K times costs one P-token pass instead of K: in GRPO / RLOO's reference and
+    training passes the prompt is often half the tokens. (Not under gradient checkpointing, which turns the cache off.)
+    """
+    from transformers import DynamicCache
+
+    query, query_mask = input_ids[:, :prompt_width], attention_mask[:, :prompt_width]
+    positions = position_ids_from_mask(attention_mask)
+    cache = DynamicCache()
+    with_cache = {cache_keyword(backbone): cache, "use_cache": True}
+    with short_sequence_attention(query):
+        prompt_out = backbone(input_ids=query[first], attention_mask=query_mask[first], position_ids=positions[first, :prompt_width],
+                              **with_cache)
+    cache.reorder_cache(row_of)  # the distinct prompts' keys and values, one copy per row
+    last = prompt_out.last_hidden_state[row_of, -1:]  # (B, 1, H): the prompt's last position predicts the first token
+    if input_ids.shape[1] == prompt_width + 1:  # a one-token response needs only the prompt's pass
+        return last
+    with short_sequence_attention(input_ids):
+        out = backbone(input_ids=input_ids[:, prompt_width:-1], attention_mask=attention_mask[:, :-1],
+                       position_ids=positions[:, prompt_width:-1], **with_cache)
+    return torch.cat([last, out.last_hidden_state], dim=1)  # position t predicts token t+1
 
 
 def trim(query: Tensor, query_mask: Tensor, response_mask: Tensor) -> tuple[int, int]:

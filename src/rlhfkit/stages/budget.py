@@ -530,9 +530,11 @@ def probe(sections: dict, model: str, folder: Path, threads: int = 0) -> Rates:
     passes_s, train_opt_s = train_step_s([p for p in lm.parameters() if p.requires_grad], sft.grad_clip, sft_passes)
     train_token_s = passes_s / batch["input_ids"].numel()
 
-    # PPO's training pass (the same model: LoRA as PPO trains it) on PPO_PROBE_SHARE of its rollout batch
+    # PPO's training pass (the same model: LoRA as PPO trains it) on PPO_PROBE_SHARE of its rollout batch, each prompt
+    # samples_per_prompt times in a row as the stage lays them (rows that repeat a prompt share its pass)
     n_ppo = max(1, round(ppo.batch_size * PPO_PROBE_SHARE))
-    query, query_mask = left_pad([p[-ppo.max_prompt_len:] for p in prompt_ids[:n_ppo]], tok.pad_token_id)
+    k = max(1, ppo.samples_per_prompt)
+    query, query_mask = left_pad([prompt_ids[i // k][-ppo.max_prompt_len:] for i in range(n_ppo)], tok.pad_token_id)
     response = torch.randint(0, len(tok), (len(query), ppo.max_new_tokens))
     ppo_precision = resolve_precision(ppo.precision, device.type)
 
