@@ -28,6 +28,7 @@ def reward_function(folder: str, max_len: int):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
+    tok.padding_side = "right"  # [CLS] at position 0 in every row; reward folders saved before the fix say "left"
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     stats = json.loads(open(f"{folder}/reward_stats.json").read())
     mean_pooling = getattr(model.config, "rm_pooling", "cls") == "mean"

@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import rlhfkit.models.reward as reward_model
 import rlhfkit.stages.reward_model as reward
@@ -141,6 +141,16 @@ def test_a_tiny_reward_model_learns_a_token_preference_to_95_percent_held_out(tm
     z = scorer.normalize(scorer.score(prompts, responses))
     assert z.shape == (240,) and float(z.mean()) == pytest.approx(0.0, abs=1e-3) and float(z.std()) == pytest.approx(1.0, abs=1e-3)
     assert float(scorer.score([{"prompt": "Review: x"}], ["an excellent film"])[0]) > float(scorer.score([{"prompt": "Review: x"}], ["a film"])[0])
+    # Plain transformers on the saved folder: a padded batch scores each pair as it scores alone ([CLS] stays at
+    # position 0, so the saved tokenizer pads on the right), and as rlhfkit's scorer does.
+    plain = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    assert plain.padding_side == "right"
+    texts = (["Review 1: x", "Review 2: a much longer opening of a review"], ["an excellent film", "a film"])
+    with torch.no_grad():
+        batch = model(**plain(*texts, padding=True, return_tensors="pt")).logits[:, 0]
+        alone = torch.cat([model(**plain(p, r, return_tensors="pt")).logits[:, 0] for p, r in zip(*texts)])
+    assert torch.allclose(batch, alone, atol=1e-5)
+    assert torch.allclose(scorer.score([{"prompt": p} for p in texts[0]], list(texts[1])), alone, atol=1e-5)
 
 
 def test_lora_on_a_causal_lm_backbone_is_merged_into_a_plain_classifier(tmp_path):

@@ -154,6 +154,8 @@ def save_final(cfg: RewardConfig, out: Path, module, tok, accelerator=None):
         if cfg.lora:
             model = model.merge_and_unload()
         model.save_pretrained(out, **gathered)
+        if is_encoder_tokenizer(tok):  # an encoder pools [CLS] at position 0: plain `tok(..., padding=True)` batches pad right
+            tok.padding_side = "right"
         tok.save_pretrained(out)
         (out / CARD_FILE).write_text(reward_card(tok, model, cfg.max_len), encoding="utf-8")  # the layout, as code
     dist.barrier()
